@@ -1,0 +1,86 @@
+"""``skinedge data``: split a dataset folder by lesion, download the public archives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+data_app = typer.Typer(help="Dataset folders: grouped splits and downloads.", no_args_is_help=True)
+
+
+@data_app.command("split")
+def split(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (labels.csv, HAM10000, ISIC 2018/2019/2020 or class folders).")],
+    out: Annotated[Path, typer.Option(help="Manifest JSON to write.")],
+    layout: Annotated[str | None, typer.Option(help="Layout name; detected when omitted.")] = None,
+    classes: Annotated[str | None, typer.Option(help="isic2018, isic2019 or melanoma; inferred when omitted.")] = None,
+    ratios: Annotated[tuple[float, float, float], typer.Option(help="train val test fractions.")] = (0.7, 0.15, 0.15),
+    seed: Annotated[int, typer.Option(help="Shuffle seed of the split.")] = 0,
+    skip_bad: Annotated[bool, typer.Option(help="Leave bad rows out and list them in skipped.csv beside the manifest.")] = False,
+    check_images: Annotated[bool, typer.Option(help="Decode every image to catch broken files now.")] = True,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression bombs).")] = 64_000_000,
+) -> None:
+    """Make a stratified train/val/test split grouped by lesion (or patient) id, as a manifest."""
+    from skinedge.cli.main import fail
+    from skinedge.cli.progress import CountProgress, console, make_progress
+    from skinedge.cli.splitting import split_folder
+
+    try:
+        with make_progress() as progress:
+            manifest, skipped_path = split_folder(
+                data, out, layout=layout, classes=classes, ratios=ratios, seed=seed,
+                skip_bad=skip_bad, check_images=check_images, max_pixels=max_pixels,
+                progress=CountProgress(progress, "checking images"))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(_counts_table(manifest))
+    if skipped_path:
+        console.print(f"[yellow]skipped rows are listed in {skipped_path}[/]")
+    console.print(f"manifest: {out} (split hash {manifest.split_hash[:12]})")
+
+
+def _counts_table(manifest):
+    from rich.table import Table
+
+    table = Table(title=f"{manifest.root.name}: {manifest.layout}, {manifest.classes}")
+    table.add_column("split")
+    codes = manifest.vocabulary.codes
+    for code in codes:
+        table.add_column(code, justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("groups", justify="right")
+    for split_name, counts in manifest.counts().items():
+        groups = {r.group for r in manifest.rows if r.split == split_name}
+        table.add_row(split_name, *[str(counts[c]) for c in codes], str(sum(counts.values())),
+                      str(len(groups)))
+    return table
+
+
+@data_app.command("download")
+def download(
+    name: Annotated[str, typer.Argument(help="ham10000, isic2018-test or isic2020.")],
+    dest: Annotated[Path, typer.Option(help="Folder to download and unpack into.")],
+) -> None:
+    """Fetch an official public archive, with checksums and resume (needs internet)."""
+    from skinedge.cli.main import fail
+    from skinedge.cli.progress import console, make_progress
+    from skinedge.data.download import DATASETS, DownloadError, download_dataset
+
+    if name not in DATASETS:
+        fail(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    source = DATASETS[name]
+    console.print(f"{source.description}\nlicence: {source.licence}\ncite: {source.citation}")
+    tasks: dict[str, int] = {}
+    try:
+        with make_progress() as progress:
+            def report(filename: str, done: int, total: int | None) -> None:
+                if filename not in tasks:
+                    tasks[filename] = progress.add_task(filename, total=total, status="")
+                progress.update(tasks[filename], completed=done, total=total)
+
+            folder = download_dataset(name, dest, progress=report)
+    except (DownloadError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"ready: {folder}  (next: skinedge data split {folder} --out {folder}/manifest.json)")

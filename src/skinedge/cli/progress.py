@@ -1,0 +1,76 @@
+"""Rich progress displays for the library's callback hooks (the CLI's side only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from skinedge.train.trainer import TrainCallbacks
+
+console = Console(stderr=True)
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        console=console, transient=False,
+    )
+
+
+class CountProgress:
+    """``progress(done, total)`` callback drawing one bar."""
+
+    def __init__(self, progress: Progress, description: str):
+        self.progress = progress
+        self.task = progress.add_task(description, total=None, status="")
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.progress.update(self.task, completed=done, total=total)
+
+
+class RichTrainCallbacks(TrainCallbacks):
+    """A bar per epoch with live loss, and a line of validation metrics after it."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+        self.running = 0.0
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        console.print(
+            f"[bold]train[/] {info['train']} images, [bold]val[/] {info['val']}, "
+            f"classes {info['class_counts']}, device {info['device']} x{info['world_size']}, "
+            f"epochs {info['start_epoch']}..{info['epochs']}, weights {info['pretrained']}"
+        )
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        self.running = 0.0
+        self.task = self.progress.add_task(f"epoch {epoch}", total=num_batches, status="")
+
+    def on_batch_end(self, epoch: int, batch: int, loss: float, lr: float) -> None:
+        self.running = loss if batch == 1 else 0.9 * self.running + 0.1 * loss
+        self.progress.update(self.task, completed=batch,
+                             status=f"loss {self.running:.3f} lr {lr:.1e}")
+
+    def on_validate(self, done: int, total: int) -> None:
+        self.progress.update(self.task, status=f"validating {done}/{total}")
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        def fmt(key: str) -> str:
+            value = record.get(key)
+            return "n/a" if value is None else f"{value:.3f}"
+
+        self.progress.update(self.task, status=(
+            f"loss {record['train_loss']:.3f} | val bal.acc {fmt('balanced_accuracy')} "
+            f"mel AUC {fmt('melanoma_auc')} | {record['seconds']:.0f}s"
+            + (" [best]" if record["best"] else "")))

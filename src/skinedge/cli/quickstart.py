@@ -1,0 +1,109 @@
+"""``skinedge quickstart``: split, train, evaluate and explain in one resumable run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+from importlib import resources
+from pathlib import Path
+
+from skinedge.cli.progress import CountProgress, RichTrainCallbacks, console, make_progress
+from skinedge.utils.io import atomic_write_text
+
+DEFAULT_DATASET = "ham10000-sample"
+
+
+def default_config() -> Path:
+    return Path(str(resources.files("skinedge.configs") / "ham10000-lite0-cpu.yaml"))
+
+
+def find_data(data: Path | None) -> Path:
+    """--data, else $SKINEDGE_DATA/ham10000-sample, else $SKINEDGE_DATA itself."""
+    if data is not None:
+        if not data.is_dir():
+            raise FileNotFoundError(f"--data {data} is not a folder")
+        return data
+    env = os.environ.get("SKINEDGE_DATA")
+    if env:
+        for candidate in (Path(env) / DEFAULT_DATASET, Path(env)):
+            if candidate.is_dir() and any(candidate.glob("*.csv")):
+                return candidate
+    raise FileNotFoundError(
+        "no data: pass --data FOLDER, or set SKINEDGE_DATA to a folder holding "
+        f"{DEFAULT_DATASET}/; with internet, `skinedge data download ham10000 --dest DIR` "
+        "fetches the full HAM10000 (about 2.8 GB)"
+    )
+
+
+def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides: list[str], *,
+                   resume: bool = False) -> str:
+    from skinedge.cli.splitting import split_folder
+    from skinedge.data import load_manifest
+    from skinedge.evaluate import evaluate_checkpoint
+    from skinedge.train.config import load_train_config
+    from skinedge.train.explain import explain_images
+    from skinedge.train.trainer import train_classifier
+
+    folder = find_data(data)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "command.json", json.dumps({
+        "command": shlex.join(["skinedge", *sys.argv[1:]]),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "data": str(folder.resolve()),
+    }, indent=2))
+
+    manifest_path = out / "manifest.json"
+    console.rule(f"1/4 split {folder}")
+    if resume and manifest_path.is_file():
+        manifest = load_manifest(manifest_path)
+        console.print(f"reusing {manifest_path}")
+    else:
+        with make_progress() as progress:
+            manifest, skipped = split_folder(folder, manifest_path,
+                                             progress=CountProgress(progress, "checking images"))
+        if skipped:
+            console.print(f"[yellow]skipped rows listed in {skipped}[/]")
+    console.print({s: sum(c.values()) for s, c in manifest.counts().items()})
+
+    console.rule("2/4 train")
+    cfg = load_train_config(config or default_config(),
+                            [*overrides, f"data.manifest={manifest_path}"])
+    run = out / "train"
+    resume_training = resume and (run / "last").is_dir()
+    with make_progress() as progress:
+        result = train_classifier(cfg, run, resume=resume_training,
+                                  callbacks=RichTrainCallbacks(progress))
+
+    console.rule("3/4 evaluate on the test split")
+    with make_progress() as progress:
+        evaluation = evaluate_checkpoint(result.best_dir, manifest=manifest_path, split="test",
+                                         out_dir=out / "eval",
+                                         progress=CountProgress(progress, "predicting"))
+
+    console.rule("4/4 explain")
+    rows = evaluation.images
+    picks = _pick_examples(evaluation, per_class=1)
+    written = explain_images(result.best_dir, [manifest.root / rows[i] for i in picks],
+                             out / "explanations")
+    m = evaluation.metrics
+    auc = "n/a" if m["melanoma_auc"] is None else f"{m['melanoma_auc']:.3f}"
+    return (
+        f"test split: n={m['n']} accuracy {m['accuracy']:.3f} balanced accuracy "
+        f"{m['balanced_accuracy']:.3f} melanoma AUC {auc}\n"
+        f"checkpoint:   {result.best_dir}\n"
+        f"reports:      {evaluation.files['markdown']}\n"
+        f"explanations: {len(written)} PNGs in {out / 'explanations'}"
+    )
+
+
+def _pick_examples(evaluation, per_class: int) -> list[int]:
+    """The first test image of each class, so every class gets an explanation."""
+    picks, seen = [], {}
+    for i, target in enumerate(evaluation.targets):
+        if seen.get(int(target), 0) < per_class:
+            picks.append(i)
+            seen[int(target)] = seen.get(int(target), 0) + 1
+    return picks

@@ -1,0 +1,20 @@
+"""Read + validate + split a folder: shared by `data split` and `quickstart`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from skinedge.data import Manifest, make_manifest, read_dataset, write_problem_report
+
+
+def split_folder(data: Path, out: Path, *, layout=None, classes=None, ratios=(0.7, 0.15, 0.15),
+                 seed=0, skip_bad=False, check_images=True, max_pixels=64_000_000,
+                 progress=None) -> tuple[Manifest, Path | None]:
+    dataset = read_dataset(data, layout=layout, classes=classes, check_images=check_images,
+                           skip_bad=skip_bad, max_pixels=max_pixels, progress=progress)
+    manifest = make_manifest(dataset, ratios=ratios, seed=seed)
+    manifest.save(out)
+    skipped = None
+    if dataset.skipped:
+        skipped = write_problem_report(dataset.skipped, out.parent / f"{out.stem}.skipped.csv")
+    return manifest, skipped

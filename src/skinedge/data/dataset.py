@@ -1,0 +1,47 @@
+"""Torch dataset over manifest rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from skinedge.data.images import load_rgb
+
+
+class LesionDataset(TorchDataset):
+    """Images and class indices.
+
+    Args:
+        root: Folder the image paths are relative to.
+        images: Image paths relative to ``root``.
+        targets: Class index per image.
+        transform: PIL RGB image -> tensor (3, S, S).
+    """
+
+    def __init__(
+        self, root: Path, images: Sequence[str], targets: Sequence[int],
+        transform: Callable,
+    ):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.root = Path(root)
+        self.images = list(images)
+        self.targets = [int(t) for t in targets]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_rgb(self.root / self.images[index])
+        return self.transform(image), self.targets[index]
+
+    @classmethod
+    def from_manifest(cls, manifest, split: str, transform: Callable) -> "LesionDataset":
+        rows = manifest.subset(split)
+        vocab = manifest.vocabulary
+        return cls(manifest.root, [r.image for r in rows],
+                   [vocab.codes.index(r.label) for r in rows], transform)

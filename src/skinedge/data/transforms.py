@@ -1,0 +1,148 @@
+"""Preprocessing and training augmentation, defined once.
+
+:class:`PreprocessConfig` is written into every model card; evaluation, Grad-CAM and (later)
+every exported runtime rebuild the same pipeline from it with :func:`build_eval_transform`,
+so preprocessing cannot drift between training and the phone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PreprocessConfig(BaseModel):
+    """Deterministic preprocessing, applied at training and inference time alike.
+
+    Attributes:
+        input_size: Square side fed to the network, in pixels.
+        resize_mode: ``crop`` resizes the short side to ``input_size`` and centre-crops (keeps the
+            aspect ratio, trims the edges of a 4:3 frame); ``squash`` resizes both sides.
+        interpolation: Resampling filter.
+        mean: Per-channel mean, on a 0-1 scale.
+        std: Per-channel standard deviation, on a 0-1 scale.
+        color_constancy: ``shades_of_gray`` normalises the illuminant (Finlayson & Trezzi 2004,
+            Minkowski norm ``p``), as in the paper and several ISIC winners.
+        shades_of_gray_p: Minkowski norm of Shades of Gray (6 is the usual choice).
+        equalize: Histogram equalisation of the luminance (colour ratios kept).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_size: int = Field(224, ge=16, le=1024)
+    resize_mode: Literal["crop", "squash"] = "crop"
+    interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    color_constancy: Literal["none", "shades_of_gray"] = "none"
+    shades_of_gray_p: float = Field(6.0, gt=0)
+    equalize: bool = False
+
+
+class AugmentConfig(BaseModel):
+    """Training-time augmentation (dermoscopy has no canonical orientation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    hflip: bool = True
+    vflip: bool = True
+    rotation_degrees: float = Field(30.0, ge=0, le=180)
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.0, ge=0, le=0.5)  # PIL hue shifts cost as much as the rest together
+
+
+def shades_of_gray(image: Image.Image, p: float = 6.0) -> Image.Image:
+    """Shades-of-Gray colour constancy.
+
+    Args:
+        image: RGB image.
+        p: Minkowski norm; 1 is Gray World, infinity is Max-RGB.
+
+    Returns:
+        RGB image whose estimated illuminant is neutral.
+    """
+    pixels = np.asarray(image, dtype=np.float32)
+    illuminant = np.power(np.mean(np.power(pixels, p), axis=(0, 1)), 1.0 / p)
+    illuminant = illuminant / max(float(np.linalg.norm(illuminant)), 1e-6)
+    gains = 1.0 / (np.maximum(illuminant, 1e-6) * np.sqrt(3.0))
+    return Image.fromarray(np.clip(pixels * gains, 0, 255).astype(np.uint8))
+
+
+def equalize_luminance(image: Image.Image) -> Image.Image:
+    """Histogram-equalise the Y channel of YCbCr, leaving chroma untouched."""
+    y, cb, cr = image.convert("YCbCr").split()
+    return Image.merge("YCbCr", (ImageOps.equalize(y), cb, cr)).convert("RGB")
+
+
+class _Normalize:
+    """Colour constancy and equalisation as one picklable transform."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.cfg = cfg
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.cfg.color_constancy == "shades_of_gray":
+            image = shades_of_gray(image, self.cfg.shades_of_gray_p)
+        if self.cfg.equalize:
+            image = equalize_luminance(image)
+        return image
+
+
+def _interpolation(cfg: PreprocessConfig):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
+
+
+def build_eval_transform(cfg: PreprocessConfig):
+    """PIL RGB image -> normalised float tensor (3, S, S)."""
+    from torchvision import transforms as T
+
+    size = cfg.input_size
+    if cfg.resize_mode == "crop":
+        geometry = [T.Resize(size, interpolation=_interpolation(cfg)), T.CenterCrop(size)]
+    else:
+        geometry = [T.Resize((size, size), interpolation=_interpolation(cfg))]
+    return T.Compose([_Normalize(cfg), *geometry, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+
+def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
+    """Random geometry and colour on top of the eval pipeline; eval pipeline when disabled."""
+    from torchvision import transforms as T
+
+    if not aug.enabled:
+        return build_eval_transform(cfg)
+    size = cfg.input_size
+    steps = [_Normalize(cfg)]
+    if cfg.resize_mode == "squash":
+        steps.append(T.Resize((size, size), interpolation=_interpolation(cfg)))
+    steps.append(T.RandomResizedCrop(size, scale=aug.crop_scale, interpolation=_interpolation(cfg)))
+    if aug.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if aug.vflip:
+        steps.append(T.RandomVerticalFlip())
+    if aug.rotation_degrees:
+        steps.append(T.RandomRotation(aug.rotation_degrees, interpolation=T.InterpolationMode.BILINEAR))
+    if any((aug.brightness, aug.contrast, aug.saturation, aug.hue)):
+        steps.append(T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue))
+    steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
+    return T.Compose(steps)
+
+
+def display_image(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The eval pipeline's geometry without normalisation: uint8 (S, S, 3), for overlays."""
+    from torchvision import transforms as T
+
+    size = cfg.input_size
+    if cfg.resize_mode == "crop":
+        image = T.CenterCrop(size)(T.Resize(size, interpolation=_interpolation(cfg))(image))
+    else:
+        image = T.Resize((size, size), interpolation=_interpolation(cfg))(image)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)

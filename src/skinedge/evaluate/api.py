@@ -1,0 +1,115 @@
+"""``evaluate_checkpoint``: a checkpoint and a manifest split, or a labelled folder, to metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skinedge.data import (
+    DataProblem,
+    LesionDataset,
+    build_eval_transform,
+    load_manifest,
+    read_dataset,
+    write_problem_report,
+)
+from skinedge.evaluate.metrics import compute_metrics
+from skinedge.evaluate.predict import predict_probs
+from skinedge.evaluate.report import write_report
+from skinedge.models import load_checkpoint
+from skinedge.utils.io import atomic_write_text
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict
+    images: list[str]
+    probs: np.ndarray  # (N, C)
+    targets: np.ndarray  # (N,)
+    source: str  # "manifest.json:test" or the folder
+    skipped: list[DataProblem] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    *,
+    manifest: Path | str | None = None,
+    split: str = "test",
+    data: Path | str | None = None,
+    layout: str | None = None,
+    skip_bad: bool = False,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    threads: int | None = None,
+    out_dir: Path | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate a checkpoint on a manifest split or on every image of a labelled folder.
+
+    Args:
+        checkpoint: Checkpoint folder (``runs/NAME/best``).
+        manifest: Split manifest; evaluates ``split`` of it.
+        split: ``train``, ``val``, ``test`` or ``all`` (with ``manifest``).
+        data: A dataset folder in any supported layout, evaluated whole (instead of a manifest);
+            its labels must belong to the model's class vocabulary.
+        layout: Layout of ``data`` when detection is not wanted.
+        skip_bad: Leave bad rows of ``data`` out, with a report, instead of failing.
+        out_dir: When given, writes ``metrics.json``, ``metrics.md``,
+            ``metrics_confusion.png``, ``predictions.csv`` (and ``skipped.csv``) there.
+
+    Raises:
+        ValueError: neither or both of manifest/data, or labels the model does not know.
+    """
+    if (manifest is None) == (data is None):
+        raise ValueError("evaluate on either a manifest split (--manifest) or a folder (--data)")
+    if threads:
+        torch.set_num_threads(threads)
+    model, card = load_checkpoint(checkpoint)
+    transform = build_eval_transform(card.preprocess)
+    skipped: list[DataProblem] = []
+    if manifest is not None:
+        man = load_manifest(manifest)
+        if list(man.vocabulary.codes) != card.classes:
+            raise ValueError(f"{manifest} has classes {list(man.vocabulary.codes)} but the model "
+                             f"predicts {card.classes}")
+        dataset = LesionDataset.from_manifest(man, split, transform)
+        source = f"{manifest}:{split}"
+    else:
+        ds = read_dataset(data, layout=layout, classes=card.vocabulary, skip_bad=skip_bad)
+        skipped = ds.skipped
+        dataset = LesionDataset(ds.root, [r.image for r in ds.records],
+                                [card.classes.index(r.label) for r in ds.records], transform)
+        source = str(data)
+    if not len(dataset):
+        raise ValueError(f"{source}: no images to evaluate")
+    probs, targets = predict_probs(model, dataset, batch_size=batch_size,
+                                   num_workers=num_workers, progress=progress)
+    metrics = compute_metrics(targets, probs, card.classes, melanoma_class=card.positive_class)
+    result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped)
+    if out_dir is not None:
+        out = Path(out_dir)
+        result.files = write_report(
+            {**metrics, "checkpoint": str(checkpoint), "source": source},
+            out, title=f"Evaluation of {Path(checkpoint)} on {source}",
+            class_names=card.class_names)
+        result.files["predictions"] = _write_predictions(result, card.classes, out / "predictions.csv")
+        if skipped:
+            result.files["skipped"] = write_problem_report(skipped, out / "skipped.csv")
+    return result
+
+
+def _write_predictions(result: EvaluationResult, classes: list[str], path: Path) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "label", "predicted", *[f"p_{c}" for c in classes]])
+    for image, target, row in zip(result.images, result.targets, result.probs):
+        writer.writerow([image, classes[target], classes[int(row.argmax())],
+                         *[f"{p:.6f}" for p in row]])
+    return atomic_write_text(path, buffer.getvalue())

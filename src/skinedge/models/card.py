@@ -1,0 +1,65 @@
+"""The model card that travels with every checkpoint and (later) every exported artifact."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from skinedge.data.transforms import PreprocessConfig
+
+CARD_SCHEMA = "skinedge.model-card/1"
+
+
+class DataInfo(BaseModel):
+    """Which data a model was trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str | None = None  # path of the split manifest, as given
+    split_hash: str | None = None  # Manifest.split_hash: the same split on any machine
+    layout: str | None = None
+    counts: dict[str, dict[str, int]] = Field(default_factory=dict)  # split -> class -> images
+    licence: str = "unknown"
+
+
+class ModelCard(BaseModel):
+    """Everything needed to use a classifier correctly, and to know where it came from.
+
+    Runtimes rebuild preprocessing from ``preprocess``; labels are ``classes`` in output order.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_: str = Field(CARD_SCHEMA, alias="schema")
+    architecture: str
+    classes: list[str]
+    class_names: dict[str, str]
+    vocabulary: str
+    positive_class: str | None = "mel"
+    preprocess: PreprocessConfig
+    drop_rate: float = 0.0
+    pretrained: str = "none"
+    precision: str = "fp32"
+    weights_sha256: str | None = None
+    data: DataInfo = Field(default_factory=DataInfo)
+    metrics: dict[str, Any] = Field(default_factory=dict)  # validation metrics of this checkpoint
+    training: dict[str, Any] = Field(default_factory=dict)  # epoch, resolved config
+    versions: dict[str, str] = Field(default_factory=dict)
+    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    intended_use: str = (
+        "Decision support for trained clinicians on dermoscopic images of skin lesions; "
+        "not a diagnosis, not validated for clinical use."
+    )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, by_alias=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        return cls.model_validate_json(text)

@@ -1,0 +1,106 @@
+"""Checkpoints: a folder with ``model.safetensors`` and ``card.json``.
+
+Writes go to a hidden temporary folder that is renamed into place, so a kill at any moment
+leaves either the previous checkpoint or the new one, never a mix. Trainer state (optimizer,
+scheduler, RNG) sits beside the weights as ``trainer_state.pt`` when training can resume from it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from skinedge.models.card import ModelCard
+from skinedge.utils.io import sha256_file
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def save_checkpoint(
+    directory: Path, model: nn.Module, card: ModelCard, trainer_state: dict[str, Any] | None = None
+) -> Path:
+    """Write weights, card (with the weights' sha256) and optional trainer state atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS))
+    card = card.model_copy(update={"weights_sha256": sha256_file(tmp / WEIGHTS)})
+    (tmp / CARD).write_text(card.to_json())
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+    old = directory.parent / f".{directory.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not (path / CARD).is_file():
+        # A kill between the two renames of save_checkpoint leaves only the .old copy.
+        old = path.parent / f".{path.name}.old"
+        if (old / CARD).is_file():
+            return old
+        raise FileNotFoundError(
+            f"{path} is not a skinedge checkpoint (no {CARD}); pass a folder written by "
+            "`skinedge train`, e.g. runs/NAME/best"
+        )
+    return path
+
+
+def load_card(path: Path | str) -> ModelCard:
+    """The model card of a checkpoint folder (or of a file inside it)."""
+    return ModelCard.from_json((_checkpoint_dir(Path(path)) / CARD).read_text())
+
+
+def load_checkpoint(path: Path | str, *, verify: bool = True) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model described by a checkpoint's card and load its weights.
+
+    Raises:
+        FileNotFoundError: not a checkpoint folder.
+        ValueError: the weights' hash differs from the card's (a corrupted or swapped file).
+    """
+    from safetensors.torch import load_file
+
+    from skinedge.models.factory import create_classifier
+
+    directory = _checkpoint_dir(Path(path))
+    card = load_card(directory)
+    weights = directory / WEIGHTS
+    if verify and card.weights_sha256 and sha256_file(weights) != card.weights_sha256:
+        raise ValueError(
+            f"{weights}: sha256 differs from the one in {CARD}; the file was changed or "
+            "corrupted, restore it from the training run"
+        )
+    model, _ = create_classifier(card.architecture, card.num_classes, pretrained="none",
+                                 drop_rate=card.drop_rate)
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    model.eval()
+    return model, card
+
+
+def load_trainer_state(path: Path | str) -> dict[str, Any] | None:
+    file = _checkpoint_dir(Path(path)) / TRAINER_STATE
+    if not file.is_file():
+        return None
+    return torch.load(file, map_location="cpu", weights_only=False)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model

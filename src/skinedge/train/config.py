@@ -1,0 +1,117 @@
+"""Training configuration: YAML file -> validated object -> ``--set a.b=c`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skinedge.data.transforms import AugmentConfig, PreprocessConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Section):
+    manifest: Path | None = None  # split manifest from `skinedge data split`
+    root: Path | None = None  # where the manifest's images are on this machine, if moved
+    licence: str | None = None  # data licence for the model card; read from the folder's README when None
+
+
+class ModelSection(_Section):
+    arch: str = "tf_efficientnet_lite0"
+    pretrained: str = "imagenet"  # imagenet | none | path to a weights file
+    drop_rate: float = Field(0.3, ge=0, lt=1)
+    head_init_std: float = Field(1e-3, gt=0)
+    # Freeze the stem and the first N stages (timm `blocks`): generic edge filters that barely
+    # change in fine-tuning, and whose backward pass at full resolution is the costliest part
+    # on a CPU (2 stages: 1.8x faster steps for Lite0 at 224 px here). 0 trains everything.
+    freeze_stages: int = Field(0, ge=0)
+
+
+class OptimSection(_Section):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
+    plateau_factor: float = Field(0.3, gt=0, lt=1)
+    plateau_patience: int = Field(1, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+
+
+class LossSection(_Section):
+    kind: Literal["ce", "focal"] = "ce"
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] = "inverse"
+    focal_gamma: float = Field(2.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """Everything a training run depends on; written as ``config.yaml`` next to its outputs."""
+
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    early_stopping_patience: int = Field(5, ge=0)  # epochs without improvement; 0 disables
+    monitor: Literal["balanced_accuracy", "melanoma_auc", "macro_auc", "accuracy"] = "balanced_accuracy"
+    num_workers: int = Field(2, ge=0)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch's default
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    amp: bool = True  # mixed precision, on CUDA only
+    seed: int = 0
+    max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke tests and quick trials
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to a nested dict; values are parsed as YAML scalars/lists.
+
+    Raises:
+        ValueError: an override is not of the form ``key=value``.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = doc
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return doc
+
+
+def load_train_config(path: Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (optional), apply overrides, validate.
+
+    Raises:
+        ValueError: unreadable YAML or invalid values; the message names the field.
+    """
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config {path}: {exc}") from exc
+    doc = apply_overrides(doc, overrides or [])
+    try:
+        return TrainConfig.model_validate(doc)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ValueError(f"invalid training config{where}:\n{exc}") from exc
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

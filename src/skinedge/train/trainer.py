@@ -1,0 +1,426 @@
+"""Classifier training: one entry point for one CPU, one GPU, or ``torchrun`` with DDP.
+
+Every epoch ends with a checkpoint (``last/``, with optimizer, scheduler and history) and, when
+the monitored validation metric improved, ``best/``. Each epoch's randomness (sampling order,
+augmentation, dropout) is seeded from ``(seed, epoch)``, so a run killed at any point and
+resumed with ``resume=True`` ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from skinedge.data import (
+    LesionDataset,
+    Manifest,
+    build_eval_transform,
+    build_train_transform,
+    load_manifest,
+)
+from skinedge.evaluate.metrics import compute_metrics
+from skinedge.evaluate.predict import predict_probs
+from skinedge.models import DataInfo, ModelCard, create_classifier, save_checkpoint
+from skinedge.models.checkpoint import load_trainer_state
+from skinedge.train.config import TrainConfig, dump_config
+from skinedge.train.losses import build_loss, class_weights
+from skinedge.train.sampler import ShardedSampler, balanced_weights
+from skinedge.utils.io import atomic_write_text, package_versions
+
+# Settings that may change between a run and its resumption without changing its result.
+_RESUMABLE_CHANGES = {"epochs", "num_workers", "threads", "device", "eval_batch_size",
+                      "early_stopping_patience"}
+
+
+class TrainCallbacks:
+    """Hooks for progress display; the default does nothing (library code never prints)."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
+    def on_batch_end(self, epoch: int, batch: int, loss: float, lr: float) -> None: ...
+    def on_validate(self, done: int, total: int) -> None: ...
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_epoch: int
+    best_metric: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def train_classifier(
+    cfg: TrainConfig,
+    out_dir: Path | str,
+    *,
+    resume: bool = False,
+    callbacks: TrainCallbacks | None = None,
+) -> TrainResult:
+    """Train a classifier on the train split of ``cfg.data.manifest``, validating on ``val``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group (NCCL on GPU, gloo on
+    CPU), shards batches by rank and writes outputs from rank 0 only.
+
+    Args:
+        cfg: Validated training configuration.
+        out_dir: Run folder: ``config.yaml``, ``versions.json``, ``metrics.jsonl``,
+            ``last/``, ``best/`` (and ``tensorboard/`` when tensorboard is installed).
+        resume: Continue from ``out_dir/last``.
+        callbacks: Progress hooks.
+
+    Raises:
+        ValueError: no manifest, resume without a checkpoint, or a changed config on resume.
+    """
+    callbacks = callbacks or TrainCallbacks()
+    out_dir = Path(out_dir)
+    dist = _init_distributed()
+    device = _select_device(cfg.device, dist)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.data.manifest is None:
+        raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
+
+    manifest = load_manifest(cfg.data.manifest, root=cfg.data.root, verify=dist.is_main)
+    vocab = manifest.vocabulary
+    train_set = LesionDataset.from_manifest(
+        manifest, "train", build_train_transform(cfg.preprocess, cfg.augment))
+    val_set = LesionDataset.from_manifest(manifest, "val", build_eval_transform(cfg.preprocess))
+    if not len(train_set) or not len(val_set):
+        raise ValueError(f"{cfg.data.manifest}: the train and val splits must both have images")
+    counts = [train_set.targets.count(i) for i in range(vocab.num_classes)]
+    if cfg.monitor == "melanoma_auc" and vocab.positive not in vocab.codes:
+        raise ValueError(f"monitor melanoma_auc needs a 'mel' class; {vocab.name} has none")
+
+    torch.manual_seed(cfg.seed)
+    model, provenance = create_classifier(
+        cfg.model.arch, vocab.num_classes, pretrained=cfg.model.pretrained,
+        drop_rate=cfg.model.drop_rate, head_init_std=cfg.model.head_init_std)
+    _freeze_stages(model, cfg.model.freeze_stages)
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = _build_optimizer(model, cfg)
+    scheduler = _build_scheduler(optimizer, cfg)
+    weights = class_weights(counts, cfg.loss.class_weights)
+    criterion = build_loss(cfg.loss.kind, weights, gamma=cfg.loss.focal_gamma,
+                           label_smoothing=cfg.loss.label_smoothing).to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_metric, best_epoch, stale = 1, -math.inf, 0, 0
+    if resume:
+        state = _resume_state(out_dir, cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        best_metric, best_epoch, stale = state["best_metric"], state["best_epoch"], state["stale"]
+
+    train_model: nn.Module = model
+    if dist.world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = ShardedSampler(
+        len(train_set),
+        balanced_weights(train_set.targets, vocab.num_classes) if cfg.sampler == "balanced" else None,
+        seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    card_base = ModelCard(
+        architecture=cfg.model.arch, classes=list(vocab.codes), class_names=vocab.names,
+        vocabulary=vocab.name, positive_class=vocab.positive if vocab.positive in vocab.codes else None,
+        preprocess=cfg.preprocess, drop_rate=cfg.model.drop_rate, pretrained=provenance,
+        data=DataInfo(manifest=str(cfg.data.manifest), split_hash=manifest.split_hash,
+                      layout=manifest.layout, counts=manifest.counts(),
+                      licence=cfg.data.licence or _detect_licence(manifest.root)),
+        versions=package_versions(),
+    )
+    writer = _tensorboard(out_dir) if dist.is_main else None
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+        atomic_write_text(out_dir / "versions.json", json.dumps(package_versions(), indent=2))
+    callbacks.on_start({
+        "train": len(train_set), "val": len(val_set), "classes": list(vocab.codes),
+        "class_counts": dict(zip(vocab.codes, counts)), "device": str(device),
+        "world_size": dist.world_size, "start_epoch": start_epoch, "epochs": cfg.epochs,
+        "pretrained": provenance,
+    })
+
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+            stopped_early = True
+            break
+        started = time.perf_counter()
+        _seed_epoch(cfg.seed, epoch)
+        sampler.set_epoch(epoch)
+        _warmup_lr(optimizer, cfg, epoch)
+        train_loss = _train_one_epoch(train_model, train_set, sampler, optimizer, criterion,
+                                      scaler, cfg, device, epoch, callbacks)
+        probs, targets = _predict(model, val_set, cfg, device, dist, callbacks)
+        metrics = compute_metrics(targets, probs, vocab.codes,
+                                  melanoma_class=vocab.positive if vocab.positive in vocab.codes else None)
+        val_loss = float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1)).mean())
+        current = metrics[cfg.monitor] if metrics[cfg.monitor] is not None else -math.inf
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(current)
+            elif epoch > cfg.optim.warmup_epochs:
+                scheduler.step()
+        improved = current > best_metric
+        if improved:
+            best_metric, best_epoch, stale = current, epoch, 0
+        else:
+            stale += 1
+        record = {
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 1),
+            **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "melanoma_auc", "macro_auc", "ece")},
+            "best": improved,
+        }
+        history.append(record)
+        if dist.is_main:
+            card = card_base.model_copy(update={
+                "metrics": {"split": "val", **metrics},
+                "training": {"epoch": epoch, "config": cfg.model_dump(mode="json")},
+            })
+            trainer_state = {
+                "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                "best_metric": best_metric, "best_epoch": best_epoch, "stale": stale,
+                "config": cfg.model_dump(mode="json"),
+            }
+            if improved:
+                save_checkpoint(out_dir / "best", model, card)
+            save_checkpoint(out_dir / "last", model, card, trainer_state)
+            atomic_write_text(out_dir / "metrics.jsonl",
+                              "".join(json.dumps(r) + "\n" for r in history))
+            if writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "epoch":
+                        writer.add_scalar(key, value, epoch)
+        callbacks.on_epoch_end(epoch, record)
+        _barrier(dist)
+    else:
+        stopped_early = False
+    if writer is not None:
+        writer.close()
+    _cleanup_distributed(dist)
+    return TrainResult(out_dir, best_epoch, best_metric, history, stopped_early)
+
+
+# --------------------------------------------------------------------------- epoch
+
+
+def _train_one_epoch(model, dataset, sampler, optimizer, criterion, scaler, cfg, device, epoch,
+                     callbacks) -> float:
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        drop_last=len(sampler) > cfg.batch_size, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
+        persistent_workers=False,
+    )
+    num_batches = len(loader)
+    if cfg.max_batches_per_epoch:
+        num_batches = min(num_batches, cfg.max_batches_per_epoch)
+    callbacks.on_epoch_start(epoch, num_batches)
+    model.train()
+    total, seen = 0.0, 0
+    for batch, (images, targets) in enumerate(loader, start=1):
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+            loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item() * len(targets)
+        seen += len(targets)
+        callbacks.on_batch_end(epoch, batch, loss.item(), optimizer.param_groups[0]["lr"])
+        if batch >= num_batches:
+            break
+    return total / max(seen, 1)
+
+
+def _predict(model, dataset, cfg, device, dist: _Dist, callbacks) -> tuple[np.ndarray, np.ndarray]:
+    """Validation probabilities; under DDP each rank predicts a shard and rank order is restored."""
+    if dist.world_size == 1:
+        return predict_probs(model, dataset, batch_size=cfg.eval_batch_size,
+                             num_workers=cfg.num_workers, device=device,
+                             progress=callbacks.on_validate)
+    import torch.distributed as tdist
+
+    indices = list(range(dist.rank, len(dataset), dist.world_size))
+    probs, targets = predict_probs(model, Subset(dataset, indices), batch_size=cfg.eval_batch_size,
+                                   num_workers=cfg.num_workers, device=device)
+    gathered: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(gathered, (indices, probs, targets))
+    all_probs = np.zeros((len(dataset), probs.shape[1]))
+    all_targets = np.zeros(len(dataset), dtype=np.int64)
+    for idx, p, t in gathered:
+        all_probs[idx], all_targets[idx] = p, t
+    return all_probs, all_targets
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=0.9, nesterov=True)
+    if o.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=o.lr)
+    return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def _freeze_stages(model: nn.Module, stages: int) -> None:
+    if not stages:
+        return
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or stages > len(blocks):
+        raise ValueError(f"model.freeze_stages={stages}: {type(model).__name__} has "
+                         f"{len(blocks) if blocks is not None else 'no'} stages in `blocks`")
+    stem = [m for name, m in model.named_children() if name in ("conv_stem", "bn1")]
+    for module in (*stem, *blocks[:stages]):
+        module.requires_grad_(False)
+
+
+def _build_scheduler(optimizer, cfg: TrainConfig):
+    o = cfg.optim
+    if o.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=o.plateau_factor, patience=o.plateau_patience,
+            min_lr=o.min_lr)
+    if o.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(cfg.epochs - o.warmup_epochs, 1), eta_min=o.min_lr)
+    return None
+
+
+def _warmup_lr(optimizer, cfg: TrainConfig, epoch: int) -> None:
+    """Linear warm-up over the first ``optim.warmup_epochs`` epochs (per epoch)."""
+    if epoch <= cfg.optim.warmup_epochs:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.optim.lr * epoch / (cfg.optim.warmup_epochs + 1)
+    elif epoch == cfg.optim.warmup_epochs + 1 and cfg.optim.warmup_epochs:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.optim.lr
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    np.random.seed((seed * 1_000_003 + epoch) % 2**32)
+
+
+def _resume_state(out_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+    state = load_trainer_state(out_dir / "last") if (out_dir / "last").exists() else None
+    if state is None:
+        raise ValueError(f"cannot resume: {out_dir / 'last'} holds no trainer state; "
+                         "start without --resume")
+    old, new = state["config"], cfg.model_dump(mode="json")
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(
+            f"cannot resume {out_dir}: the config changed in {changed} since the run started; "
+            f"use the run's own config ({out_dir / 'config.yaml'}) or a new output folder")
+    return state
+
+
+_LICENCE = re.compile(r"CC[ -]BY(?:-[A-Z]{2})*(?:-[A-Z]{2})? \d\.\d")
+
+
+def _detect_licence(root: Path) -> str:
+    """The data licence named in the dataset folder's README, e.g. ``CC BY-NC 4.0``."""
+    for name in ("README.md", "README.txt", "README", "LICENSE"):
+        path = root / name
+        if path.is_file():
+            match = _LICENCE.search(path.read_text(errors="replace"))
+            if match:
+                return match.group(0)
+    return "unknown (set data.licence)"
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def _init_distributed() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return _Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _cleanup_distributed(dist: _Dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+
+
+def _barrier(dist: _Dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def _select_device(name: str, dist: _Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
