@@ -25,9 +25,13 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 
 def fail(message: str, code: int = 2) -> None:
+    from rich.markup import escape
+
     from skinedge.cli.progress import console
 
-    console.print(f"[bold red]error:[/] {message}")
+    # Escaped: messages quote rows like "labels.csv:3: [missing-file] ...", which rich would
+    # otherwise take for style tags and silently drop.
+    console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 

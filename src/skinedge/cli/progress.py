@@ -70,7 +70,9 @@ class RichTrainCallbacks(TrainCallbacks):
             value = record.get(key)
             return "n/a" if value is None else f"{value:.3f}"
 
-        self.progress.update(self.task, status=(
-            f"loss {record['train_loss']:.3f} | val bal.acc {fmt('balanced_accuracy')} "
-            f"mel AUC {fmt('melanoma_auc')} | {record['seconds']:.0f}s"
-            + (" [best]" if record["best"] else "")))
+        summary = (f"loss {record['train_loss']:.3f} | val bal.acc {fmt('balanced_accuracy')} "
+                   f"mel AUC {fmt('melanoma_auc')} | {record['seconds']:.0f}s"
+                   + (" [best]" if record["best"] else ""))
+        self.progress.update(self.task, status=summary)
+        if not self.progress.console.is_terminal:  # logs and CI get one line per epoch
+            self.progress.console.print(f"epoch {epoch}: {summary}")

@@ -49,11 +49,12 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
 
     folder = find_data(data)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "command.json", json.dumps({
+    record = {
         "command": shlex.join(["skinedge", *sys.argv[1:]]),
-        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "started": _now(),
         "data": str(folder.resolve()),
-    }, indent=2))
+    }
+    atomic_write_text(out / "command.json", json.dumps(record, indent=2))
 
     manifest_path = out / "manifest.json"
     console.rule(f"1/4 split {folder}")
@@ -88,6 +89,7 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     picks = _pick_examples(evaluation, per_class=1)
     written = explain_images(result.best_dir, [manifest.root / rows[i] for i in picks],
                              out / "explanations")
+    atomic_write_text(out / "command.json", json.dumps({**record, "finished": _now()}, indent=2))
     m = evaluation.metrics
     auc = "n/a" if m["melanoma_auc"] is None else f"{m['melanoma_auc']:.3f}"
     return (
@@ -97,6 +99,10 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
         f"reports:      {evaluation.files['markdown']}\n"
         f"explanations: {len(written)} PNGs in {out / 'explanations'}"
     )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _pick_examples(evaluation, per_class: int) -> list[int]:

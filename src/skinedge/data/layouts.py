@@ -145,7 +145,8 @@ def _one_hot_label(
 
 
 def _find_csv(root: Path, predicate: Callable[[list[str]], bool]) -> Path | None:
-    for path in sorted(root.glob("*.csv")):
+    """First CSV in root, or one folder down (the official ISIC zips unpack into a folder)."""
+    for path in [*sorted(root.glob("*.csv")), *sorted(root.glob("*/*.csv"))]:
         try:
             with path.open(newline="", encoding="utf-8-sig") as f:
                 header = [h.strip() for h in next(csv.reader(f), [])]
@@ -235,7 +236,7 @@ def _read_one_hot(
     index, ambiguous = _index_images(root)
     records, problems = [], []
     for line, row in rows:
-        source = f"{gt_path.name}:{line}"
+        source = f"{gt_path.relative_to(root)}:{line}"
         label = _one_hot_label(row, classes, source, problems)
         image = _resolve_by_id(row["image"], root, index, ambiguous, source, problems)
         if label and image:
@@ -277,7 +278,9 @@ def read_isic2019(root: Path) -> tuple[list[Record], list[DataProblem]]:
 
 
 def _is_isic2020(header: list[str]) -> bool:
-    return "image_name" in header and "target" in header
+    # patient_id is required: Kaggle's sample_submission.csv (image_name, target) sorts before
+    # train.csv and lists the unlabelled test images with target 0.
+    return all(c in header for c in ("image_name", "patient_id", "target"))
 
 
 @register_layout(

@@ -8,7 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skinedge.data.classes import ClassVocabulary, get_vocabulary, infer_vocabulary
+from skinedge.data.classes import (
+    VOCABULARIES,
+    ClassVocabulary,
+    get_vocabulary,
+    infer_vocabulary,
+)
 from skinedge.data.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb
 from skinedge.data.layouts import detect_layout, read_layout
 from skinedge.data.records import DataProblem, DataValidationError, Record
@@ -103,7 +108,15 @@ def read_dataset(
 
 
 def _infer(records: list[Record]) -> ClassVocabulary:
-    return infer_vocabulary({r.label.strip().lower() for r in records})
+    """Vocabulary of the labels some vocabulary knows; the others become per-row problems.
+
+    Inferring from every label would let one typo abort the whole folder with no row named
+    (and defeat ``skip_bad``); only a folder where no label is known fails here.
+    """
+    labels = {r.label.strip().lower() for r in records}
+    known = {label for label in labels
+             if any(v.normalize(label) is not None for v in VOCABULARIES.values())}
+    return infer_vocabulary(known or labels)
 
 
 def _check_images(

@@ -36,8 +36,7 @@ def split_groups(
     Raises:
         ValueError: ratios are not three non-negative numbers summing to 1.
     """
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+    check_ratios(ratios)
     labels_of: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         labels_of[r.group][r.label] += 1
@@ -58,6 +57,12 @@ def split_groups(
                 assignment[g] = split
             start += size
     return assignment
+
+
+def check_ratios(ratios: Sequence[float]) -> None:
+    """Raise ValueError unless ratios are three non-negative numbers summing to 1."""
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
 
 
 def _allocate(n: int, ratios: Sequence[float]) -> list[int]:

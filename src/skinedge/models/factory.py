@@ -7,7 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skinedge.models.pretrained import load_imagenet_weights, load_weights_file
+from skinedge.models.pretrained import (
+    load_imagenet_weights,
+    load_weights_file,
+    offline_weights_path,
+)
 
 
 def create_classifier(
@@ -45,6 +49,7 @@ def create_classifier(
         )
     fresh_head = False
     if pretrained == "imagenet":
+        offline_weights_path(arch)  # fail before building a model that has no offline weights
         model = timm.create_model(arch, pretrained=False, num_classes=1000, drop_rate=drop_rate)
         provenance = load_imagenet_weights(model, arch)
         model.reset_classifier(num_classes)

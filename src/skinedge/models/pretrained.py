@@ -145,7 +145,8 @@ def load_weights_file(model: nn.Module, path: Path) -> tuple[str, bool]:
     mismatched = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     state = {k: v for k, v in state.items() if k not in mismatched}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not is_head(k)]
+    # A key dropped for its shape is reported as a shape mismatch, not also as missing.
+    missing = [k for k in missing if not is_head(k) and k not in mismatched]
     mismatched = [k for k in mismatched if not is_head(k)]
     if missing or unexpected or mismatched:
         raise ValueError(

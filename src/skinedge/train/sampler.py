@@ -10,7 +10,11 @@ from torch.utils.data import Sampler
 
 
 class ShardedSampler(Sampler[int]):
-    """Epoch-seeded indices, split across ranks without padding duplicates into training.
+    """Epoch-seeded indices, split across ranks into shards of equal length.
+
+    When the dataset does not divide by ``world_size``, the first few indices of the epoch's
+    order are repeated (at most ``world_size - 1``), so every rank runs the same number of
+    batches and DDP never waits on a rank that ran out.
 
     With ``weights`` it draws with replacement (a balanced sampler: weight 1/n_class per
     image); without, it is a permutation. Every rank computes the same global order from

@@ -365,6 +365,13 @@ def _resume_state(out_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError(
             f"cannot resume {out_dir}: the config changed in {changed} since the run started; "
             f"use the run's own config ({out_dir / 'config.yaml'}) or a new output folder")
+    if old.get("epochs") != new["epochs"] and new["optim"]["scheduler"] == "cosine":
+        # The cosine schedule is laid out over `epochs`; its saved state cannot be stretched.
+        raise ValueError(
+            f"cannot resume {out_dir} with epochs={new['epochs']}: its cosine learning-rate "
+            f"schedule was laid out over epochs={old.get('epochs')}; resume with that value, or "
+            f"fine-tune its weights in a new run folder with --set "
+            f"model.pretrained={out_dir / 'last' / 'model.safetensors'}")
     return state
 
 

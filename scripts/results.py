@@ -1,0 +1,119 @@
+"""Generate docs/RESULTS.md from finished runs. Never edit RESULTS.md by hand.
+
+Usage:
+    python scripts/results.py runs/ham10000-lite0 [more runs...] --out docs/RESULTS.md
+
+Each run folder is what `skinedge quickstart --out RUN` leaves: command.json, manifest.json,
+train/{config.yaml,versions.json,metrics.jsonl,best/card.json}, eval/metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from skinedge.evaluate.report import render_markdown
+
+# The bar every accuracy claim is held to: a plain timm fine-tune of ImageNet EfficientNet-Lite0
+# on the HAM10000 sample, lesion-grouped test split (issue 5).
+BAR = {"balanced_accuracy": 0.70, "melanoma_auc": 0.90}
+REFERENCE = "plain timm fine-tune of Lite0: balanced accuracy 0.70, melanoma AUC 0.92"
+
+
+def render_run(run: Path) -> str:
+    command = json.loads((run / "command.json").read_text())
+    cfg = yaml.safe_load((run / "train" / "config.yaml").read_text())
+    versions = json.loads((run / "train" / "versions.json").read_text())
+    history = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    card = json.loads((run / "train" / "best" / "card.json").read_text())
+    metrics_path = run / "eval" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    manifest = json.loads((run / "manifest.json").read_text())
+
+    started = dt.datetime.fromisoformat(command["started"])
+    finished = (dt.datetime.fromisoformat(command["finished"]) if "finished" in command
+                else dt.datetime.fromtimestamp(metrics_path.stat().st_mtime, dt.UTC))
+    train_minutes = sum(r["seconds"] for r in history) / 60
+    best = card["training"]["epoch"]
+
+    lines = [
+        f"## {run.name}: {cfg['model']['arch']} at {cfg['preprocess']['input_size']} px",
+        "",
+        f"- command: `{command['command']}` (data: `{command['data']}`)",
+        f"- run: {command['started']} to {finished.isoformat(timespec='seconds')}, "
+        f"{(finished - started).total_seconds() / 60:.1f} min wall clock for split + train + "
+        f"evaluate + explain; training {train_minutes:.1f} min for {len(history)} epochs "
+        f"({train_minutes / max(len(history), 1):.1f} min/epoch), best epoch {best} by val "
+        f"{cfg['monitor']}",
+        f"- split: `{manifest['layout']}` layout, {manifest['classes']} classes, grouped by "
+        f"lesion, seed {manifest['seed']}, ratios {manifest['ratios']}, split hash "
+        f"`{manifest['split_hash'][:16]}`; images per split: "
+        + ", ".join(f"{s} {sum(c.values())}" for s, c in manifest["counts"].items()),
+        f"- weights: {card['pretrained']}; data licence: {card['data']['licence']}",
+        f"- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "",
+        "### Against the bar",
+        "",
+        f"Reference: {REFERENCE}. Target of issue 5: balanced accuracy >= 0.70, melanoma AUC >= 0.90.",
+        "",
+        "| metric | this run (test split) | target | verdict |",
+        "|---|---:|---:|---|",
+    ]
+    for key, target in BAR.items():
+        value = metrics[key]
+        verdict = "met" if value is not None and value >= target else (
+            f"missed by {target - value:.3f}" if value is not None else "n/a")
+        lines.append(f"| {key} | {value:.3f} | {target:.2f} | {verdict} |")
+    body = render_markdown(metrics, title="Test split", class_names=card["class_names"])
+    # Demote the report's headings under this run's section.
+    lines += ["", *("##" + ln if ln.startswith("#") else ln for ln in body.splitlines()), ""]
+    lines += [
+        "### Training history (validation split)",
+        "",
+        "| epoch | train loss | val loss | val accuracy | val balanced acc. | val melanoma AUC | lr | s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in history:
+        mark = " *" if r["epoch"] == best else ""
+        lines.append(
+            f"| {r['epoch']}{mark} | {r['train_loss']:.3f} | {r['val_loss']:.3f} | {r['accuracy']:.3f} "
+            f"| {r['balanced_accuracy']:.3f} | {_fmt(r['melanoma_auc'])} | {r['lr']:.1e} "
+            f"| {r['seconds']:.0f} |")
+    lines += ["", "`*` = checkpoint kept as `best/` and evaluated on the test split.", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
+    args = parser.parse_args(argv)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    me = shlex.join(["python", "scripts/results.py", *sys.argv[1:]])
+    parts = [
+        "# Measured results",
+        "",
+        f"Generated by `{me}` on {now} from the run folders named there; do not edit by hand.",
+        "Every figure below was read from files those runs wrote; rerun the run's command, then "
+        "this script, to reproduce them.",
+        "",
+    ]
+    parts += [render_run(run) for run in args.runs]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(parts))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

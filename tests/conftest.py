@@ -1,0 +1,124 @@
+"""Shared fixtures: a tiny synthetic labels.csv dataset and the real ISIC samples.
+
+``make_tiny_dataset`` is a plain function, for tests that need several folders or other sizes.
+Under ``--import-mode=importlib`` pytest registers this file as ``tests.conftest``, so a test
+module can ``from tests.conftest import make_tiny_dataset``; simpler still, take the
+``tiny_dataset`` fixture (one read-only folder per session) or the ``make_labels_folder``
+factory fixture (a fresh folder per call, same keyword arguments).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: The 7 HAM10000 / ISIC 2018 class codes, in the order of the official ground-truth CSV.
+HAM10000_CODES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
+
+#: One clearly different base colour per class (RGB), so a model can tell them apart.
+CLASS_COLOURS = {
+    "mel": (70, 40, 30),
+    "nv": (160, 110, 80),
+    "bcc": (220, 170, 190),
+    "akiec": (200, 80, 70),
+    "bkl": (140, 140, 60),
+    "df": (90, 120, 160),
+    "vasc": (170, 30, 120),
+}
+
+
+def make_image(colour: tuple[int, int, int], size: tuple[int, int], seed: int) -> Image.Image:
+    """A small RGB image: a base colour, a darker blob in the middle and some noise.
+
+    Args:
+        colour: Base RGB colour.
+        size: (height, width) in pixels.
+        seed: Noise seed (different images of one class differ a little).
+    """
+    height, width = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    blob = ((yy - height / 2) / (height / 3)) ** 2 + ((xx - width / 2) / (width / 3)) ** 2 < 1
+    pixels = np.empty((height, width, 3), dtype=np.float32)
+    pixels[:] = colour
+    pixels[blob] *= 0.6
+    pixels += rng.normal(0, 6, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_tiny_dataset(
+    root: Path,
+    per_class: int = 10,
+    size: tuple[int, int] = (48, 64),
+    codes: tuple[str, ...] = HAM10000_CODES,
+) -> Path:
+    """Write a ``labels.csv`` dataset folder of small JPEGs.
+
+    Layout: ``root/labels.csv`` (image, lesion_id, dx) and ``root/images/<code>_<n>.jpg``;
+    two images per lesion (lesion ids ``L_<code>_<k>``), colours differing per class.
+
+    Args:
+        root: Folder to create (may exist).
+        per_class: Images per class (``per_class // 2`` lesions of 2 images, plus one of 1
+            image when odd).
+        size: (height, width) of every image.
+        codes: Class codes to use (default: the 7 HAM10000 codes).
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for class_index, code in enumerate(codes):
+        fallback = ((40 + 67 * class_index) % 256, 120, (200 + 101 * class_index) % 256)
+        colour = CLASS_COLOURS.get(code, fallback)
+        for n in range(per_class):
+            image = f"images/{code}_{n:03d}.jpg"
+            make_image(colour, size, seed=1000 * class_index + n).save(root / image, quality=90)
+            rows.append((image, f"L_{code}_{n // 2:03d}", code))
+    with (root / "labels.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "lesion_id", "dx"])
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def make_labels_folder(tmp_path_factory) -> Callable[..., Path]:
+    """Factory: ``make_labels_folder(per_class=10, size=(48, 64), codes=...)`` -> new folder."""
+
+    def make(**kwargs) -> Path:
+        return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data", **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A labels.csv folder: 7 classes x 10 JPEGs of 48x64, 2 images per lesion.
+
+    Shared by the session: treat it as read-only (copy it, or use ``make_labels_folder``, to
+    change files).
+    """
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny-shared") / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder holding the real ISIC samples (ham10000-sample/, isic2019-sample/, ...)."""
+    env = os.environ.get("SKINEDGE_DATA")
+    if env:
+        return Path(env)
+    candidate = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if candidate.is_dir():
+        return candidate
+    pytest.skip(
+        "real ISIC samples not found: set SKINEDGE_DATA to the folder holding ham10000-sample/"
+    )

@@ -1,0 +1,347 @@
+"""Every kind of bad input is reported with the file or row and what to do about it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from skinedge.cli.main import app
+from skinedge.data import DataValidationError, ImageError, load_rgb, read_dataset
+from tests.conftest import make_image
+
+GOOD_PER_CLASS = 2  # 7 classes x 2 good images in every folder below
+GOOD_ROWS = 7 * GOOD_PER_CLASS
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _add_row(root: Path, image: str, dx: str = "nv", lesion: str = "") -> str:
+    """Append a labels.csv row; returns its source tag (``labels.csv:<line>``)."""
+    path = root / "labels.csv"
+    lines = path.read_text().splitlines()
+    with path.open("a", newline="") as f:
+        csv.writer(f).writerow([image, lesion or f"L_{Path(image).stem}", dx])
+    return f"labels.csv:{len(lines) + 1}"
+
+
+def _line_of(root: Path, image: str) -> str:
+    """Source tag of the first labels.csv row naming ``image``."""
+    lines = (root / "labels.csv").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, start=1) if text.startswith(image + ","))
+    return f"labels.csv:{line}"
+
+
+def _jpeg_bytes(size=(48, 64)) -> bytes:
+    buffer = io.BytesIO()
+    make_image((150, 100, 80), size, seed=7).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _rgb_array(size=(32, 32)) -> np.ndarray:
+    return np.asarray(make_image((150, 100, 80), size, seed=3))
+
+
+def _write_missing(root: Path) -> str:
+    return "images/ghost.jpg"
+
+
+def _write_unreadable(root: Path) -> str:
+    (root / "images/noise.jpg").write_bytes(np.random.default_rng(0).bytes(4096))
+    return "images/noise.jpg"
+
+
+def _write_truncated(root: Path) -> str:
+    data = _jpeg_bytes()
+    (root / "images/half.jpg").write_bytes(data[: len(data) // 2])
+    return "images/half.jpg"
+
+
+def _write_cmyk(root: Path) -> str:
+    Image.fromarray(_rgb_array()).convert("CMYK").save(root / "images/print.jpg")
+    return "images/print.jpg"
+
+
+def _write_rgba_transparent(root: Path) -> str:
+    rgba = np.dstack([_rgb_array(), np.full((32, 32), 255, np.uint8)])
+    rgba[:8, :8, 3] = 0  # a transparent corner
+    Image.fromarray(rgba, "RGBA").save(root / "images/cutout.png")
+    return "images/cutout.png"
+
+
+def _write_16bit(root: Path) -> str:
+    depth = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).astype(np.uint16)
+    Image.fromarray(depth).save(root / "images/deep.png")
+    assert Image.open(root / "images/deep.png").mode == "I;16"  # the test premise
+    return "images/deep.png"
+
+
+def _write_grayscale(root: Path) -> str:
+    Image.fromarray(_rgb_array()).convert("L").save(root / "images/gray.jpg")
+    return "images/gray.jpg"
+
+
+def _write_bomb(root: Path) -> str:
+    # Larger than the limit the tests pass (BOMB_LIMIT), while the 48x64 good images are not.
+    make_image((150, 100, 80), (64, 96), seed=1).save(root / "images/huge.jpg")
+    return "images/huge.jpg"
+
+
+BOMB_LIMIT = 48 * 64
+
+#: kind of bad input -> (writer, reported kind, phrases the message must contain)
+CASES = {
+    "missing": (_write_missing, "missing-file",
+                ["ghost.jpg", "not found", "restore it or remove the row"]),
+    "unreadable": (_write_unreadable, "unreadable-image",
+                   ["noise.jpg", "not an image PIL can read", "replace the file"]),
+    "truncated": (_write_truncated, "unreadable-image",
+                  ["half.jpg", "truncated or corrupt", "copy it again"]),
+    "cmyk": (_write_cmyk, "unsupported-mode",
+             ["print.jpg", "CMYK", "export it as 8-bit sRGB"]),
+    "rgba-transparent": (_write_rgba_transparent, "unsupported-mode",
+                         ["cutout.png", "transparent pixels", "flatten it", "save as RGB"]),
+    "16-bit": (_write_16bit, "unsupported-mode",
+               ["deep.png", "16-bit", "convert it to 8-bit RGB"]),
+    "grayscale": (_write_grayscale, "unsupported-mode",
+                  ["gray.jpg", "grayscale", "use the original colour image"]),
+    "bomb": (_write_bomb, "too-large",
+             ["huge.jpg", "6,144 pixels is over the limit of 3,072",
+              "decompression-bomb guard", "--max-pixels"]),
+}
+
+
+@pytest.fixture
+def folder(make_labels_folder) -> Path:
+    return make_labels_folder(per_class=GOOD_PER_CLASS)
+
+
+# --------------------------------------------------------------------------- one problem each
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_image_is_reported_with_row_file_and_fix(folder, case):
+    write, kind, phrases = CASES[case]
+    source = _add_row(folder, write(folder))
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(folder, max_pixels=BOMB_LIMIT)
+
+    (problem,) = info.value.problems
+    assert (problem.source, problem.kind) == (source, kind)
+    message = str(info.value)
+    assert f"{source}: [{kind}]" in message
+    for phrase in phrases:
+        assert phrase in message
+    assert "--skip-bad" in message
+
+
+def test_unknown_label_names_the_row_and_the_vocabulary(folder):
+    make_image((150, 100, 80), (48, 64), seed=5).save(folder / "images/extra.jpg")
+    source = _add_row(folder, "images/extra.jpg", dx="melanocytic")
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(folder)
+
+    (problem,) = info.value.problems
+    assert (problem.source, problem.kind) == (source, "unknown-label")
+    assert "label 'melanocytic' is not one of ['mel', 'nv', 'bcc', 'akiec', 'bkl', 'df', 'vasc']" \
+        in str(info.value)
+    assert "fix the row or choose another --classes" in str(info.value)
+
+
+def test_labels_no_vocabulary_knows_say_what_to_do(make_labels_folder):
+    root = make_labels_folder(per_class=1, codes=("lentigo", "wart"))
+
+    with pytest.raises(ValueError) as info:
+        read_dataset(root)
+
+    assert "['lentigo', 'wart'] belong to no known class vocabulary" in str(info.value)
+    assert "--classes" in str(info.value)
+
+
+def test_duplicate_rows_are_both_reported(folder):
+    first = _line_of(folder, "images/mel_000.jpg")
+    second = _add_row(folder, "images/mel_000.jpg", dx="mel", lesion="L_mel_000")
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(folder)
+
+    assert [(p.source, p.kind) for p in info.value.problems] == [
+        (first, "duplicate-id"), (second, "duplicate-id")]
+    assert "image images/mel_000.jpg is listed more than once; keep one row" in str(info.value)
+
+
+def test_one_hot_row_with_two_classes(tmp_path):
+    columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    rows = []
+    for i, code in enumerate(columns * 2):
+        make_image((150, 100, 80), (24, 32), i).save(tmp_path / f"ISIC_{i:07d}.jpg")
+        rows.append([f"ISIC_{i:07d}"] + [int(c == code) for c in columns])
+    rows[1][1] = 1  # the NV row also says MEL: line 3 of the CSV
+    with (tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["image", *columns], *rows])
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(tmp_path)
+
+    (problem,) = info.value.problems
+    assert problem.source == "ISIC2018_Task3_Training_GroundTruth.csv:3"
+    assert "one-hot row has 2 classes set (['MEL', 'NV']); exactly one must be 1" \
+        in str(info.value)
+
+
+def test_metadata_row_without_image_names_the_id(tmp_path):
+    (tmp_path / "HAM10000_images_part_1").mkdir()
+    make_image((150, 100, 80), (24, 32), 0).save(tmp_path / "HAM10000_images_part_1/ISIC_1.jpg")
+    (tmp_path / "HAM10000_metadata.csv").write_text(
+        "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
+        "HAM_1,ISIC_1,nv,histo,50,male,back\n"
+        "HAM_2,ISIC_2,mel,histo,50,male,back\n")
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(tmp_path)
+
+    assert "HAM10000_metadata.csv:3: [missing-file] no image file named ISIC_2.* under" \
+        in str(info.value)
+    assert "restore the file or remove the row" in str(info.value)
+
+
+def test_image_id_found_twice_names_both_copies(tmp_path):
+    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
+        (tmp_path / part).mkdir()
+        make_image((150, 100, 80), (24, 32), 0).save(tmp_path / part / "ISIC_1.jpg")
+    make_image((150, 100, 80), (24, 32), 1).save(tmp_path / "HAM10000_images_part_1/ISIC_2.jpg")
+    (tmp_path / "HAM10000_metadata.csv").write_text(
+        "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
+        "HAM_1,ISIC_1,nv,histo,50,male,back\n"
+        "HAM_2,ISIC_2,mel,histo,50,male,back\n")
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(tmp_path)
+
+    (problem,) = info.value.problems
+    assert (problem.source, problem.kind) == ("HAM10000_metadata.csv:2", "ambiguous-file")
+    assert ("image ISIC_1 exists more than once (HAM10000_images_part_1/ISIC_1.jpg, "
+            "HAM10000_images_part_2/ISIC_1.jpg); keep one copy") in str(info.value)
+
+
+def test_opaque_rgba_is_accepted_as_rgb(folder):
+    rgba = np.dstack([_rgb_array(), np.full((32, 32), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "images/opaque.png")
+    _add_row(folder, "images/opaque.png")
+
+    dataset = read_dataset(folder)
+
+    assert len(dataset.records) == GOOD_ROWS + 1
+    image = load_rgb(folder / "images/opaque.png")
+    assert image.mode == "RGB"
+    assert np.array_equal(np.asarray(image), _rgb_array())
+
+
+def test_load_rgb_error_names_the_file(tmp_path):
+    path = tmp_path / "gray.png"
+    Image.new("L", (16, 16), 128).save(path)
+
+    with pytest.raises(ImageError) as info:
+        load_rgb(path)
+
+    assert info.value.kind == "unsupported-mode"
+    assert str(info.value).startswith(f"{path}: it is grayscale")
+
+
+# --------------------------------------------------------------------------- many problems
+
+
+@pytest.fixture
+def many_bad(folder) -> tuple[Path, dict[str, str]]:
+    """The good folder plus one row of every kind of bad input: (root, source -> kind)."""
+    expected = {}
+    for write, kind, _ in CASES.values():
+        expected[_add_row(folder, write(folder))] = kind
+    make_image((150, 100, 80), (48, 64), seed=5).save(folder / "images/extra.jpg")
+    expected[_add_row(folder, "images/extra.jpg", dx="blue-nevus")] = "unknown-label"
+    expected[_line_of(folder, "images/bcc_001.jpg")] = "duplicate-id"
+    expected[_add_row(folder, "images/bcc_001.jpg", dx="bcc", lesion="L_bcc_000")] = "duplicate-id"
+    return folder, expected
+
+
+def test_every_problem_of_a_folder_is_listed_at_once(many_bad):
+    root, expected = many_bad
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(root, max_pixels=BOMB_LIMIT)
+
+    assert {p.source: p.kind for p in info.value.problems} == expected
+    message = str(info.value)
+    assert message.startswith(f"{len(expected)} problem(s) in the dataset:")
+    for source, kind in expected.items():
+        assert f"{source}: [{kind}]" in message
+
+
+def test_skip_bad_keeps_the_good_rows_and_lists_the_rest(many_bad):
+    root, expected = many_bad
+
+    dataset = read_dataset(root, max_pixels=BOMB_LIMIT, skip_bad=True)
+
+    assert {p.source: p.kind for p in dataset.skipped} == expected
+    assert len(dataset.records) == GOOD_ROWS - 1  # bcc_001 is listed twice: both rows skipped
+    assert all(r.source not in expected for r in dataset.records)
+    assert all(p.message for p in dataset.skipped)
+
+
+def test_skip_bad_with_nothing_left_still_fails(make_labels_folder):
+    root = make_labels_folder(per_class=1, codes=("mel",))
+    (root / "images/mel_000.jpg").unlink()
+
+    with pytest.raises(ValueError, match="no usable images found"):
+        read_dataset(root, skip_bad=True)
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def _flat(text: str) -> str:
+    """CLI output with the console's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def test_cli_split_fails_with_every_problem(many_bad, tmp_path):
+    root, expected = many_bad
+    out = tmp_path / "out" / "manifest.json"
+
+    result = CliRunner().invoke(app, [
+        "data", "split", str(root), "--out", str(out), "--max-pixels", str(BOMB_LIMIT)])
+
+    assert result.exit_code != 0
+    output = _flat(result.output)
+    assert f"{len(expected)} problem(s) in the dataset" in output
+    for source, kind in expected.items():
+        assert f"{source}: [{kind}]" in output
+    assert "--skip-bad" in output
+    assert not out.exists()
+
+
+def test_cli_split_skip_bad_writes_the_skipped_report(many_bad, tmp_path):
+    root, expected = many_bad
+    out = tmp_path / "out" / "manifest.json"
+
+    result = CliRunner().invoke(app, [
+        "data", "split", str(root), "--out", str(out), "--max-pixels", str(BOMB_LIMIT),
+        "--skip-bad"])
+
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    report = out.parent / "manifest.skipped.csv"
+    assert report.is_file()
+    assert "manifest.skipped.csv" in _flat(result.output).replace(" ", "")
+    with report.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["source"]: r["kind"] for r in rows} == expected
+    assert all(r["message"] for r in rows)

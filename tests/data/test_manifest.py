@@ -1,0 +1,167 @@
+"""Manifests: round-trip, refusal of changed images, moved folders, torch dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from skinedge.data import (
+    LesionDataset,
+    ManifestMismatchError,
+    PreprocessConfig,
+    build_eval_transform,
+    load_manifest,
+    make_manifest,
+    read_dataset,
+)
+from tests.conftest import make_image
+
+
+@pytest.fixture
+def folder(make_labels_folder) -> Path:
+    return make_labels_folder(per_class=6)
+
+
+@pytest.fixture
+def saved(folder, tmp_path) -> tuple[Path, Path]:
+    """(dataset folder, manifest path) of a saved split."""
+    manifest = make_manifest(read_dataset(folder), seed=3)
+    path = manifest.save(tmp_path / "splits" / "manifest.json")
+    return folder, path
+
+
+def test_round_trip_keeps_rows_and_split_hash(folder, tmp_path):
+    dataset = read_dataset(folder)
+    manifest = make_manifest(dataset, seed=3)
+    path = manifest.save(tmp_path / "manifest.json")
+
+    loaded = load_manifest(path)
+
+    assert loaded.rows == manifest.rows
+    assert loaded.split_hash == manifest.split_hash
+    assert json.loads(path.read_text())["split_hash"] == manifest.split_hash
+    assert (loaded.root, loaded.layout, loaded.classes, loaded.seed, loaded.ratios) == (
+        folder.resolve(), "labels-csv", "isic2018", 3, (0.7, 0.15, 0.15))
+    assert loaded.created == manifest.created
+    assert {r.image for r in loaded.rows} == {r.image for r in dataset.records}
+    assert all(len(r.sha256) == 64 for r in loaded.rows)
+    # Lesion-disjoint: every group has one split.
+    splits_of = defaultdict(set)
+    for r in loaded.rows:
+        splits_of[r.group].add(r.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+
+
+def test_split_hash_is_stable_and_tracks_the_split(folder):
+    dataset = read_dataset(folder)
+
+    again = make_manifest(dataset, seed=3).split_hash
+    assert make_manifest(read_dataset(folder), seed=3).split_hash == again
+    assert make_manifest(dataset, seed=4).split_hash != again
+
+
+def test_counts_cover_every_image(saved):
+    _, path = saved
+    manifest = load_manifest(path)
+
+    counts = manifest.counts()
+    assert sum(sum(c.values()) for c in counts.values()) == 7 * 6
+    assert sum(counts["train"].values()) == len(manifest.subset("train"))
+    with pytest.raises(ValueError, match="unknown split 'holdout'"):
+        manifest.subset("holdout")
+
+
+def test_changed_image_is_refused_naming_the_file(saved):
+    folder, path = saved
+    make_image((0, 255, 0), (48, 64), seed=99).save(folder / "images" / "nv_002.jpg")
+
+    with pytest.raises(ManifestMismatchError) as info:
+        load_manifest(path)
+
+    message = str(info.value)
+    assert f"{folder.resolve() / 'images' / 'nv_002.jpg'}: changed since the manifest was made" \
+        in message
+    assert "0 missing and 1 changed image(s)" in message
+    assert "skinedge data split" in message  # what to do
+
+
+def test_missing_image_is_refused_naming_the_file(saved):
+    folder, path = saved
+    (folder / "images" / "df_004.jpg").unlink()
+
+    with pytest.raises(ManifestMismatchError) as info:
+        load_manifest(path)
+
+    assert f"{folder.resolve() / 'images' / 'df_004.jpg'}: missing" in str(info.value)
+    assert "1 missing and 0 changed image(s)" in str(info.value)
+
+
+def test_verify_false_skips_the_check(saved):
+    folder, path = saved
+    (folder / "images" / "df_004.jpg").unlink()
+
+    assert len(load_manifest(path, verify=False).rows) == 7 * 6
+
+
+def test_root_override_finds_a_moved_folder(saved, tmp_path):
+    folder, path = saved
+    moved = shutil.move(folder, tmp_path / "elsewhere" / "renamed")
+
+    with pytest.raises(ManifestMismatchError):
+        load_manifest(path)  # the recorded root is gone
+    manifest = load_manifest(path, root=moved)
+
+    assert manifest.root == Path(moved).resolve()
+    assert manifest.split_hash == json.loads(path.read_text())["split_hash"]
+
+
+def test_skinedge_data_is_the_fallback_root(saved, tmp_path, monkeypatch):
+    folder, path = saved
+    new_home = tmp_path / "new-home"
+    new_home.mkdir()
+    shutil.move(folder, new_home / folder.name)  # same folder name, other parent
+    monkeypatch.setenv("SKINEDGE_DATA", str(new_home))
+
+    manifest = load_manifest(path)
+
+    assert manifest.root == (new_home / folder.name).resolve()
+
+
+def test_recorded_root_wins_over_skinedge_data(saved, tmp_path, monkeypatch):
+    folder, path = saved
+    monkeypatch.setenv("SKINEDGE_DATA", str(tmp_path / "nothing-here"))
+
+    assert load_manifest(path).root == folder.resolve()
+
+
+def test_unreadable_manifest_says_so(tmp_path):
+    bad = tmp_path / "manifest.json"
+    bad.write_text("{not json")
+
+    with pytest.raises(ValueError, match="not a readable manifest"):
+        load_manifest(bad)
+    bad.write_text(json.dumps({"schema": "other/9"}))
+    with pytest.raises(ValueError, match="schema 'other/9' is not 'skinedge.manifest/1'"):
+        load_manifest(bad)
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_lesion_dataset_yields_tensors_of_the_configured_size(saved, split):
+    _, path = saved
+    manifest = load_manifest(path)
+    transform = build_eval_transform(PreprocessConfig(input_size=32))
+
+    dataset = LesionDataset.from_manifest(manifest, split, transform)
+
+    rows = manifest.subset(split)
+    assert len(dataset) == len(rows) > 0
+    image, target = dataset[0]
+    assert isinstance(image, torch.Tensor)
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert target == manifest.vocabulary.codes.index(rows[0].label)
+    assert dataset.targets == [manifest.vocabulary.codes.index(r.label) for r in rows]

@@ -1,0 +1,148 @@
+"""Preprocessing: colour constancy, luminance equalisation, geometry, seeded augmentation."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skinedge.data import (
+    AugmentConfig,
+    PreprocessConfig,
+    build_eval_transform,
+    build_train_transform,
+)
+from skinedge.data.transforms import equalize_luminance, shades_of_gray
+
+
+def _grey_patches_with_cast(cast=(1.0, 0.55, 0.45)) -> Image.Image:
+    """A 48x64 chart of grey patches (40..220) photographed under a strong red light."""
+    levels = np.linspace(40, 220, 12)
+    grey = np.repeat(np.repeat(levels.reshape(3, 4), 16, axis=0), 16, axis=1)  # (48, 64)
+    pixels = grey[..., None] * np.asarray(cast)[None, None, :]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def _channel_means(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+
+
+def test_shades_of_gray_removes_a_colour_cast():
+    image = _grey_patches_with_cast()
+    before = _channel_means(image)
+    assert before.max() - before.min() > 50  # the premise: a strong red cast
+
+    after = _channel_means(shades_of_gray(image, p=6))
+
+    assert after.max() - after.min() < 2
+    assert shades_of_gray(image).size == image.size
+
+
+def test_shades_of_gray_leaves_a_neutral_image_neutral():
+    image = _grey_patches_with_cast(cast=(1.0, 1.0, 1.0))
+
+    out = np.asarray(shades_of_gray(image), dtype=np.int16)
+
+    assert np.abs(out - np.asarray(image, dtype=np.int16)).max() <= 1
+
+
+def _low_contrast_skin() -> Image.Image:
+    """48x64 skin-coloured image whose brightness only varies by about +-8%."""
+    rng = np.random.default_rng(0)
+    wave = 0.08 * np.sin(np.linspace(0, 3 * np.pi, 64))[None, :]
+    shade = 1.0 + wave + rng.normal(0, 0.01, (48, 64))
+    pixels = np.asarray((180, 120, 95), dtype=np.float64)[None, None, :] * shade[..., None]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def _hue_of_mean(image: Image.Image) -> float:
+    r, g, b = _channel_means(image) / 255
+    return colorsys.rgb_to_hsv(r, g, b)[0]
+
+
+def test_equalize_luminance_spreads_y_and_keeps_hue():
+    image = _low_contrast_skin()
+    y_before = np.asarray(image.convert("YCbCr"))[..., 0].astype(np.float64)
+
+    out = equalize_luminance(image)
+    y_after = np.asarray(out.convert("YCbCr"))[..., 0].astype(np.float64)
+
+    assert np.ptp(y_before) < 40
+    assert np.ptp(y_after) > 200
+    assert y_after.std() > 3 * y_before.std()
+    # Brightness order of the pixels is kept (equalisation is monotone).
+    assert np.corrcoef(y_before.ravel(), y_after.ravel())[0, 1] > 0.9
+    # Chroma untouched: the mean colour's hue barely moves (hue is on a 0..1 circle).
+    assert abs(_hue_of_mean(out) - _hue_of_mean(image)) < 0.03
+
+
+def _four_by_three_with_red_left_edge() -> Image.Image:
+    """64x48 (4:3) grey frame whose 4 leftmost columns are pure red."""
+    pixels = np.full((48, 64, 3), 128, np.uint8)
+    pixels[:, :4] = (255, 0, 0)
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.mark.parametrize("mode", ["crop", "squash"])
+@pytest.mark.parametrize("size", [16, 32])
+def test_eval_transform_gives_a_square_tensor(mode, size):
+    cfg = PreprocessConfig(input_size=size, resize_mode=mode)
+
+    tensor = build_eval_transform(cfg)(_four_by_three_with_red_left_edge())
+
+    assert tensor.shape == (3, size, size)
+    assert tensor.dtype == torch.float32
+
+
+def test_crop_keeps_the_aspect_ratio_and_trims_the_sides():
+    image = _four_by_three_with_red_left_edge()
+    crop = build_eval_transform(PreprocessConfig(input_size=32, resize_mode="crop"))(image)
+    squash = build_eval_transform(PreprocessConfig(input_size=32, resize_mode="squash"))(image)
+
+    def redness(tensor: torch.Tensor) -> float:  # R minus G of the left column, in [-2, 2]
+        return float((tensor[0, :, 0] - tensor[1, :, 0]).mean())
+
+    assert redness(squash) > 1.5  # squash keeps the whole width, red edge included
+    assert abs(redness(crop)) < 0.1  # crop trims the sides of a 4:3 frame
+    # The grey middle is untouched either way (mean 0.5, std 0.5: grey 128 ~ 0).
+    assert crop[:, :, 12:20].abs().max() < 0.05
+
+
+def test_eval_transform_applies_colour_constancy():
+    cfg = PreprocessConfig(input_size=32, resize_mode="squash", color_constancy="shades_of_gray")
+
+    tensor = build_eval_transform(cfg)(_grey_patches_with_cast())
+
+    means = tensor.mean(dim=(1, 2))
+    assert float(means.max() - means.min()) < 0.03
+
+
+def test_train_transform_is_random_but_seeded():
+    cfg = PreprocessConfig(input_size=32)
+    transform = build_train_transform(cfg, AugmentConfig(hue=0.05))
+    image = _low_contrast_skin()
+
+    torch.manual_seed(0)
+    first, second = transform(image), transform(image)
+    torch.manual_seed(0)
+    again = transform(image)
+    torch.manual_seed(1)
+    other = transform(image)
+
+    assert first.shape == (3, 32, 32)
+    assert not torch.equal(first, second)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_disabled_augmentation_is_the_eval_transform():
+    cfg = PreprocessConfig(input_size=32)
+    image = _low_contrast_skin()
+
+    torch.manual_seed(0)
+    train = build_train_transform(cfg, AugmentConfig(enabled=False))(image)
+
+    assert torch.equal(train, build_eval_transform(cfg)(image))

@@ -1,0 +1,47 @@
+"""DDP: `skinedge train` under torch.distributed.run, two CPU processes, gloo backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_train_with_two_cpu_processes(tiny_manifest, tmp_path) -> None:
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()),
+        "-m", "skinedge.cli.main", "train", "--out", str(out), "--manifest", str(tiny_manifest),
+        "--set", "epochs=1", "--set", "preprocess.input_size=32", "--set", "num_workers=0",
+        "--set", "model.pretrained=none", "--set", "model.arch=test_efficientnet",
+        "--set", "batch_size=8", "--set", "max_batches_per_epoch=2", "--set", "device=cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "cpu x2" in log  # rank 0 reported the world size
+    assert log.count("best epoch 1") == 1  # only rank 0 prints the summary
+    # rank 0 alone wrote: one of each, no temporary or displaced checkpoint folders left
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best", "config.yaml", "last", "metrics.jsonl", "versions.json"]
+    assert (out / "last" / "trainer_state.pt").is_file()
+    assert (out / "best" / "card.json").is_file()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["epoch"] == 1 and record["best"] is True
