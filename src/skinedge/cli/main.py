@@ -87,10 +87,12 @@ def evaluate(
     """Accuracy, balanced accuracy, per-class scores and AUCs, melanoma AUC and sensitivity at
     80%/90% specificity, ECE and the confusion matrix, as JSON, Markdown and PNG."""
     from skinedge.cli.progress import CountProgress, console, make_progress
+    from skinedge.cli.provenance import now, record_command
     from skinedge.evaluate import evaluate_checkpoint
 
     if data is not None and subset != "all":
         fail("--subset only takes 'all' with --data (use a manifest for splits)")
+    started = now()
     try:
         with make_progress() as progress:
             result = evaluate_checkpoint(
@@ -99,6 +101,7 @@ def evaluate(
                 progress=CountProgress(progress, "predicting"))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+    record_command(out, started=started, finished=now())
     m = result.metrics
     console.print(result.files["markdown"].read_text())
     if result.skipped:

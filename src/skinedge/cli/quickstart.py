@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
-import shlex
-import sys
 from importlib import resources
 from pathlib import Path
 
 from skinedge.cli.progress import CountProgress, RichTrainCallbacks, console, make_progress
-from skinedge.utils.io import atomic_write_text
+from skinedge.cli.provenance import now, record_command
 
 DEFAULT_DATASET = "ham10000-sample"
 
@@ -49,12 +45,8 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
 
     folder = find_data(data)
     out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "command": shlex.join(["skinedge", *sys.argv[1:]]),
-        "started": _now(),
-        "data": str(folder.resolve()),
-    }
-    atomic_write_text(out / "command.json", json.dumps(record, indent=2))
+    started = now()
+    record_command(out, started=started, data=str(folder.resolve()))
 
     manifest_path = out / "manifest.json"
     console.rule(f"1/4 split {folder}")
@@ -89,7 +81,7 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     picks = _pick_examples(evaluation, per_class=1)
     written = explain_images(result.best_dir, [manifest.root / rows[i] for i in picks],
                              out / "explanations")
-    atomic_write_text(out / "command.json", json.dumps({**record, "finished": _now()}, indent=2))
+    record_command(out, started=started, finished=now(), data=str(folder.resolve()))
     m = evaluation.metrics
     auc = "n/a" if m["melanoma_auc"] is None else f"{m['melanoma_auc']:.3f}"
     return (
@@ -99,10 +91,6 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
         f"reports:      {evaluation.files['markdown']}\n"
         f"explanations: {len(written)} PNGs in {out / 'explanations'}"
     )
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _pick_examples(evaluation, per_class: int) -> list[int]:

@@ -40,7 +40,7 @@ class LesionDataset(TorchDataset):
         return self.transform(image), self.targets[index]
 
     @classmethod
-    def from_manifest(cls, manifest, split: str, transform: Callable) -> "LesionDataset":
+    def from_manifest(cls, manifest, split: str, transform: Callable) -> LesionDataset:
         rows = manifest.subset(split)
         vocab = manifest.vocabulary
         return cls(manifest.root, [r.image for r in rows],

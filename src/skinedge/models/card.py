@@ -61,5 +61,5 @@ class ModelCard(BaseModel):
         return self.model_dump_json(indent=2, by_alias=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelCard":
+    def from_json(cls, text: str) -> ModelCard:
         return cls.model_validate_json(text)

@@ -69,30 +69,36 @@ def load_card(path: Path | str) -> ModelCard:
     return ModelCard.from_json((_checkpoint_dir(Path(path)) / CARD).read_text())
 
 
-def load_checkpoint(path: Path | str, *, verify: bool = True) -> tuple[nn.Module, ModelCard]:
+def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model described by a checkpoint's card and load its weights.
 
     Raises:
         FileNotFoundError: not a checkpoint folder.
         ValueError: the weights' hash differs from the card's (a corrupted or swapped file).
     """
-    from safetensors.torch import load_file
-
     from skinedge.models.factory import create_classifier
 
+    card = load_card(path)
+    model, _ = create_classifier(card.architecture, card.num_classes, pretrained="none",
+                                 drop_rate=card.drop_rate)
+    model.load_state_dict(load_checkpoint_weights(path), strict=True)
+    model.eval()
+    return model, card
+
+
+def load_checkpoint_weights(path: Path | str) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint folder, checked against the card's hash."""
+    from safetensors.torch import load_file
+
     directory = _checkpoint_dir(Path(path))
-    card = load_card(directory)
     weights = directory / WEIGHTS
-    if verify and card.weights_sha256 and sha256_file(weights) != card.weights_sha256:
+    expected = load_card(directory).weights_sha256
+    if expected and sha256_file(weights) != expected:
         raise ValueError(
             f"{weights}: sha256 differs from the one in {CARD}; the file was changed or "
             "corrupted, restore it from the training run"
         )
-    model, _ = create_classifier(card.architecture, card.num_classes, pretrained="none",
-                                 drop_rate=card.drop_rate)
-    model.load_state_dict(load_file(str(weights)), strict=True)
-    model.eval()
-    return model, card
+    return load_file(str(weights))
 
 
 def load_trainer_state(path: Path | str) -> dict[str, Any] | None:

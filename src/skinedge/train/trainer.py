@@ -13,7 +13,6 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from skinedge.data import (
 from skinedge.evaluate.metrics import compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.models import DataInfo, ModelCard, create_classifier, save_checkpoint
-from skinedge.models.checkpoint import load_trainer_state
+from skinedge.models.checkpoint import load_checkpoint_weights, load_trainer_state
 from skinedge.train.config import TrainConfig, dump_config
 from skinedge.train.losses import build_loss, class_weights
 from skinedge.train.sampler import ShardedSampler, balanced_weights
@@ -65,6 +64,41 @@ class TrainResult:
     @property
     def best_dir(self) -> Path:
         return self.out_dir / "best"
+
+
+_LOGGED_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc", "macro_auc", "ece")
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: what resume restores besides optimizer and scheduler."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # last finished epoch
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the monitored metric last improved
+
+    @property
+    def next_epoch(self) -> int:
+        return self.epoch + 1
+
+    def update(self, epoch: int, current: float) -> bool:
+        self.epoch = epoch
+        if current > self.best_metric:
+            self.best_metric, self.best_epoch, self.stale = current, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+    def as_state(self) -> dict[str, Any]:
+        return {"history": self.history, "epoch": self.epoch, "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch, "stale": self.stale}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Progress:
+        return cls(state["history"], state["epoch"], state["best_metric"], state["best_epoch"],
+                   state["stale"])
 
 
 @dataclass
@@ -133,18 +167,15 @@ def train_classifier(
                            label_smoothing=cfg.loss.label_smoothing).to(device)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best_metric, best_epoch, stale = 1, -math.inf, 0, 0
+    progress = _Progress()
     if resume:
         state = _resume_state(out_dir, cfg)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(load_checkpoint_weights(out_dir / "last"))
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-        best_metric, best_epoch, stale = state["best_metric"], state["best_epoch"], state["stale"]
+        progress = _Progress.from_state(state)
 
     train_model: nn.Module = model
     if dist.world_size > 1:
@@ -155,15 +186,7 @@ def train_classifier(
         len(train_set),
         balanced_weights(train_set.targets, vocab.num_classes) if cfg.sampler == "balanced" else None,
         seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
-    card_base = ModelCard(
-        architecture=cfg.model.arch, classes=list(vocab.codes), class_names=vocab.names,
-        vocabulary=vocab.name, positive_class=vocab.positive if vocab.positive in vocab.codes else None,
-        preprocess=cfg.preprocess, drop_rate=cfg.model.drop_rate, pretrained=provenance,
-        data=DataInfo(manifest=str(cfg.data.manifest), split_hash=manifest.split_hash,
-                      layout=manifest.layout, counts=manifest.counts(),
-                      licence=cfg.data.licence or _detect_licence(manifest.root)),
-        versions=package_versions(),
-    )
+    card_base = _base_card(cfg, manifest, provenance)
     writer = _tensorboard(out_dir) if dist.is_main else None
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,13 +195,13 @@ def train_classifier(
     callbacks.on_start({
         "train": len(train_set), "val": len(val_set), "classes": list(vocab.codes),
         "class_counts": dict(zip(vocab.codes, counts)), "device": str(device),
-        "world_size": dist.world_size, "start_epoch": start_epoch, "epochs": cfg.epochs,
+        "world_size": dist.world_size, "start_epoch": progress.next_epoch, "epochs": cfg.epochs,
         "pretrained": provenance,
     })
 
     stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+    for epoch in range(progress.next_epoch, cfg.epochs + 1):
+        if cfg.early_stopping_patience and progress.stale >= cfg.early_stopping_patience:
             stopped_early = True
             break
         started = time.perf_counter()
@@ -189,56 +212,41 @@ def train_classifier(
                                       scaler, cfg, device, epoch, callbacks)
         probs, targets = _predict(model, val_set, cfg, device, dist, callbacks)
         metrics = compute_metrics(targets, probs, vocab.codes,
-                                  melanoma_class=vocab.positive if vocab.positive in vocab.codes else None)
-        val_loss = float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1)).mean())
+                                  melanoma_class=card_base.positive_class)
         current = metrics[cfg.monitor] if metrics[cfg.monitor] is not None else -math.inf
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(current)
-            elif epoch > cfg.optim.warmup_epochs:
-                scheduler.step()
-        improved = current > best_metric
-        if improved:
-            best_metric, best_epoch, stale = current, epoch, 0
-        else:
-            stale += 1
+        _step_scheduler(scheduler, cfg, epoch, current)
+        improved = progress.update(epoch, current)
         record = {
-            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "epoch": epoch, "train_loss": train_loss, "val_loss": _nll(probs, targets),
             "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 1),
-            **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "melanoma_auc", "macro_auc", "ece")},
+            **{k: metrics[k] for k in _LOGGED_METRICS},
             "best": improved,
         }
-        history.append(record)
+        progress.history.append(record)
         if dist.is_main:
             card = card_base.model_copy(update={
                 "metrics": {"split": "val", **metrics},
                 "training": {"epoch": epoch, "config": cfg.model_dump(mode="json")},
             })
             trainer_state = {
-                "model": {k: v.cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                "best_metric": best_metric, "best_epoch": best_epoch, "stale": stale,
-                "config": cfg.model_dump(mode="json"),
+                "scaler": scaler.state_dict(), "config": cfg.model_dump(mode="json"),
+                **progress.as_state(),
             }
             if improved:
                 save_checkpoint(out_dir / "best", model, card)
             save_checkpoint(out_dir / "last", model, card, trainer_state)
             atomic_write_text(out_dir / "metrics.jsonl",
-                              "".join(json.dumps(r) + "\n" for r in history))
-            if writer is not None:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "epoch":
-                        writer.add_scalar(key, value, epoch)
+                              "".join(json.dumps(r) + "\n" for r in progress.history))
+            _log_scalars(writer, record)
         callbacks.on_epoch_end(epoch, record)
         _barrier(dist)
-    else:
-        stopped_early = False
     if writer is not None:
         writer.close()
     _cleanup_distributed(dist)
-    return TrainResult(out_dir, best_epoch, best_metric, history, stopped_early)
+    return TrainResult(out_dir, progress.best_epoch, progress.best_metric, progress.history,
+                       stopped_early)
 
 
 # --------------------------------------------------------------------------- epoch
@@ -312,6 +320,42 @@ def _build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     if o.optimizer == "adam":
         return torch.optim.Adam(groups, lr=o.lr)
     return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def _base_card(cfg: TrainConfig, manifest: Manifest, provenance: str) -> ModelCard:
+    vocab = manifest.vocabulary
+    return ModelCard(
+        architecture=cfg.model.arch, classes=list(vocab.codes), class_names=vocab.names,
+        vocabulary=vocab.name,
+        positive_class=vocab.positive if vocab.positive in vocab.codes else None,
+        preprocess=cfg.preprocess, drop_rate=cfg.model.drop_rate, pretrained=provenance,
+        data=DataInfo(manifest=str(cfg.data.manifest), split_hash=manifest.split_hash,
+                      layout=manifest.layout, counts=manifest.counts(),
+                      licence=cfg.data.licence or _detect_licence(manifest.root)),
+        versions=package_versions(),
+    )
+
+
+def _step_scheduler(scheduler, cfg: TrainConfig, epoch: int, current: float) -> None:
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(current)
+    elif epoch > cfg.optim.warmup_epochs:
+        scheduler.step()
+
+
+def _nll(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (probs (N, C), targets (N,))."""
+    return float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1)).mean())
+
+
+def _log_scalars(writer, record: dict[str, Any]) -> None:
+    if writer is None:
+        return
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+            writer.add_scalar(key, value, record["epoch"])
 
 
 def _freeze_stages(model: nn.Module, stages: int) -> None:

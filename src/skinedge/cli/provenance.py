@@ -1,0 +1,23 @@
+"""``command.json``: which command produced an output folder, and when."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from skinedge.utils.io import atomic_write_text, package_versions
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def record_command(out_dir: Path, **fields) -> dict:
+    """Write ``out_dir/command.json`` (the command line as typed, versions, extra fields)."""
+    record = {"command": shlex.join(["skinedge", *sys.argv[1:]]), "versions": package_versions(),
+              **fields}
+    atomic_write_text(Path(out_dir) / "command.json", json.dumps(record, indent=2))
+    return record
