@@ -62,14 +62,20 @@ def render_run(run: Path) -> str:
         "",
         f"Reference: {REFERENCE}. Target of issue 5: balanced accuracy >= 0.70, melanoma AUC >= 0.90.",
         "",
-        "| metric | this run (test split) | target | verdict |",
-        "|---|---:|---:|---|",
+        "| evaluation of the test split | metric | value | target | verdict |",
+        "|---|---|---:|---:|---|",
     ]
-    for key, target in BAR.items():
-        value = metrics[key]
-        verdict = "met" if value is not None and value >= target else (
-            f"missed by {target - value:.3f}" if value is not None else "n/a")
-        lines.append(f"| {key} | {value:.3f} | {target:.2f} | {verdict} |")
+    test_evals = [("single view (`eval/`)", metrics)] + [
+        (f"{m.get('tta', 'none')} TTA (`{p.parent.name}/`)", m)
+        for p in sorted(run.glob("eval-*/metrics.json"))
+        if (m := json.loads(p.read_text())).get("source", "").endswith(":test")
+    ]
+    for label, values in test_evals:
+        for key, target in BAR.items():
+            value = values[key]
+            verdict = "met" if value is not None and value >= target else (
+                f"missed by {target - value:.3f}" if value is not None else "n/a")
+            lines.append(f"| {label} | {key} | {_fmt(value)} | {target:.2f} | {verdict} |")
     body = render_markdown(metrics, title="Test split", class_names=card["class_names"])
     # Demote the report's headings under this run's section.
     lines += ["", *("##" + ln if ln.startswith("#") else ln for ln in body.splitlines()), ""]

@@ -270,3 +270,30 @@ def test_result_round_trips_through_strict_json():
     assert metrics["per_class"]["bcc"]["auc"] is None
     assert isinstance(metrics["per_class"]["mel"]["support"], int)
     assert isinstance(metrics["confusion_matrix"][0][0], int)
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_shrink_with_more_data():
+    from skinedge.evaluate.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        y = rng.integers(0, 3, n)
+        logits = rng.normal(size=(n, 3))
+        logits[np.arange(n), y] += 1.5
+        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        return y, p
+
+    y, p = sample(200)
+    point = compute_metrics(y, p, ["mel", "nv", "bkl"])
+    ci = bootstrap_intervals(y, p, ["mel", "nv", "bkl"], n_boot=300)
+    for key in ("accuracy", "balanced_accuracy", "melanoma_auc"):
+        lo, hi = ci[key]
+        assert lo < point[key] < hi
+    y2, p2 = sample(3000)
+    ci2 = bootstrap_intervals(y2, p2, ["mel", "nv", "bkl"], n_boot=300)
+    width = lambda c: c["balanced_accuracy"][1] - c["balanced_accuracy"][0]  # noqa: E731
+    assert width(ci2) < width(ci) / 2
+    assert bootstrap_intervals(y, p, ["mel", "nv", "bkl"], n_boot=50, seed=1) == \
+        bootstrap_intervals(y, p, ["mel", "nv", "bkl"], n_boot=50, seed=1)
+    assert bootstrap_intervals(y, p, ["a", "b", "c"], n_boot=20)["melanoma_auc"] is None

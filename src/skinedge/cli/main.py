@@ -83,6 +83,8 @@ def evaluate(
     skip_bad: Annotated[bool, typer.Option(help="Leave bad rows of --data out (written to skipped.csv).")] = False,
     batch_size: int = 64,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    tta: Annotated[str, typer.Option(
+        help="Test-time augmentation: none, or flips (mean of 4 flipped views; 4x compute).")] = "none",
 ) -> None:
     """Accuracy, balanced accuracy, per-class scores and AUCs, melanoma AUC and sensitivity at
     80%/90% specificity, ECE and the confusion matrix, as JSON, Markdown and PNG."""
@@ -97,7 +99,7 @@ def evaluate(
         with make_progress() as progress:
             result = evaluate_checkpoint(
                 checkpoint, manifest=manifest, split=split, data=data, layout=layout,
-                skip_bad=skip_bad, batch_size=batch_size, threads=threads, out_dir=out,
+                skip_bad=skip_bad, batch_size=batch_size, threads=threads, tta=tta, out_dir=out,
                 progress=CountProgress(progress, "predicting"))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

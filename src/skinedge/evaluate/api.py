@@ -19,7 +19,7 @@ from skinedge.data import (
     read_dataset,
     write_problem_report,
 )
-from skinedge.evaluate.metrics import compute_metrics
+from skinedge.evaluate.metrics import bootstrap_intervals, compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.evaluate.report import write_report
 from skinedge.models import load_checkpoint
@@ -48,6 +48,7 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     num_workers: int = 0,
     threads: int | None = None,
+    tta: str = "none",
     out_dir: Path | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationResult:
@@ -61,6 +62,7 @@ def evaluate_checkpoint(
             its labels must belong to the model's class vocabulary.
         layout: Layout of ``data`` when detection is not wanted.
         skip_bad: Leave bad rows of ``data`` out, with a report, instead of failing.
+        tta: Test-time augmentation, ``none`` or ``flips`` (see :func:`predict_probs`).
         out_dir: When given, writes ``metrics.json``, ``metrics.md``,
             ``metrics_confusion.png``, ``predictions.csv`` (and ``skipped.csv``) there.
 
@@ -90,13 +92,15 @@ def evaluate_checkpoint(
     if not len(dataset):
         raise ValueError(f"{source}: no images to evaluate")
     probs, targets = predict_probs(model, dataset, batch_size=batch_size,
-                                   num_workers=num_workers, progress=progress)
+                                   num_workers=num_workers, tta=tta, progress=progress)
     metrics = compute_metrics(targets, probs, card.classes, melanoma_class=card.positive_class)
+    metrics["confidence_intervals"] = bootstrap_intervals(
+        targets, probs, card.classes, melanoma_class=card.positive_class)
     result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped)
     if out_dir is not None:
         out = Path(out_dir)
         result.files = write_report(
-            {**metrics, "checkpoint": str(checkpoint), "source": source},
+            {**metrics, "checkpoint": str(checkpoint), "source": source, "tta": tta},
             out, title=f"Evaluation of {Path(checkpoint)} on {source}",
             class_names=card.class_names)
         result.files["predictions"] = _write_predictions(result, card.classes, out / "predictions.csv")

@@ -65,7 +65,17 @@ def render_markdown(
     summary.append(("Expected calibration error (top-1)", metrics["ece"]))
 
     lines = [f"# {title}", "", "## Summary", ""]
-    lines += _table(["Metric", "Value"], [[label, _fmt(v)] for label, v in summary], ["l", "r"])
+    intervals = metrics.get("confidence_intervals")
+    if intervals:
+        keyed = {"Accuracy": "accuracy", "Balanced accuracy (mean recall)": "balanced_accuracy",
+                 "Melanoma AUC": "melanoma_auc"}
+        ci_header = f"{intervals['level']:.0%} CI (bootstrap, {intervals['n_boot']} resamples)"
+        rows = [[label, _fmt(v), _interval(intervals.get(keyed.get(label, "")))]
+                for label, v in summary]
+        lines += _table(["Metric", "Value", ci_header], rows, ["l", "r", "r"])
+    else:
+        lines += _table(["Metric", "Value"], [[label, _fmt(v)] for label, v in summary],
+                        ["l", "r"])
 
     lines += ["", "## Per class", ""]
     rows = []
@@ -219,6 +229,10 @@ def _check_metrics(metrics: Mapping) -> None:
 def _display_name(code: str, class_names: Mapping[str, str] | None) -> str:
     """Display name of a class code, falling back to the code itself."""
     return class_names.get(code, code) if class_names else code
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "" if not bounds else f"{bounds[0]:.3f} to {bounds[1]:.3f}"
 
 
 def _fmt(value: Any) -> str:
