@@ -81,6 +81,18 @@ def test_evaluate_a_manifest_split(trained) -> None:
                     "--manifest", trained["manifest"], "--split", "test")
     assert result.exit_code == 0, result.output
     assert "balanced accuracy" in result.output
+    assert json.loads((out / "metrics.json").read_text())["notes"] == []
+
+
+def test_evaluate_on_another_split_says_the_figures_may_include_training_images(
+        trained, tiny_dataset) -> None:
+    other = trained["work"] / "other-manifest.json"
+    assert invoke("data", "split", tiny_dataset, "--out", other, "--seed", "7").exit_code == 0
+    out = trained["work"] / "eval-other"
+    result = invoke("evaluate", trained["run"] / "best", "--out", out, "--manifest", other)
+    assert result.exit_code == 0, result.output
+    assert "may include training images" in text(result)
+    assert "may include training images" in json.loads((out / "metrics.json").read_text())["notes"][0]
     for name in ("metrics.json", "metrics.md", "predictions.csv"):
         assert (out / name).is_file(), name
     assert list(out.glob("*.png"))
@@ -117,7 +129,8 @@ def test_explain_writes_overlays(trained, tiny_dataset) -> None:
     result = invoke("explain", trained["run"] / "best", *images, "--out", out, "--class", "mel")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("*.png")) == [
-        "mel_000_gradcam.png", "vasc_001_gradcam.png"]
+        "000_mel_000_gradcam.png", "001_vasc_001_gradcam.png"]
+    assert "predicted " in result.output and (out / "command.json").is_file()
 
 
 def test_explain_unknown_class_fails_with_a_message(trained, tiny_dataset) -> None:

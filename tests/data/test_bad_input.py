@@ -82,6 +82,25 @@ def _write_16bit(root: Path) -> str:
     return "images/deep.png"
 
 
+def _write_48bit_rgb(root: Path) -> str:
+    """A 16-bit-per-channel colour PNG, written by hand: Pillow reads it as 8-bit "RGB"."""
+    import struct
+    import zlib
+
+    pixels = (np.random.default_rng(0).random((8, 8, 3)) * 65535).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    (root / "images/deep_rgb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    assert Image.open(root / "images/deep_rgb.png").mode == "RGB"  # the test premise
+    return "images/deep_rgb.png"
+
+
 def _write_grayscale(root: Path) -> str:
     Image.fromarray(_rgb_array()).convert("L").save(root / "images/gray.jpg")
     return "images/gray.jpg"
@@ -109,6 +128,8 @@ CASES = {
                          ["cutout.png", "transparent pixels", "flatten it", "save as RGB"]),
     "16-bit": (_write_16bit, "unsupported-mode",
                ["deep.png", "16-bit", "convert it to 8-bit RGB"]),
+    "48-bit-rgb": (_write_48bit_rgb, "unsupported-mode",
+                   ["deep_rgb.png", "16-bit", "convert it to 8-bit RGB"]),
     "grayscale": (_write_grayscale, "unsupported-mode",
                   ["gray.jpg", "grayscale", "use the original colour image"]),
     "bomb": (_write_bomb, "too-large",

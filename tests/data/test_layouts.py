@@ -331,3 +331,10 @@ def test_unknown_vocabulary_name_lists_the_known_ones(tiny_dataset):
 
     assert "'isic2017'" in str(info.value)
     assert "isic2018, isic2019, melanoma" in str(info.value)
+
+
+def test_benign_and_melanoma_spelt_out_infer_the_binary_vocabulary():
+    from skinedge.data.classes import infer_vocabulary
+
+    assert infer_vocabulary({"benign", "melanoma"}).name == "melanoma"
+    assert infer_vocabulary({"0", "1"}).name == "melanoma"

@@ -165,3 +165,23 @@ def test_lesion_dataset_yields_tensors_of_the_configured_size(saved, split):
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert target == manifest.vocabulary.codes.index(rows[0].label)
     assert dataset.targets == [manifest.vocabulary.codes.index(r.label) for r in rows]
+
+
+def test_byte_identical_images_stay_in_one_split(make_labels_folder, tmp_path):
+    """ISIC 2019 re-ships HAM10000 images under other names: a copy must not cross splits."""
+    folder = make_labels_folder(per_class=6)
+    rows = (folder / "labels.csv").read_text().splitlines()
+    header, body = rows[0], rows[1:]
+    # Every image gets a twin under another name and another lesion id.
+    twins = []
+    for i, line in enumerate(body):
+        image, lesion, label = line.split(",")
+        copy = image.replace(".jpg", "_copy.jpg")
+        shutil.copy(folder / image, folder / copy)
+        twins.append(f"{copy},TWIN_{i},{label}")
+    (folder / "labels.csv").write_text("\n".join([header, *body, *twins]) + "\n")
+    manifest = make_manifest(read_dataset(folder), seed=0)
+    split_of = {r.image: r.split for r in manifest.rows}
+    assert all(split_of[i] == split_of[i.replace("_copy", "")] for i in split_of if "_copy" in i)
+    assert manifest.duplicate_files == 2 * len(body)
+    assert {r.group for r in manifest.rows if r.group.startswith("TWIN_")}  # ids kept as given

@@ -146,3 +146,18 @@ def test_disabled_augmentation_is_the_eval_transform():
     train = build_train_transform(cfg, AugmentConfig(enabled=False))(image)
 
     assert torch.equal(train, build_eval_transform(cfg)(image))
+
+
+def test_rot90_augmentation_draws_all_four_quarter_turns():
+    from skinedge.data.transforms import _RandomRot90
+
+    # An image whose only bright pixel is top-left: each quarter turn moves it to another corner.
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    pixels[0, 0] = 255
+    image = Image.fromarray(pixels)
+    torch.manual_seed(0)
+    corners = set()
+    for _ in range(40):
+        turned = np.asarray(_RandomRot90()(image))[..., 0]
+        corners.add(tuple(int(v) for v in np.argwhere(turned == 255)[0]))
+    assert corners == {(0, 0), (0, 7), (7, 0), (7, 7)}

@@ -159,3 +159,22 @@ def test_frozen_stages_keep_their_weights(tiny_manifest, tmp_path) -> None:
 def test_freezing_more_stages_than_exist_raises(tiny_manifest, tmp_path) -> None:
     with pytest.raises(ValueError, match="freeze_stages=9"):
         train_classifier(make_config(tiny_manifest, "model.freeze_stages=9"), tmp_path)
+
+
+def test_resume_after_a_kill_between_the_checkpoint_renames(tiny_manifest, tmp_path) -> None:
+    """A kill after `last/` became `.last.old` and before the new one moved in."""
+    straight = train_classifier(make_config(tiny_manifest, "epochs=3"), tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(make_config(tiny_manifest, "epochs=3"), tmp_path / "b",
+                         callbacks=KillAfter(2))
+    (tmp_path / "b" / "last").rename(tmp_path / "b" / ".last.old")
+    resumed = train_classifier(make_config(tiny_manifest, "epochs=3"), tmp_path / "b", resume=True)
+    assert_same_weights(last_weights(tmp_path / "a"), last_weights(tmp_path / "b"))
+    assert without_timing(resumed.history) == without_timing(straight.history)
+    assert not (tmp_path / "b" / ".last.old").exists()
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(two_epoch_run, tiny_manifest) -> None:
+    _, out, _ = two_epoch_run
+    with pytest.raises(ValueError, match="already holds a training run.*--resume"):
+        train_classifier(make_config(tiny_manifest, "epochs=2"), out)

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from skinedge.data.images import DEFAULT_MAX_PIXELS
+
 data_app = typer.Typer(help="Dataset folders: grouped splits and downloads.", no_args_is_help=True)
 
 
@@ -20,7 +22,7 @@ def split(
     seed: Annotated[int, typer.Option(help="Shuffle seed of the split.")] = 0,
     skip_bad: Annotated[bool, typer.Option(help="Leave bad rows out and list them in skipped.csv beside the manifest.")] = False,
     check_images: Annotated[bool, typer.Option(help="Decode every image to catch broken files now.")] = True,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression bombs).")] = 64_000_000,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression bombs).")] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Make a stratified train/val/test split grouped by lesion (or patient) id, as a manifest."""
     from skinedge.cli.main import fail
@@ -36,6 +38,13 @@ def split(
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(_counts_table(manifest))
+    if manifest.ungrouped:
+        console.print(f"[yellow]{manifest.ungrouped} of {len(manifest.rows)} images have no "
+                      "lesion or patient id: each is its own group, so photos of one lesion may "
+                      "fall in different splits[/]")
+    if manifest.duplicate_files:
+        console.print(f"[yellow]{manifest.duplicate_files} images are byte-identical copies of "
+                      "another; each set was kept within one split[/]")
     if skipped_path:
         console.print(f"[yellow]skipped rows are listed in {skipped_path}[/]")
     console.print(f"manifest: {out} (split hash {manifest.split_hash[:12]})")

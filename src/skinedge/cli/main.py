@@ -83,6 +83,7 @@ def evaluate(
     skip_bad: Annotated[bool, typer.Option(help="Leave bad rows of --data out (written to skipped.csv).")] = False,
     batch_size: int = 64,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     tta: Annotated[str, typer.Option(
         help="Test-time augmentation: none, or flips (mean of 4 flipped views; 4x compute).")] = "none",
 ) -> None:
@@ -94,18 +95,22 @@ def evaluate(
 
     if data is not None and subset != "all":
         fail("--subset only takes 'all' with --data (use a manifest for splits)")
+    if data is not None and split != "test":
+        fail("--split picks a split of --manifest; with --data every image is evaluated")
     started = now()
     try:
         with make_progress() as progress:
             result = evaluate_checkpoint(
                 checkpoint, manifest=manifest, split=split, data=data, layout=layout,
-                skip_bad=skip_bad, batch_size=batch_size, threads=threads, tta=tta, out_dir=out,
+                skip_bad=skip_bad, batch_size=batch_size, threads=threads, device=device, tta=tta, out_dir=out,
                 progress=CountProgress(progress, "predicting"))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     record_command(out, started=started, finished=now())
     m = result.metrics
     console.print(result.files["markdown"].read_text())
+    for note in result.notes:
+        console.print(f"[yellow]note: {note}[/]")
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} row(s) skipped: {result.files['skipped']}[/]")
     console.print(f"balanced accuracy {m['balanced_accuracy']:.4f}, melanoma AUC "
@@ -124,15 +129,20 @@ def explain(
 ) -> None:
     """Grad-CAM heatmap overlays: where in the image the evidence for a class lies."""
     from skinedge.cli.progress import console
+    from skinedge.cli.provenance import now, record_command
     from skinedge.data import ImageError
+    from skinedge.models import load_card
     from skinedge.train.explain import explain_images
 
+    started = now()
     try:
         written = explain_images(checkpoint, images, out, target_class=target, method=method)
+        classes = load_card(checkpoint).classes
     except (ValueError, FileNotFoundError, ImageError) as exc:
         fail(str(exc))
+    record_command(out, started=started, finished=now())
     for path, result in written:
-        console.print(f"{path}  (predicted class {result.predicted_class}, "
+        console.print(f"{path}  (predicted {classes[result.predicted_class]}, "
                       f"p={result.probabilities.max():.2f})")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -44,8 +45,13 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     from skinedge.train.trainer import train_classifier
 
     folder = find_data(data)
+    previous = out / "command.json"
+    if previous.is_file() and not resume:
+        raise ValueError(f"{out} already holds a quickstart run; continue it with --resume, or "
+                         "choose another --out")
+    # A resumed run keeps its first start time, so the wall clock covers the whole job.
+    started = json.loads(previous.read_text())["started"] if previous.is_file() else now()
     out.mkdir(parents=True, exist_ok=True)
-    started = now()
     record_command(out, started=started, data=str(folder.resolve()))
 
     manifest_path = out / "manifest.json"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from skinedge.data import Manifest, make_manifest, read_dataset, write_problem_report
+from skinedge.data.images import DEFAULT_MAX_PIXELS
 from skinedge.data.splits import check_ratios
 
 
 def split_folder(data: Path, out: Path, *, layout=None, classes=None, ratios=(0.7, 0.15, 0.15),
-                 seed=0, skip_bad=False, check_images=True, max_pixels=64_000_000,
+                 seed=0, skip_bad=False, check_images=True, max_pixels=DEFAULT_MAX_PIXELS,
                  progress=None) -> tuple[Manifest, Path | None]:
     check_ratios(ratios)  # before the minutes spent decoding every image
     dataset = read_dataset(data, layout=layout, classes=classes, check_images=check_images,

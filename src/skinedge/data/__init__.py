@@ -1,29 +1,31 @@
-"""ISIC / HAM10000 data: layouts, validation, grouped splits, preprocessing."""
+"""ISIC / HAM10000 data: layouts, validation, grouped splits, preprocessing.
 
-from skinedge.data.classes import VOCABULARIES, ClassVocabulary, get_vocabulary
-from skinedge.data.dataset import LesionDataset
-from skinedge.data.images import ImageError, load_rgb
-from skinedge.data.layouts import LAYOUTS, detect_layout
-from skinedge.data.manifest import (
-    Manifest,
-    ManifestMismatchError,
-    ManifestRow,
-    load_manifest,
-    make_manifest,
-)
-from skinedge.data.reading import Dataset, read_dataset
-from skinedge.data.records import DataProblem, DataValidationError, Record, write_problem_report
-from skinedge.data.transforms import (
-    AugmentConfig,
-    PreprocessConfig,
-    build_eval_transform,
-    build_train_transform,
-)
+Names are imported on first use (PEP 562), so ``import skinedge.data.images`` or the CLI's
+``--help`` does not pull in torch through the dataset module.
+"""
 
-__all__ = [
-    "LAYOUTS", "VOCABULARIES", "AugmentConfig", "ClassVocabulary", "DataProblem", "Dataset",
-    "DataValidationError", "ImageError", "LesionDataset", "Manifest", "ManifestMismatchError",
-    "ManifestRow", "PreprocessConfig", "Record", "build_eval_transform", "build_train_transform",
-    "detect_layout", "get_vocabulary", "load_manifest", "load_rgb", "make_manifest",
-    "read_dataset", "write_problem_report",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "VOCABULARIES": "classes", "ClassVocabulary": "classes", "get_vocabulary": "classes",
+    "LesionDataset": "dataset",
+    "ImageError": "images", "load_rgb": "images",
+    "LAYOUTS": "layouts", "detect_layout": "layouts",
+    "Manifest": "manifest", "ManifestMismatchError": "manifest", "ManifestRow": "manifest",
+    "load_manifest": "manifest", "make_manifest": "manifest",
+    "Dataset": "reading", "read_dataset": "reading",
+    "DataProblem": "records", "DataValidationError": "records", "Record": "records",
+    "write_problem_report": "records",
+    "AugmentConfig": "transforms", "PreprocessConfig": "transforms",
+    "build_eval_transform": "transforms", "build_train_transform": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'skinedge.data' has no attribute {name!r}")
+    value = getattr(import_module(f"skinedge.data.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -115,7 +115,8 @@ def infer_vocabulary(raw_labels: set[str]) -> ClassVocabulary:
         if all(vocab.normalize(label) is not None for label in raw_labels):
             # A set of only benign-type codes with mel is a 7-class problem, not binary, unless
             # the labels themselves are binary (benign/mel, 0/1).
-            if name == "melanoma" and not raw_labels <= {"benign", "mel", "0", "1", "malignant"}:
+            if name == "melanoma" and not raw_labels <= {"benign", "mel", "melanoma", "0", "1",
+                                                          "malignant"}:
                 continue
             return vocab
     unknown = sorted(

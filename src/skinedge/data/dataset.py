@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from skinedge.data.images import load_rgb
+from skinedge.data.images import ImageError, load_rgb
 
 
 class LesionDataset(TorchDataset):
@@ -36,7 +36,12 @@ class LesionDataset(TorchDataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_rgb(self.root / self.images[index])
+        try:
+            image = load_rgb(self.root / self.images[index])
+        except ImageError as exc:
+            # DataLoader workers re-raise exceptions as `type(exc)(message)`; ImageError needs
+            # three arguments, so hand over a plain ValueError that keeps the file and reason.
+            raise ValueError(str(exc)) from exc
         return self.transform(image), self.targets[index]
 
     @classmethod

@@ -8,7 +8,6 @@ file and says what to do.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -17,7 +16,8 @@ from PIL import Image, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 64_000_000
 
 _CONVERT_HINT = {
-    "CMYK": "it is CMYK (print colour); export it as 8-bit sRGB, e.g. "
+    "CMYK": "it is CMYK (print colour), whose conversion to screen RGB depends on a colour "
+    "profile; export it as 8-bit sRGB, e.g. "
     "`convert IMG -colorspace sRGB -type TrueColor OUT.jpg`",
     "L": "it is grayscale; dermoscopy models need colour, so use the original colour image",
     "LA": "it is grayscale with transparency; use the original colour image",
@@ -57,22 +57,23 @@ def load_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     if not path.is_file():
         raise ImageError(path, "missing-file", "file not found; check the path or the labels row")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        path, "too-large",
-                        f"{width}x{height} = {width * height:,} pixels is over the limit of "
-                        f"{max_pixels:,} (decompression-bomb guard); downscale it or raise "
-                        "--max-pixels if the file is trusted",
-                    )
-                im.load()
-                image = _to_rgb(path, im)
+        # The size is read from the header: a bomb is refused before anything is decoded.
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    path, "too-large",
+                    f"{width}x{height} = {width * height:,} pixels is over the limit of "
+                    f"{max_pixels:,} (decompression-bomb guard); downscale it or raise "
+                    "--max-pixels if the file is trusted",
+                )
+            if _is_16_bit(im):  # Pillow reads 48-bit PNGs as 8-bit RGB without a word
+                raise ImageError(path, "unsupported-mode", _CONVERT_HINT["I;16"])
+            im.load()
+            image = _to_rgb(path, im)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError(path, "too-large", f"refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(
@@ -84,6 +85,11 @@ def load_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
             f"cannot be decoded ({exc}); the file is truncated or corrupt, copy it again",
         ) from exc
     return image
+
+
+def _is_16_bit(im: Image.Image) -> bool:
+    raw_modes = [str(tile.args) for tile in getattr(im, "tile", None) or []]
+    return any(";16" in mode for mode in raw_modes)
 
 
 def _to_rgb(path: Path, im: Image.Image) -> Image.Image:

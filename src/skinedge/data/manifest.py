@@ -19,6 +19,7 @@ from pathlib import Path
 
 from skinedge.data.classes import ClassVocabulary, get_vocabulary
 from skinedge.data.reading import Dataset
+from skinedge.data.records import Record
 from skinedge.data.splits import SPLITS, split_groups
 from skinedge.utils.io import atomic_write_text, sha256_file
 
@@ -61,6 +62,18 @@ class Manifest:
             raise ValueError(f"unknown split {split!r}; choose one of {(*SPLITS, 'all')}")
         return list(self.rows) if split == "all" else [r for r in self.rows if r.split == split]
 
+    @property
+    def ungrouped(self) -> int:
+        """Rows without a lesion/patient id: each is its own group, so near-identical photos
+        of one lesion could straddle splits."""
+        return sum(r.group == r.image for r in self.rows)
+
+    @property
+    def duplicate_files(self) -> int:
+        """Rows whose bytes equal another row's (kept in one split by make_manifest)."""
+        counts = Counter(r.sha256 for r in self.rows)
+        return sum(n for n in counts.values() if n > 1)
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class."""
         table = Counter((r.split, r.label) for r in self.rows)
@@ -77,6 +90,8 @@ class Manifest:
             "ratios": list(self.ratios),
             "split_hash": self.split_hash,
             "counts": self.counts(),
+            "ungrouped_rows": self.ungrouped,
+            "duplicate_files": self.duplicate_files,
             "rows": [asdict(r) for r in self.rows],
         }
         return atomic_write_text(path, json.dumps(doc, indent=1))
@@ -89,15 +104,42 @@ def make_manifest(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
-    """Split a dataset by group and record every file's hash."""
-    assignment = split_groups(dataset.records, ratios, seed)
+    """Split a dataset by group and record every file's hash.
+
+    Files with identical bytes under different names (ISIC 2019 re-ships HAM10000 images, ISIC
+    2020 lists duplicates) put their groups together, so a copy cannot sit in train while its
+    twin is in test. The ``group`` column keeps the original lesion/patient id.
+    """
     hashes = _hash_files(dataset.root, [r.image for r in dataset.records], progress)
+    merged = _merge_groups_sharing_files(dataset.records, hashes)
+    assignment = split_groups(
+        [Record(r.image, merged[r.group], r.label, r.source) for r in dataset.records],
+        ratios, seed)
     rows = [
-        ManifestRow(r.image, r.group, r.label, assignment[r.group], hashes[r.image])
+        ManifestRow(r.image, r.group, r.label, assignment[merged[r.group]], hashes[r.image])
         for r in dataset.records
     ]
     return Manifest(dataset.root.resolve(), dataset.layout, dataset.vocabulary.name, seed,
                     tuple(ratios), rows)
+
+
+def _merge_groups_sharing_files(records: Sequence[Record], hashes: dict[str, str]) -> dict[str, str]:
+    """Map group -> representative group, uniting groups that hold byte-identical files."""
+    parent = {r.group: r.group for r in records}
+
+    def find(group: str) -> str:
+        while parent[group] != group:
+            parent[group] = parent[parent[group]]
+            group = parent[group]
+        return group
+
+    first_group_of: dict[str, str] = {}
+    for r in records:
+        other = first_group_of.setdefault(hashes[r.image], r.group)
+        a, b = find(other), find(r.group)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return {group: find(group) for group in parent}
 
 
 class ManifestMismatchError(ValueError):
@@ -152,8 +194,9 @@ def _resolve_root(recorded: Path, override: Path | str | None) -> Path:
 
 
 def _verify(manifest: Manifest, path: Path, progress) -> None:
-    present = [r for r in manifest.rows if (manifest.root / r.image).is_file()]
-    missing = [r for r in manifest.rows if r not in present]
+    present, missing = [], []
+    for r in manifest.rows:
+        (present if (manifest.root / r.image).is_file() else missing).append(r)
     hashes = _hash_files(manifest.root, [r.image for r in present], progress)
     changed = [r for r in present if hashes[r.image] != r.sha256]
     if missing or changed:

@@ -51,6 +51,7 @@ class AugmentConfig(BaseModel):
     crop_scale: tuple[float, float] = (0.6, 1.0)
     hflip: bool = True
     vflip: bool = True
+    rot90: bool = False  # random multiple of 90 degrees (with the flips: all 8 dihedral views)
     rotation_degrees: float = Field(30.0, ge=0, le=180)
     brightness: float = Field(0.2, ge=0)
     contrast: float = Field(0.2, ge=0)
@@ -95,6 +96,16 @@ class _Normalize:
         return image
 
 
+class _RandomRot90:
+    """Rotate a PIL image by 0, 90, 180 or 270 degrees (torch RNG, so epochs stay seeded)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
+
+        turns = int(torch.randint(4, ()).item())
+        return image.rotate(90 * turns) if turns else image
+
+
 def _interpolation(cfg: PreprocessConfig):
     from torchvision.transforms import InterpolationMode
 
@@ -128,6 +139,8 @@ def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
         steps.append(T.RandomHorizontalFlip())
     if aug.vflip:
         steps.append(T.RandomVerticalFlip())
+    if aug.rot90:
+        steps.append(_RandomRot90())
     if aug.rotation_degrees:
         steps.append(T.RandomRotation(aug.rotation_degrees, interpolation=T.InterpolationMode.BILINEAR))
     if any((aug.brightness, aug.contrast, aug.saturation, aug.hue)):

@@ -34,6 +34,7 @@ class EvaluationResult:
     targets: np.ndarray  # (N,)
     source: str  # "manifest.json:test" or the folder
     skipped: list[DataProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings about what the figures mean
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -48,6 +49,7 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     num_workers: int = 0,
     threads: int | None = None,
+    device: str = "auto",
     tta: str = "none",
     out_dir: Path | str | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -62,6 +64,7 @@ def evaluate_checkpoint(
             its labels must belong to the model's class vocabulary.
         layout: Layout of ``data`` when detection is not wanted.
         skip_bad: Leave bad rows of ``data`` out, with a report, instead of failing.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``.
         tta: Test-time augmentation, ``none`` or ``flips`` (see :func:`predict_probs`).
         out_dir: When given, writes ``metrics.json``, ``metrics.md``,
             ``metrics_confusion.png``, ``predictions.csv`` (and ``skipped.csv``) there.
@@ -74,8 +77,12 @@ def evaluate_checkpoint(
     if threads:
         torch.set_num_threads(threads)
     model, card = load_checkpoint(checkpoint)
+    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                else "cpu" if device == "auto" else device)
+    model.to(torch_device, memory_format=torch.channels_last)
     transform = build_eval_transform(card.preprocess)
     skipped: list[DataProblem] = []
+    notes: list[str] = []
     if manifest is not None:
         man = load_manifest(manifest)
         if list(man.vocabulary.codes) != card.classes:
@@ -83,6 +90,10 @@ def evaluate_checkpoint(
                              f"predicts {card.classes}")
         dataset = LesionDataset.from_manifest(man, split, transform)
         source = f"{manifest}:{split}"
+        if card.data.split_hash and man.split_hash != card.data.split_hash:
+            notes.append(
+                f"the model was trained on split {card.data.split_hash[:12]}, not on this "
+                f"manifest's {man.split_hash[:12]}: its {split} images may include training images")
     else:
         ds = read_dataset(data, layout=layout, classes=card.vocabulary, skip_bad=skip_bad)
         skipped = ds.skipped
@@ -92,15 +103,17 @@ def evaluate_checkpoint(
     if not len(dataset):
         raise ValueError(f"{source}: no images to evaluate")
     probs, targets = predict_probs(model, dataset, batch_size=batch_size,
-                                   num_workers=num_workers, tta=tta, progress=progress)
+                                   num_workers=num_workers, device=torch_device, tta=tta,
+                                   progress=progress)
     metrics = compute_metrics(targets, probs, card.classes, melanoma_class=card.positive_class)
     metrics["confidence_intervals"] = bootstrap_intervals(
         targets, probs, card.classes, melanoma_class=card.positive_class)
-    result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped)
+    result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped, notes)
     if out_dir is not None:
         out = Path(out_dir)
         result.files = write_report(
-            {**metrics, "checkpoint": str(checkpoint), "source": source, "tta": tta},
+            {**metrics, "checkpoint": str(checkpoint), "source": source, "tta": tta,
+             "notes": notes},
             out, title=f"Evaluation of {Path(checkpoint)} on {source}",
             class_names=card.class_names)
         result.files["predictions"] = _write_predictions(result, card.classes, out / "predictions.csv")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from skinedge.models.card import ModelCard
-from skinedge.utils.io import sha256_file
+from skinedge.utils.io import fsync_path, sha256_file
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -39,11 +39,16 @@ def save_checkpoint(
     (tmp / CARD).write_text(card.to_json())
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
+    for file in tmp.iterdir():
+        fsync_path(file)
     old = directory.parent / f".{directory.name}.old"
+    if not directory.exists() and old.exists():
+        old.rename(directory)  # an earlier kill between the renames below: restore first
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
+    fsync_path(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
 

@@ -22,7 +22,9 @@ def explain_images(
     method: str = "gradcam",
     batch_size: int = 8,
 ) -> list[tuple[Path, CamResult]]:
-    """Write ``<image stem>_<method>.png`` (original | overlay, with the prediction) per image.
+    """Write ``NNN_<image stem>_<method>.png`` per image: original | overlay, with the prediction.
+
+    NNN numbers the inputs, so two files named alike in different folders never collide.
 
     Args:
         checkpoint: Checkpoint folder.
@@ -49,7 +51,8 @@ def explain_images(
         targets = [card.classes.index(target_class)] * len(chunk) if target_class else None
         results = explain_batch(model, inputs, shown, target_classes=targets, method=method)
         for path, result, disp in zip(chunk, results, shown):
-            out = save_explanation(result, disp, out_dir / f"{path.stem}_{method.replace('+', 'p')}.png",
+            name = f"{len(written):03d}_{path.stem}_{method.replace('+', 'p')}.png"
+            out = save_explanation(result, disp, out_dir / name,
                                    class_names=card.classes, title=path.name)
             written.append((out, result))
     return written

@@ -39,8 +39,8 @@ from skinedge.train.sampler import ShardedSampler, balanced_weights
 from skinedge.utils.io import atomic_write_text, package_versions
 
 # Settings that may change between a run and its resumption without changing its result.
-_RESUMABLE_CHANGES = {"epochs", "num_workers", "threads", "device", "eval_batch_size",
-                      "early_stopping_patience"}
+# (num_workers and device change the random streams or the arithmetic, so they must match.)
+_RESUMABLE_CHANGES = {"epochs", "threads", "eval_batch_size", "early_stopping_patience"}
 
 
 class TrainCallbacks:
@@ -85,7 +85,7 @@ class _Progress:
 
     def update(self, epoch: int, current: float) -> bool:
         self.epoch = epoch
-        if current > self.best_metric:
+        if current > self.best_metric or self.best_epoch == 0:
             self.best_metric, self.best_epoch, self.stale = current, epoch, 0
             return True
         self.stale += 1
@@ -134,16 +134,22 @@ def train_classifier(
     Raises:
         ValueError: no manifest, resume without a checkpoint, or a changed config on resume.
     """
-    callbacks = callbacks or TrainCallbacks()
-    out_dir = Path(out_dir)
-    dist = _init_distributed()
+    dist = _init_distributed(cfg.device)
+    try:
+        return _train(cfg, Path(out_dir), resume, callbacks or TrainCallbacks(), dist)
+    finally:
+        _cleanup_distributed(dist)
+
+
+def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallbacks,
+           dist: _Dist) -> TrainResult:
     device = _select_device(cfg.device, dist)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.data.manifest is None:
         raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
 
-    manifest = load_manifest(cfg.data.manifest, root=cfg.data.root, verify=dist.is_main)
+    manifest = load_manifest(cfg.data.manifest, root=cfg.data.root)
     vocab = manifest.vocabulary
     train_set = LesionDataset.from_manifest(
         manifest, "train", build_train_transform(cfg.preprocess, cfg.augment))
@@ -167,6 +173,9 @@ def train_classifier(
                            label_smoothing=cfg.loss.label_smoothing).to(device)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
 
+    if not resume and dist.is_main and any((out_dir / d).exists() for d in ("last", "best")):
+        raise ValueError(f"{out_dir} already holds a training run; continue it with --resume, "
+                         "or choose another --out (or delete the folder) to start afresh")
     progress = _Progress()
     if resume:
         state = _resume_state(out_dir, cfg)
@@ -174,7 +183,8 @@ def train_classifier(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler.is_enabled() and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
         progress = _Progress.from_state(state)
 
     train_model: nn.Module = model
@@ -205,11 +215,12 @@ def train_classifier(
             stopped_early = True
             break
         started = time.perf_counter()
-        _seed_epoch(cfg.seed, epoch)
+        _seed_epoch(cfg.seed, epoch, dist.rank)
         sampler.set_epoch(epoch)
         _warmup_lr(optimizer, cfg, epoch)
+        lr = optimizer.param_groups[0]["lr"]
         train_loss = _train_one_epoch(train_model, train_set, sampler, optimizer, criterion,
-                                      scaler, cfg, device, epoch, callbacks)
+                                      scaler, cfg, device, epoch, callbacks, dist.rank)
         probs, targets = _predict(model, val_set, cfg, device, dist, callbacks)
         metrics = compute_metrics(targets, probs, vocab.codes,
                                   melanoma_class=card_base.positive_class)
@@ -218,7 +229,7 @@ def train_classifier(
         improved = progress.update(epoch, current)
         record = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": _nll(probs, targets),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 1),
+            "lr": lr, "seconds": round(time.perf_counter() - started, 1),
             **{k: metrics[k] for k in _LOGGED_METRICS},
             "best": improved,
         }
@@ -244,7 +255,6 @@ def train_classifier(
         _barrier(dist)
     if writer is not None:
         writer.close()
-    _cleanup_distributed(dist)
     return TrainResult(out_dir, progress.best_epoch, progress.best_metric, progress.history,
                        stopped_early)
 
@@ -253,11 +263,11 @@ def train_classifier(
 
 
 def _train_one_epoch(model, dataset, sampler, optimizer, criterion, scaler, cfg, device, epoch,
-                     callbacks) -> float:
+                     callbacks, rank: int = 0) -> float:
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         drop_last=len(sampler) > cfg.batch_size, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
+        generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch + rank * 104_729),
         persistent_workers=False,
     )
     num_batches = len(loader)
@@ -280,6 +290,12 @@ def _train_one_epoch(model, dataset, sampler, optimizer, criterion, scaler, cfg,
         callbacks.on_batch_end(epoch, batch, loss.item(), optimizer.param_groups[0]["lr"])
         if batch >= num_batches:
             break
+    if sampler.world_size > 1:  # mean over every rank's batches, not rank 0's alone
+        import torch.distributed as tdist
+
+        sums = torch.tensor([total, float(seen)], dtype=torch.float64)
+        tdist.all_reduce(sums)
+        total, seen = sums.tolist()
     return total / max(seen, 1)
 
 
@@ -392,17 +408,26 @@ def _warmup_lr(optimizer, cfg: TrainConfig, epoch: int) -> None:
             group["lr"] = cfg.optim.lr
 
 
-def _seed_epoch(seed: int, epoch: int) -> None:
-    torch.manual_seed(seed * 1_000_003 + epoch)
-    np.random.seed((seed * 1_000_003 + epoch) % 2**32)
+def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed everything an epoch draws from (ranks differ, so dropout masks do too)."""
+    value = seed * 1_000_003 + epoch + rank * 7_777_777
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
 
 
 def _resume_state(out_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
-    state = load_trainer_state(out_dir / "last") if (out_dir / "last").exists() else None
+    try:
+        state = load_trainer_state(out_dir / "last")  # falls back to .last.old after a kill
+    except FileNotFoundError:
+        state = None
     if state is None:
         raise ValueError(f"cannot resume: {out_dir / 'last'} holds no trainer state; "
                          "start without --resume")
-    old, new = state["config"], cfg.model_dump(mode="json")
+    # Validate the saved config again so fields added since then compare at their defaults;
+    # where the images lie (data.root) may change.
+    old = TrainConfig.model_validate(state["config"]).model_dump(mode="json")
+    new = cfg.model_dump(mode="json")
+    old["data"]["root"] = new["data"]["root"] = None
     changed = sorted(k for k in set(old) | set(new)
                      if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
     if changed:
@@ -441,14 +466,15 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _init_distributed() -> _Dist:
+def _init_distributed(device: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist()
     import torch.distributed as tdist
 
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        tdist.init_process_group("nccl" if on_gpu else "gloo")
     return _Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

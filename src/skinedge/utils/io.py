@@ -27,6 +27,15 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
+def fsync_path(path: Path | str) -> None:
+    """Flush a file's or a folder's entry to disk (so a rename survives a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
