@@ -92,4 +92,8 @@ def download(
             folder = download_dataset(name, dest, progress=report)
     except (DownloadError, ValueError) as exc:
         fail(str(exc))
-    console.print(f"ready: {folder}  (next: skinedge data split {folder} --out {folder}/manifest.json)")
+    if name == "isic2018-test":  # the challenge never published these labels
+        console.print(f"ready: {folder} (images only, unlabelled: for predictions, not metrics)")
+    else:
+        console.print(f"ready: {folder}  (next: skinedge data split {folder} "
+                      f"--out {folder}/manifest.json)")

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from skinedge.utils.io import atomic_write_text
+
 ProgressCallback = Callable[[str, int, int | None], None]
 """Called as ``progress(filename, bytes_done, bytes_total_or_None)`` while a file downloads."""
 
@@ -258,7 +260,7 @@ def download_files(
             _ensure_file(remote, path, progress, retries, timeout, backoff)
         if remote.extract and not marker.exists():
             _extract(path, dest / remote.extract_to)
-            _write_atomic(marker, f"{remote.url}\n")
+            atomic_write_text(marker, f"{remote.url}\n")
         paths.append(path)
     return paths
 
@@ -505,13 +507,7 @@ def _record_sha256(folder: Path, filename: str, sha256: str | None) -> None:
     sums.pop(filename, None)
     if sha256:
         sums[filename] = sha256
-    _write_atomic(folder / SUMS_FILENAME, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(folder / SUMS_FILENAME, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
 
 
 def _report(progress: ProgressCallback | None, name: str, done: int, total: int | None) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from skinedge.utils.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,9 @@ class DataValidationError(ValueError):
 
 def write_problem_report(problems: Iterable[DataProblem], path: Path) -> Path:
     """Write problems as CSV (source, kind, message) so nothing is dropped silently."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["source", "kind", "message"])
-        for p in problems:
-            writer.writerow([p.source, p.kind, p.message])
-    tmp.replace(path)
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["source", "kind", "message"])
+    for p in problems:
+        writer.writerow([p.source, p.kind, p.message])
+    return atomic_write_text(path, buffer.getvalue())

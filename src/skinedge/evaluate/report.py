@@ -7,11 +7,11 @@ Markdown tables laid out as a dermatology paper shows them, a confusion-matrix P
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from skinedge.utils.io import atomic_write
 
 __all__ = ["plot_confusion_matrix", "render_markdown", "write_report"]
 
@@ -152,7 +152,7 @@ def plot_confusion_matrix(
         color = "white" if image.norm(value) > 0.5 else "black"  # readable on dark cells
         ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
 
-    _write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=150))
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=150))
     return path
 
 
@@ -193,27 +193,10 @@ def write_report(
     # Render everything before touching the disk, so a bad dict leaves no partial report.
     json_text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     markdown = render_markdown(metrics, title=title, class_names=class_names)
-    _write_atomic(paths["json"], lambda handle: handle.write(json_text.encode("utf-8")))
-    _write_atomic(paths["markdown"], lambda handle: handle.write(markdown.encode("utf-8")))
+    atomic_write(paths["json"], lambda handle: handle.write(json_text.encode("utf-8")))
+    atomic_write(paths["markdown"], lambda handle: handle.write(markdown.encode("utf-8")))
     plot_confusion_matrix(metrics, paths["confusion_png"], class_names=class_names)
     return paths
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Calls ``write`` on a temporary file next to ``path``, then renames it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def _check_metrics(metrics: Mapping) -> None:

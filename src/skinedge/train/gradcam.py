@@ -13,8 +13,6 @@ Typical use::
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from skinedge.utils.io import atomic_write
 
 # CLI word -> class name in ``pytorch_grad_cam``; the CLI offers exactly these keys.
 CAM_METHODS: dict[str, str] = {
@@ -308,14 +308,7 @@ def save_explanation(
     for i, line in enumerate(lines):
         draw.text((4, height + 4 + i * line_height), line, fill="black", font=font)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda f: canvas.save(f, format="PNG"))
 
 
 def _wrap(draw: object, text: str, font: object, max_width: int) -> list[str]:

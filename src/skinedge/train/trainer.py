@@ -3,7 +3,8 @@
 Every epoch ends with a checkpoint (``last/``, with optimizer, scheduler and history) and, when
 the monitored validation metric improved, ``best/``. Each epoch's randomness (sampling order,
 augmentation, dropout) is seeded from ``(seed, epoch)``, so a run killed at any point and
-resumed with ``resume=True`` ends with the same weights as an uninterrupted one.
+resumed with ``resume=True`` ends with the same weights as an uninterrupted one (on the
+CPU, where the tests prove it bit for bit; CUDA kernels are not deterministic by default).
 """
 
 from __future__ import annotations

@@ -7,17 +7,23 @@ import importlib.metadata
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never half of one."""
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Readers see the old file or the new one, never half of one; a failed write leaves no
+    temporary file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -25,6 +31,10 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def fsync_path(path: Path | str) -> None:
