@@ -218,13 +218,24 @@ def test_one_hot_row_with_two_classes(tmp_path):
         in str(info.value)
 
 
-def test_metadata_row_without_image_names_the_id(tmp_path):
-    (tmp_path / "HAM10000_images_part_1").mkdir()
-    make_image((150, 100, 80), (24, 32), 0).save(tmp_path / "HAM10000_images_part_1/ISIC_1.jpg")
-    (tmp_path / "HAM10000_metadata.csv").write_text(
+def _ham_folder(root: Path, images: dict[str, tuple[str, ...]]) -> None:
+    """A HAM10000 layout: metadata for ISIC_1 (nv) and ISIC_2 (mel), image files as given.
+
+    Args:
+        images: part folder -> image ids written into it.
+    """
+    for part, ids in images.items():
+        (root / part).mkdir()
+        for seed, image_id in enumerate(ids):
+            make_image((150, 100, 80), (24, 32), seed).save(root / part / f"{image_id}.jpg")
+    (root / "HAM10000_metadata.csv").write_text(
         "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
         "HAM_1,ISIC_1,nv,histo,50,male,back\n"
         "HAM_2,ISIC_2,mel,histo,50,male,back\n")
+
+
+def test_metadata_row_without_image_names_the_id(tmp_path):
+    _ham_folder(tmp_path, {"HAM10000_images_part_1": ("ISIC_1",)})
 
     with pytest.raises(DataValidationError) as info:
         read_dataset(tmp_path)
@@ -235,14 +246,8 @@ def test_metadata_row_without_image_names_the_id(tmp_path):
 
 
 def test_image_id_found_twice_names_both_copies(tmp_path):
-    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
-        (tmp_path / part).mkdir()
-        make_image((150, 100, 80), (24, 32), 0).save(tmp_path / part / "ISIC_1.jpg")
-    make_image((150, 100, 80), (24, 32), 1).save(tmp_path / "HAM10000_images_part_1/ISIC_2.jpg")
-    (tmp_path / "HAM10000_metadata.csv").write_text(
-        "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
-        "HAM_1,ISIC_1,nv,histo,50,male,back\n"
-        "HAM_2,ISIC_2,mel,histo,50,male,back\n")
+    _ham_folder(tmp_path, {"HAM10000_images_part_1": ("ISIC_1", "ISIC_2"),
+                           "HAM10000_images_part_2": ("ISIC_1",)})
 
     with pytest.raises(DataValidationError) as info:
         read_dataset(tmp_path)

@@ -14,7 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from skinedge.train.trainer import TrainCallbacks
+from skinedge.train.callbacks import TrainCallbacks
 
 console = Console(stderr=True)
 

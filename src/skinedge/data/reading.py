@@ -98,7 +98,7 @@ def read_dataset(
     if check_images:
         problems += _check_images(root, good, max_pixels, progress)
         bad_sources = {p.source for p in problems}
-        good = [r for r in good if r.source not in bad_sources and r.image not in bad_sources]
+        good = [r for r in good if r.source not in bad_sources]
 
     if problems and not skip_bad:
         raise DataValidationError(problems)

@@ -112,16 +112,22 @@ def _interpolation(cfg: PreprocessConfig):
     return InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
 
 
-def build_eval_transform(cfg: PreprocessConfig):
-    """PIL RGB image -> normalised float tensor (3, S, S)."""
+def _eval_geometry(cfg: PreprocessConfig) -> list:
+    """Resize (and centre-crop) to the input size, as ``resize_mode`` says."""
     from torchvision import transforms as T
 
     size = cfg.input_size
     if cfg.resize_mode == "crop":
-        geometry = [T.Resize(size, interpolation=_interpolation(cfg)), T.CenterCrop(size)]
-    else:
-        geometry = [T.Resize((size, size), interpolation=_interpolation(cfg))]
-    return T.Compose([_Normalize(cfg), *geometry, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+        return [T.Resize(size, interpolation=_interpolation(cfg)), T.CenterCrop(size)]
+    return [T.Resize((size, size), interpolation=_interpolation(cfg))]
+
+
+def build_eval_transform(cfg: PreprocessConfig):
+    """PIL RGB image -> normalised float tensor (3, S, S)."""
+    from torchvision import transforms as T
+
+    return T.Compose([_Normalize(cfg), *_eval_geometry(cfg), T.ToTensor(),
+                      T.Normalize(cfg.mean, cfg.std)])
 
 
 def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
@@ -151,11 +157,6 @@ def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
 
 def display_image(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """The eval pipeline's geometry without normalisation: uint8 (S, S, 3), for overlays."""
-    from torchvision import transforms as T
-
-    size = cfg.input_size
-    if cfg.resize_mode == "crop":
-        image = T.CenterCrop(size)(T.Resize(size, interpolation=_interpolation(cfg))(image))
-    else:
-        image = T.Resize((size, size), interpolation=_interpolation(cfg))(image)
+    for step in _eval_geometry(cfg):
+        image = step(image)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)

@@ -23,6 +23,7 @@ from skinedge.evaluate.metrics import bootstrap_intervals, compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.evaluate.report import write_report
 from skinedge.models import load_checkpoint
+from skinedge.utils.device import resolve_device
 from skinedge.utils.io import atomic_write_text
 
 
@@ -77,8 +78,7 @@ def evaluate_checkpoint(
     if threads:
         torch.set_num_threads(threads)
     model, card = load_checkpoint(checkpoint)
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                else "cpu" if device == "auto" else device)
+    torch_device = resolve_device(device)
     model.to(torch_device, memory_format=torch.channels_last)
     transform = build_eval_transform(card.preprocess)
     skipped: list[DataProblem] = []

@@ -34,24 +34,16 @@ from skinedge.evaluate.metrics import compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.models import DataInfo, ModelCard, create_classifier, save_checkpoint
 from skinedge.models.checkpoint import load_checkpoint_weights, load_trainer_state
+from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.config import TrainConfig, dump_config
 from skinedge.train.losses import build_loss, class_weights
 from skinedge.train.sampler import ShardedSampler, balanced_weights
+from skinedge.utils.device import resolve_device
 from skinedge.utils.io import atomic_write_text, package_versions
 
 # Settings that may change between a run and its resumption without changing its result.
 # (num_workers and device change the random streams or the arithmetic, so they must match.)
 _RESUMABLE_CHANGES = {"epochs", "threads", "eval_batch_size", "early_stopping_patience"}
-
-
-class TrainCallbacks:
-    """Hooks for progress display; the default does nothing (library code never prints)."""
-
-    def on_start(self, info: dict[str, Any]) -> None: ...
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
-    def on_batch_end(self, epoch: int, batch: int, loss: float, lr: float) -> None: ...
-    def on_validate(self, done: int, total: int) -> None: ...
-    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -144,7 +136,7 @@ def train_classifier(
 
 def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallbacks,
            dist: _Dist) -> TrainResult:
-    device = _select_device(cfg.device, dist)
+    device = resolve_device(cfg.device, dist.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.data.manifest is None:
@@ -491,14 +483,3 @@ def _barrier(dist: _Dist) -> None:
         import torch.distributed as tdist
 
         tdist.barrier()
-
-
-def _select_device(name: str, dist: _Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", dist.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
