@@ -1,10 +1,12 @@
 """Generate docs/RESULTS.md from finished runs. Never edit RESULTS.md by hand.
 
 Usage:
-    python scripts/results.py runs/ham10000-lite0 [more runs...] --out docs/RESULTS.md
+    python scripts/results.py runs/ham10000-lite0 [more runs...] [--bench bench/NAME ...] \
+        --out docs/RESULTS.md
 
 Each run folder is what `skinedge quickstart --out RUN` leaves: command.json, manifest.json,
 train/{config.yaml,versions.json,metrics.jsonl,best/card.json}, eval/metrics.json.
+Each bench folder is what `skinedge bench --out DIR` leaves: bench.json, bench.md, bench.png.
 """
 
 from __future__ import annotations
@@ -141,6 +143,56 @@ def render_comparison(runs: list[Path]) -> list[str]:
     return [*lines, ""]
 
 
+def render_bench(folder: Path, docs: Path) -> list[str]:
+    """The benchmark table, its command and versions, and the export issue's targets checked."""
+    import shutil
+
+    doc = json.loads((folder / "bench.json").read_text())
+    rows = {r["label"]: r for r in doc["rows"]}
+    versions = doc["versions"]
+    lines = [f"## Export and benchmark: {folder.name}", "",
+             f"- command: `{doc['command']}`, finished {doc['created']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+             (folder / "bench.md").read_text().strip(), ""]
+    if (folder / "bench.png").is_file():
+        chart = docs / f"bench-{folder.name}.png"
+        shutil.copyfile(folder / "bench.png", chart)
+        lines += [f"![balanced accuracy against latency]({chart.name})", ""]
+    lines += ["Targets of the export issue (1 thread, 224 px, this CPU, one run):", ""]
+    lines += [f"- {text}" for text in _export_targets(rows)]
+    return [*lines, ""]
+
+
+def _export_targets(rows: dict) -> list[str]:
+    ok = {k: r for k, r in rows.items() if r.get("p50_ms") is not None}
+    int8 = {k: r for k, r in ok.items() if "-int8" in k}
+    out = []
+    for target in sorted({k.split("-")[0] for k in int8}):
+        fp32 = ok.get(f"{target}-fp32")
+        fastest = min((r for k, r in int8.items() if k.startswith(f"{target}-")),
+                      key=lambda r: r["p50_ms"])
+        if fp32:
+            speedup = fp32["p50_ms"] / fastest["p50_ms"]
+            out.append(f"{target}: fastest INT8 ({fastest['label']}) p50 {fastest['p50_ms']:.2f} ms "
+                       f"vs FP32 {fp32['p50_ms']:.2f} ms: {speedup:.2f}x "
+                       f"({'meets' if speedup >= 2 else 'misses'} the 2x target)")
+    if int8:
+        best = min(int8.values(), key=lambda r: r["p95_ms"])
+        out.append(f"fastest INT8 artifact: {best['label']}, p95 {best['p95_ms']:.2f} ms "
+                   f"({'meets' if best['p95_ms'] < 10 else 'misses'} the 10 ms target)")
+    if "tflite-int8" in ok and "tflite-fp32" in ok:
+        a, b = ok["tflite-int8"]["p50_ms"], ok["tflite-fp32"]["p50_ms"]
+        out.append(f"TFLite INT8 p50 {a:.2f} ms vs FP32 {b:.2f} ms: "
+                   f"{'faster' if a < b else 'NOT faster'}")
+    for k, r in int8.items():
+        drop, flips = r.get("balanced_accuracy_drop"), r.get("flip_rate")
+        met = drop is not None and drop <= 0.01 and flips is not None and flips < 0.03
+        out.append(f"{k}: balanced accuracy {r['balanced_accuracy']:.3f} (change "
+                   f"{-drop:+.3f}), flips {flips:.1%}: {'meets' if met else 'misses'} "
+                   f"the within-1-point and under-3% targets")
+    return out
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -148,6 +200,8 @@ def _fmt(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--bench", action="append", type=Path, default=[],
+                        help="a `skinedge bench --out` folder (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     args = parser.parse_args(argv)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -163,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.runs) > 1:
         parts += render_comparison(args.runs)
     parts += [render_run(run) for run in args.runs]
+    for folder in args.bench:
+        parts += render_bench(folder, args.out.parent)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
     print(f"wrote {args.out}")

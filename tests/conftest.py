@@ -122,3 +122,23 @@ def shared_data() -> Path:
     pytest.skip(
         "real ISIC samples not found: set SKINEDGE_DATA to the folder holding ham10000-sample/"
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
+    """timm's test_efficientnet at 32 px, trained for a few epochs on the tiny colour-coded
+    classes so that its predictions are confident: a flip under export means a broken export,
+    not a coin toss."""
+    from skinedge.data import make_manifest, read_dataset
+    from skinedge.train.config import load_train_config
+    from skinedge.train.trainer import train_classifier
+
+    root = tmp_path_factory.mktemp("export-run")
+    manifest = root / "manifest.json"
+    make_manifest(read_dataset(tiny_dataset)).save(manifest)
+    cfg = load_train_config(None, [
+        "model.arch=test_efficientnet", "model.pretrained=none", "preprocess.input_size=32",
+        "num_workers=0", "batch_size=8", "eval_batch_size=32", "device=cpu", "epochs=8",
+        "optim.lr=1e-2", "optim.scheduler=none", "early_stopping_patience=10",
+        "augment.enabled=false", "model.drop_rate=0", f"data.manifest={manifest}"])
+    return train_classifier(cfg, root / "train").best_dir

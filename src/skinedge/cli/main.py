@@ -166,6 +166,9 @@ def quickstart(
     console.print(summary)
 
 
+from skinedge.cli import deploy  # noqa: E402,F401  (registers `export` and `bench`)
+
+
 def main() -> None:
     app()
 

@@ -24,6 +24,37 @@ class DataInfo(BaseModel):
     licence: str = "unknown"
 
 
+class TensorSpec(BaseModel):
+    """One input or output of an exported artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int]
+    layout: str  # NCHW, NHWC (image inputs) or NC (class scores)
+    dtype: str  # float32, float16, int8, uint8, or "image" (CoreML image input)
+    scale: float | None = None  # int8 tensors: real = scale * (q - zero_point)
+    zero_point: int | None = None
+    kind: str | None = None  # outputs: "logits" or "probabilities"
+
+
+class ArtifactInfo(BaseModel):
+    """What an exported file is, and how it was made: present only in artifacts' cards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str  # onnx, openvino, tflite, coreml, tensorrt
+    precision: str  # fp32, fp16, int8
+    source_checkpoint: str  # path as given at export time
+    source_weights_sha256: str | None  # the checkpoint's weights: ties the artifact to them
+    input: TensorSpec
+    output: TensorSpec
+    calibration: dict[str, Any] | None = None  # int8: split, images, sha256 of the image list
+    details: dict[str, Any] = Field(default_factory=dict)  # opset, quantizer, TensorRT version, GPU
+    versions: dict[str, str] = Field(default_factory=dict)  # exporter packages
+    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
 class ModelCard(BaseModel):
     """Everything needed to use a classifier correctly, and to know where it came from.
 
@@ -48,6 +79,7 @@ class ModelCard(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)  # epoch, resolved config
     versions: dict[str, str] = Field(default_factory=dict)
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    artifact: ArtifactInfo | None = None  # set in exported artifacts, None in checkpoints
     intended_use: str = (
         "Decision support for trained clinicians on dermoscopic images of skin lesions; "
         "not a diagnosis, not validated for clinical use."

@@ -1,0 +1,136 @@
+"""``skinedge export`` and ``skinedge bench``: artifacts for devices, and proof they hold up."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skinedge.cli.main import app, fail
+
+
+def _parse_targets(values: list[str]) -> list[tuple[str, str | None, str | None]]:
+    """``onnx``, ``onnx:int8``, ``openvino:int8:qac``, ``all`` -> [(target, precision, quantizer)]."""
+    from skinedge.export import TARGETS
+
+    pairs: list[tuple[str, str | None, str | None]] = []
+    for value in values:
+        for item in value.split(","):
+            name, precision, quantizer, *extra = [*item.strip().split(":"), None, None]
+            if name == "all":
+                pairs += [(t.name, p, None) for t in TARGETS.values() for p in t.precisions]
+                continue
+            if name not in TARGETS or any(extra[:-2]):
+                raise ValueError(f"bad --export {item!r}: TARGET[:PRECISION[:QUANTIZER]] with "
+                                 f"TARGET one of {sorted(TARGETS)}, or all")
+            pairs.append((name, precision or None, quantizer or None))
+    return pairs
+
+
+@app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, e.g. runs/NAME/train/best.")],
+    target: Annotated[str, typer.Option(help="onnx, openvino, tflite, coreml or tensorrt.")],
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 (default: the target's).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the artifact and its .export.json.")] = Path("exports"),
+    manifest: Annotated[Path | None, typer.Option(
+        help="Split manifest for calibration (train) and verification (val) images; default: "
+             "the one the model was trained on.")] = None,
+    calibration_images: Annotated[int, typer.Option(help="INT8 calibration images from the training split.")] = 300,
+    verify_images: Annotated[int, typer.Option(help="Validation images the artifact is checked on (0: none).")] = 64,
+    quantizer: Annotated[str | None, typer.Option(
+        help="INT8 method. TFLite: pt2e (default, int8 in/out) or aeq (ai-edge-quantizer). "
+             "OpenVINO: ptq (default) or qac (NNCF accuracy control: layers back to float until "
+             "top-1 agreement with the checkpoint drops at most --max-drop).")] = None,
+    max_drop: Annotated[float, typer.Option(help="qac: allowed drop of top-1 agreement (absolute).")] = 0.01,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads for verification.")] = None,
+) -> None:
+    """Export a checkpoint; the artifact carries its model card and is verified against the
+    checkpoint on validation images right after export (non-zero exit if it drifts)."""
+    from skinedge.cli.progress import console
+    from skinedge.export import ExportError, export_checkpoint, get_target
+
+    try:
+        get_target(target)
+        result = export_checkpoint(
+            checkpoint, target, precision=precision, out_dir=out, manifest=manifest,
+            calibration_images=calibration_images, verify_images=verify_images,
+            verify=verify_images > 0, threads=threads,
+            options={"quantizer": quantizer, "max_drop": max_drop}, log=console.print)
+    except ExportError as exc:
+        for path in getattr(exc, "files", []):
+            console.print(f"wrote {path}")
+        fail(str(exc), code=1)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        fail(str(exc))
+    v = result.verification
+    if v["status"] == "passed":
+        console.print(f"verified on {v['images']} validation images: max probability difference "
+                      f"{v['max_prob_diff']:.2e}, top-1 flips {v['flips']}/{v['images']}")
+    else:
+        console.print(f"[yellow]not verified: {v.get('reason')}[/]")
+    console.print(f"{result.path}  ({result.report})")
+
+
+@app.command("bench")
+def bench(
+    models: Annotated[list[Path] | None, typer.Argument(
+        help="Checkpoint folders and/or exported artifacts to measure.")] = None,
+    export_targets: Annotated[list[str] | None, typer.Option(
+        "--export", help="Export the reference to TARGET[:PRECISION] first (repeatable, "
+                         "comma-separated, or 'all').")] = None,
+    reference: Annotated[Path | None, typer.Option(
+        help="Checkpoint every row is compared with (default: the first checkpoint given).")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Split manifest (default: the reference's).")] = None,
+    split: Annotated[str, typer.Option(help="Manifest split to measure accuracy on.")] = "test",
+    data: Annotated[Path | None, typer.Option(help="A labelled folder instead of a manifest split.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N test images (quick checks).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for bench.json/.md/.png, junit.xml, exports/.")] = Path("bench"),
+    threads: Annotated[int | None, typer.Option(help="Threads per runtime (default 1; 0: backend default).")] = None,
+    cpus: Annotated[str | None, typer.Option(help="Pin each runtime to these CPUs, e.g. 0 or 0,1.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="CPU profile (threads + pinning) from the packaged bench-profiles.yaml, or FILE.yaml:NAME.")] = None,
+    warmup: int = 10,
+    iterations: Annotated[int, typer.Option(help="Timed runs at batch 1 per model.")] = 100,
+    calibration_images: Annotated[int, typer.Option(help="INT8 calibration images for --export.")] = 300,
+    gate: Annotated[Path | None, typer.Option(help="Budgets YAML; exit 1 when one is missed.")] = None,
+) -> None:
+    """Latency (cold, p50/p95/p99 at batch 1), memory and size of each model, and its accuracy,
+    balanced accuracy, melanoma AUC, deltas and top-1 flip rate against the reference."""
+    from skinedge.bench.gates import check_gates, load_gates
+    from skinedge.bench.harness import BenchSettings, run_bench
+    from skinedge.bench.profiles import load_profile
+    from skinedge.bench.report import print_table, write_outputs
+    from skinedge.cli.progress import console
+
+    try:
+        gates = load_gates(gate) if gate else None
+        settings = BenchSettings(threads=1 if threads is None else (threads or None),
+                                 warmup=warmup, iterations=iterations)
+        if profile:
+            prof = load_profile(profile)
+            settings.threads, settings.cpus, settings.profile = prof["threads"], prof.get("cpus"), profile
+        if cpus:
+            settings.cpus = [int(c) for c in cpus.split(",")]
+        result = run_bench(list(models or []), reference=reference,
+                           exports=_parse_targets(export_targets or []), manifest=manifest,
+                           split=split, data=data, limit=limit, out_dir=out, settings=settings,
+                           calibration_images=calibration_images, log=console.print)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+        fail(str(exc))
+    checks = check_gates(gates, result.rows) if gates else None
+    command = shlex.join(["skinedge", *sys.argv[1:]])
+    files = write_outputs(result, out, checks, command)
+    print_table(result)
+    console.print(f"reports: {', '.join(str(p) for p in files.values())}")
+    if checks is not None:
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            console.print(f"[bold red]gate failed[/] ({len(failed)} of {len(checks)} checks):")
+            for c in failed:
+                console.print(f"  {c.message}")
+            raise typer.Exit(1)
+        console.print(f"[green]gate passed[/] ({len(checks)} checks)")

@@ -1,0 +1,1 @@
+"""Compression: INT8 post-training quantization with NNCF (distillation follows)."""

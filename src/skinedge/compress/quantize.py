@@ -1,0 +1,144 @@
+"""INT8 post-training quantization with NNCF, on the graph each runtime will execute.
+
+Quantizing the ONNX or OpenVINO graph itself (rather than a torch model exported later) means
+the Q/DQ placement that was calibrated is the one that ships. Calibration images come from the
+training split (never validation or test), preprocessed exactly as at inference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from skinedge.utils.backends import require
+
+# Activations and blocks that post-training INT8 handles badly: unbounded smooth activations
+# spread their output range, and squeeze-excitation multiplies two quantized tensors. Plain
+# PTQ of EfficientNet-B0 (SiLU + SE) has been reported to fall from 67 to 39 top-1.
+_RISKY = {
+    "SiLU": "SiLU/Swish activations (smooth, unbounded: wide activation ranges)",
+    "Swish": "SiLU/Swish activations (smooth, unbounded: wide activation ranges)",
+    "GELU": "GELU activations (smooth, unbounded)",
+    "Hardswish": "hard-swish activations (asymmetric range around zero)",
+    "SqueezeExcite": "squeeze-and-excitation blocks (products of two quantized tensors)",
+}
+
+
+def quantization_warnings(model: nn.Module) -> list[str]:
+    """Reasons to expect an accuracy drop from INT8 PTQ, one line per risky layer type."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        name = type(module).__name__
+        if name in _RISKY:
+            counts[_RISKY[name]] = counts.get(_RISKY[name], 0) + 1
+    return [f"{n} x {what}: post-training INT8 may lose accuracy; check the measured drop, "
+            f"or prefer a ReLU6 student without SE (tf_efficientnet_lite*)"
+            for what, n in counts.items()]
+
+
+def _dataset(calibration: np.ndarray, transform):
+    nncf = require("nncf", "quantize")
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ValueError(f"calibration images must be a non-empty (N, C, H, W) array, got "
+                         f"shape {calibration.shape}")
+    return nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))], transform)
+
+
+def signed_qdq(model: Any) -> Any:
+    """Rewrite uint8 Q/DQ pairs (zero point 0) as int8, the only activation type TensorRT's
+    explicit quantization takes. NNCF quantizes non-negative activations (after ReLU6) as uint8
+    with zero point 0, covering [0, 255 s]; int8 with scale 255 s / 127 covers the same range
+    with 7 bits instead of 8 (the documented cost of this rewrite).
+    """
+    onnx = require("onnx", "onnx")
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    done: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        scale_name, zp_name = node.input[1], node.input[2]
+        if node.op_type == "QuantizeLinear" and zp_name in done:
+            _set_elem_type(model, node.output[0], onnx.TensorProto.INT8)
+        if zp_name in done or zp_name not in inits:
+            continue
+        zp = numpy_helper.to_array(inits[zp_name])
+        if zp.dtype != np.uint8:
+            continue
+        if zp.any():
+            raise ValueError(f"{node.name}: asymmetric uint8 quantization (zero point "
+                             f"{zp.ravel()[:3]}) cannot become int8 Q/DQ for TensorRT")
+        scale = numpy_helper.to_array(inits[scale_name]) * np.float32(255 / 127)
+        inits[scale_name].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), scale_name))
+        inits[zp_name].CopyFrom(numpy_helper.from_array(zp.astype(np.int8), zp_name))
+        done.add(zp_name)
+        if node.op_type == "QuantizeLinear":
+            _set_elem_type(model, node.output[0], onnx.TensorProto.INT8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _set_elem_type(model: Any, name: str, elem_type: int) -> None:
+    """Keep recorded value types in step with a Q/DQ pair turned signed."""
+    for info in model.graph.value_info:
+        if info.name == name:
+            info.type.tensor_type.elem_type = elem_type
+
+
+def quantize_onnx(model: Any, calibration: np.ndarray, *, input_name: str,
+                  signed_activations: bool = False) -> Any:
+    """NNCF PTQ of an ``onnx.ModelProto``: returns a QDQ model (int8 weights per channel).
+
+    Args:
+        calibration: (N, C, H, W) float32, preprocessed training images.
+        input_name: The graph input fed with the images.
+        signed_activations: int8 (not uint8) activations, as TensorRT requires.
+    """
+    nncf = require("nncf", "quantize")
+    quantized = nncf.quantize(
+        model, _dataset(calibration, lambda x: {input_name: x}),
+        preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
+    return signed_qdq(quantized) if signed_activations else quantized
+
+
+def quantize_openvino(model: Any, calibration: np.ndarray) -> Any:
+    """NNCF PTQ of an ``openvino.Model`` (symmetric INT8, fast bias correction)."""
+    nncf = require("nncf", "quantize")
+    return nncf.quantize(model, _dataset(calibration, lambda x: x),
+                         preset=nncf.QuantizationPreset.PERFORMANCE,
+                         subset_size=len(calibration))
+
+
+def quantize_openvino_controlled(model: Any, calibration: np.ndarray, validation: np.ndarray,
+                                 reference_top1: np.ndarray, *, max_drop: float = 0.01,
+                                 log=None) -> tuple[Any, dict]:
+    """NNCF PTQ with accuracy control on an ``openvino.Model``.
+
+    Quantizes, then reverts the most sensitive layers to float, one group at a time, until the
+    top-1 agreement with the float model on ``validation`` drops by at most ``max_drop``
+    (absolute). Agreement, not accuracy, because parity with the source model is the contract.
+
+    Returns:
+        (quantized model, {"agreement": final agreement, "max_drop": ..., "images": n}).
+    """
+    nncf = require("nncf", "quantize")
+    if len(validation) != len(reference_top1):
+        raise ValueError(f"{len(validation)} validation images but {len(reference_top1)} labels")
+    seen: dict[str, float] = {}
+
+    def agreement(compiled, data) -> float:
+        top1 = np.array([int(np.argmax(compiled(x)[0])) for x in data])
+        seen["agreement"] = float((top1 == reference_top1).mean())
+        return seen["agreement"]
+
+    quantized = nncf.quantize_with_accuracy_control(
+        model, _dataset(calibration, lambda x: x), _dataset(validation, lambda x: x),
+        validation_fn=agreement, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+        preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
+    return quantized, {"method": "nncf.quantize_with_accuracy_control",
+                       "metric": "top-1 agreement with the float model",
+                       "max_drop": max_drop, "validation_images": len(validation),
+                       "last_agreement": seen.get("agreement")}

@@ -1,0 +1,24 @@
+"""Export a checkpoint to ONNX, OpenVINO, TFLite, Core ML or TensorRT, each verified on export.
+
+``export_checkpoint(checkpoint, "tflite", precision="int8")``; the registered targets are in
+``TARGETS`` (filled on first use, backends imported only when a target runs).
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "ExportError": "base", "ExportTarget": "base", "Tolerance": "base", "PRECISIONS": "base",
+    "register_target": "base", "get_target": "base",
+    "ExportResult": "api", "export_checkpoint": "api",
+}
+
+__all__ = sorted([*_EXPORTS, "TARGETS"])
+
+
+def __getattr__(name: str):
+    if name == "TARGETS":
+        import_module("skinedge.export.targets")
+        return import_module("skinedge.export.base").TARGETS
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'skinedge.export' has no attribute {name!r}")
+    return getattr(import_module(f"skinedge.export.{_EXPORTS[name]}"), name)

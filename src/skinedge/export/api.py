@@ -1,0 +1,278 @@
+"""``export_checkpoint``: checkpoint -> artifact with its card, verified against the checkpoint.
+
+Steps: load the checkpoint; for INT8, preprocess calibration images from the manifest's
+*training* split; run the target's exporter in a scratch folder; move the files into place;
+reload the artifact through its runtime and compare it with PyTorch on *validation* images.
+An artifact that drifts beyond its target's tolerance is moved to ``rejected/`` and the export
+fails; ``<stem>.export.json`` records the verification either way.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skinedge.export.base import ExportError, ExportJob, Tolerance, get_target
+from skinedge.models.card import ModelCard
+from skinedge.utils.backends import MissingBackendError
+from skinedge.utils.io import atomic_write_text
+
+
+@dataclass
+class ExportResult:
+    target: str
+    precision: str
+    path: Path | None  # None when the target refused here (TensorRT without a GPU)
+    files: list[Path]
+    card: ModelCard | None
+    verification: dict[str, Any]
+    report: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None and self.verification.get("status") in ("passed", "skipped")
+
+
+def _log(log: Callable[[str], None] | None, message: str) -> None:
+    if log:
+        log(message)
+
+
+def _resolve_manifest(manifest: Path | str | None, card: ModelCard, checkpoint: Path) -> Path:
+    if manifest is not None:
+        return Path(manifest)
+    recorded = card.data.manifest
+    candidates = [Path(recorded)] if recorded else []
+    # A run folder keeps its manifest beside train/ (quickstart layout): runs/NAME/manifest.json.
+    candidates += [p / "manifest.json" for p in checkpoint.resolve().parents[:3]]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ExportError(
+        f"{checkpoint}: export needs real images (calibration from the training split, "
+        f"verification on the validation split) but the model's manifest "
+        f"{recorded or '(none recorded)'} is not here: pass --manifest PATH")
+
+
+def export_checkpoint(
+    checkpoint: Path | str,
+    target: str,
+    *,
+    precision: str | None = None,
+    out_dir: Path | str = "exports",
+    manifest: Path | str | None = None,
+    calibration_images: int = 300,
+    verify_images: int = 64,
+    verify: bool = True,
+    tolerance: Tolerance | None = None,
+    threads: int | None = None,
+    options: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export a checkpoint to one target and verify it.
+
+    Args:
+        checkpoint: Checkpoint folder (``runs/NAME/train/best``).
+        target: Registered target name (``onnx``, ``openvino``, ``tflite``, ``coreml``, ``tensorrt``).
+        precision: ``fp32``, ``fp16`` or ``int8`` (default: the target's).
+        manifest: Split manifest for calibration (train) and verification (val) images; defaults
+            to the one recorded in the model card.
+        calibration_images: INT8 calibration images drawn (seeded) from the training split.
+        verify_images: Validation images the artifact is compared on (0 or ``verify=False``:
+            no verification, recorded as skipped).
+        tolerance: Override the target's tolerance for this precision.
+        threads: Threads of the runtime used for verification.
+        options: Target-specific options: ``quantizer`` (TFLite INT8: ``pt2e`` or ``aeq``;
+            OpenVINO INT8: ``ptq`` or ``qac``, accuracy control), ``max_drop`` (qac: allowed
+            drop of top-1 agreement with the float model, default 0.01), ``control_images``.
+
+    Raises:
+        MissingBackendError: the target's extra is not installed (the message names it).
+        ExportError: conversion failed, the target cannot be built here (TensorRT: its ONNX and
+            trtexec command are written anyway), or verification failed.
+    """
+    from skinedge.compress.quantize import quantization_warnings
+    from skinedge.models.checkpoint import load_checkpoint
+
+    spec = get_target(target)
+    precision = precision or spec.default_precision
+    if precision not in spec.precisions:
+        raise ValueError(f"target {target} exports {', '.join(spec.precisions)}, not {precision}")
+    if reason := spec.missing_backend(precision):
+        raise MissingBackendError(f"cannot export {target} {precision}: {reason}")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    quantizer = options.get("quantizer")
+    if quantizer is not None and quantizer not in spec.quantizers:
+        raise ValueError(f"target {target} has no quantizer {quantizer!r}"
+                         + (f"; choose one of {spec.quantizers}" if spec.quantizers else ""))
+    if quantizer is not None and precision != "int8":
+        raise ValueError(f"a quantizer ({quantizer}) only applies to int8, not {precision}")
+    checkpoint = Path(checkpoint)
+    model, card = load_checkpoint(checkpoint)
+    model = model.eval().float().cpu()
+    notes = quantization_warnings(model) if precision == "int8" else []
+    for note in notes:
+        _log(log, f"warning: {note}")
+    calibration, verification = _prepare_images(
+        spec, precision, model, card, checkpoint, manifest, options,
+        calibration_images=calibration_images, verify_images=verify_images if verify else 0,
+        log=log)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    variant = quantizer if quantizer and quantizer != spec.quantizers[0] else None
+    stem = f"{card.architecture}_{precision}" + (f"_{variant}" if variant else "")
+    workdir = out / f".{stem}.{target}.tmp"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir()
+    job = ExportJob(model=model, card=card, source=str(checkpoint), precision=precision,
+                    workdir=workdir, stem=stem,
+                    calibration=None if calibration is None else calibration.x, options=options)
+    report = out / f"{stem}.{target}.export.json"
+    started = time.perf_counter()
+    _log(log, f"exporting {checkpoint} to {target} {precision}")
+    try:
+        exported = spec.export(job)
+    except ExportError as exc:
+        kept = [_move(f, out) for f in getattr(exc, "files", [])]
+        _write_report(report, target, precision, checkpoint, None, kept,
+                      {"status": "not built", "reason": str(exc)}, notes, time.perf_counter() - started)
+        shutil.rmtree(workdir, ignore_errors=True)
+        exc.files = kept
+        exc.report = report
+        raise
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    files = [_move(f, out) for f in exported.files]
+    shutil.rmtree(workdir, ignore_errors=True)
+    path = out / exported.path.name
+    seconds = time.perf_counter() - started
+    check = _verify(path, model, exported.card, verification, tolerance or spec.tolerance(precision),
+                    spec.runs_here(), threads, log) if verification is not None else {
+        "status": "skipped", "reason": "verification turned off"}
+    if check["status"] == "failed":
+        rejected = out / "rejected"
+        rejected.mkdir(exist_ok=True)
+        files = [_move(f, rejected) for f in files]
+        path = rejected / path.name
+    _write_report(report, target, precision, checkpoint, exported.card, files, check, notes, seconds)
+    result = ExportResult(target, precision, path, files, exported.card, check, report, notes)
+    if check["status"] == "failed":
+        raise ExportError(f"{target} {precision} export failed verification: {check['reason']} "
+                          f"(artifact moved to {rejected}; details in {report})")
+    return result
+
+
+def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Path,
+                    manifest: Path | str | None, options: dict, *, calibration_images: int,
+                    verify_images: int, log):
+    """Calibration images (training split) and verification images (validation split), as
+    arrays preprocessed by the card; for accuracy-controlled INT8, also the control images and
+    the float model's top-1 on them (in ``options``)."""
+    import torch
+
+    from skinedge.data.arrays import manifest_arrays
+    from skinedge.data.manifest import load_manifest
+
+    calibrate = precision == "int8" and spec.int8_calibrated
+    if not calibrate and verify_images <= 0:
+        return None, None
+    manifest_path = _resolve_manifest(manifest, card, checkpoint)
+    man = load_manifest(manifest_path)
+    if list(man.vocabulary.codes) != card.classes:
+        raise ExportError(f"{manifest_path} has classes {list(man.vocabulary.codes)}, the "
+                          f"model predicts {card.classes}")
+    calibration = verification = None
+    if calibrate:
+        _log(log, f"calibration: {calibration_images} training images from {manifest_path}")
+        calibration = manifest_arrays(man, "train", card.preprocess, limit=calibration_images,
+                                      source=f"{manifest_path}:train")
+        options["calibration_info"] = {
+            "split": calibration.source, "images": len(calibration),
+            "images_sha256": calibration.fingerprint, "manifest_split_hash": man.split_hash}
+    if calibrate and options.get("quantizer") == "qac":
+        control = manifest_arrays(man, "val", card.preprocess,
+                                  limit=options.get("control_images", 200), seed=2,
+                                  source=f"{manifest_path}:val")
+        with torch.inference_mode():
+            logits = torch.cat([model(torch.from_numpy(control.x[i:i + 64]))
+                                for i in range(0, len(control), 64)])
+        options["control_images"], options["control_top1"] = control.x, logits.argmax(1).numpy()
+    if verify_images > 0:
+        verification = manifest_arrays(man, "val", card.preprocess, limit=verify_images,
+                                       seed=1, source=f"{manifest_path}:val")
+    return calibration, verification
+
+
+def _move(path: Path, folder: Path) -> Path:
+    dest = folder / path.name
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    if path.is_dir():  # .mlpackage
+        shutil.move(str(path), str(dest))
+    else:
+        path.replace(dest)
+    return dest
+
+
+def _verify(path: Path, model, card: ModelCard, images, tol: Tolerance, cannot_run: str | None,
+            threads: int | None, log) -> dict[str, Any]:
+    """Compare the artifact's probabilities with the torch model's on validation images."""
+    import torch
+
+    from skinedge.runtimes import load_runtime, softmax
+
+    if cannot_run:
+        return {"status": "skipped", "reason": cannot_run, "images": 0}
+    _log(log, f"verifying {path.name} on {len(images)} validation images")
+    with torch.inference_mode():
+        reference = softmax(model(torch.from_numpy(images.x)).numpy())
+    runtime = load_runtime(path, threads=threads)
+    probs = runtime.predict_array(images.x)
+    runtime.close()
+    diff = np.abs(probs - reference)
+    flips = int((probs.argmax(1) != reference.argmax(1)).sum())
+    check = {
+        "images": len(images), "source": images.source,
+        "max_prob_diff": float(diff.max()), "mean_prob_diff": float(diff.mean()),
+        "flips": flips, "flip_rate": flips / len(images),
+        "accuracy_reference": float((reference.argmax(1) == images.labels).mean()),
+        "accuracy_artifact": float((probs.argmax(1) == images.labels).mean()),
+        "tolerance": {"max_prob_diff": tol.max_prob_diff, "max_flip_rate": tol.max_flip_rate},
+    }
+    problems = []
+    if check["max_prob_diff"] > tol.max_prob_diff:
+        problems.append(f"probabilities differ by up to {check['max_prob_diff']:.4g} "
+                        f"(bound {tol.max_prob_diff:g})")
+    if check["flip_rate"] > tol.max_flip_rate:
+        problems.append(f"top-1 differs on {flips}/{len(images)} images "
+                        f"({check['flip_rate']:.1%}, bound {tol.max_flip_rate:.1%})")
+    check["status"] = "failed" if problems else "passed"
+    check["reason"] = "; ".join(problems)
+    return check
+
+
+def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
+                  card: ModelCard | None, files: list[Path], verification: dict, notes: list[str],
+                  seconds: float) -> None:
+    doc = {
+        "target": target, "precision": precision, "checkpoint": str(checkpoint),
+        "files": [{"path": str(f), "bytes": _size(f)} for f in files],
+        "export_seconds": round(seconds, 2), "verification": verification, "notes": notes,
+        "card": None if card is None else json.loads(card.to_json()),
+    }
+    atomic_write_text(path, json.dumps(doc, indent=2))
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size

@@ -1,0 +1,139 @@
+"""The export target registry: what each format is, which extra it needs, how close it must stay.
+
+A target is registered by name with :func:`register_target`; the CLI, the parity contract test
+and the benchmark iterate over :data:`TARGETS`, so a new format is covered everywhere by
+registering it. Tolerances are data on the target, per precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from skinedge.models.card import ArtifactInfo, ModelCard
+from skinedge.utils.backends import missing
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ExportError(RuntimeError):
+    """An export could not be made, or was made but failed verification."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an artifact may drift from the source model on verification images.
+
+    ``max_prob_diff``: largest absolute difference of any class probability on any image;
+    ``max_flip_rate``: share of images whose top-1 class differs.
+    """
+
+    max_prob_diff: float
+    max_flip_rate: float
+
+
+# Defaults per precision. FP32 runtimes differ from torch only by kernel rounding; FP16 by half
+# precision (about 3 decimal digits); INT8 by quantization noise, bounded so a flip rate above
+# a few percent (the benchmark's accuracy gate) already fails at export time.
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(max_prob_diff=1e-3, max_flip_rate=0.0),
+    "fp16": Tolerance(max_prob_diff=2e-2, max_flip_rate=0.02),
+    "int8": Tolerance(max_prob_diff=0.25, max_flip_rate=0.05),
+}
+
+
+@dataclass
+class ExportJob:
+    """Everything an exporter needs. ``model`` is the source classifier (eval mode, CPU, fp32)."""
+
+    model: nn.Module
+    card: ModelCard
+    source: str  # the checkpoint path as given
+    precision: str
+    workdir: Path  # empty folder: the exporter writes here, the caller moves the result
+    stem: str  # file name without suffix
+    calibration: np.ndarray | None  # (N, 3, S, S) training images for int8, else None
+    batch_size: int = 1
+    options: dict[str, Any] = field(default_factory=dict)  # target-specific (e.g. quantizer)
+
+    def card_for(self, artifact: ArtifactInfo) -> ModelCard:
+        """The source card with the artifact's section and precision."""
+        return self.card.model_copy(update={"artifact": artifact, "precision": self.precision})
+
+    @property
+    def example(self):
+        import torch
+
+        size = self.card.preprocess.input_size
+        return torch.zeros(self.batch_size, 3, size, size)
+
+
+@dataclass
+class Exported:
+    """What an exporter made: the main file (or package folder), every path it wrote, its card."""
+
+    path: Path
+    files: list[Path]
+    card: ModelCard
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """A registered export format."""
+
+    name: str
+    suffix: str  # of the main file: .onnx, .xml, .tflite, .mlpackage, .engine
+    extra: str  # pip extra needed to export (TensorRT: only ONNX; the engine is built on the device)
+    precisions: tuple[str, ...]
+    default_precision: str
+    export: Callable[[ExportJob], Exported]
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    description: str = ""
+    int8_extra: str | None = "quantize"  # INT8 calibration backend (NNCF), None: the target's own
+    int8_calibrated: bool = True  # False: INT8 weights only (Core ML), no calibration images
+    quantizers: tuple[str, ...] = ()  # INT8 methods to choose from; the first is the default
+    # Why this machine cannot run the exported artifact (None: it can). CoreML predicts on
+    # macOS only; TensorRT needs its wheel and a CUDA GPU.
+    runs_here: Callable[[], str | None] = lambda: None
+
+    def missing_backend(self, precision: str) -> str | None:
+        """Why this machine cannot export ``precision`` (None: it can)."""
+        if precision == "int8" and self.int8_extra:
+            return missing(self.extra) or missing(self.int8_extra)
+        return missing(self.extra)
+
+    def tolerance(self, precision: str) -> Tolerance:
+        return self.tolerances[precision]
+
+
+TARGETS: dict[str, ExportTarget] = {}
+
+
+def register_target(**spec) -> Callable[[Callable[[ExportJob], Exported]], Callable]:
+    """Decorator: register the function as the exporter of a new target."""
+
+    def wrap(fn: Callable[[ExportJob], Exported]) -> Callable[[ExportJob], Exported]:
+        target = ExportTarget(export=fn, **spec)
+        if target.name in TARGETS:
+            raise ValueError(f"export target {target.name!r} is registered twice")
+        bad = set(target.precisions) - set(PRECISIONS)
+        if bad or target.default_precision not in target.precisions:
+            raise ValueError(f"target {target.name}: bad precisions {target.precisions}")
+        TARGETS[target.name] = target
+        return fn
+
+    return wrap
+
+
+def get_target(name: str) -> ExportTarget:
+    from skinedge.export import targets  # noqa: F401  (registers every built-in target)
+
+    if name not in TARGETS:
+        raise ValueError(f"unknown export target {name!r}; choose one of {sorted(TARGETS)}")
+    return TARGETS[name]

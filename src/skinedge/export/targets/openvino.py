@@ -1,0 +1,62 @@
+"""OpenVINO IR (``.xml`` + ``.bin``): FP32, FP16-compressed weights, or INT8 quantized by NNCF.
+
+Converted from the FP32 ONNX graph, so torch tracing happens once, in one exporter. The card
+lives in the IR's ``rt_info`` (``<rt_info><skinedge><card value=...>``), readable without
+OpenVINO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from skinedge.compress.quantize import quantize_openvino, quantize_openvino_controlled
+from skinedge.export.base import Exported, ExportJob, register_target
+from skinedge.export.targets.onnx import artifact_info, write_onnx
+from skinedge.models.card import ModelCard
+from skinedge.utils.backends import require
+
+RT_INFO_PATH = ["skinedge", "card"]
+QUANTIZERS = ("ptq", "qac")  # plain post-training, or with accuracy control
+
+
+@register_target(
+    name="openvino", suffix=".xml", extra="openvino", precisions=("fp32", "fp16", "int8"),
+    default_precision="fp32", quantizers=("ptq", "qac"),
+    description="OpenVINO IR; INT8 calibrated by NNCF on the IR (fast INT8 on x86 CPUs)")
+def export_openvino(job: ExportJob) -> Exported:
+    ov = require("openvino", "openvino")
+    onnx_path = job.workdir / f".{job.stem}.fp32.onnx"
+    float_job = dataclasses.replace(job, precision="fp32")
+    details = write_onnx(float_job, onnx_path)
+    model = ov.convert_model(str(onnx_path))
+    onnx_path.unlink()
+    method = job.options.get("quantizer") or "ptq"
+    if method not in QUANTIZERS:
+        raise ValueError(f"unknown OpenVINO quantizer {method!r}; choose one of {QUANTIZERS}")
+    if job.precision == "int8" and method == "qac":
+        model, control = quantize_openvino_controlled(
+            model, job.calibration, job.options["control_images"], job.options["control_top1"],
+            max_drop=job.options.get("max_drop", 0.01))
+        details["quantizer"] = "nncf accuracy control (PTQ, sensitive layers back to float)"
+        details["accuracy_control"] = control
+        details["variant"] = "qac"
+    elif job.precision == "int8":
+        model = quantize_openvino(model, job.calibration)
+        details["quantizer"] = "nncf.quantize on the OpenVINO model (PTQ, symmetric)"
+    details["openvino_compress_to_fp16"] = job.precision == "fp16"
+    card = job.card_for(artifact_info(job, "openvino", details, extra_versions=("openvino",)))
+    model.set_rt_info(card.to_json(), RT_INFO_PATH)
+    xml = job.workdir / f"{job.stem}.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=job.precision == "fp16")
+    return Exported(xml, [xml, xml.with_suffix(".bin")], card)
+
+
+def read_card(path: Path) -> ModelCard:
+    """The card from the IR's XML (no OpenVINO needed)."""
+    node = ET.parse(path).getroot().find("rt_info/" + "/".join(RT_INFO_PATH))
+    if node is None or "value" not in node.attrib:
+        raise ValueError(f"{path}: no skinedge card in rt_info: not exported by skinedge, so its "
+                         f"labels and preprocessing are unknown; export it with `skinedge export`")
+    return ModelCard.from_json(node.attrib["value"])

@@ -1,0 +1,131 @@
+"""TensorRT engines, built from the (QDQ) ONNX graph with TensorRT's Python builder.
+
+Engines are tied to the TensorRT version and the GPU they were built on, so both go into the
+card (a sidecar ``.card.json``: a serialized engine has no metadata field). Without the
+``tensorrt`` package or a CUDA GPU the export refuses, but still writes what the target device
+needs: the TensorRT-ready ONNX (INT8: int8 Q/DQ, as TensorRT's explicit quantization wants) and
+the exact ``trtexec`` command to build the engine there.
+
+Follows TensorRT 10's documented API: networks are always explicit-batch (``create_network(0)``),
+INT8 from Q/DQ uses a strongly typed network with no precision flags, FP16 sets
+``BuilderFlag.FP16`` (weak typing, deprecated in 10.12 and gone in 11, where the FP16 graph
+itself would be needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+
+from skinedge.export.base import Exported, ExportError, ExportJob, register_target
+from skinedge.export.targets.onnx import INPUT, artifact_info, embed_card, write_onnx
+from skinedge.models.card import ModelCard
+from skinedge.utils.io import atomic_write_text
+
+WORKSPACE_MIB = 1024
+
+
+class TensorRTUnavailable(ExportError):
+    """TensorRT or a CUDA GPU is missing here; ``files`` are the ONNX and the trtexec script."""
+
+    def __init__(self, message: str, files: list[Path]):
+        super().__init__(message)
+        self.files = files
+
+
+def unavailable_reason() -> str | None:
+    """Why an engine cannot be built or run here (None when it can)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return ("the tensorrt package is not installed (its wheels come from NVIDIA's index: "
+                "pip install 'skinedge[tensorrt]' on the target machine)")
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (TensorRT engines build and run on the GPU they target)"
+    return None
+
+
+def trtexec_command(onnx_path: Path, engine_path: Path, precision: str, input_shape: list[int]) -> str:
+    """The trtexec line that builds the same engine on the target device (TensorRT 10)."""
+    shape = "x".join(str(d) for d in input_shape)
+    args = ["trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={engine_path.name}",
+            f"--shapes={INPUT}:{shape}", f"--memPoolSize=workspace:{WORKSPACE_MIB}",
+            "--skipInference"]
+    if precision == "fp16":
+        args.append("--fp16")
+    elif precision == "int8":
+        args.append("--stronglyTyped")  # Q/DQ graph: precisions come from the graph itself
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def build_engine(onnx_path: Path, engine_path: Path, precision: str) -> dict:
+    """Build and serialize an engine with TensorRT's Python builder; returns version and GPU."""
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if precision == "int8":
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+        raise ExportError("TensorRT could not parse the ONNX graph:\n" + "\n".join(
+            f"  node {e.node()}: {e.desc()}" for e in errors))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_MIB << 20)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError("TensorRT failed to build the engine (its log above says which layer)")
+    engine_path.write_bytes(bytes(plan))
+    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(),
+            "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
+            "portable": False}
+
+
+@register_target(
+    name="tensorrt", suffix=".engine", extra="onnx", precisions=("fp32", "fp16", "int8"),
+    default_precision="fp16", runs_here=unavailable_reason,
+    description="TensorRT engine for the GPU it is built on (INT8 from int8 Q/DQ ONNX)")
+def export_tensorrt(job: ExportJob) -> Exported:
+    onnx_path = job.workdir / f"{job.stem}.trt.onnx"
+    onnx_job = dataclasses.replace(job, precision="int8" if job.precision == "int8" else "fp32")
+    details = write_onnx(onnx_job, onnx_path, signed_activations=True)
+    engine = job.workdir / f"{job.stem}.engine"
+    command = trtexec_command(onnx_path, engine, job.precision, list(job.example.shape))
+    script = job.workdir / f"{job.stem}.trtexec.sh"
+    atomic_write_text(script, "#!/bin/sh\n# Build the TensorRT engine on the target device "
+                              "(TensorRT 10; the engine only runs with that TensorRT and GPU).\n"
+                              f"{command}\n")
+    # The ONNX carries the card too: whoever builds the engine on the device keeps the labels.
+    embed_card(onnx_path, job.card_for(artifact_info(onnx_job, "onnx", details)))
+    reason = unavailable_reason()
+    if reason is not None:
+        raise TensorRTUnavailable(
+            f"TensorRT engine not built: {reason}. Wrote the TensorRT-ready ONNX and the trtexec "
+            f"command; on the target device run:\n  {command}", [onnx_path, script])
+    details.update(build_engine(onnx_path, engine, job.precision))
+    details["trtexec"] = command
+    card = job.card_for(artifact_info(job, "tensorrt", details, extra_versions=("tensorrt",)))
+    sidecar = card_path(engine)
+    atomic_write_text(sidecar, card.to_json())
+    return Exported(engine, [engine, sidecar, onnx_path, script], card)
+
+
+def card_path(engine: Path) -> Path:
+    return Path(engine).with_suffix(".card.json")
+
+
+def read_card(path: Path) -> ModelCard:
+    sidecar = card_path(path)
+    if not sidecar.is_file():
+        raise ValueError(f"{path}: no {sidecar.name} beside it: the engine's labels and "
+                         f"preprocessing are unknown; keep the card that `skinedge export` wrote")
+    return ModelCard.from_json(sidecar.read_text())

@@ -1,0 +1,119 @@
+"""The inference contract every format implements: images in, class probabilities out.
+
+Preprocessing is rebuilt from the model card, so a photo gives the same input on every
+runtime; the runtime only adapts layout (NCHW/NHWC), dtype (int8 inputs are quantized with the
+tensor's scale and zero point) and batch size (static-shape artifacts run in chunks).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skinedge.data.images import load_rgb
+from skinedge.data.transforms import build_eval_transform
+from skinedge.models.card import ModelCard, TensorSpec
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def artifact_label(card: ModelCard) -> str:
+    """``target-precision[-variant]``, e.g. ``openvino-int8-qac``; ``torch-fp32`` for a checkpoint."""
+    art = card.artifact
+    if art is None:
+        return f"torch-{card.precision}"
+    variant = art.details.get("variant")
+    return f"{art.target}-{art.precision}" + (f"-{variant}" if variant else "")
+
+
+class Runtime(ABC):
+    """A loaded model. Subclasses implement :meth:`_run` on one batch of the artifact's size.
+
+    Attributes:
+        path: The artifact (or checkpoint folder).
+        card: Its model card (``card.artifact`` is None for a torch checkpoint).
+        threads: Intra-op threads the backend was told to use (None: backend default).
+    """
+
+    backend: str = ""
+
+    def __init__(self, path: Path, card: ModelCard, threads: int | None = None):
+        self.path = Path(path)
+        self.card = card
+        self.threads = threads
+        self._transform = None
+
+    @property
+    def label(self) -> str:
+        """``target-precision``, e.g. ``openvino-int8``; ``torch-fp32`` for a checkpoint."""
+        return artifact_label(self.card)
+
+    @property
+    def batch_size(self) -> int | None:
+        """The artifact's static batch size; None when any batch works."""
+        return self.card.artifact.input.shape[0] if self.card.artifact else None
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
+        """Images (PIL or paths) -> (N, 3, S, S) float32 with the card's preprocessing."""
+        if self._transform is None:
+            self._transform = build_eval_transform(self.card.preprocess)
+        arrays = []
+        for image in images:
+            if not isinstance(image, Image.Image):
+                image = load_rgb(Path(image))
+            arrays.append(self._transform(image.convert("RGB")).numpy())
+        return np.stack(arrays).astype(np.float32)
+
+    def predict(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
+        """Class probabilities (N, C), columns in ``card.classes`` order."""
+        return self.predict_array(self.preprocess(images))
+
+    def predict_array(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) float64 for preprocessed images (N, 3, S, S) float32."""
+        x = np.asarray(x, dtype=np.float32)
+        size = self.card.preprocess.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"{self.path}: expected images of shape (N, 3, {size}, {size}), "
+                             f"got {x.shape}")
+        step = self.batch_size or len(x)
+        outputs = []
+        for start in range(0, len(x), step):
+            chunk = x[start:start + step]
+            n = len(chunk)
+            if n < step:  # static batch: pad, then drop the padding's outputs
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+            outputs.append(np.asarray(self._run(chunk))[:n])
+        raw = np.concatenate(outputs).astype(np.float64)
+        kind = self.card.artifact.output.kind if self.card.artifact else "logits"
+        probs = softmax(raw) if kind == "logits" else raw
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    @abstractmethod
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """Raw outputs (logits or probabilities, as the card says) for one batch."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release backend resources."""
+
+
+def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Float input -> the int8/uint8 tensor a full-integer model expects."""
+    if spec.dtype not in ("int8", "uint8"):
+        return x.astype(spec.dtype)
+    info = np.iinfo(spec.dtype)
+    q = np.round(x / spec.scale) + spec.zero_point
+    return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+
+def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if spec.dtype not in ("int8", "uint8"):
+        return y.astype(np.float32)
+    return (y.astype(np.float32) - spec.zero_point) * spec.scale

@@ -1,0 +1,218 @@
+"""The export contract, for every registered target that can run here: export the tiny
+checkpoint, reload it through its runtime, compare with PyTorch. A new target is covered by
+registering it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from skinedge.export import TARGETS, ExportError, Tolerance, export_checkpoint
+from skinedge.runtimes import load_runtime, read_artifact_card
+
+CASES = [(t.name, p) for t in TARGETS.values() for p in t.precisions]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Each (target, precision) exported once per module: result or the error it raised."""
+    out = tmp_path_factory.mktemp("exports")
+    cache: dict = {}
+
+    def get(checkpoint, target, precision):
+        if (target, precision) not in cache:
+            try:
+                cache[target, precision] = export_checkpoint(
+                    checkpoint, target, precision=precision, out_dir=out,
+                    calibration_images=40, verify_images=14)
+            except ExportError as exc:
+                cache[target, precision] = exc
+        return cache[target, precision]
+
+    return get
+
+
+def reference_probs(checkpoint, images):
+    return load_runtime(checkpoint).predict(images)
+
+
+def test_registry_has_every_issue_target() -> None:
+    assert set(TARGETS) == {"onnx", "openvino", "tflite", "coreml", "tensorrt"}
+    for target in TARGETS.values():
+        assert set(target.precisions) <= set(target.tolerances)
+        assert target.default_precision in target.precisions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "precision"), CASES, ids=[f"{t}-{p}" for t, p in CASES])
+def test_export_reload_matches_pytorch(target, precision, tiny_checkpoint, tiny_dataset,
+                                       exports) -> None:
+    spec = TARGETS[target]
+    if reason := spec.missing_backend(precision):
+        pytest.skip(reason)
+    result = exports(tiny_checkpoint, target, precision)
+    if isinstance(result, ExportError):
+        if target == "tensorrt" and spec.runs_here():
+            pytest.skip(f"TensorRT engine not built here: {spec.runs_here()}")
+        raise result
+    card = read_artifact_card(result.path)
+    assert card.artifact.target == target and card.artifact.precision == precision
+    assert card.weights_sha256 == card.artifact.source_weights_sha256 is not None
+    assert card.classes == read_artifact_card(tiny_checkpoint).classes
+    if reason := spec.runs_here():
+        assert result.verification["status"] == "skipped"
+        pytest.skip(reason)
+    assert result.verification["status"] == "passed", result.verification
+    images = sorted((tiny_dataset / "images").glob("*.jpg"))[::3]  # 24 images, all classes
+    expected = reference_probs(tiny_checkpoint, images)
+    runtime = load_runtime(result.path, threads=1)
+    got = runtime.predict(images)
+    tol = spec.tolerance(precision)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.sum(1), 1, atol=1e-6)
+    if precision == "int8":  # quantization noise: bounded on average, and few flips
+        assert np.abs(got - expected).mean() < 0.05
+        assert (got.argmax(1) != expected.argmax(1)).mean() <= max(tol.max_flip_rate, 1 / 24)
+    else:
+        np.testing.assert_allclose(got, expected, atol=tol.max_prob_diff)
+        assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+@pytest.mark.slow
+def test_onnx_card_is_in_the_file_metadata(tiny_checkpoint, exports) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    result = exports(tiny_checkpoint, "onnx", "fp32")
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    card = json.loads(session.get_modelmeta().custom_metadata_map["skinedge.card"])
+    assert card["artifact"]["input"]["shape"] == [1, 3, 32, 32]
+    assert card["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert card["data"]["licence"]
+    report = json.loads(result.report.read_text())
+    assert report["verification"]["status"] == "passed"
+
+
+@pytest.mark.slow
+def test_tflite_int8_has_int8_io_and_the_runtime_quantizes(tiny_checkpoint, exports) -> None:
+    if TARGETS["tflite"].missing_backend("int8"):
+        pytest.skip("litert not installed")
+    result = exports(tiny_checkpoint, "tflite", "int8")
+    assert not isinstance(result, ExportError), result
+    spec = read_artifact_card(result.path).artifact
+    assert spec.input.dtype == "int8" and spec.input.layout == "NHWC"
+    assert spec.input.scale > 0 and spec.output.dtype == "int8"
+    assert spec.calibration["images"] == 40 and len(spec.calibration["images_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_coreml_package_loads_back_as_a_spec_with_an_image_input(tiny_checkpoint, exports) -> None:
+    ct = pytest.importorskip("coremltools")
+    for precision in ("fp16", "int8"):
+        result = exports(tiny_checkpoint, "coreml", precision)
+        spec = ct.models.MLModel(str(result.path), skip_model_load=True).get_spec()
+        assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
+        assert {o.name for o in spec.description.output} >= {"label"}
+        assert "skinedge.card" in spec.description.metadata.userDefined
+    fp16 = exports(tiny_checkpoint, "coreml", "fp16").path
+    int8 = exports(tiny_checkpoint, "coreml", "int8").path
+    size = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())  # noqa: E731
+    assert size(int8) < size(fp16)
+
+
+@pytest.mark.slow
+def test_tensorrt_without_gpu_refuses_but_writes_onnx_and_trtexec(tiny_checkpoint, exports) -> None:
+    from skinedge.export.targets.tensorrt import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are here: the engine is built instead")
+    if TARGETS["tensorrt"].missing_backend("int8"):
+        pytest.skip("onnx/nncf not installed")
+    error = exports(tiny_checkpoint, "tensorrt", "int8")
+    assert isinstance(error, ExportError)
+    assert "trtexec" in str(error) and "tensorrt" in str(error)
+    onnx_path, script = error.files
+    assert "--stronglyTyped" in script.read_text() and "--int8" not in script.read_text()
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    # The TensorRT-ready graph carries the card and still runs (ONNX Runtime) close to torch.
+    probs = load_runtime(onnx_path).predict_array(np.zeros((2, 3, 32, 32), np.float32))
+    assert probs.shape == (2, 7)
+
+
+@pytest.mark.slow
+def test_drift_beyond_tolerance_fails_and_moves_the_artifact(tiny_checkpoint, tmp_path) -> None:
+    if TARGETS["onnx"].missing_backend("int8"):
+        pytest.skip("onnx/nncf not installed")
+    with pytest.raises(ExportError, match="failed verification"):
+        export_checkpoint(tiny_checkpoint, "onnx", precision="int8", out_dir=tmp_path,
+                          calibration_images=20, verify_images=14,
+                          tolerance=Tolerance(max_prob_diff=0.0, max_flip_rate=0.0))
+    assert (tmp_path / "rejected" / "test_efficientnet_int8.onnx").is_file()
+    assert not (tmp_path / "test_efficientnet_int8.onnx").exists()
+    report = json.loads((tmp_path / "test_efficientnet_int8.onnx.export.json").read_text())
+    assert report["verification"]["status"] == "failed"
+
+
+def test_export_without_images_names_the_manifest_option(tiny_checkpoint, tmp_path) -> None:
+    import shutil
+
+    from skinedge.models.checkpoint import load_card
+
+    copy = tmp_path / "elsewhere" / "best"
+    shutil.copytree(tiny_checkpoint, copy)
+    card = load_card(copy)
+    (copy / "card.json").write_text(card.model_copy(update={"data": card.data.model_copy(
+        update={"manifest": str(tmp_path / "gone.json")})}).to_json())
+    with pytest.raises(ExportError, match="--manifest"):
+        export_checkpoint(copy, "onnx", out_dir=tmp_path / "out")
+
+
+def test_missing_backend_names_the_extra(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    from skinedge.utils.backends import MissingBackendError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    with pytest.raises(MissingBackendError, match=r"skinedge\[tflite\]"):
+        export_checkpoint(tiny_checkpoint, "tflite", out_dir=tmp_path)
+
+
+def test_unknown_target_and_precision_are_refused(tiny_checkpoint, tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown export target"):
+        export_checkpoint(tiny_checkpoint, "tvm", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="not fp16"):
+        export_checkpoint(tiny_checkpoint, "onnx", precision="fp16", out_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_export_verifies_and_tensorrt_refusal_exits_nonzero(tiny_checkpoint, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from skinedge.cli.main import app
+
+    if TARGETS["onnx"].missing_backend("fp32"):
+        pytest.skip("onnx not installed")
+    runner = CliRunner()
+    done = runner.invoke(app, ["export", str(tiny_checkpoint), "--target", "onnx", "--out",
+                               str(tmp_path), "--verify-images", "14"])
+    assert done.exit_code == 0, done.output
+    assert "verified on 14 validation images" in done.output
+    assert (tmp_path / "test_efficientnet_fp32.onnx").is_file()
+    from skinedge.export.targets.tensorrt import unavailable_reason
+
+    if unavailable_reason() is None:
+        return
+    refused = runner.invoke(app, ["export", str(tiny_checkpoint), "--target", "tensorrt",
+                                  "--precision", "fp16", "--out", str(tmp_path)])
+    assert refused.exit_code == 1
+    assert "trtexec --onnx=test_efficientnet_fp16.trt.onnx" in refused.output
+    assert "--fp16" in (tmp_path / "test_efficientnet_fp16.trtexec.sh").read_text()

@@ -1,0 +1,56 @@
+"""The runtime contract's own rules: dispatch by format, clear errors, int8 I/O arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skinedge.models.card import TensorSpec
+from skinedge.runtimes import load_runtime, read_artifact_card, softmax
+from skinedge.runtimes.base import dequantize_output, quantize_input
+
+
+def test_torch_runtime_predicts_probabilities_from_image_files(tiny_checkpoint, tiny_dataset) -> None:
+    runtime = load_runtime(tiny_checkpoint, threads=1)
+    images = sorted((tiny_dataset / "images").glob("*.jpg"))[:5]
+    probs = runtime.predict(images)
+    assert probs.shape == (5, 7) and runtime.label == "torch-fp32"
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-9)
+    np.testing.assert_allclose(runtime.predict_array(runtime.preprocess(images)), probs)
+
+
+def test_unknown_format_and_missing_file_are_named(tmp_path) -> None:
+    (tmp_path / "model.pb").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"model\.pb: unknown model format"):
+        read_artifact_card(tmp_path / "model.pb")
+    with pytest.raises(FileNotFoundError, match="gone.onnx"):
+        load_runtime(tmp_path / "gone.onnx")
+
+
+def test_an_onnx_file_without_a_card_is_refused_with_the_fix(tmp_path) -> None:
+    pytest.importorskip("onnxscript")
+    import torch
+
+    path = tmp_path / "foreign.onnx"
+    torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), str(path), dynamo=True)
+    with pytest.raises(ValueError, match="not exported by skinedge.*skinedge export"):
+        read_artifact_card(path)
+
+
+def test_wrong_input_shape_is_refused(tiny_checkpoint) -> None:
+    runtime = load_runtime(tiny_checkpoint)
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 3, 32, 32\)"):
+        runtime.predict_array(np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_int8_inputs_round_trip_with_scale_and_zero_point() -> None:
+    spec = TensorSpec(name="x", shape=[1, 4], layout="NC", dtype="int8", scale=0.02, zero_point=-3)
+    x = np.array([[-1.0, 0.0, 0.5, 9.0]], np.float32)
+    q = quantize_input(x, spec)
+    assert q.dtype == np.int8 and q.tolist() == [[-53, -3, 22, 127]]  # 9.0 saturates
+    np.testing.assert_allclose(dequantize_output(q, spec)[0, :3], x[0, :3], atol=0.01)
+
+
+def test_softmax_is_stable_for_large_logits() -> None:
+    probs = softmax(np.array([[1000.0, 0.0], [-5.0, -5.0]]))
+    np.testing.assert_allclose(probs, [[1.0, 0.0], [0.5, 0.5]])
