@@ -1,0 +1,122 @@
+"""Budgets a benchmark must meet: the CI gate.
+
+A gate file lists rules; each rule applies to the rows whose label (``target-precision``, e.g.
+``openvino-int8``, ``torch-fp32``) matches its glob, and every budget it sets must hold::
+
+    # gates.yaml
+    require: [onnx-fp32, openvino-int8, tflite-int8]   # these rows must exist and be ok
+    rules:
+      - match: "*-int8"
+        p95_ms: 10                    # warm latency at batch 1, 95th percentile
+        max_balanced_accuracy_drop: 0.01   # vs the reference model, absolute
+        max_flip_rate: 0.03           # share of test images whose top-1 differs from the reference
+      - match: "*"
+        allow_skipped: true           # Core ML off macOS, TensorRT without a GPU
+
+Unknown keys are refused, so a typo cannot silently disable a budget.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class GateRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    match: str = "*"
+    p50_ms: float | None = Field(None, gt=0)
+    p95_ms: float | None = Field(None, gt=0)
+    p99_ms: float | None = Field(None, gt=0)
+    cold_ms: float | None = Field(None, gt=0)
+    peak_rss_mb: float | None = Field(None, gt=0)
+    size_mb: float | None = Field(None, gt=0)
+    max_accuracy_drop: float | None = Field(None, ge=0)
+    max_balanced_accuracy_drop: float | None = Field(None, ge=0)
+    max_melanoma_auc_drop: float | None = Field(None, ge=0)
+    max_flip_rate: float | None = Field(None, ge=0, le=1)
+    min_balanced_accuracy: float | None = Field(None, ge=0, le=1)
+    allow_skipped: bool = False  # rows that cannot run here (status "skipped") pass
+
+
+class Gates(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    require: list[str] = Field(default_factory=list)
+    rules: list[GateRule] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    label: str
+    check: str  # budget name, "status" or "present"
+    passed: bool
+    message: str
+
+
+# budget -> (row key, "max" if the value must not exceed the budget, "min" otherwise, unit)
+_LIMITS = {
+    "p50_ms": ("p50_ms", "max", "ms"), "p95_ms": ("p95_ms", "max", "ms"),
+    "p99_ms": ("p99_ms", "max", "ms"), "cold_ms": ("cold_ms", "max", "ms"),
+    "peak_rss_mb": ("peak_rss_mb", "max", "MB"), "size_mb": ("size_mb", "max", "MB"),
+    "max_accuracy_drop": ("accuracy_drop", "max", ""),
+    "max_balanced_accuracy_drop": ("balanced_accuracy_drop", "max", ""),
+    "max_melanoma_auc_drop": ("melanoma_auc_drop", "max", ""),
+    "max_flip_rate": ("flip_rate", "max", ""),
+    "min_balanced_accuracy": ("balanced_accuracy", "min", ""),
+}
+
+
+def load_gates(path: Path | str) -> Gates:
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+        return Gates.model_validate(doc)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a readable gate file ({exc})") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: {problems}") from exc
+
+
+def check_gates(gates: Gates, rows: list[dict]) -> list[GateCheck]:
+    """Every budget against every matching row; a failed check's message says what and by how much."""
+    checks: list[GateCheck] = []
+    labels = {row["label"] for row in rows}
+    for label in gates.require:
+        present = label in labels
+        checks.append(GateCheck(label, "present", present,
+                                "present" if present else f"{label}: required but not benchmarked"))
+    for row in rows:
+        for rule in gates.rules:
+            if not fnmatch.fnmatchcase(row["label"], rule.match):
+                continue
+            checks.extend(_check_row(rule, row, required=row["label"] in gates.require))
+    return checks
+
+
+def _check_row(rule: GateRule, row: dict, *, required: bool) -> list[GateCheck]:
+    label, status = row["label"], row["status"]
+    if status != "ok":
+        skipped_ok = status == "skipped" and rule.allow_skipped and not required
+        return [GateCheck(label, "status", skipped_ok,
+                          f"{label}: {status}" + (f" ({row['reason']})" if row.get("reason") else ""))]
+    checks = []
+    for budget, (key, kind, unit) in _LIMITS.items():
+        limit = getattr(rule, budget)
+        if limit is None:
+            continue
+        value = row.get(key)
+        if value is None:
+            checks.append(GateCheck(label, budget, False, f"{label}: {key} was not measured"))
+            continue
+        passed = value <= limit if kind == "max" else value >= limit
+        relation = ("<=" if passed else ">") if kind == "max" else (">=" if passed else "<")
+        checks.append(GateCheck(label, budget, passed,
+                                f"{label}: {key} {value:.4g}{unit} {relation} {limit:g}{unit}"))
+    return checks

@@ -1,0 +1,286 @@
+"""``run_bench``: latency, memory and accuracy parity of every artifact, measured side by side.
+
+Each model runs in a worker process of its own (same threads, same CPU pinning, same inputs):
+load time, first (cold) inference, warm latency percentiles at batch 1, peak memory, and
+probabilities for every test image. Accuracy, balanced accuracy and melanoma AUC come from
+those probabilities; the deltas and the top-1 flip rate are against the reference model (the
+source checkpoint run by PyTorch), measured in the same run.
+
+Latency is the model call through the runtime (including its input quantization and layout
+change), not JPEG decoding and resizing, which are the same for every format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skinedge.models.card import ModelCard
+
+STATUSES = ("ok", "failed parity", "failed", "skipped")
+
+
+@dataclass
+class BenchSettings:
+    threads: int | None = 1
+    cpus: list[int] | None = None
+    warmup: int = 10
+    iterations: int = 100
+    profile: str | None = None
+    timeout_s: float = 1800
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict]
+    reference: str  # label of the reference row
+    test: dict  # source, images, classes
+    settings: BenchSettings
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _log(log, message: str) -> None:
+    if log:
+        log(message)
+
+
+def _size_mb(path: Path) -> float:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+    total = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        total += path.with_suffix(".bin").stat().st_size
+    return total / 2**20
+
+
+def _model_size_mb(path: Path) -> float:
+    if path.is_dir() and (path / "model.safetensors").is_file():  # checkpoint: the weights only
+        return (path / "model.safetensors").stat().st_size / 2**20
+    return _size_mb(path)
+
+
+def _unique(label: str, taken: set[str], path: Path) -> str:
+    if label not in taken:
+        return label
+    candidate = f"{label}@{path.parent.name}/{path.name}" if path.is_dir() else f"{label}@{path.name}"
+    return candidate if candidate not in taken else f"{candidate}#{len(taken)}"
+
+
+def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manifest,
+                     calibration_images: int, threads: int | None, log) -> list[dict]:
+    """Export the reference checkpoint to each (target, precision[, quantizer]); a row each."""
+    from skinedge.export import ExportError, export_checkpoint, get_target
+    from skinedge.utils.backends import MissingBackendError
+
+    rows = []
+    for target, precision, *variant in targets:
+        precision = precision or get_target(target).default_precision
+        quantizer = variant[0] if variant and variant[0] else None
+        label = f"{target}-{precision}" + (f"-{quantizer}" if quantizer else "")
+        try:
+            result = export_checkpoint(reference, target, precision=precision, out_dir=out,
+                                       manifest=manifest, calibration_images=calibration_images,
+                                       threads=threads, log=log,
+                                       options={"quantizer": quantizer} if quantizer else None)
+            rows.append({"label": label, "model": result.path, "status": "ok",
+                         "export": result.verification})
+        except MissingBackendError as exc:
+            rows.append({"label": label, "model": None, "status": "failed", "reason": str(exc)})
+        except ExportError as exc:
+            report = getattr(exc, "report", None)
+            check = json.loads(Path(report).read_text())["verification"] if report else {}
+            if check.get("status") == "failed":  # exported, but drifted: still measured
+                rejected = [Path(f["path"]) for f in json.loads(Path(report).read_text())["files"]]
+                rows.append({"label": label, "model": rejected[0], "status": "failed parity",
+                             "reason": check["reason"], "export": check})
+            elif check.get("status") == "not built" and target == "tensorrt":
+                rows.append({"label": label, "model": None, "status": "skipped",
+                             "reason": str(exc).splitlines()[0]})
+            else:
+                rows.append({"label": label, "model": None, "status": "failed",
+                             "reason": str(exc).splitlines()[0]})
+        except Exception as exc:  # a converter crash is a result, not the end of the benchmark
+            rows.append({"label": label, "model": None, "status": "failed",
+                         "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+        _log(log, f"{label}: {rows[-1]['status']}" + (f" ({rows[-1].get('reason')})"
+                                                      if rows[-1].get("reason") else ""))
+    return rows
+
+
+def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", data=None,
+                     limit: int | None = None, log=None):
+    """The test images, preprocessed with ``card.preprocess``."""
+    from skinedge.data.arrays import load_arrays, manifest_arrays
+    from skinedge.data.manifest import load_manifest
+    from skinedge.data.reading import read_dataset
+
+    if (manifest is None) == (data is None):
+        raise ValueError("benchmark on either a manifest split (--manifest) or a folder (--data)")
+    if manifest is not None:
+        man = load_manifest(manifest)
+        if list(man.vocabulary.codes) != card.classes:
+            raise ValueError(f"{manifest} has classes {list(man.vocabulary.codes)} but the model "
+                             f"predicts {card.classes}")
+        _log(log, f"preprocessing {manifest}:{split}")
+        return manifest_arrays(man, split, card.preprocess, limit=limit,
+                               source=f"{manifest}:{split}")
+    ds = read_dataset(data, classes=card.vocabulary)
+    records = ds.records[:limit] if limit else ds.records
+    _log(log, f"preprocessing {len(records)} images of {data}")
+    return load_arrays(ds.root, [r.image for r in records],
+                       [card.classes.index(r.label) for r in records], card.preprocess,
+                       source=str(data))
+
+
+def run_worker(model: Path, inputs: Path, probs: Path, settings: BenchSettings) -> dict:
+    """Measure one model in a fresh process; returns the worker's JSON (or ``{"error": ...}``)."""
+    command = [sys.executable, "-m", "skinedge.bench.worker", "--model", str(model),
+               "--inputs", str(inputs), "--probs", str(probs),
+               "--warmup", str(settings.warmup), "--iterations", str(settings.iterations)]
+    env = dict(os.environ)
+    if settings.threads:
+        command += ["--threads", str(settings.threads)]
+        env["OMP_NUM_THREADS"] = str(settings.threads)  # libraries that read only this
+    if settings.cpus:
+        command += ["--cpus", ",".join(map(str, settings.cpus))]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              timeout=settings.timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {settings.timeout_s:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"worker exited {done.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
+    from skinedge.evaluate.metrics import compute_metrics
+
+    m = compute_metrics(labels, probs, card.classes, melanoma_class=card.positive_class)
+    return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+            "melanoma_auc": m["melanoma_auc"]}
+
+
+def run_bench(
+    models: list[Path | str],
+    *,
+    reference: Path | str | None = None,
+    exports: list[tuple] = (),
+    manifest: Path | str | None = None,
+    split: str = "test",
+    data: Path | str | None = None,
+    limit: int | None = None,
+    out_dir: Path | str = "bench",
+    settings: BenchSettings | None = None,
+    calibration_images: int = 300,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Benchmark a reference checkpoint and artifacts (given, or exported first) on one test set.
+
+    Args:
+        models: Checkpoint folders and/or artifacts to measure.
+        reference: The checkpoint every row is compared with; default: the first checkpoint
+            folder in ``models``, else the source checkpoint recorded in the first artifact's card.
+        exports: (target, precision[, quantizer]) to export from the reference first.
+        manifest/split or data: the test images (a manifest split, or a labelled folder);
+            default: the reference's recorded manifest, ``test`` split.
+        limit: Use only the first N test images (quick checks; the report says so).
+    """
+    from skinedge.runtimes import read_artifact_card
+    from skinedge.runtimes.base import artifact_label
+
+    settings = settings or BenchSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = [Path(m) for m in models]
+    cards = {m: read_artifact_card(m) for m in models}
+    if reference is None:
+        checkpoints = [m for m in models if cards[m].artifact is None]
+        if checkpoints:
+            reference = checkpoints[0]
+        elif models:
+            reference = Path(cards[models[0]].artifact.source_checkpoint)
+        else:
+            raise ValueError("nothing to benchmark: give a checkpoint, artifacts, or --export")
+    reference = Path(reference)
+    ref_card = read_artifact_card(reference)
+    if ref_card.artifact is not None:
+        raise ValueError(f"{reference}: the reference must be a checkpoint folder (PyTorch), "
+                         f"not an exported artifact")
+    if manifest is None and data is None:
+        from skinedge.export.api import _resolve_manifest
+
+        manifest = _resolve_manifest(None, ref_card, reference)
+    rows = [{"label": "torch-fp32", "model": reference, "status": "ok", "reference": True}]
+    rows += [{"label": artifact_label(cards[m]), "model": m, "status": "ok"}
+             for m in models if m.resolve() != reference.resolve()]
+    rows += export_for_bench(reference, list(exports), out / "exports", manifest=manifest,
+                             calibration_images=calibration_images, threads=settings.threads,
+                             log=log)
+    taken: set[str] = set()
+    for row in rows:
+        row["label"] = _unique(row["label"], taken, Path(row["model"] or "."))
+        taken.add(row["label"])
+    test = load_test_arrays(ref_card, manifest=manifest, split=split, data=data, limit=limit,
+                            log=log)
+    inputs: dict[str, Path] = {}
+    ref_probs = None
+    for row in rows:
+        model = row["model"]
+        if model is None:
+            continue
+        model = Path(model)
+        card = ref_card if row.get("reference") else read_artifact_card(model)
+        row["model"] = str(model)
+        row["size_mb"] = _model_size_mb(model)
+        if card.artifact is not None and row["status"] == "ok":
+            from skinedge.export import get_target
+
+            if reason := get_target(card.artifact.target).runs_here():
+                row.update(status="skipped", reason=reason)
+                continue
+        key = hashlib.sha256(card.preprocess.model_dump_json().encode()).hexdigest()[:12]
+        if key not in inputs:
+            arrays = test if card.preprocess == ref_card.preprocess else load_test_arrays(
+                card, manifest=manifest, split=split, data=data, limit=limit)
+            inputs[key] = out / f"inputs-{key}.npy"
+            np.save(inputs[key], arrays.x)
+        _log(log, f"measuring {row['label']} ({settings.threads or 'default'} threads)")
+        probs_path = out / f"probs-{row['label'].replace('/', '_')}.npy"
+        measured = run_worker(model, inputs[key], probs_path, settings)
+        if "error" in measured:
+            row.update(status="failed", reason=measured["error"])
+            continue
+        measured.pop("label", None)
+        row.update(measured)
+        probs = np.load(probs_path)
+        row.update(_scores(probs, test.labels, ref_card))
+        if row.get("reference"):
+            ref_probs = probs
+            ref_scores = _scores(probs, test.labels, ref_card)
+    if ref_probs is None:
+        raise RuntimeError(f"the reference {reference} could not be measured: "
+                           f"{rows[0].get('reason')}")
+    for row in rows:
+        if "balanced_accuracy" not in row:
+            continue
+        probs = np.load(out / f"probs-{row['label'].replace('/', '_')}.npy")
+        row["flip_rate"] = float((probs.argmax(1) != ref_probs.argmax(1)).mean())
+        for key in ("accuracy", "balanced_accuracy", "melanoma_auc"):
+            if row.get(key) is not None and ref_scores.get(key) is not None:
+                row[f"{key}_drop"] = ref_scores[key] - row[key]
+    for path in inputs.values():
+        path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay
+    test_info = {"source": test.source, "images": len(test), "classes": ref_card.classes,
+                 "limited_to": limit}
+    return BenchResult(rows, rows[0]["label"], test_info, settings)

@@ -1,0 +1,34 @@
+"""CPU profiles (threads + pinning) for ``skinedge bench --profile``."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+def load_profile(spec: str) -> dict:
+    """``NAME`` from the packaged profiles, or ``FILE.yaml:NAME``; checks the CPUs exist here."""
+    if ":" in spec:
+        file, name = spec.rsplit(":", 1)
+        profiles = yaml.safe_load(Path(file).read_text()) or {}
+        where = file
+    else:
+        name = spec
+        profiles = yaml.safe_load(
+            resources.files("skinedge.configs").joinpath("bench-profiles.yaml").read_text())
+        where = "the packaged bench-profiles.yaml"
+    if name not in profiles:
+        raise ValueError(f"no profile {name!r} in {where}; known: {sorted(profiles)}")
+    profile = dict(profiles[name])
+    if not isinstance(profile.get("threads"), int) or profile["threads"] < 1:
+        raise ValueError(f"profile {name!r} in {where}: threads must be a positive integer")
+    cpus = profile.get("cpus")
+    if cpus:
+        missing = sorted(set(cpus) - os.sched_getaffinity(0))
+        if missing:
+            raise ValueError(f"profile {name!r} pins to CPUs {cpus} but this process may only use "
+                             f"{sorted(os.sched_getaffinity(0))}: pick a smaller profile")
+    return profile

@@ -1,0 +1,152 @@
+"""Benchmark outputs: terminal table, JSON, Markdown, JUnit XML and a latency/accuracy chart."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from skinedge.bench.gates import GateCheck
+from skinedge.bench.harness import BenchResult
+from skinedge.utils.io import atomic_write_text, package_versions
+
+COLUMNS = [  # (key, header, format)
+    ("label", "model", "{}"), ("status", "status", "{}"), ("size_mb", "size MB", "{:.1f}"),
+    ("load_s", "load s", "{:.2f}"), ("cold_ms", "cold ms", "{:.1f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"), ("p95_ms", "p95 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"), ("threads", "threads", "{}"),
+    ("accuracy", "acc", "{:.3f}"), ("balanced_accuracy", "bal. acc", "{:.3f}"),
+    ("melanoma_auc", "mel AUC", "{:.3f}"), ("balanced_accuracy_drop", "Δ bal. acc", "{:+.3f}"),
+    ("melanoma_auc_drop", "Δ mel AUC", "{:+.3f}"), ("flip_rate", "flips", "{:.1%}"),
+]
+
+
+def cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key.endswith("_drop"):
+        value = -value  # shown as the change from the reference: negative = worse
+    return fmt.format(value)
+
+
+def table_rows(result: BenchResult) -> list[list[str]]:
+    return [[cell(row, key, fmt) for key, _, fmt in COLUMNS] for row in result.rows]
+
+
+def print_table(result: BenchResult, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"skinedge bench on {result.test['source']} "
+                        f"({result.test['images']} images)")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="left" if header in ("model", "status") else "right")
+    for row, cells in zip(result.rows, table_rows(result)):
+        style = None if row["status"] == "ok" else ("yellow" if row["status"] == "skipped" else "red")
+        table.add_row(*cells, style=style)
+    console.print(table)
+    for row in result.rows:
+        if row.get("reason"):
+            console.print(f"[bold]{row['label']}[/]: {row['status']}: {row['reason']}")
+
+
+def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
+                    command: str | None = None) -> str:
+    s = result.settings
+    lines = [f"Test set: `{result.test['source']}`, {result.test['images']} images"
+             + (f" (first {result.test['limited_to']} only)" if result.test.get("limited_to") else "")
+             + f". Reference: `{result.reference}` (the source checkpoint in PyTorch). "
+             f"Threads: {s.threads or 'default'}"
+             + (f", pinned to CPUs {s.cpus}" if s.cpus else "")
+             + (f" (profile {s.profile})" if s.profile else "")
+             + f"; latency at batch 1 over {s.iterations} runs after {s.warmup} warm-up runs, "
+               "model call only (no JPEG decoding or resizing). Δ columns: change from the "
+               "reference; flips: share of test images whose top-1 class differs from it.", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    header = [h for _, h, _ in COLUMNS]
+    lines += ["| " + " | ".join(header) + " |",
+              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+              for cells in table_rows(result)]
+    reasons = [f"- **{r['label']}** ({r['status']}): {r['reason']}" for r in result.rows
+               if r.get("reason")]
+    if reasons:
+        lines += ["", *reasons]
+    if checks:
+        failed = [c for c in checks if not c.passed]
+        lines += ["", f"Gate: {len(checks) - len(failed)}/{len(checks)} checks passed"
+                  + ("." if not failed else ":")]
+        lines += [f"- FAILED {c.message}" for c in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_junit(path: Path, result: BenchResult, checks: list[GateCheck]) -> Path:
+    suite = ET.Element("testsuite", name="skinedge-bench", tests=str(len(checks)),
+                       failures=str(sum(not c.passed for c in checks)))
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"bench.{c.label}", name=c.check)
+        if not c.passed:
+            ET.SubElement(case, "failure", message=c.message).text = c.message
+    ET.indent(suite)
+    return atomic_write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True))
+
+
+def plot(result: BenchResult, path: Path) -> Path | None:
+    """Balanced accuracy against p50 latency, one labelled point per model that ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in result.rows if r.get("p50_ms") and r.get("balanced_accuracy") is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in points:
+        color = "tab:green" if r["status"] == "ok" else "tab:red"
+        ax.scatter(r["p50_ms"], r["balanced_accuracy"], color=color)
+        ax.annotate(r["label"], (r["p50_ms"], r["balanced_accuracy"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ref = next(r for r in result.rows if r["label"] == result.reference)
+    if ref.get("balanced_accuracy") is not None:
+        ax.axhline(ref["balanced_accuracy"], color="grey", linestyle="--", linewidth=1,
+                   label="reference (PyTorch FP32)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch 1, ms ({result.settings.threads or 'default'} threads, log)")
+    ax.set_ylabel("balanced accuracy")
+    ax.set_title(f"{result.test['source']} ({result.test['images']} images)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None = None,
+                  command: str | None = None) -> dict[str, Path]:
+    """bench.json, bench.md, junit.xml (when gated) and bench.png into ``out``."""
+    from dataclasses import asdict
+
+    import datetime as dt
+
+    doc = {"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "rows": result.rows, "reference": result.reference, "test": result.test,
+           "settings": asdict(result.settings), "command": command,
+           "versions": package_versions(("onnxruntime", "openvino", "nncf", "litert-torch",
+                                         "ai-edge-litert", "ai-edge-quantizer", "coremltools",
+                                         "onnx")),
+           "gate": None if checks is None else [c.__dict__ for c in checks]}
+    files = {"json": atomic_write_text(out / "bench.json", json.dumps(doc, indent=2, default=str)),
+             "markdown": atomic_write_text(out / "bench.md", render_markdown(result, checks, command))}
+    if checks is not None:
+        files["junit"] = write_junit(out / "junit.xml", result, checks)
+    if (png := plot(result, out / "bench.png")) is not None:
+        files["chart"] = png
+    return files
