@@ -127,3 +127,33 @@ def test_profiles_are_checked_against_this_machine(tmp_path) -> None:
     custom.write_text(f"huge:\n  threads: 2\n  cpus: [{max(os.sched_getaffinity(0)) + 1000}]\n")
     with pytest.raises(ValueError, match="may only use"):
         load_profile(f"{custom}:huge")
+
+
+def test_shipped_example_gates_load() -> None:
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[2] / "examples" / "gates").glob("*.yaml")):
+        gates = load_gates(path)
+        assert gates.rules and gates.require, path
+
+
+def test_required_rows_must_be_ok_not_just_present() -> None:
+    rows = [{"label": "tflite-int8", "status": "failed parity", "reason": "11% flips"}]
+    checks = check_gates(Gates(require=["tflite-int8"]), rows)
+    assert [c.passed for c in checks] == [False]
+    assert "tflite-int8: failed parity (11% flips)" in checks[0].message
+
+
+@pytest.mark.slow
+def test_an_export_that_fails_parity_is_still_measured(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    from skinedge.export import TARGETS, Tolerance
+
+    if TARGETS["onnx"].missing_backend("int8"):
+        pytest.skip("onnx/nncf not installed")
+    monkeypatch.setitem(TARGETS["onnx"].tolerances, "int8", Tolerance(0.0, 0.0))
+    result = run_bench([tiny_checkpoint], exports=[("onnx", "int8")], out_dir=tmp_path,
+                       settings=FAST, calibration_images=20)
+    row = result.rows[1]
+    assert row["label"] == "onnx-int8" and row["status"] == "failed parity"
+    assert "rejected" in row["model"] and row["p50_ms"] > 0 and "flip_rate" in row
+    assert "probabilities differ" in row["reason"]

@@ -4,7 +4,7 @@ A gate file lists rules; each rule applies to the rows whose label (``target-pre
 ``openvino-int8``, ``torch-fp32``) matches its glob, and every budget it sets must hold::
 
     # gates.yaml
-    require: [onnx-fp32, openvino-int8, tflite-int8]   # these rows must exist and be ok
+    require: [onnx-fp32, openvino-int8, tflite-int8]   # these rows must exist with status ok
     rules:
       - match: "*-int8"
         p95_ms: 10                    # warm latency at batch 1, 95th percentile
@@ -87,11 +87,15 @@ def load_gates(path: Path | str) -> Gates:
 def check_gates(gates: Gates, rows: list[dict]) -> list[GateCheck]:
     """Every budget against every matching row; a failed check's message says what and by how much."""
     checks: list[GateCheck] = []
-    labels = {row["label"] for row in rows}
+    by_label = {row["label"]: row for row in rows}
     for label in gates.require:
-        present = label in labels
-        checks.append(GateCheck(label, "present", present,
-                                "present" if present else f"{label}: required but not benchmarked"))
+        row = by_label.get(label)
+        if row is None:
+            checks.append(GateCheck(label, "present", False, f"{label}: required but not benchmarked"))
+            continue
+        ok = row["status"] == "ok"
+        checks.append(GateCheck(label, "status", ok, f"{label}: {row['status']}"
+                                + (f" ({row['reason']})" if row.get("reason") else "")))
     for row in rows:
         for rule in gates.rules:
             if not fnmatch.fnmatchcase(row["label"], rule.match):

@@ -18,14 +18,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from skinedge.models.card import ModelCard
-
-STATUSES = ("ok", "failed parity", "failed", "skipped")
 
 
 @dataclass
@@ -44,7 +42,6 @@ class BenchResult:
     reference: str  # label of the reference row
     test: dict  # source, images, classes
     settings: BenchSettings
-    files: dict[str, Path] = field(default_factory=dict)
 
 
 def _log(log, message: str) -> None:
@@ -78,35 +75,37 @@ def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manife
                      calibration_images: int, threads: int | None, log) -> list[dict]:
     """Export the reference checkpoint to each (target, precision[, quantizer]); a row each."""
     from skinedge.export import ExportError, export_checkpoint, get_target
+    from skinedge.export.base import VerificationFailed
+    from skinedge.export.targets.tensorrt import TensorRTUnavailable
+    from skinedge.runtimes.base import artifact_label
     from skinedge.utils.backends import MissingBackendError
 
     rows = []
     for target, precision, *variant in targets:
-        precision = precision or get_target(target).default_precision
+        spec = get_target(target)
+        precision = precision or spec.default_precision
         quantizer = variant[0] if variant and variant[0] else None
-        label = f"{target}-{precision}" + (f"-{quantizer}" if quantizer else "")
+        named = quantizer if quantizer and quantizer != spec.quantizers[0] else None
+        label = f"{target}-{precision}" + (f"-{named}" if named else "")  # as artifact_label
         try:
             result = export_checkpoint(reference, target, precision=precision, out_dir=out,
                                        manifest=manifest, calibration_images=calibration_images,
                                        threads=threads, log=log,
                                        options={"quantizer": quantizer} if quantizer else None)
-            rows.append({"label": label, "model": result.path, "status": "ok",
-                         "export": result.verification})
+            rows.append({"label": artifact_label(result.card), "model": result.path,
+                         "status": "ok", "export": result.verification})
         except MissingBackendError as exc:
             rows.append({"label": label, "model": None, "status": "failed", "reason": str(exc)})
+        except VerificationFailed as exc:  # exported, but drifted: still measured
+            rows.append({"label": artifact_label(exc.result.card), "model": exc.result.path,
+                         "status": "failed parity", "reason": exc.result.verification["reason"],
+                         "export": exc.result.verification})
+        except TensorRTUnavailable as exc:  # not a failure of the model: no TensorRT/GPU here
+            rows.append({"label": label, "model": None, "status": "skipped",
+                         "reason": str(exc).splitlines()[0]})
         except ExportError as exc:
-            report = getattr(exc, "report", None)
-            check = json.loads(Path(report).read_text())["verification"] if report else {}
-            if check.get("status") == "failed":  # exported, but drifted: still measured
-                rejected = [Path(f["path"]) for f in json.loads(Path(report).read_text())["files"]]
-                rows.append({"label": label, "model": rejected[0], "status": "failed parity",
-                             "reason": check["reason"], "export": check})
-            elif check.get("status") == "not built" and target == "tensorrt":
-                rows.append({"label": label, "model": None, "status": "skipped",
-                             "reason": str(exc).splitlines()[0]})
-            else:
-                rows.append({"label": label, "model": None, "status": "failed",
-                             "reason": str(exc).splitlines()[0]})
+            rows.append({"label": label, "model": None, "status": "failed",
+                         "reason": str(exc).splitlines()[0]})
         except Exception as exc:  # a converter crash is a result, not the end of the benchmark
             rows.append({"label": label, "model": None, "status": "failed",
                          "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]})
@@ -169,6 +168,48 @@ def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
     m = compute_metrics(labels, probs, card.classes, melanoma_class=card.positive_class)
     return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
             "melanoma_auc": m["melanoma_auc"]}
+
+
+def _measure_rows(rows: list[dict], ref_card: ModelCard, test, inputs: dict[str, Path], out: Path,
+                  settings: BenchSettings, *, manifest, split, data, limit, log):
+    """Run the worker for every row with a model; fills the rows; returns the reference's
+    probabilities and scores."""
+    from skinedge.export import get_target
+    from skinedge.runtimes import read_artifact_card
+
+    ref_probs = ref_scores = None
+    for row in rows:
+        model = row["model"]
+        if model is None:
+            continue
+        model = Path(model)
+        card = ref_card if row.get("reference") else read_artifact_card(model)
+        row["model"] = str(model)
+        row["size_mb"] = _model_size_mb(model)
+        if card.artifact is not None and row["status"] == "ok":
+            if reason := get_target(card.artifact.target).runs_here():
+                row.update(status="skipped", reason=reason)
+                continue
+        key = hashlib.sha256(card.preprocess.model_dump_json().encode()).hexdigest()[:12]
+        if key not in inputs:
+            arrays = test if card.preprocess == ref_card.preprocess else load_test_arrays(
+                card, manifest=manifest, split=split, data=data, limit=limit)
+            inputs[key] = out / f"inputs-{key}.npy"
+            np.save(inputs[key], arrays.x)
+        _log(log, f"measuring {row['label']} ({settings.threads or 'default'} threads)")
+        probs_path = out / f"probs-{row['label'].replace('/', '_')}.npy"
+        measured = run_worker(model, inputs[key], probs_path, settings)
+        if "error" in measured:
+            row.update(status="failed", reason=measured["error"])
+            continue
+        measured.pop("label", None)
+        row.update(measured)
+        probs = np.load(probs_path)
+        row.update(_scores(probs, test.labels, ref_card))
+        if row.get("reference"):
+            ref_probs = probs
+            ref_scores = _scores(probs, test.labels, ref_card)
+    return ref_probs, ref_scores
 
 
 def run_bench(
@@ -234,40 +275,13 @@ def run_bench(
     test = load_test_arrays(ref_card, manifest=manifest, split=split, data=data, limit=limit,
                             log=log)
     inputs: dict[str, Path] = {}
-    ref_probs = None
-    for row in rows:
-        model = row["model"]
-        if model is None:
-            continue
-        model = Path(model)
-        card = ref_card if row.get("reference") else read_artifact_card(model)
-        row["model"] = str(model)
-        row["size_mb"] = _model_size_mb(model)
-        if card.artifact is not None and row["status"] == "ok":
-            from skinedge.export import get_target
-
-            if reason := get_target(card.artifact.target).runs_here():
-                row.update(status="skipped", reason=reason)
-                continue
-        key = hashlib.sha256(card.preprocess.model_dump_json().encode()).hexdigest()[:12]
-        if key not in inputs:
-            arrays = test if card.preprocess == ref_card.preprocess else load_test_arrays(
-                card, manifest=manifest, split=split, data=data, limit=limit)
-            inputs[key] = out / f"inputs-{key}.npy"
-            np.save(inputs[key], arrays.x)
-        _log(log, f"measuring {row['label']} ({settings.threads or 'default'} threads)")
-        probs_path = out / f"probs-{row['label'].replace('/', '_')}.npy"
-        measured = run_worker(model, inputs[key], probs_path, settings)
-        if "error" in measured:
-            row.update(status="failed", reason=measured["error"])
-            continue
-        measured.pop("label", None)
-        row.update(measured)
-        probs = np.load(probs_path)
-        row.update(_scores(probs, test.labels, ref_card))
-        if row.get("reference"):
-            ref_probs = probs
-            ref_scores = _scores(probs, test.labels, ref_card)
+    try:
+        ref_probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
+                                              manifest=manifest, split=split, data=data,
+                                              limit=limit, log=log)
+    finally:
+        for path in inputs.values():
+            path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay
     if ref_probs is None:
         raise RuntimeError(f"the reference {reference} could not be measured: "
                            f"{rows[0].get('reason')}")
@@ -279,8 +293,6 @@ def run_bench(
         for key in ("accuracy", "balanced_accuracy", "melanoma_auc"):
             if row.get(key) is not None and ref_scores.get(key) is not None:
                 row[f"{key}_drop"] = ref_scores[key] - row[key]
-    for path in inputs.values():
-        path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay
     test_info = {"source": test.source, "images": len(test), "classes": ref_card.classes,
                  "limited_to": limit}
     return BenchResult(rows, rows[0]["label"], test_info, settings)

@@ -14,7 +14,8 @@ COLUMNS = [  # (key, header, format)
     ("label", "model", "{}"), ("status", "status", "{}"), ("size_mb", "size MB", "{:.1f}"),
     ("load_s", "load s", "{:.2f}"), ("cold_ms", "cold ms", "{:.1f}"),
     ("p50_ms", "p50 ms", "{:.2f}"), ("p95_ms", "p95 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
-    ("peak_rss_mb", "peak RSS MB", "{:.0f}"), ("threads", "threads", "{}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"), ("model_rss_mb", "model RSS MB", "{:.0f}"),
+    ("threads", "threads", "{}"),
     ("accuracy", "acc", "{:.3f}"), ("balanced_accuracy", "bal. acc", "{:.3f}"),
     ("melanoma_auc", "mel AUC", "{:.3f}"), ("balanced_accuracy_drop", "Δ bal. acc", "{:+.3f}"),
     ("melanoma_auc_drop", "Δ mel AUC", "{:+.3f}"), ("flip_rate", "flips", "{:.1%}"),
@@ -26,7 +27,7 @@ def cell(row: dict, key: str, fmt: str) -> str:
     if value is None:
         return "-"
     if key.endswith("_drop"):
-        value = -value  # shown as the change from the reference: negative = worse
+        value = 0.0 - value  # the change from the reference (negative = worse), never "-0.000"
     return fmt.format(value)
 
 
@@ -62,8 +63,10 @@ def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
              + (f", pinned to CPUs {s.cpus}" if s.cpus else "")
              + (f" (profile {s.profile})" if s.profile else "")
              + f"; latency at batch 1 over {s.iterations} runs after {s.warmup} warm-up runs, "
-               "model call only (no JPEG decoding or resizing). Δ columns: change from the "
-               "reference; flips: share of test images whose top-1 class differs from it.", ""]
+               "model call only (no JPEG decoding or resizing). Peak RSS is the worker process "
+               "(Python, NumPy and torch included); model RSS is what loading and running the "
+               "model added. Δ columns: change from the reference; flips: share of test images "
+               "whose top-1 class differs from it.", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     header = [h for _, h, _ in COLUMNS]
@@ -132,9 +135,8 @@ def plot(result: BenchResult, path: Path) -> Path | None:
 def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None = None,
                   command: str | None = None) -> dict[str, Path]:
     """bench.json, bench.md, junit.xml (when gated) and bench.png into ``out``."""
-    from dataclasses import asdict
-
     import datetime as dt
+    from dataclasses import asdict
 
     doc = {"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "rows": result.rows, "reference": result.reference, "test": result.test,

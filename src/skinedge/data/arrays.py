@@ -54,9 +54,11 @@ def load_arrays(
 def manifest_arrays(
     manifest, split: str, preprocess: PreprocessConfig, *, limit: int | None = None,
     seed: int = 0, source: str | None = None, progress: Callable[[int, int], None] | None = None,
+    exclude: set[str] = frozenset(),
 ) -> ImageArrays:
-    """A manifest split as arrays; ``limit`` keeps a seeded random subset of that many images."""
-    rows = manifest.subset(split)
+    """A manifest split as arrays; ``limit`` keeps a seeded random subset of that many images;
+    ``exclude`` leaves out images already used elsewhere."""
+    rows = [r for r in manifest.subset(split) if r.image not in exclude]
     if not rows:
         raise ValueError(f"{source or 'manifest'}: the {split} split has no images")
     if limit is not None and limit < len(rows):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from skinedge.export.base import ExportError, ExportJob, Tolerance, get_target
+from skinedge.export.base import ExportError, ExportJob, Tolerance, VerificationFailed, get_target
 from skinedge.models.card import ModelCard
 from skinedge.utils.backends import MissingBackendError
 from skinedge.utils.io import atomic_write_text
@@ -92,7 +92,8 @@ def export_checkpoint(
         threads: Threads of the runtime used for verification.
         options: Target-specific options: ``quantizer`` (TFLite INT8: ``pt2e`` or ``aeq``;
             OpenVINO INT8: ``ptq`` or ``qac``, accuracy control), ``max_drop`` (qac: allowed
-            drop of top-1 agreement with the float model, default 0.01), ``control_images``.
+            drop of top-1 agreement with the float model, default 0.01), ``max_control``
+            (qac: validation images it is tuned on, default 200, disjoint from verification).
 
     Raises:
         MissingBackendError: the target's extra is not installed (the message names it).
@@ -121,10 +122,11 @@ def export_checkpoint(
     notes = quantization_warnings(model) if precision == "int8" else []
     for note in notes:
         _log(log, f"warning: {note}")
+    cannot_run = spec.runs_here()  # Core ML off macOS, TensorRT without its GPU: no verification
     calibration, verification = _prepare_images(
         spec, precision, model, card, checkpoint, manifest, options,
-        calibration_images=calibration_images, verify_images=verify_images if verify else 0,
-        log=log)
+        calibration_images=calibration_images,
+        verify_images=verify_images if verify and cannot_run is None else 0, log=log)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     variant = quantizer if quantizer and quantizer != spec.quantizers[0] else None
@@ -132,7 +134,7 @@ def export_checkpoint(
     workdir = out / f".{stem}.{target}.tmp"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
-    job = ExportJob(model=model, card=card, source=str(checkpoint), precision=precision,
+    job = ExportJob(model=model, card=card, source=str(checkpoint.resolve()), precision=precision,
                     workdir=workdir, stem=stem,
                     calibration=None if calibration is None else calibration.x, options=options)
     report = out / f"{stem}.{target}.export.json"
@@ -155,9 +157,13 @@ def export_checkpoint(
     shutil.rmtree(workdir, ignore_errors=True)
     path = out / exported.path.name
     seconds = time.perf_counter() - started
-    check = _verify(path, model, exported.card, verification, tolerance or spec.tolerance(precision),
-                    spec.runs_here(), threads, log) if verification is not None else {
-        "status": "skipped", "reason": "verification turned off"}
+    if cannot_run:
+        check = {"status": "skipped", "reason": cannot_run, "images": 0}
+    elif verification is None:
+        check = {"status": "skipped", "reason": "verification turned off", "images": 0}
+    else:
+        check = _verify(path, model, verification, tolerance or spec.tolerance(precision),
+                        threads, log)
     if check["status"] == "failed":
         rejected = out / "rejected"
         rejected.mkdir(exist_ok=True)
@@ -166,8 +172,9 @@ def export_checkpoint(
     _write_report(report, target, precision, checkpoint, exported.card, files, check, notes, seconds)
     result = ExportResult(target, precision, path, files, exported.card, check, report, notes)
     if check["status"] == "failed":
-        raise ExportError(f"{target} {precision} export failed verification: {check['reason']} "
-                          f"(artifact moved to {rejected}; details in {report})")
+        raise VerificationFailed(f"{target} {precision} export failed verification: "
+                                 f"{check['reason']} (artifact moved to {rejected}; details in "
+                                 f"{report})", result)
     return result
 
 
@@ -198,17 +205,18 @@ def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Pa
         options["calibration_info"] = {
             "split": calibration.source, "images": len(calibration),
             "images_sha256": calibration.fingerprint, "manifest_split_hash": man.split_hash}
+    if verify_images > 0:
+        verification = manifest_arrays(man, "val", card.preprocess, limit=verify_images,
+                                       seed=1, source=f"{manifest_path}:val")
     if calibrate and options.get("quantizer") == "qac":
-        control = manifest_arrays(man, "val", card.preprocess,
-                                  limit=options.get("control_images", 200), seed=2,
-                                  source=f"{manifest_path}:val")
+        # Tuned on validation images the verification does not use, so it is not graded on them.
+        control = manifest_arrays(man, "val", card.preprocess, limit=options.get("max_control", 200),
+                                  seed=2, source=f"{manifest_path}:val",
+                                  exclude=set(verification.images) if verification else set())
         with torch.inference_mode():
             logits = torch.cat([model(torch.from_numpy(control.x[i:i + 64]))
                                 for i in range(0, len(control), 64)])
         options["control_images"], options["control_top1"] = control.x, logits.argmax(1).numpy()
-    if verify_images > 0:
-        verification = manifest_arrays(man, "val", card.preprocess, limit=verify_images,
-                                       seed=1, source=f"{manifest_path}:val")
     return calibration, verification
 
 
@@ -223,21 +231,24 @@ def _move(path: Path, folder: Path) -> Path:
     return dest
 
 
-def _verify(path: Path, model, card: ModelCard, images, tol: Tolerance, cannot_run: str | None,
-            threads: int | None, log) -> dict[str, Any]:
-    """Compare the artifact's probabilities with the torch model's on validation images."""
+def _verify(path: Path, model, images, tol: Tolerance, threads: int | None,
+            log) -> dict[str, Any]:
+    """Compare the artifact's probabilities with the torch model's on validation images; an
+    artifact its own runtime cannot load or run fails, with the error as the reason."""
     import torch
 
     from skinedge.runtimes import load_runtime, softmax
 
-    if cannot_run:
-        return {"status": "skipped", "reason": cannot_run, "images": 0}
     _log(log, f"verifying {path.name} on {len(images)} validation images")
     with torch.inference_mode():
         reference = softmax(model(torch.from_numpy(images.x)).numpy())
-    runtime = load_runtime(path, threads=threads)
-    probs = runtime.predict_array(images.x)
-    runtime.close()
+    try:
+        runtime = load_runtime(path, threads=threads)
+        probs = runtime.predict_array(images.x)
+        runtime.close()
+    except Exception as exc:  # any backend error: the artifact is not usable as exported
+        return {"status": "failed", "images": len(images),
+                "reason": f"its runtime could not run it: {type(exc).__name__}: {exc}"}
     diff = np.abs(probs - reference)
     flips = int((probs.argmax(1) != reference.argmax(1)).sum())
     check = {
@@ -246,12 +257,16 @@ def _verify(path: Path, model, card: ModelCard, images, tol: Tolerance, cannot_r
         "flips": flips, "flip_rate": flips / len(images),
         "accuracy_reference": float((reference.argmax(1) == images.labels).mean()),
         "accuracy_artifact": float((probs.argmax(1) == images.labels).mean()),
-        "tolerance": {"max_prob_diff": tol.max_prob_diff, "max_flip_rate": tol.max_flip_rate},
+        "tolerance": {"max_prob_diff": tol.max_prob_diff, "max_flip_rate": tol.max_flip_rate,
+                      "max_mean_prob_diff": tol.max_mean_prob_diff},
     }
     problems = []
     if check["max_prob_diff"] > tol.max_prob_diff:
         problems.append(f"probabilities differ by up to {check['max_prob_diff']:.4g} "
                         f"(bound {tol.max_prob_diff:g})")
+    if check["mean_prob_diff"] > tol.max_mean_prob_diff:
+        problems.append(f"probabilities differ by {check['mean_prob_diff']:.4g} on average "
+                        f"(bound {tol.max_mean_prob_diff:g})")
     if check["flip_rate"] > tol.max_flip_rate:
         problems.append(f"top-1 differs on {flips}/{len(images)} images "
                         f"({check['flip_rate']:.1%}, bound {tol.max_flip_rate:.1%})")

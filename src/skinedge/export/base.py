@@ -24,26 +24,42 @@ PRECISIONS = ("fp32", "fp16", "int8")
 class ExportError(RuntimeError):
     """An export could not be made, or was made but failed verification."""
 
+    files: list = []  # what was written anyway (TensorRT: the ONNX and the trtexec script)
+    report: Path | None = None  # the .export.json written for this attempt
+
+
+class VerificationFailed(ExportError):
+    """The artifact was exported but drifts from the checkpoint; ``result`` has the numbers and
+    the artifact's place under ``rejected/``."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result
+        self.files = result.files
+        self.report = result.report
+
 
 @dataclass(frozen=True)
 class Tolerance:
     """How far an artifact may drift from the source model on verification images.
 
     ``max_prob_diff``: largest absolute difference of any class probability on any image;
+    ``max_mean_prob_diff``: mean absolute difference over images and classes;
     ``max_flip_rate``: share of images whose top-1 class differs.
     """
 
     max_prob_diff: float
     max_flip_rate: float
+    max_mean_prob_diff: float = 1.0
 
 
 # Defaults per precision. FP32 runtimes differ from torch only by kernel rounding; FP16 by half
-# precision (about 3 decimal digits); INT8 by quantization noise, bounded so a flip rate above
-# a few percent (the benchmark's accuracy gate) already fails at export time.
+# precision (about 3 decimal digits). INT8 is bounded on average and by flips, not per image:
+# one borderline lesion may legitimately move, a broken calibration moves many.
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(max_prob_diff=1e-3, max_flip_rate=0.0),
     "fp16": Tolerance(max_prob_diff=2e-2, max_flip_rate=0.02),
-    "int8": Tolerance(max_prob_diff=0.25, max_flip_rate=0.05),
+    "int8": Tolerance(max_prob_diff=1.0, max_mean_prob_diff=0.05, max_flip_rate=0.05),
 }
 
 

@@ -103,7 +103,7 @@ def export_tensorrt(job: ExportJob) -> Exported:
     script = job.workdir / f"{job.stem}.trtexec.sh"
     atomic_write_text(script, "#!/bin/sh\n# Build the TensorRT engine on the target device "
                               "(TensorRT 10; the engine only runs with that TensorRT and GPU).\n"
-                              f"{command}\n")
+                              f'cd "$(dirname "$0")"\n{command}\n')
     # The ONNX carries the card too: whoever builds the engine on the device keeps the labels.
     embed_card(onnx_path, job.card_for(artifact_info(onnx_job, "onnx", details)))
     reason = unavailable_reason()

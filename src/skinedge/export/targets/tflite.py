@@ -38,9 +38,10 @@ def _convert(module, sample, **kwargs):
     try:
         with contextlib.redirect_stdout(chatter):
             return litert_torch.convert(module, sample, **kwargs)
-    except Exception as exc:  # the converter raises many types; keep its message
-        raise ExportError(f"litert-torch could not convert the model: {exc}\n"
-                          f"(an op it cannot lower is named above; replace that layer, or export "
+    except Exception as exc:  # the converter raises many types; keep its message and output
+        tail = "\n".join(chatter.getvalue().strip().splitlines()[-15:])
+        raise ExportError(f"litert-torch could not convert the model: {exc}\n{tail}\n"
+                          f"(the op it cannot lower is named above; replace that layer, or export "
                           f"to ONNX/OpenVINO instead)") from exc
 
 
@@ -161,6 +162,10 @@ def with_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    for buf in model.buffers:  # data stored after the flatbuffer (ai-edge-quantizer): inline it,
+        if buf.offset and buf.offset > 1:  # or re-serialising would drop it
+            buf.data = np.frombuffer(flatbuffer, np.uint8, count=buf.size, offset=buf.offset).copy()
+            buf.offset = buf.size = 0
     model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(data, dtype=np.uint8)
