@@ -150,8 +150,11 @@ def render_bench(folder: Path, docs: Path) -> list[str]:
     doc = json.loads((folder / "bench.json").read_text())
     rows = {r["label"]: r for r in doc["rows"]}
     versions = doc["versions"]
+    exported_by = sorted({_exporting_command(Path(r["model"])) for r in doc["rows"]
+                          if r.get("model")} - {None})
     lines = [f"## Export and benchmark: {folder.name}", "",
              f"- command: `{doc['command']}`, finished {doc['created']}",
+             *[f"- artifacts given to it were exported (and verified) by: `{c}`" for c in exported_by],
              "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
              (folder / "bench.md").read_text().strip(), ""]
     if (folder / "bench.png").is_file():
@@ -163,6 +166,14 @@ def render_bench(folder: Path, docs: Path) -> list[str]:
               "rows with status ok count as meeting a target):", ""]
     lines += [f"- {text}" for text in _export_targets(rows)]
     return [*lines, ""]
+
+
+def _exporting_command(model: Path) -> str | None:
+    """The `skinedge bench --export` command whose output folder holds this artifact, if any."""
+    for parent in model.parents:
+        if (parent / "bench.json").is_file():
+            return json.loads((parent / "bench.json").read_text()).get("command")
+    return None
 
 
 def _export_targets(rows: dict) -> list[str]:

@@ -41,7 +41,8 @@ class GateRule(BaseModel):
     max_melanoma_auc_drop: float | None = Field(None, ge=0)
     max_flip_rate: float | None = Field(None, ge=0, le=1)
     min_balanced_accuracy: float | None = Field(None, ge=0, le=1)
-    allow_skipped: bool = False  # rows that cannot run here (status "skipped") pass
+    allow_skipped: bool = False  # rows that cannot run here (status "skipped") pass, if any
+    # matching rule allows it (and the row is not in `require`)
 
 
 class Gates(BaseModel):
@@ -97,19 +98,21 @@ def check_gates(gates: Gates, rows: list[dict]) -> list[GateCheck]:
         checks.append(GateCheck(label, "status", ok, f"{label}: {row['status']}"
                                 + (f" ({row['reason']})" if row.get("reason") else "")))
     for row in rows:
-        for rule in gates.rules:
-            if not fnmatch.fnmatchcase(row["label"], rule.match):
-                continue
-            checks.extend(_check_row(rule, row, required=row["label"] in gates.require))
+        rules = [r for r in gates.rules if fnmatch.fnmatchcase(row["label"], r.match)]
+        if rules and row["status"] != "ok":  # one status check per row, however many rules match
+            if row["label"] not in gates.require:  # required rows were checked above
+                allowed = row["status"] == "skipped" and any(r.allow_skipped for r in rules)
+                checks.append(GateCheck(row["label"], "status", allowed, f"{row['label']}: "
+                                        f"{row['status']}" + (f" ({row['reason']})"
+                                                              if row.get("reason") else "")))
+            continue
+        for rule in rules:
+            checks.extend(_check_row(rule, row))
     return checks
 
 
-def _check_row(rule: GateRule, row: dict, *, required: bool) -> list[GateCheck]:
-    label, status = row["label"], row["status"]
-    if status != "ok":
-        skipped_ok = status == "skipped" and rule.allow_skipped and not required
-        return [GateCheck(label, "status", skipped_ok,
-                          f"{label}: {status}" + (f" ({row['reason']})" if row.get("reason") else ""))]
+def _check_row(rule: GateRule, row: dict) -> list[GateCheck]:
+    label = row["label"]
     checks = []
     for budget, (key, kind, unit) in _LIMITS.items():
         limit = getattr(rule, budget)

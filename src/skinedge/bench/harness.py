@@ -114,6 +114,21 @@ def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manife
     return rows
 
 
+def _export_status(path: Path, card: ModelCard) -> dict:
+    """Status of a given artifact from the report ``skinedge export`` wrote beside it: an
+    artifact that failed its verification (kept under ``rejected/``) is "failed parity"."""
+    if card.artifact is None:
+        return {"status": "ok"}
+    name = f"{path.stem}.{card.artifact.target}.export.json"
+    for report in (path.parent / name, path.parent.parent / name):
+        if report.is_file():
+            check = json.loads(report.read_text()).get("verification", {})
+            if check.get("status") == "failed":
+                return {"status": "failed parity", "reason": check.get("reason"), "export": check}
+            return {"status": "ok", "export": check}
+    return {"status": "ok"}
+
+
 def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", data=None,
                      limit: int | None = None, log=None):
     """The test images, preprocessed with ``card.preprocess``."""
@@ -263,7 +278,7 @@ def run_bench(
 
         manifest = _resolve_manifest(None, ref_card, reference)
     rows = [{"label": "torch-fp32", "model": reference, "status": "ok", "reference": True}]
-    rows += [{"label": artifact_label(cards[m]), "model": m, "status": "ok"}
+    rows += [{"label": artifact_label(cards[m]), "model": m, **_export_status(m, cards[m])}
              for m in models if m.resolve() != reference.resolve()]
     rows += export_for_bench(reference, list(exports), out / "exports", manifest=manifest,
                              calibration_images=calibration_images, threads=settings.threads,

@@ -10,16 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, in MB. Not ``ru_maxrss``: Linux keeps
+    that across exec, so a worker would report the peak of the parent it was forked from."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def measure(model: str, inputs: str, probs_out: str, *, threads: int | None, cpus: list[int] | None,
@@ -29,7 +33,7 @@ def measure(model: str, inputs: str, probs_out: str, *, threads: int | None, cpu
     from skinedge.runtimes import load_runtime
 
     x = np.load(inputs, mmap_mode="r")
-    rss_before = _rss_mb()
+    rss_before = _status_mb("VmRSS")
     started = time.perf_counter()
     runtime = load_runtime(model, threads=threads)
     load_s = time.perf_counter() - started
@@ -45,7 +49,7 @@ def measure(model: str, inputs: str, probs_out: str, *, threads: int | None, cpu
         started = time.perf_counter()
         runtime.predict_array(one)
         latencies.append((time.perf_counter() - started) * 1e3)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the full pass
+    peak_mb = _status_mb("VmHWM")  # before the full pass over the test set
     probs = np.concatenate([runtime.predict_array(np.ascontiguousarray(x[i:i + 32]))
                             for i in range(0, len(x), 32)])
     np.save(probs_out, probs)
