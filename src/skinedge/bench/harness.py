@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from skinedge.models.card import ModelCard
+from skinedge.utils.io import path_size
 
 
 @dataclass
@@ -49,19 +50,12 @@ def _log(log, message: str) -> None:
         log(message)
 
 
-def _size_mb(path: Path) -> float:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-    total = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-        total += path.with_suffix(".bin").stat().st_size
-    return total / 2**20
-
-
 def _model_size_mb(path: Path) -> float:
-    if path.is_dir() and (path / "model.safetensors").is_file():  # checkpoint: the weights only
-        return (path / "model.safetensors").stat().st_size / 2**20
-    return _size_mb(path)
+    """What ships: a checkpoint's weights, an IR's .xml + .bin, a package folder, a file."""
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        return path_size(path / "model.safetensors") / 2**20
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return (path_size(path) + (path_size(weights) if weights and weights.is_file() else 0)) / 2**20
 
 
 def _unique(label: str, taken: set[str], path: Path) -> str:
@@ -85,8 +79,8 @@ def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manife
         spec = get_target(target)
         precision = precision or spec.default_precision
         quantizer = variant[0] if variant and variant[0] else None
-        named = quantizer if quantizer and quantizer != spec.quantizers[0] else None
-        label = f"{target}-{precision}" + (f"-{named}" if named else "")  # as artifact_label
+        variant = spec.variant(quantizer)
+        label = f"{target}-{precision}" + (f"-{variant}" if variant else "")  # as artifact_label
         try:
             result = export_checkpoint(reference, target, precision=precision, out_dir=out,
                                        manifest=manifest, calibration_images=calibration_images,
@@ -187,12 +181,13 @@ def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
 
 def _measure_rows(rows: list[dict], ref_card: ModelCard, test, inputs: dict[str, Path], out: Path,
                   settings: BenchSettings, *, manifest, split, data, limit, log):
-    """Run the worker for every row with a model; fills the rows; returns the reference's
-    probabilities and scores."""
+    """Run the worker for every row with a model; fills the rows; returns every measured row's
+    probabilities by label, and the reference's scores."""
     from skinedge.export import get_target
     from skinedge.runtimes import read_artifact_card
 
-    ref_probs = ref_scores = None
+    probs_by_label: dict[str, np.ndarray] = {}
+    ref_scores = None
     for row in rows:
         model = row["model"]
         if model is None:
@@ -219,12 +214,12 @@ def _measure_rows(rows: list[dict], ref_card: ModelCard, test, inputs: dict[str,
             continue
         measured.pop("label", None)
         row.update(measured)
-        probs = np.load(probs_path)
-        row.update(_scores(probs, test.labels, ref_card))
+        probs_by_label[row["label"]] = np.load(probs_path)
+        scores = _scores(probs_by_label[row["label"]], test.labels, ref_card)
+        row.update(scores)
         if row.get("reference"):
-            ref_probs = probs
-            ref_scores = _scores(probs, test.labels, ref_card)
-    return ref_probs, ref_scores
+            ref_scores = scores
+    return probs_by_label, ref_scores
 
 
 def run_bench(
@@ -291,20 +286,20 @@ def run_bench(
                             log=log)
     inputs: dict[str, Path] = {}
     try:
-        ref_probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
+        probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
                                               manifest=manifest, split=split, data=data,
                                               limit=limit, log=log)
     finally:
         for path in inputs.values():
             path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay
-    if ref_probs is None:
+    if ref_scores is None:
         raise RuntimeError(f"the reference {reference} could not be measured: "
                            f"{rows[0].get('reason')}")
+    reference_top1 = probs[rows[0]["label"]].argmax(1)
     for row in rows:
-        if "balanced_accuracy" not in row:
+        if row["label"] not in probs:
             continue
-        probs = np.load(out / f"probs-{row['label'].replace('/', '_')}.npy")
-        row["flip_rate"] = float((probs.argmax(1) != ref_probs.argmax(1)).mean())
+        row["flip_rate"] = float((probs[row["label"]].argmax(1) != reference_top1).mean())
         for key in ("accuracy", "balanced_accuracy", "melanoma_auc"):
             if row.get(key) is not None and ref_scores.get(key) is not None:
                 row[f"{key}_drop"] = ref_scores[key] - row[key]

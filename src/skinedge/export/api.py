@@ -22,7 +22,7 @@ import numpy as np
 from skinedge.export.base import ExportError, ExportJob, Tolerance, VerificationFailed, get_target
 from skinedge.models.card import ModelCard
 from skinedge.utils.backends import MissingBackendError
-from skinedge.utils.io import atomic_write_text
+from skinedge.utils.io import atomic_write_text, path_size
 
 
 @dataclass
@@ -35,10 +35,6 @@ class ExportResult:
     verification: dict[str, Any]
     report: Path
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.path is not None and self.verification.get("status") in ("passed", "skipped")
 
 
 def _log(log: Callable[[str], None] | None, message: str) -> None:
@@ -129,7 +125,7 @@ def export_checkpoint(
         verify_images=verify_images if verify and cannot_run is None else 0, log=log)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    variant = quantizer if quantizer and quantizer != spec.quantizers[0] else None
+    variant = spec.variant(quantizer)
     stem = f"{card.architecture}_{precision}" + (f"_{variant}" if variant else "")
     workdir = out / f".{stem}.{target}.tmp"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -280,14 +276,8 @@ def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
                   seconds: float) -> None:
     doc = {
         "target": target, "precision": precision, "checkpoint": str(checkpoint),
-        "files": [{"path": str(f), "bytes": _size(f)} for f in files],
+        "files": [{"path": str(f), "bytes": path_size(f)} for f in files],
         "export_seconds": round(seconds, 2), "verification": verification, "notes": notes,
         "card": None if card is None else json.loads(card.to_json()),
     }
     atomic_write_text(path, json.dumps(doc, indent=2))
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size

@@ -24,7 +24,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 class ExportError(RuntimeError):
     """An export could not be made, or was made but failed verification."""
 
-    files: list = []  # what was written anyway (TensorRT: the ONNX and the trtexec script)
+    files: list | tuple = ()  # what was written anyway (TensorRT: the ONNX and the trtexec script)
     report: Path | None = None  # the .export.json written for this attempt
 
 
@@ -96,7 +96,6 @@ class Exported:
     path: Path
     files: list[Path]
     card: ModelCard
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,6 +122,10 @@ class ExportTarget:
         if precision == "int8" and self.int8_extra:
             return missing(self.extra) or missing(self.int8_extra)
         return missing(self.extra)
+
+    def variant(self, quantizer: str | None) -> str | None:
+        """The quantizer named in file names and labels: None for the default one."""
+        return quantizer if quantizer and quantizer != self.quantizers[0] else None
 
     def tolerance(self, precision: str) -> Tolerance:
         return self.tolerances[precision]

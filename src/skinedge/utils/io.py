@@ -61,6 +61,14 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 _VERSIONED = ("skinedge", "torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn")
 
 
+def path_size(path: Path | str) -> int:
+    """Bytes of a file, or of every file under a folder (``.mlpackage``, checkpoints)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Versions of the packages that decide a result, plus Python and the platform."""
     versions = {"python": platform.python_version(), "platform": platform.platform()}

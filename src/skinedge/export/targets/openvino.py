@@ -23,7 +23,7 @@ QUANTIZERS = ("ptq", "qac")  # plain post-training, or with accuracy control
 
 @register_target(
     name="openvino", suffix=".xml", extra="openvino", precisions=("fp32", "fp16", "int8"),
-    default_precision="fp32", quantizers=("ptq", "qac"),
+    default_precision="fp32", quantizers=QUANTIZERS,
     description="OpenVINO IR; INT8 calibrated by NNCF on the IR (fast INT8 on x86 CPUs)")
 def export_openvino(job: ExportJob) -> Exported:
     ov = require("openvino", "openvino")
@@ -32,10 +32,7 @@ def export_openvino(job: ExportJob) -> Exported:
     details = write_onnx(float_job, onnx_path)
     model = ov.convert_model(str(onnx_path))
     onnx_path.unlink()
-    method = job.options.get("quantizer") or "ptq"
-    if method not in QUANTIZERS:
-        raise ValueError(f"unknown OpenVINO quantizer {method!r}; choose one of {QUANTIZERS}")
-    if job.precision == "int8" and method == "qac":
+    if job.precision == "int8" and job.options.get("quantizer") == "qac":
         model, control = quantize_openvino_controlled(
             model, job.calibration, job.options["control_images"], job.options["control_top1"],
             max_drop=job.options.get("max_drop", 0.01))

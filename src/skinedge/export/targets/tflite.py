@@ -27,7 +27,7 @@ from skinedge.utils.backends import require
 from skinedge.utils.io import package_versions
 
 CARD_KEY = "skinedge.card"
-QUANTIZERS = ("pt2e", "aeq")
+QUANTIZERS = ("pt2e", "aeq")  # the first is the default
 
 
 def _convert(module, sample, **kwargs):
@@ -121,13 +121,11 @@ def _spec(detail: dict, layout: str, kind: str | None = None) -> TensorSpec:
 
 @register_target(
     name="tflite", suffix=".tflite", extra="tflite", precisions=("fp32", "fp16", "int8"),
-    default_precision="fp32", int8_extra=None, quantizers=("pt2e", "aeq"),
+    default_precision="fp32", int8_extra=None, quantizers=QUANTIZERS,
     description="TFLite (LiteRT) via litert-torch, NHWC input; INT8 full-integer (PT2E) "
                 "or ai-edge-quantizer static int8")
 def export_tflite(job: ExportJob) -> Exported:
-    quantizer = job.options.get("quantizer") or "pt2e"
-    if quantizer not in QUANTIZERS:
-        raise ValueError(f"unknown TFLite quantizer {quantizer!r}; choose one of {QUANTIZERS}")
+    quantizer = job.options.get("quantizer") or QUANTIZERS[0]  # checked by export_checkpoint
     details: dict = {"converter": "litert_torch.convert"}
     if job.precision == "int8" and quantizer == "pt2e":
         flatbuffer = _pt2e_int8(job)
