@@ -2,11 +2,12 @@
 
 Usage:
     python scripts/results.py runs/ham10000-lite0 [more runs...] [--bench bench/NAME ...] \
-        --out docs/RESULTS.md
+        [--compression compression/NAME ...] --out docs/RESULTS.md
 
 Each run folder is what `skinedge quickstart --out RUN` leaves: command.json, manifest.json,
 train/{config.yaml,versions.json,metrics.jsonl,best/card.json}, eval/metrics.json.
 Each bench folder is what `skinedge bench --out DIR` leaves: bench.json, bench.md, bench.png.
+Each compression folder is what `skinedge compress report --out DIR` leaves.
 """
 
 from __future__ import annotations
@@ -212,6 +213,29 @@ def _export_targets(rows: dict) -> list[str]:
     return out
 
 
+def render_compression(folder: Path) -> list[str]:
+    """The compression report (`skinedge compress report --out DIR`), with the commands that
+    made the student and its INT8 artifacts, and the compression issue's targets."""
+    command = json.loads((folder / "command.json").read_text())
+    doc = json.loads((folder / "compression.json").read_text())
+    made_by = []
+    for row in doc["rows"]:
+        model = Path(row["model"])
+        for candidate in (model.parent.parent / "command.json", model.parent / "command.json"):
+            if candidate.is_file() and row["role"] != "teacher ensemble":
+                made_by.append(f"- {row['label']} ({row['role']}) was made by "
+                               f"`{json.loads(candidate.read_text())['command']}`")
+                break
+    lines = [f"## Compression: {folder.name}", "",
+             f"- command: `{command['command']}`, finished {command.get('finished')}",
+             *sorted(set(made_by)),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()), "",
+             (folder / "compression.md").read_text().strip(), ""]
+    met = sum(c["ok"] for c in doc["checks"])
+    lines += [f"{met} of {len(doc['checks'])} targets of the compression issue met in this run.", ""]
+    return lines
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -221,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--bench", action="append", type=Path, default=[],
                         help="a `skinedge bench --out` folder (repeatable)")
+    parser.add_argument("--compression", action="append", type=Path, default=[],
+                        help="a `skinedge compress report --out` folder (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     args = parser.parse_args(argv)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -238,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parts += [render_run(run) for run in args.runs]
     for folder in args.bench:
         parts += render_bench(folder, args.out.parent)
+    for folder in args.compression:
+        parts += render_compression(folder)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
     print(f"wrote {args.out}")

@@ -43,6 +43,8 @@ class BenchResult:
     reference: str  # label of the reference row
     test: dict  # source, images, classes
     settings: BenchSettings
+    labels: np.ndarray | None = None  # (N,) test labels
+    probs: dict[str, np.ndarray] | None = None  # row label -> (N, C) probabilities
 
 
 def _log(log, message: str) -> None:
@@ -305,4 +307,4 @@ def run_bench(
                 row[f"{key}_drop"] = ref_scores[key] - row[key]
     test_info = {"source": test.source, "images": len(test), "classes": ref_card.classes,
                  "limited_to": limit}
-    return BenchResult(rows, rows[0]["label"], test_info, settings)
+    return BenchResult(rows, rows[0]["label"], test_info, settings, test.labels, probs)

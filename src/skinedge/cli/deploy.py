@@ -46,6 +46,9 @@ def export(
              "OpenVINO: ptq (default) or qac (NNCF accuracy control: layers back to float until "
              "top-1 agreement with the checkpoint drops at most --max-drop).")] = None,
     max_drop: Annotated[float, typer.Option(help="qac: allowed drop of top-1 agreement (absolute).")] = 0.01,
+    overflow_fix: Annotated[str, typer.Option(
+        help="ONNX/OpenVINO INT8: auto (enable on x86 CPUs without VNNI, whose int8 kernels "
+             "saturate), enable, first_layer_only or disable.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Runtime threads for verification.")] = None,
 ) -> None:
     """Export a checkpoint; the artifact carries its model card and is verified against the
@@ -59,7 +62,8 @@ def export(
             checkpoint, target, precision=precision, out_dir=out, manifest=manifest,
             calibration_images=calibration_images, verify_images=verify_images,
             verify=verify_images > 0, threads=threads,
-            options={"quantizer": quantizer, "max_drop": max_drop}, log=console.print)
+            options={"quantizer": quantizer, "max_drop": max_drop, "overflow_fix": overflow_fix},
+            log=console.print)
     except ExportError as exc:
         for path in getattr(exc, "files", []):
             console.print(f"wrote {path}")

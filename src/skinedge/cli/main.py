@@ -166,7 +166,7 @@ def quickstart(
     console.print(summary)
 
 
-from skinedge.cli import deploy  # noqa: E402,F401  (registers `export` and `bench`)
+from skinedge.cli import compress, deploy  # noqa: E402,F401  (register their commands)
 
 
 def main() -> None:

@@ -38,6 +38,19 @@ class CountProgress:
         self.progress.update(self.task, completed=done, total=total)
 
 
+class StageProgress:
+    """``progress(description, done, total)`` callback: one bar per description."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, object] = {}
+
+    def __call__(self, description: str, done: int, total: int | None) -> None:
+        if description not in self.tasks:
+            self.tasks[description] = self.progress.add_task(description, total=total, status="")
+        self.progress.update(self.tasks[description], completed=done, total=total)
+
+
 class RichTrainCallbacks(TrainCallbacks):
     """A bar per epoch with live loss, and a line of validation metrics after it."""
 
@@ -71,7 +84,10 @@ class RichTrainCallbacks(TrainCallbacks):
             return "n/a" if value is None else f"{value:.3f}"
 
         summary = (f"loss {record['train_loss']:.3f} | val bal.acc {fmt('balanced_accuracy')} "
-                   f"mel AUC {fmt('melanoma_auc')} | {record['seconds']:.0f}s"
+                   f"mel AUC {fmt('melanoma_auc')}"
+                   + (f" teacher agreement {fmt('teacher_agreement')}"
+                      if "teacher_agreement" in record else "")
+                   + f" | {record['seconds']:.0f}s"
                    + (" [best]" if record["best"] else ""))
         self.progress.update(self.task, status=summary)
         if not self.progress.console.is_terminal:  # logs and CI get one line per epoch

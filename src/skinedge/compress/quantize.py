@@ -7,6 +7,7 @@ training split (never validation or test), preprocessed exactly as at inference.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,42 @@ def quantization_warnings(model: nn.Module) -> list[str]:
     return [f"{n} x {what}: post-training INT8 may lose accuracy; check the measured drop, "
             f"or prefer a ReLU6 student without SE (tf_efficientnet_lite*)"
             for what, n in counts.items()]
+
+
+OVERFLOW_FIXES = ("auto", "enable", "first_layer_only", "disable")
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this CPU has int8 dot-product instructions (VNNI/AMX); None when unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def resolve_overflow_fix(value: str = "auto") -> str:
+    """NNCF's ``overflow_fix``: halve the int8 weight range so u8 x s8 pair sums cannot
+    saturate int16 in the AVX2 kernels of CPUs without VNNI (OpenVINO, ONNX Runtime).
+
+    ``auto`` picks ``enable`` on such a CPU (the machine that verifies the artifact) and
+    NNCF's default ``first_layer_only`` elsewhere; the choice is recorded in the card. Weights
+    then use about 7 bits: the cost of running correctly on older x86.
+    """
+    if value not in OVERFLOW_FIXES:
+        raise ValueError(f"overflow_fix {value!r}: choose one of {OVERFLOW_FIXES}")
+    if value != "auto":
+        return value
+    import platform
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
+    return "enable" if x86 and cpu_has_vnni() is False else "first_layer_only"
+
+
+def _advanced(overflow_fix: str):
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix(resolve_overflow_fix(overflow_fix)))
 
 
 def _dataset(calibration: np.ndarray, transform):
@@ -89,32 +126,35 @@ def _set_elem_type(model: Any, name: str, elem_type: int) -> None:
 
 
 def quantize_onnx(model: Any, calibration: np.ndarray, *, input_name: str,
-                  signed_activations: bool = False) -> Any:
+                  signed_activations: bool = False, overflow_fix: str = "auto") -> Any:
     """NNCF PTQ of an ``onnx.ModelProto``: returns a QDQ model (int8 weights per channel).
 
     Args:
         calibration: (N, C, H, W) float32, preprocessed training images.
         input_name: The graph input fed with the images.
         signed_activations: int8 (not uint8) activations, as TensorRT requires.
+        overflow_fix: See :func:`resolve_overflow_fix`.
     """
     nncf = require("nncf", "quantize")
     quantized = nncf.quantize(
         model, _dataset(calibration, lambda x: {input_name: x}),
-        preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
+        preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration),
+        advanced_parameters=_advanced(overflow_fix))
     return signed_qdq(quantized) if signed_activations else quantized
 
 
-def quantize_openvino(model: Any, calibration: np.ndarray) -> Any:
+def quantize_openvino(model: Any, calibration: np.ndarray, *, overflow_fix: str = "auto") -> Any:
     """NNCF PTQ of an ``openvino.Model`` (symmetric INT8, fast bias correction)."""
     nncf = require("nncf", "quantize")
     return nncf.quantize(model, _dataset(calibration, lambda x: x),
                          preset=nncf.QuantizationPreset.PERFORMANCE,
-                         subset_size=len(calibration))
+                         subset_size=len(calibration), advanced_parameters=_advanced(overflow_fix))
 
 
 def quantize_openvino_controlled(model: Any, calibration: np.ndarray, validation: np.ndarray,
                                  reference_top1: np.ndarray, *,
-                                 max_drop: float = 0.01) -> tuple[Any, dict]:
+                                 max_drop: float = 0.01, overflow_fix: str = "auto"
+                                 ) -> tuple[Any, dict]:
     """NNCF PTQ with accuracy control on an ``openvino.Model``.
 
     Quantizes, then reverts the most sensitive layers to float, one group at a time, until the
@@ -141,7 +181,8 @@ def quantize_openvino_controlled(model: Any, calibration: np.ndarray, validation
         # + 1e-9: 1 - 0.99 is 0.010000000000000009 in floating point, which NNCF would
         # count as missing a 0.01 budget and keep reverting layers.
         validation_fn=agreement, max_drop=max_drop + 1e-9, drop_type=nncf.DropType.ABSOLUTE,
-        preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
+        preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration),
+        advanced_quantization_parameters=_advanced(overflow_fix))
     final, _ = agreement(ov.Core().compile_model(quantized, "CPU"), items)
     return quantized, {"method": "nncf.quantize_with_accuracy_control",
                        "metric": "top-1 agreement with the float model",

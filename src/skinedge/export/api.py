@@ -89,7 +89,9 @@ def export_checkpoint(
         options: Target-specific options: ``quantizer`` (TFLite INT8: ``pt2e`` or ``aeq``;
             OpenVINO INT8: ``ptq`` or ``qac``, accuracy control), ``max_drop`` (qac: allowed
             drop of top-1 agreement with the float model, default 0.01), ``max_control``
-            (qac: validation images it is tuned on, default 200, disjoint from verification).
+            (qac: validation images it is tuned on, default 200, disjoint from verification),
+            ``overflow_fix`` (ONNX/OpenVINO INT8, see
+            :func:`skinedge.compress.quantize.resolve_overflow_fix`).
 
     Raises:
         MissingBackendError: the target's extra is not installed (the message names it).
@@ -97,17 +99,19 @@ def export_checkpoint(
             trtexec command are written anyway), or verification failed.
     """
     from skinedge.compress.quantize import quantization_warnings
-    from skinedge.models.checkpoint import load_checkpoint
+    from skinedge.models.checkpoint import load_card, load_checkpoint
 
     spec = get_target(target)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if load_card(checkpoint).precision == "int8":
+        precision = _qat_precision(spec, precision, checkpoint, options)
     precision = precision or spec.default_precision
     if precision not in spec.precisions:
         raise ValueError(f"target {target} exports {', '.join(spec.precisions)}, not {precision}")
     if reason := spec.missing_backend(precision):
         raise MissingBackendError(f"cannot export {target} {precision}: {reason}")
-    options = {k: v for k, v in (options or {}).items() if v is not None}
     quantizer = options.get("quantizer")
-    if quantizer is not None and quantizer not in spec.quantizers:
+    if quantizer is not None and quantizer not in (*spec.quantizers, "qat"):
         raise ValueError(f"target {target} has no quantizer {quantizer!r}"
                          + (f"; choose one of {spec.quantizers}" if spec.quantizers else ""))
     if quantizer is not None and precision != "int8":
@@ -174,6 +178,25 @@ def export_checkpoint(
     return result
 
 
+def _qat_precision(spec, precision: str | None, checkpoint: Path | str, options: dict) -> str:
+    """An INT8 (quantization-aware trained) checkpoint is exported as it is, to a target that
+    can carry its quantizers, with no calibration of its own."""
+    if not spec.from_qat:
+        from skinedge.export.base import TARGETS
+
+        able = sorted(name for name, t in TARGETS.items() if t.from_qat)
+        raise ValueError(f"{checkpoint} is an INT8 checkpoint (NNCF quantization-aware "
+                         f"training); {spec.name} cannot carry its quantizers: export it to "
+                         f"{' or '.join(able)}, or export the FP32 checkpoint it came from")
+    if precision not in (None, "int8"):
+        raise ValueError(f"{checkpoint} is already INT8; export it as int8, not {precision}")
+    if options.get("quantizer") not in (None, "qat"):
+        raise ValueError(f"{checkpoint} is already quantized; --quantizer "
+                         f"{options['quantizer']} does not apply")
+    options["quantizer"] = "qat"
+    return "int8"
+
+
 def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Path,
                     manifest: Path | str | None, options: dict, *, calibration_images: int,
                     verify_images: int, log):
@@ -185,7 +208,7 @@ def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Pa
     from skinedge.data.arrays import manifest_arrays
     from skinedge.data.manifest import load_manifest
 
-    calibrate = precision == "int8" and spec.int8_calibrated
+    calibrate = precision == "int8" and spec.int8_calibrated and options.get("quantizer") != "qat"
     if not calibrate and verify_images <= 0:
         return None, None
     manifest_path = _resolve_manifest(manifest, card, checkpoint)

@@ -113,6 +113,7 @@ class ExportTarget:
     int8_extra: str | None = "quantize"  # INT8 calibration backend (NNCF), None: the target's own
     int8_calibrated: bool = True  # False: INT8 weights only (Core ML), no calibration images
     quantizers: tuple[str, ...] = ()  # INT8 methods to choose from; the first is the default
+    from_qat: bool = False  # exports INT8 checkpoints (NNCF quantization-aware training) as is
     # Why this machine cannot run the exported artifact (None: it can). CoreML predicts on
     # macOS only; TensorRT needs its wheel and a CUDA GPU.
     runs_here: Callable[[], str | None] = lambda: None
@@ -125,7 +126,7 @@ class ExportTarget:
 
     def variant(self, quantizer: str | None) -> str | None:
         """The quantizer named in file names and labels: None for the default one."""
-        return quantizer if quantizer and quantizer != self.quantizers[0] else None
+        return quantizer if quantizer and quantizer != (self.quantizers or (None,))[0] else None
 
     def tolerance(self, precision: str) -> Tolerance:
         return self.tolerances[precision]

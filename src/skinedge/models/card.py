@@ -55,6 +55,18 @@ class ArtifactInfo(BaseModel):
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
+class EnsembleMember(BaseModel):
+    """One member of an ensemble checkpoint: a checkpoint folder inside the ensemble's folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str  # relative to the ensemble folder, e.g. members/00
+    architecture: str
+    weights_sha256: str | None
+    source: str  # where the member was copied from, as given
+    metrics: dict[str, Any] = Field(default_factory=dict)  # the member's own validation metrics
+
+
 class ModelCard(BaseModel):
     """Everything needed to use a classifier correctly, and to know where it came from.
 
@@ -80,6 +92,7 @@ class ModelCard(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     artifact: ArtifactInfo | None = None  # set in exported artifacts, None in checkpoints
+    members: list[EnsembleMember] | None = None  # set in ensemble checkpoints
     intended_use: str = (
         "Decision support for trained clinicians on dermoscopic images of skin lesions; "
         "not a diagnosis, not validated for clinical use."

@@ -53,7 +53,7 @@ def save_checkpoint(
     return directory
 
 
-def _checkpoint_dir(path: Path) -> Path:
+def checkpoint_dir(path: Path) -> Path:
     path = Path(path)
     if path.is_file():
         path = path.parent
@@ -71,11 +71,15 @@ def _checkpoint_dir(path: Path) -> Path:
 
 def load_card(path: Path | str) -> ModelCard:
     """The model card of a checkpoint folder (or of a file inside it)."""
-    return ModelCard.from_json((_checkpoint_dir(Path(path)) / CARD).read_text())
+    return ModelCard.from_json((checkpoint_dir(Path(path)) / CARD).read_text())
 
 
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model described by a checkpoint's card and load its weights.
+
+    An ensemble checkpoint (card with ``members``) loads as a
+    :class:`skinedge.models.ensemble.Ensemble`; a QAT checkpoint (``precision: int8``) as the
+    model with its NNCF fake quantizers.
 
     Raises:
         FileNotFoundError: not a checkpoint folder.
@@ -84,8 +88,17 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
     from skinedge.models.factory import create_classifier
 
     card = load_card(path)
+    if card.members:
+        from skinedge.models.ensemble import load_ensemble
+
+        return load_ensemble(checkpoint_dir(Path(path)), card), card
     model, _ = create_classifier(card.architecture, card.num_classes, pretrained="none",
                                  drop_rate=card.drop_rate)
+    quantization = card.training.get("quantization")
+    if quantization and quantization.get("nncf_config"):
+        from skinedge.compress.qat import restore_quantizers
+
+        model = restore_quantizers(model, quantization["nncf_config"])
     model.load_state_dict(load_checkpoint_weights(path), strict=True)
     model.eval()
     return model, card
@@ -95,7 +108,7 @@ def load_checkpoint_weights(path: Path | str) -> dict[str, torch.Tensor]:
     """The state dict of a checkpoint folder, checked against the card's hash."""
     from safetensors.torch import load_file
 
-    directory = _checkpoint_dir(Path(path))
+    directory = checkpoint_dir(Path(path))
     weights = directory / WEIGHTS
     expected = load_card(directory).weights_sha256
     if expected and sha256_file(weights) != expected:
@@ -107,7 +120,7 @@ def load_checkpoint_weights(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def load_trainer_state(path: Path | str) -> dict[str, Any] | None:
-    file = _checkpoint_dir(Path(path)) / TRAINER_STATE
+    file = checkpoint_dir(Path(path)) / TRAINER_STATE
     if not file.is_file():
         return None
     return torch.load(file, map_location="cpu", weights_only=False)

@@ -93,8 +93,9 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return doc
 
 
-def load_train_config(path: Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (optional), apply overrides, validate.
+def load_train_config(path: Path | None = None, overrides: list[str] | None = None,
+                      config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """Read a YAML config (optional), apply overrides, validate as ``config_class``.
 
     Raises:
         ValueError: unreadable YAML or invalid values; the message names the field.
@@ -107,7 +108,7 @@ def load_train_config(path: Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"cannot read config {path}: {exc}") from exc
     doc = apply_overrides(doc, overrides or [])
     try:
-        return TrainConfig.model_validate(doc)
+        return config_class.model_validate(doc)
     except ValidationError as exc:
         where = f" in {path}" if path else ""
         raise ValueError(f"invalid training config{where}:\n{exc}") from exc

@@ -16,12 +16,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from skinedge.data import (
     LesionDataset,
@@ -94,6 +94,22 @@ class _Progress:
                    state["stale"])
 
 
+class Objective(Protocol):
+    """What the trainer optimises besides plain supervised learning (e.g. distillation).
+
+    Training items become ``(image, target, *extras)`` and the criterion is called as
+    ``criterion(logits, targets, *extras)``. Optional members, used when present:
+    ``prepare_model(model) -> model`` (after weights are loaded, before the optimizer is
+    built: e.g. inserting quantizers), ``train_mode(model)`` (instead of ``model.train()``)
+    and ``precision`` (for the card).
+    """
+
+    def train_dataset(self, dataset: LesionDataset) -> Dataset: ...
+    def criterion(self, label_loss: nn.Module) -> nn.Module: ...
+    def val_metrics(self, probs: np.ndarray) -> dict[str, float]: ...
+    def card_info(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class _Dist:
     rank: int = 0
@@ -111,6 +127,7 @@ def train_classifier(
     *,
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train a classifier on the train split of ``cfg.data.manifest``, validating on ``val``.
 
@@ -123,19 +140,21 @@ def train_classifier(
             ``last/``, ``best/`` (and ``tensorboard/`` when tensorboard is installed).
         resume: Continue from ``out_dir/last``.
         callbacks: Progress hooks.
+        objective: Replaces label cross-entropy, e.g. a
+            :class:`skinedge.compress.distill.DistillationObjective`.
 
     Raises:
         ValueError: no manifest, resume without a checkpoint, or a changed config on resume.
     """
     dist = _init_distributed(cfg.device)
     try:
-        return _train(cfg, Path(out_dir), resume, callbacks or TrainCallbacks(), dist)
+        return _train(cfg, Path(out_dir), resume, callbacks or TrainCallbacks(), dist, objective)
     finally:
         _cleanup_distributed(dist)
 
 
 def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallbacks,
-           dist: _Dist) -> TrainResult:
+           dist: _Dist, objective: Objective | None) -> TrainResult:
     device = resolve_device(cfg.device, dist.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -158,12 +177,19 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
         cfg.model.arch, vocab.num_classes, pretrained=cfg.model.pretrained,
         drop_rate=cfg.model.drop_rate, head_init_std=cfg.model.head_init_std)
     _freeze_stages(model, cfg.model.freeze_stages)
+    if objective is not None and hasattr(objective, "prepare_model"):
+        model = objective.prepare_model(model)
     model.to(device, memory_format=torch.channels_last)
     optimizer = _build_optimizer(model, cfg)
     scheduler = _build_scheduler(optimizer, cfg)
     weights = class_weights(counts, cfg.loss.class_weights)
     criterion = build_loss(cfg.loss.kind, weights, gamma=cfg.loss.focal_gamma,
-                           label_smoothing=cfg.loss.label_smoothing).to(device)
+                           label_smoothing=cfg.loss.label_smoothing)
+    fit_set: Dataset = train_set
+    if objective is not None:
+        fit_set = objective.train_dataset(train_set)
+        criterion = objective.criterion(criterion)
+    criterion.to(device)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
 
     if not resume and dist.is_main and any((out_dir / d).exists() for d in ("last", "best")):
@@ -190,6 +216,9 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
         balanced_weights(train_set.targets, vocab.num_classes) if cfg.sampler == "balanced" else None,
         seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
     card_base = _base_card(cfg, manifest, provenance)
+    if objective is not None and hasattr(objective, "precision"):
+        card_base = card_base.model_copy(update={"precision": objective.precision})
+    extra_card = objective.card_info() if objective is not None else {}
     writer = _tensorboard(out_dir) if dist.is_main else None
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,8 +241,9 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
         sampler.set_epoch(epoch)
         _warmup_lr(optimizer, cfg, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_one_epoch(train_model, train_set, sampler, optimizer, criterion,
-                                      scaler, cfg, device, epoch, callbacks, dist.rank)
+        train_loss = _train_one_epoch(train_model, fit_set, sampler, optimizer, criterion,
+                                      scaler, cfg, device, epoch, callbacks, dist.rank,
+                                      train_mode=getattr(objective, "train_mode", None))
         probs, targets = _predict(model, val_set, cfg, device, dist, callbacks)
         metrics = compute_metrics(targets, probs, vocab.codes,
                                   melanoma_class=card_base.positive_class)
@@ -224,13 +254,15 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
             "epoch": epoch, "train_loss": train_loss, "val_loss": _nll(probs, targets),
             "lr": lr, "seconds": round(time.perf_counter() - started, 1),
             **{k: metrics[k] for k in _LOGGED_METRICS},
+            **(objective.val_metrics(probs) if objective is not None else {}),
             "best": improved,
         }
         progress.history.append(record)
         if dist.is_main:
             card = card_base.model_copy(update={
                 "metrics": {"split": "val", **metrics},
-                "training": {"epoch": epoch, "config": cfg.model_dump(mode="json")},
+                "training": {"epoch": epoch, "config": cfg.model_dump(mode="json"),
+                             **extra_card},
             })
             trainer_state = {
                 "optimizer": optimizer.state_dict(),
@@ -256,7 +288,7 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
 
 
 def _train_one_epoch(model, dataset, sampler, optimizer, criterion, scaler, cfg, device, epoch,
-                     callbacks, rank: int = 0) -> float:
+                     callbacks, rank: int = 0, train_mode=None) -> float:
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         drop_last=len(sampler) > cfg.batch_size, pin_memory=device.type == "cuda",
@@ -267,13 +299,17 @@ def _train_one_epoch(model, dataset, sampler, optimizer, criterion, scaler, cfg,
     if cfg.max_batches_per_epoch:
         num_batches = min(num_batches, cfg.max_batches_per_epoch)
     callbacks.on_epoch_start(epoch, num_batches)
-    model.train()
+    if train_mode is not None:
+        train_mode(model)
+    else:
+        model.train()
     total, seen = 0.0, 0
-    for batch, (images, targets) in enumerate(loader, start=1):
+    for batch, (images, targets, *extras) in enumerate(loader, start=1):
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
+        extras = [e.to(device, non_blocking=True) for e in extras]
         with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-            loss = criterion(model(images), targets)
+            loss = criterion(model(images), targets, *extras)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -418,7 +454,7 @@ def _resume_state(out_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
                          "start without --resume")
     # Validate the saved config again so fields added since then compare at their defaults;
     # where the images lie (data.root) may change.
-    old = TrainConfig.model_validate(state["config"]).model_dump(mode="json")
+    old = type(cfg).model_validate(state["config"]).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
     old["data"]["root"] = new["data"]["root"] = None
     changed = sorted(k for k in set(old) | set(new)

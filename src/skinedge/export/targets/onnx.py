@@ -9,13 +9,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from skinedge.compress.quantize import quantize_onnx
+from skinedge.compress.quantize import quantize_onnx, resolve_overflow_fix
 from skinedge.export.base import Exported, ExportJob, register_target
 from skinedge.models.card import ArtifactInfo, ModelCard, TensorSpec
 from skinedge.utils.backends import require
 from skinedge.utils.io import package_versions
 
 OPSET = 18
+QAT_OPSET = 17  # the TorchScript exporter, for NNCF's stripped quantizers
 INPUT, OUTPUT = "image", "logits"
 CARD_KEY = "skinedge.card"
 
@@ -25,6 +26,8 @@ def write_onnx(job: ExportJob, path: Path, *, signed_activations: bool = False) 
     import torch
 
     onnx = require("onnx", "onnx")
+    if job.options.get("quantizer") == "qat":
+        return _write_qat_onnx(job, path)
     require("onnxscript", "onnx")  # the torch.export-based exporter translates with it
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -36,13 +39,40 @@ def write_onnx(job: ExportJob, path: Path, *, signed_activations: bool = False) 
     program.save(str(path), external_data=False)
     details = {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)"}
     if job.precision == "int8":
+        # TensorRT's GPU kernels do not saturate: keep NNCF's default there.
+        overflow_fix = resolve_overflow_fix(
+            "first_layer_only" if signed_activations else job.options.get("overflow_fix") or "auto")
         model = quantize_onnx(onnx.load(str(path)), job.calibration, input_name=INPUT,
-                              signed_activations=signed_activations)
+                              signed_activations=signed_activations, overflow_fix=overflow_fix)
+        details["overflow_fix"] = overflow_fix
         onnx.save(model, str(path))
         details["quantizer"] = "nncf.quantize (PTQ, QDQ, symmetric int8 weights per channel)"
         details["activations"] = ("int8 (uint8 Q/DQ rewritten for TensorRT)" if signed_activations
                                   else "uint8 after ReLU, int8 elsewhere (NNCF)")
     return details
+
+
+def _write_qat_onnx(job: ExportJob, path: Path) -> dict:
+    """A quantization-aware trained model as QDQ ONNX: NNCF strips its fake quantizers to
+    native torch quantize/dequantize ops, which the TorchScript exporter writes as Q/DQ
+    (torch.export cannot trace NNCF's hooks). BatchNorm is not folded into the convolutions,
+    so ONNX Runtime keeps those in float: this file suits Q/DQ consumers such as TensorRT;
+    on CPUs the OpenVINO IR of the same checkpoint is the fast INT8 form."""
+    import torch
+
+    from skinedge.compress.qat import import_nncf
+
+    nncf = import_nncf()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        stripped = nncf.strip(job.model, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
+                              example_input=job.example)
+        torch.onnx.export(stripped.eval(), (job.example,), str(path), dynamo=False,
+                          opset_version=QAT_OPSET, input_names=[INPUT], output_names=[OUTPUT])
+    quantization = job.card.training.get("quantization", {})
+    return {"opset": QAT_OPSET, "exporter": "nncf.strip(NATIVE) + torch.onnx.export(dynamo=False)",
+            "variant": "qat", "quantizer": "NNCF quantization-aware training (from the checkpoint)",
+            "overflow_fix": quantization.get("overflow_fix")}
 
 
 def embed_card(path: Path, card: ModelCard) -> None:
@@ -83,7 +113,7 @@ def artifact_info(job: ExportJob, target: str, details: dict, *, extra_versions=
 
 @register_target(
     name="onnx", suffix=".onnx", extra="onnx", precisions=("fp32", "int8"),
-    default_precision="fp32",
+    default_precision="fp32", from_qat=True,
     description="ONNX (opset 18), static input shape; INT8 as an NNCF-calibrated QDQ graph")
 def export_onnx(job: ExportJob) -> Exported:
     path = job.workdir / f"{job.stem}.onnx"

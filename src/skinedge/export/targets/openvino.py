@@ -11,7 +11,11 @@ import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from skinedge.compress.quantize import quantize_openvino, quantize_openvino_controlled
+from skinedge.compress.quantize import (
+    quantize_openvino,
+    quantize_openvino_controlled,
+    resolve_overflow_fix,
+)
 from skinedge.export.base import Exported, ExportJob, register_target
 from skinedge.export.targets.onnx import artifact_info, write_onnx
 from skinedge.models.card import ModelCard
@@ -23,25 +27,41 @@ QUANTIZERS = ("ptq", "qac")  # plain post-training, or with accuracy control
 
 @register_target(
     name="openvino", suffix=".xml", extra="openvino", precisions=("fp32", "fp16", "int8"),
-    default_precision="fp32", quantizers=QUANTIZERS,
+    default_precision="fp32", quantizers=QUANTIZERS, from_qat=True,
     description="OpenVINO IR; INT8 calibrated by NNCF on the IR (fast INT8 on x86 CPUs)")
 def export_openvino(job: ExportJob) -> Exported:
     ov = require("openvino", "openvino")
+    if job.options.get("quantizer") == "qat":
+        # OpenVINO converts NNCF's fake quantizers to FakeQuantize ops with int8 weights.
+        model = ov.convert_model(job.model, example_input=job.example)
+        quantization = job.card.training.get("quantization", {})
+        details = {"converter": "openvino.convert_model(torch module)", "variant": "qat",
+                   "quantizer": "NNCF quantization-aware training (from the checkpoint)",
+                   "overflow_fix": quantization.get("overflow_fix")}
+        return _save(job, model, details)
     onnx_path = job.workdir / f".{job.stem}.fp32.onnx"
     float_job = dataclasses.replace(job, precision="fp32")
     details = write_onnx(float_job, onnx_path)
     model = ov.convert_model(str(onnx_path))
     onnx_path.unlink()
+    overflow_fix = resolve_overflow_fix(job.options.get("overflow_fix") or "auto")
+    if job.precision == "int8":
+        details["overflow_fix"] = overflow_fix
     if job.precision == "int8" and job.options.get("quantizer") == "qac":
         model, control = quantize_openvino_controlled(
             model, job.calibration, job.options["control_images"], job.options["control_top1"],
-            max_drop=job.options.get("max_drop", 0.01))
+            max_drop=job.options.get("max_drop", 0.01), overflow_fix=overflow_fix)
         details["quantizer"] = "nncf accuracy control (PTQ, sensitive layers back to float)"
         details["accuracy_control"] = control
         details["variant"] = "qac"
     elif job.precision == "int8":
-        model = quantize_openvino(model, job.calibration)
+        model = quantize_openvino(model, job.calibration, overflow_fix=overflow_fix)
         details["quantizer"] = "nncf.quantize on the OpenVINO model (PTQ, symmetric)"
+    return _save(job, model, details)
+
+
+def _save(job: ExportJob, model, details: dict) -> Exported:
+    ov = require("openvino", "openvino")
     details["openvino_compress_to_fp16"] = job.precision == "fp16"
     card = job.card_for(artifact_info(job, "openvino", details, extra_versions=("openvino",)))
     model.set_rt_info(card.to_json(), RT_INFO_PATH)

@@ -1,0 +1,162 @@
+"""``skinedge ensemble`` and ``skinedge compress``: many models into one, one model into INT8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skinedge.cli.main import ConfigOpt, SetOpt, app, fail
+
+ensemble_app = typer.Typer(help="Ensembles: several checkpoints that average their probabilities.",
+                           no_args_is_help=True)
+compress_app = typer.Typer(help="Distillation into one student, INT8 quantization, and the "
+                                "report that compares them.", no_args_is_help=True)
+app.add_typer(ensemble_app, name="ensemble")
+app.add_typer(compress_app, name="compress")
+
+
+@ensemble_app.command("create")
+def ensemble_create(
+    out: Annotated[Path, typer.Argument(help="New ensemble checkpoint folder.")],
+    members: Annotated[list[Path], typer.Argument(help="Member checkpoint folders (two or more).")],
+) -> None:
+    """Copy member checkpoints into one ensemble checkpoint that evaluate, bench, export and
+    distil accept like any other."""
+    from skinedge.cli.progress import console
+    from skinedge.models import create_ensemble
+
+    try:
+        path = create_ensemble(members, out)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"ensemble of {len(members)} members: {path}")
+
+
+@compress_app.command("distill")
+def distill(
+    out: Annotated[Path, typer.Option(help="Run folder of the student: config.yaml, last/, best/.")],
+    teacher: Annotated[Path | None, typer.Option(
+        help="Teacher checkpoint: an ensemble or one model (same as --set distill.teacher=...).")] = None,
+    config: ConfigOpt = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="Split manifest the teacher was trained on (same as --set data.manifest=...).")] = None,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out after a stop.")] = False,
+) -> None:
+    """Distil a teacher (ensemble) into one student: KL to the teacher's softened probabilities
+    plus the label loss. Teacher logits are computed once and cached."""
+    from skinedge.cli.progress import RichTrainCallbacks, StageProgress, console, make_progress
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.compress.distill import DistillConfig, distill_classifier
+    from skinedge.train.config import load_train_config
+
+    items = list(overrides or [])
+    if teacher is not None:
+        items.append(f"distill.teacher={teacher}")
+    if manifest is not None:
+        items.append(f"data.manifest={manifest}")
+    if resume and config is None and (out / "config.yaml").is_file():
+        config = out / "config.yaml"
+    started = now()
+    try:
+        cfg = load_train_config(config, items, config_class=DistillConfig)
+        with make_progress() as progress:
+            result = distill_classifier(cfg, out, resume=resume,
+                                        callbacks=RichTrainCallbacks(progress),
+                                        progress=StageProgress(progress))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now())
+    note = " (stopped early)" if result.stopped_early else ""
+    console.print(f"best epoch {result.best_epoch}: val {cfg.monitor} "
+                  f"{result.best_metric:.4f}{note}\nstudent checkpoint: {result.best_dir}")
+
+
+@compress_app.command("report")
+def report(
+    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (ensemble): the reference.")],
+    student: Annotated[Path, typer.Option(help="The distilled student's FP32 checkpoint.")],
+    int8: Annotated[list[Path], typer.Option(help="INT8 artifact(s) of the student (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Folder for compression.json/.md and bench outputs.")],
+    fp32: Annotated[list[Path] | None, typer.Option(
+        help="FP32 artifact(s) of the student in the INT8 runtimes, for like-for-like speed.")] = None,
+    best_single: Annotated[Path | None, typer.Option(
+        help="Single-model row; default: the member with the best validation balanced accuracy.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Split manifest; default: the teacher's.")] = None,
+    split: Annotated[str, typer.Option(help="Split to measure on.")] = "test",
+    threads: Annotated[str, typer.Option(help="Thread counts, comma-separated, all in this run.")] = "1,2",
+    warmup: int = 10,
+    iterations: int = 100,
+) -> None:
+    """Teacher ensemble, best single teacher, student FP32 and INT8 side by side: parameters,
+    MACs, size, balanced accuracy, melanoma AUC, per-class recall, ECE, agreement with the
+    teacher, and latency at each thread count, measured in one run."""
+    from skinedge.cli.progress import console
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.compress.report import build_compression_report
+
+    started = now()
+    try:
+        counts = [int(t) for t in threads.split(",")]
+        result = build_compression_report(
+            teacher, student, int8, fp32=fp32 or [], best_single=best_single, manifest=manifest,
+            split=split, threads=counts, warmup=warmup, iterations=iterations, out_dir=out,
+            log=lambda m: console.print(f"[dim]{m}[/]"))
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now())
+    console.print(result.files["markdown"].read_text())
+    missed = [c for c in result.checks if not c["ok"]]
+    console.print(f"{len(result.checks) - len(missed)} of {len(result.checks)} targets met; "
+                  f"report: {result.files['markdown']}")
+
+
+@compress_app.command("quantize")
+def quantize(
+    checkpoint: Annotated[Path, typer.Argument(help="FP32 checkpoint folder (e.g. the student's best/).")],
+    out: Annotated[Path, typer.Option(help="Folder for the INT8 artifacts (and qat/ for QAT).")],
+    mode: Annotated[str, typer.Option(
+        help="ptq (post-training), qac (accuracy-controlled PTQ), qat (quantization-aware "
+             "fine-tuning), or auto (ptq, then qat if PTQ misses its bound).")] = "auto",
+    target: Annotated[list[str] | None, typer.Option(
+        help="Export target(s) taking NNCF INT8: openvino (default), onnx.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Split manifest; default: the checkpoint's.")] = None,
+    calibration_images: Annotated[int, typer.Option(help="Calibration images from the training split.")] = 300,
+    max_drop: Annotated[float, typer.Option(help="qac: allowed drop of top-1 agreement.")] = 0.01,
+    overflow_fix: Annotated[str, typer.Option(
+        help="auto (enable on x86 CPUs without VNNI), enable, first_layer_only, disable.")] = "auto",
+    teacher: Annotated[Path | None, typer.Option(
+        help="qat: distil from this teacher while fine-tuning (default: the student's own).")] = None,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="qat: continue an interrupted fine-tune.")] = False,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads for verification.")] = None,
+) -> None:
+    """INT8 with NNCF, verified against the source right after export; QAT when PTQ misses.
+    --set overrides apply to the QAT fine-tune (e.g. --set epochs=2)."""
+    from skinedge.cli.progress import RichTrainCallbacks, console, make_progress
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.compress.api import quantize_checkpoint
+
+    started = now()
+    try:
+        with make_progress() as progress:
+            outcome = quantize_checkpoint(
+                checkpoint, out, mode=mode, targets=target or ["openvino"], manifest=manifest,
+                calibration_images=calibration_images, max_drop=max_drop,
+                overflow_fix=overflow_fix, teacher=teacher, qat_overrides=list(overrides or []),
+                resume=resume, threads=threads, callbacks=RichTrainCallbacks(progress),
+                log=lambda m: console.print(f"[dim]{m}[/]"))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now(), mode=outcome.mode,
+                   artifacts=[str(r.path) for r in outcome.artifacts], failed=outcome.failed)
+    for result in outcome.artifacts:
+        check = result.verification
+        console.print(f"{result.path}: {outcome.mode}, verification {check['status']}"
+                      + (f" (flips {check.get('flip_rate', 0):.1%})" if "flip_rate" in check else ""))
+    for failure in outcome.failed:
+        console.print(f"[red]{failure}[/]")
+    if outcome.failed or not outcome.artifacts:
+        raise typer.Exit(1)

@@ -1,0 +1,143 @@
+"""``quantize_checkpoint``: a trained FP32 checkpoint to verified INT8 artifacts.
+
+Three modes, in increasing cost:
+
+- ``ptq``: NNCF post-training quantization of each target's graph on training images;
+- ``qac``: the same with accuracy control (OpenVINO: layers go back to float until top-1
+  agreement with the FP32 model on validation images drops by at most ``max_drop``);
+- ``qat``: quantization-aware fine-tuning in PyTorch (optionally distilling from a teacher),
+  then the fine-tuned INT8 checkpoint exported as it is;
+- ``auto``: ``ptq``, and ``qat`` only when a PTQ artifact fails its verification bound.
+
+Every artifact is verified against its source right after export (see ``export_checkpoint``)
+and carries its card: precision, calibration set hash, the measured drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = ("ptq", "qac", "qat", "auto")
+
+
+@dataclass
+class QuantizeOutcome:
+    mode: str  # the mode that produced ``artifacts``
+    artifacts: list[Any] = field(default_factory=list)  # ExportResult of each target
+    failed: list[str] = field(default_factory=list)  # "target: reason" of artifacts that failed
+    attempts: list[dict] = field(default_factory=list)  # every mode tried, with its results
+    qat_checkpoint: Path | None = None
+
+
+def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path | None = None,
+               overrides: Sequence[str] = ()):
+    """A QAT config derived from the FP32 checkpoint's card and its training config: same
+    architecture, preprocessing, loss and data; a short, low learning-rate fine-tune."""
+    from skinedge.compress.qat import QATConfig
+    from skinedge.models import load_card
+    from skinedge.models.checkpoint import WEIGHTS, checkpoint_dir
+    from skinedge.train.config import apply_overrides
+
+    directory = checkpoint_dir(Path(checkpoint))
+    card = load_card(directory)
+    if card.members:
+        raise ValueError(f"{checkpoint} is an ensemble: distil it into one student first "
+                         "(`skinedge compress distill`), then quantize the student")
+    trained = dict(card.training.get("config") or {})
+    doc: dict[str, Any] = {
+        "data": {"manifest": str(manifest or card.data.manifest)},
+        "model": {**trained.get("model", {}), "arch": card.architecture,
+                  "pretrained": str(directory / WEIGHTS), "drop_rate": card.drop_rate},
+        "preprocess": card.preprocess.model_dump(mode="json"),
+        "augment": trained.get("augment", {}),
+        "loss": trained.get("loss", {}),
+        "optim": {"optimizer": "adamw", "lr": 5e-5, "weight_decay": 1e-4, "scheduler": "cosine",
+                  "warmup_epochs": 0},
+        "epochs": 3, "early_stopping_patience": 0,
+        "batch_size": trained.get("batch_size", 32), "num_workers": trained.get("num_workers", 2),
+        "monitor": trained.get("monitor", "balanced_accuracy"), "seed": trained.get("seed", 0),
+    }
+    distill = trained.get("distill")
+    if teacher is not None or distill:
+        doc["distill"] = {**(distill or {}), **({"teacher": str(teacher)} if teacher else {})}
+    doc["model"].pop("head_init_std", None)
+    doc = apply_overrides(doc, list(overrides))
+    return QATConfig.model_validate(doc)
+
+
+def quantize_checkpoint(
+    checkpoint: Path | str,
+    out_dir: Path | str,
+    *,
+    mode: str = "auto",
+    targets: Sequence[str] = ("openvino",),
+    manifest: Path | str | None = None,
+    calibration_images: int = 300,
+    max_drop: float = 0.01,
+    overflow_fix: str = "auto",
+    teacher: Path | str | None = None,
+    qat_overrides: Sequence[str] = (),
+    resume: bool = False,
+    threads: int | None = None,
+    callbacks=None,
+    log: Callable[[str], None] | None = None,
+) -> QuantizeOutcome:
+    """INT8 artifacts of ``checkpoint`` for each target, by ``mode`` (see the module doc).
+
+    Args:
+        targets: Export targets that take NNCF INT8 (``openvino``, ``onnx``).
+        max_drop: ``qac``: allowed drop of top-1 agreement with the FP32 model.
+        teacher: ``qat``: distil from this teacher while fine-tuning (default: the teacher the
+            student was distilled from, if any).
+        qat_overrides: ``--set`` overrides of the QAT training config (e.g. ``epochs=2``).
+        resume: ``qat``: continue an interrupted fine-tune in ``out_dir/qat``.
+    """
+    from skinedge.export import ExportError, export_checkpoint
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    out = Path(out_dir)
+    outcome = QuantizeOutcome(mode)
+
+    def export_all(source: Path, tried: str, options: dict) -> dict:
+        attempt = {"mode": tried, "source": str(source), "artifacts": [], "failed": []}
+        for target in targets:
+            try:
+                result = export_checkpoint(
+                    source, target, precision="int8", out_dir=out, manifest=manifest,
+                    calibration_images=calibration_images, threads=threads, log=log,
+                    options={**options, "max_drop": max_drop, "overflow_fix": overflow_fix})
+                attempt["artifacts"].append(result)
+            except ExportError as exc:
+                attempt["failed"].append(f"{target}: {exc}")
+        outcome.attempts.append(attempt)
+        return attempt
+
+    if mode in ("ptq", "qac", "auto"):
+        attempt = export_all(Path(checkpoint), "qac" if mode == "qac" else "ptq",
+                             {"quantizer": "qac" if mode == "qac" else None})
+        if mode != "auto" or not attempt["failed"]:
+            outcome.mode = attempt["mode"]
+            outcome.artifacts, outcome.failed = attempt["artifacts"], attempt["failed"]
+            return outcome
+        if log:
+            log(f"post-training INT8 missed its bound ({'; '.join(attempt['failed'])}); "
+                "falling back to quantization-aware training")
+    from skinedge.compress.qat import prepare_qat
+    from skinedge.train.trainer import train_classifier
+
+    cfg = qat_config(Path(checkpoint), manifest=Path(manifest) if manifest else None,
+                     teacher=Path(teacher) if teacher else None,
+                     overrides=[f"quantize.calibration_images={calibration_images}",
+                                f"quantize.overflow_fix={overflow_fix}", *qat_overrides])
+    objective = prepare_qat(cfg)
+    result = train_classifier(cfg, out / "qat", resume=resume, callbacks=callbacks,
+                              objective=objective)
+    outcome.qat_checkpoint = result.best_dir
+    attempt = export_all(result.best_dir, "qat", {})
+    outcome.mode = "qat"
+    outcome.artifacts, outcome.failed = attempt["artifacts"], attempt["failed"]
+    return outcome

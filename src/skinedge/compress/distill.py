@@ -1,0 +1,304 @@
+"""Knowledge distillation: one small student learns an ensemble's (or one model's) probabilities.
+
+The loss is ``alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, label)``
+(Hinton et al. 2015), where ``p^T`` is the softmax at temperature ``T`` and the teacher's
+``p^T`` is the mean of its members' softened probabilities. The cross-entropy term is the
+training config's own loss (class weights, label smoothing).
+
+Teacher logits are computed once per member and split, on the teacher's own evaluation
+preprocessing, and cached under a key made of the member's weights, its preprocessing and the
+split's image hashes: distillation never reruns the ensemble during training, and a second
+student (or a resumed run) reuses the cache. The student sees augmented views of images whose
+teacher targets come from the plain view ("consistent teaching" would recompute the teacher
+per view; with flips, rotations and mild colour changes the targets barely move).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from skinedge.data import LesionDataset, Manifest, build_eval_transform, load_manifest
+from skinedge.models import ModelCard, load_card, load_checkpoint
+from skinedge.models.checkpoint import checkpoint_dir
+from skinedge.train.callbacks import TrainCallbacks
+from skinedge.train.config import TrainConfig
+from skinedge.train.trainer import TrainResult, train_classifier
+from skinedge.utils.device import resolve_device
+
+CACHE_VERSION = 1
+
+
+class DistillSection(BaseModel):
+    """How the student learns from the teacher."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: Path  # a checkpoint folder: an ensemble (`skinedge ensemble create`) or one model
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)  # weight of the distillation term; 1 - alpha for labels
+    cache_dir: Path | None = None  # teacher logits; default $SKINEDGE_CACHE/teacher-logits
+    batch_size: int = Field(64, ge=1)  # for computing teacher logits
+
+
+class DistillConfig(TrainConfig):
+    """A training config for the student plus the ``distill`` section."""
+
+    distill: DistillSection
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("SKINEDGE_CACHE") or Path.home() / ".cache" / "skinedge"
+    return Path(root) / "teacher-logits"
+
+
+@dataclass
+class TeacherLogits:
+    """Teacher logits for one split: every member's, in the split's image order."""
+
+    images: list[str]
+    logits: np.ndarray  # (N, M, C) float32: image, member, class
+    cache_files: list[Path] = field(default_factory=list)
+    computed: int = 0  # members computed now (the rest came from the cache)
+
+    def probs(self, temperature: float = 1.0) -> np.ndarray:
+        """The teacher's probabilities (N, C): mean over members of softmax(logits / T)."""
+        z = self.logits / temperature
+        z = np.exp(z - z.max(axis=2, keepdims=True))
+        return (z / z.sum(axis=2, keepdims=True)).mean(axis=1)
+
+
+def _members(teacher: Path) -> list[tuple[Path, ModelCard]]:
+    directory = checkpoint_dir(Path(teacher))
+    card = load_card(directory)
+    if not card.members:
+        return [(directory, card)]
+    return [(directory / m.path, load_card(directory / m.path)) for m in card.members]
+
+
+def cache_key(card: ModelCard, manifest: Manifest, split: str) -> str:
+    """What teacher logits depend on: weights, preprocessing, and the split's image contents."""
+    payload = {
+        "version": CACHE_VERSION, "weights": card.weights_sha256,
+        "preprocess": card.preprocess.model_dump(mode="json"),
+        "images": [[r.image, r.sha256] for r in manifest.subset(split)],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@torch.no_grad()
+def _member_logits(directory: Path, card: ModelCard, manifest: Manifest, split: str, *,
+                   batch_size: int, device: torch.device, num_workers: int,
+                   progress: Callable[[int, int], None] | None) -> np.ndarray:
+    model, _ = load_checkpoint(directory)
+    model.to(device, memory_format=torch.channels_last).eval()
+    dataset = LesionDataset.from_manifest(manifest, split, build_eval_transform(card.preprocess))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    out, done = [], 0
+    for images, _ in loader:
+        images = images.to(device, memory_format=torch.channels_last)
+        out.append(model(images).float().cpu().numpy())
+        done += len(images)
+        if progress:
+            progress(done, len(dataset))
+    return np.concatenate(out).astype(np.float32)
+
+
+def teacher_logits(
+    teacher: Path | str,
+    manifest: Manifest,
+    split: str,
+    *,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> TeacherLogits:
+    """Every teacher member's logits on one split of a manifest, from the cache when there.
+
+    Args:
+        teacher: Checkpoint folder of an ensemble or of one model.
+        progress: ``progress(description, done, total)`` while a member runs.
+
+    Raises:
+        ValueError: the teacher's classes differ from the manifest's.
+    """
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    torch_device = resolve_device(device)
+    rows = manifest.subset(split)
+    images = [r.image for r in rows]
+    result = TeacherLogits(images, np.zeros((0,)))
+    per_member = []
+    for i, (directory, card) in enumerate(_members(Path(teacher))):
+        if card.classes != list(manifest.vocabulary.codes):
+            raise ValueError(f"teacher {directory} predicts {card.classes} but the manifest has "
+                             f"classes {list(manifest.vocabulary.codes)}")
+        file = cache / f"{cache_key(card, manifest, split)}.npz"
+        logits = _read_cache(file, images, card.num_classes)
+        if logits is None:
+            step = (lambda done, total, i=i: progress(f"teacher {i} {split}", done, total)) \
+                if progress else None
+            logits = _member_logits(directory, card, manifest, split, batch_size=batch_size,
+                                    device=torch_device, num_workers=num_workers, progress=step)
+            _write_cache(file, images, logits, directory, card)
+            result.computed += 1
+        per_member.append(logits)
+        result.cache_files.append(file)
+    result.logits = np.stack(per_member, axis=1)
+    return result
+
+
+def _read_cache(file: Path, images: list[str], num_classes: int) -> np.ndarray | None:
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file) as data:
+            cached_images, logits = list(data["images"]), data["logits"]
+    except (OSError, ValueError, KeyError):
+        return None  # a truncated or foreign file: recompute and overwrite it
+    if cached_images != images or logits.shape != (len(images), num_classes):
+        return None
+    return logits
+
+
+def _write_cache(file: Path, images: list[str], logits: np.ndarray, directory: Path,
+                 card: ModelCard) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npz")
+    np.savez(tmp, images=np.array(images), logits=logits,
+             teacher=np.array(str(directory)), weights_sha256=np.array(card.weights_sha256 or ""))
+    os.replace(tmp, file)
+
+
+class WithTeacher(Dataset):
+    """A training dataset whose items carry the teacher's logits: (image, target, (M, C))."""
+
+    def __init__(self, dataset: LesionDataset, teacher: TeacherLogits):
+        if list(dataset.images) != teacher.images:
+            raise ValueError("teacher logits are not in the dataset's image order; "
+                             "compute them from the same manifest split")
+        self.dataset = dataset
+        self.logits = torch.from_numpy(teacher.logits)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        image, target = self.dataset[index]
+        return image, target, self.logits[index]
+
+    @property
+    def targets(self) -> list[int]:
+        return self.dataset.targets
+
+
+class DistillationLoss(nn.Module):
+    """``alpha * T^2 * KL(teacher^T || student^T) + (1 - alpha) * label loss``.
+
+    Args:
+        temperature: Softens both distributions; ``T^2`` keeps the gradient scale (Hinton).
+        alpha: Weight of the distillation term.
+        label_loss: The label term, e.g. class-weighted cross-entropy.
+    """
+
+    def __init__(self, temperature: float, alpha: float, label_loss: nn.Module):
+        super().__init__()
+        self.temperature, self.alpha = temperature, alpha
+        self.label_loss = label_loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                teacher: torch.Tensor) -> torch.Tensor:
+        """logits (N, C), targets (N,), teacher (N, M, C) member logits -> scalar."""
+        t = self.temperature
+        soft = torch.softmax(teacher.float() / t, dim=-1).mean(dim=1)
+        kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean")
+        loss = self.alpha * t * t * kl
+        if self.alpha < 1:
+            loss = loss + (1 - self.alpha) * self.label_loss(logits, targets)
+        return loss
+
+
+class DistillationObjective:
+    """The trainer's hooks for distillation: teacher-carrying data, loss, agreement metric."""
+
+    def __init__(self, cfg: DistillSection, train: TeacherLogits, val: TeacherLogits,
+                 teacher_card: ModelCard):
+        self.cfg, self.train, self.val, self.teacher_card = cfg, train, val, teacher_card
+        self.val_top1 = val.probs().argmax(axis=1)
+
+    def train_dataset(self, dataset: LesionDataset) -> Dataset:
+        return WithTeacher(dataset, self.train)
+
+    def criterion(self, label_loss: nn.Module) -> nn.Module:
+        return DistillationLoss(self.cfg.temperature, self.cfg.alpha, label_loss)
+
+    def val_metrics(self, probs: np.ndarray) -> dict[str, float]:
+        """Top-1 agreement of the student with the teacher on the validation split."""
+        return {"teacher_agreement": float((probs.argmax(axis=1) == self.val_top1).mean())}
+
+    def card_info(self) -> dict[str, Any]:
+        return {"distillation": {
+            "teacher": str(self.cfg.teacher),
+            "teacher_architecture": self.teacher_card.architecture,
+            "teacher_members": len(self.teacher_card.members or []) or 1,
+            "teacher_weights_sha256": self.teacher_card.weights_sha256,
+            "temperature": self.cfg.temperature, "alpha": self.cfg.alpha,
+            "teacher_cache": [f.name for f in self.train.cache_files + self.val.cache_files],
+        }}
+
+
+def prepare_distillation(cfg: DistillConfig, *, device: str | None = None,
+                         progress: Callable[[str, int, int], None] | None = None
+                         ) -> DistillationObjective:
+    """Teacher logits for the train and val splits (cached), checked against the student.
+
+    Raises:
+        ValueError: no manifest, or a teacher trained on another split (it may have seen the
+            student's validation or test images) or with other classes.
+    """
+    if cfg.data.manifest is None:
+        raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
+    manifest = load_manifest(cfg.data.manifest, root=cfg.data.root)
+    teacher_card = load_card(cfg.distill.teacher)
+    if teacher_card.data.split_hash and teacher_card.data.split_hash != manifest.split_hash:
+        raise ValueError(
+            f"teacher {cfg.distill.teacher} was trained on split "
+            f"{teacher_card.data.split_hash[:12]}, the student's manifest is "
+            f"{manifest.split_hash[:12]}: the teacher may have seen the student's validation "
+            "or test images; distil on the teacher's own manifest")
+    kwargs = dict(cache_dir=cfg.distill.cache_dir, batch_size=cfg.distill.batch_size,
+                  device=device or cfg.device, num_workers=cfg.num_workers, progress=progress)
+    train = teacher_logits(cfg.distill.teacher, manifest, "train", **kwargs)
+    val = teacher_logits(cfg.distill.teacher, manifest, "val", **kwargs)
+    return DistillationObjective(cfg.distill, train, val, teacher_card)
+
+
+def distill_classifier(
+    cfg: DistillConfig,
+    out_dir: Path | str,
+    *,
+    resume: bool = False,
+    callbacks: TrainCallbacks | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> TrainResult:
+    """Train the student described by ``cfg`` on its teacher's cached logits.
+
+    Same run folder, checkpoints, resume and progress as :func:`train_classifier`; the
+    validation record adds ``teacher_agreement``, and the card's ``training.distillation``
+    names the teacher, its weights' hash, the temperature and alpha.
+    """
+    objective = prepare_distillation(cfg, progress=progress)
+    return train_classifier(cfg, out_dir, resume=resume, callbacks=callbacks, objective=objective)
