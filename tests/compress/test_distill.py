@@ -11,36 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from skinedge.compress.distill import (
-    DistillationLoss,
-    DistillConfig,
-    distill_classifier,
-    teacher_logits,
-)
+from skinedge.compress.distill import DistillationLoss, DistillConfig, distill_classifier
+from skinedge.compress.teacher import teacher_logits
 from skinedge.data import build_eval_transform, load_manifest
 from skinedge.data.dataset import LesionDataset
 from skinedge.evaluate.predict import predict_probs
 from skinedge.models import Ensemble, create_classifier, create_ensemble, load_card, load_checkpoint
 from skinedge.train.config import load_train_config
-from skinedge.train.trainer import train_classifier
-
-TINY = ["model.arch=test_efficientnet", "model.pretrained=none", "preprocess.input_size=32",
-        "num_workers=0", "batch_size=8", "eval_batch_size=32", "device=cpu",
-        "augment.enabled=false", "model.drop_rate=0", "optim.scheduler=none"]
-
-
-def manifest_of(checkpoint: Path) -> Path:
-    return checkpoint.parent.parent / "manifest.json"
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_checkpoint, tmp_path_factory) -> Path:
-    """An ensemble of the shared tiny checkpoint and a second member trained with another seed."""
-    root = tmp_path_factory.mktemp("members")
-    cfg = load_train_config(None, [*TINY, "epochs=3", "optim.lr=1e-2", "seed=1",
-                                   f"data.manifest={manifest_of(tiny_checkpoint)}"])
-    second = train_classifier(cfg, root / "seed1").best_dir
-    return create_ensemble([tiny_checkpoint, second], root / "ensemble")
+from tests.compress.conftest import TINY, manifest_of
 
 
 def distill_config(teacher: Path, manifest: Path, cache: Path, *extra: str) -> DistillConfig:
@@ -163,11 +141,10 @@ def test_teacher_cache_is_recomputed_when_images_change_or_the_file_is_damaged(
     first = teacher_logits(teacher, manifest, "val", cache_dir=tmp_path, device="cpu")
     first.cache_files[0].write_bytes(b"truncated")
     assert teacher_logits(teacher, manifest, "val", cache_dir=tmp_path, device="cpu").computed == 1
-    rows = manifest.rows
-    changed = type(rows[0])(rows[0].image, rows[0].group, rows[0].label, rows[0].split, "f" * 64)
-    manifest.rows = [changed, *rows[1:]]
-    split = rows[0].split
-    assert teacher_logits(teacher, manifest, split, cache_dir=tmp_path, device="cpu").computed == 2
+    i = next(i for i, r in enumerate(manifest.rows) if r.split == "val")
+    row = manifest.rows[i]
+    manifest.rows[i] = type(row)(row.image, row.group, row.label, row.split, "f" * 64)
+    assert teacher_logits(teacher, manifest, "val", cache_dir=tmp_path, device="cpu").computed == 2
 
 
 # --------------------------------------------------------------------------- distillation runs
@@ -240,3 +217,15 @@ def test_cli_creates_an_ensemble_and_distils_it(teacher, tiny_checkpoint, tmp_pa
     assert (tmp_path / "student" / "best" / "model.safetensors").is_file()
     missing = runner.invoke(app, ["compress", "distill", "--out", str(tmp_path / "s2"), *sets[:3]])
     assert missing.exit_code == 2 and "distill" in missing.output
+
+
+def test_grad_cam_explains_an_ensemble_through_every_member(teacher, tiny_dataset, tmp_path):
+    from skinedge.train.explain import explain_images
+
+    image = sorted((tiny_dataset / "images").glob("mel_*.jpg"))[0]
+    [(path, result)] = explain_images(teacher, [image], tmp_path)
+    assert path.is_file() and result.heatmap.shape == (32, 32)
+    model, card = load_checkpoint(teacher)
+    x = build_eval_transform(card.preprocess)(__import__("PIL.Image").Image.open(image).convert("RGB"))
+    with torch.no_grad():
+        assert result.predicted_class == int(model(x[None]).argmax())

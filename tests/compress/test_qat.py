@@ -17,13 +17,10 @@ from skinedge.data import load_manifest  # noqa: E402
 from skinedge.data.arrays import manifest_arrays  # noqa: E402
 from skinedge.models import load_card, load_checkpoint  # noqa: E402
 from skinedge.train.trainer import train_classifier  # noqa: E402
+from tests.compress.conftest import manifest_of  # noqa: E402
 
 FAST = ["epochs=1", "optim.scheduler=none", "optim.lr=1e-3", "device=cpu", "num_workers=0",
         "quantize.calibration_images=24"]
-
-
-def manifest_of(checkpoint):
-    return checkpoint.parent.parent / "manifest.json"
 
 
 def softmax(x: torch.Tensor) -> np.ndarray:
@@ -123,3 +120,23 @@ def test_quantize_command_ptq_then_qat(tiny_checkpoint, tmp_path):
     assert outcome.mode == "qat" and not outcome.failed
     assert load_card(outcome.qat_checkpoint).precision == "int8"
     assert outcome.artifacts[0].path.name == "test_efficientnet_int8_qat.xml"
+
+
+def test_auto_falls_back_to_qat_only_when_ptq_misses_its_bound(tiny_checkpoint, tmp_path,
+                                                               monkeypatch):
+    import dataclasses
+
+    from skinedge.export import get_target
+
+    spec = get_target("openvino")
+    strict = dataclasses.replace(spec.tolerances["int8"], max_prob_diff=0.0, max_mean_prob_diff=0.0)
+    monkeypatch.setitem(spec.tolerances, "int8", strict)  # no INT8 model can pass this
+    outcome = quantize_checkpoint(tiny_checkpoint, tmp_path, mode="auto", targets=["openvino"],
+                                  calibration_images=24,
+                                  qat_overrides=[f for f in FAST if "calibration" not in f])
+    first, second = outcome.attempts
+    assert first["mode"] == "ptq" and first["missed_bound"]
+    assert second["mode"] == outcome.mode == "qat" and outcome.qat_checkpoint.is_dir()
+    assert set(outcome.against_fp32) >= {"agreement", "fp32_balanced_accuracy",
+                                         "int8_balanced_accuracy"}
+    assert 0 <= outcome.against_fp32["agreement"] <= 1

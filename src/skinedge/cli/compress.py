@@ -67,7 +67,8 @@ def distill(
                                         callbacks=RichTrainCallbacks(progress),
                                         progress=StageProgress(progress))
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        fail(str(exc))
+        hint = "\nname the teacher with --teacher" if "distill" in str(exc) and not teacher else ""
+        fail(str(exc) + hint)
     record_command(out, started=started, finished=now())
     note = " (stopped early)" if result.stopped_early else ""
     console.print(f"best epoch {result.best_epoch}: val {cfg.monitor} "
@@ -107,7 +108,7 @@ def report(
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
         fail(str(exc))
     record_command(out, started=started, finished=now())
-    console.print(result.files["markdown"].read_text())
+    console.print(result.files["markdown"].read_text(), markup=False)
     missed = [c for c in result.checks if not c["ok"]]
     console.print(f"{len(result.checks) - len(missed)} of {len(result.checks)} targets met; "
                   f"report: {result.files['markdown']}")

@@ -30,6 +30,7 @@ class QuantizeOutcome:
     failed: list[str] = field(default_factory=list)  # "target: reason" of artifacts that failed
     attempts: list[dict] = field(default_factory=list)  # every mode tried, with its results
     qat_checkpoint: Path | None = None
+    against_fp32: dict | None = None  # qat: the INT8 checkpoint against the FP32 one, on val
 
 
 def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path | None = None,
@@ -37,6 +38,7 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
     """A QAT config derived from the FP32 checkpoint's card and its training config: same
     architecture, preprocessing, loss and data; a short, low learning-rate fine-tune."""
     from skinedge.compress.qat import QATConfig
+    from skinedge.export.api import _resolve_manifest
     from skinedge.models import load_card
     from skinedge.models.checkpoint import WEIGHTS, checkpoint_dir
     from skinedge.train.config import apply_overrides
@@ -46,10 +48,14 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
     if card.members:
         raise ValueError(f"{checkpoint} is an ensemble: distil it into one student first "
                          "(`skinedge compress distill`), then quantize the student")
+    if card.precision != "fp32":
+        raise ValueError(f"{checkpoint} is already {card.precision}; quantize the FP32 "
+                         "checkpoint it came from")
     trained = dict(card.training.get("config") or {})
     doc: dict[str, Any] = {
-        "data": {"manifest": str(manifest or card.data.manifest)},
-        "model": {**trained.get("model", {}), "arch": card.architecture,
+        "data": {"manifest": str(_resolve_manifest(manifest, card, directory))},
+        # Every stage trains: the stem and first blocks are the most sensitive to INT8.
+        "model": {**trained.get("model", {}), "arch": card.architecture, "freeze_stages": 0,
                   "pretrained": str(directory / WEIGHTS), "drop_rate": card.drop_rate},
         "preprocess": card.preprocess.model_dump(mode="json"),
         "augment": trained.get("augment", {}),
@@ -95,7 +101,8 @@ def quantize_checkpoint(
         qat_overrides: ``--set`` overrides of the QAT training config (e.g. ``epochs=2``).
         resume: ``qat``: continue an interrupted fine-tune in ``out_dir/qat``.
     """
-    from skinedge.export import ExportError, export_checkpoint
+    from skinedge.compress.quantize import resolve_overflow_fix
+    from skinedge.export import ExportError, VerificationFailed, export_checkpoint
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -103,7 +110,8 @@ def quantize_checkpoint(
     outcome = QuantizeOutcome(mode)
 
     def export_all(source: Path, tried: str, options: dict) -> dict:
-        attempt = {"mode": tried, "source": str(source), "artifacts": [], "failed": []}
+        attempt = {"mode": tried, "source": str(source), "artifacts": [], "failed": [],
+                   "missed_bound": False}
         for target in targets:
             try:
                 result = export_checkpoint(
@@ -113,13 +121,15 @@ def quantize_checkpoint(
                 attempt["artifacts"].append(result)
             except ExportError as exc:
                 attempt["failed"].append(f"{target}: {exc}")
+                attempt["missed_bound"] |= isinstance(exc, VerificationFailed)
         outcome.attempts.append(attempt)
         return attempt
 
     if mode in ("ptq", "qac", "auto"):
         attempt = export_all(Path(checkpoint), "qac" if mode == "qac" else "ptq",
                              {"quantizer": "qac" if mode == "qac" else None})
-        if mode != "auto" or not attempt["failed"]:
+        # Only a missed bound calls for QAT; a conversion error would fail the same way again.
+        if mode != "auto" or not attempt["missed_bound"]:
             outcome.mode = attempt["mode"]
             outcome.artifacts, outcome.failed = attempt["artifacts"], attempt["failed"]
             return outcome
@@ -132,12 +142,43 @@ def quantize_checkpoint(
     cfg = qat_config(Path(checkpoint), manifest=Path(manifest) if manifest else None,
                      teacher=Path(teacher) if teacher else None,
                      overrides=[f"quantize.calibration_images={calibration_images}",
-                                f"quantize.overflow_fix={overflow_fix}", *qat_overrides])
+                                # resolved now, so a resume elsewhere keeps the same scales
+                                f"quantize.overflow_fix={resolve_overflow_fix(overflow_fix)}",
+                                *qat_overrides])
     objective = prepare_qat(cfg)
     result = train_classifier(cfg, out / "qat", resume=resume, callbacks=callbacks,
                               objective=objective)
     outcome.qat_checkpoint = result.best_dir
+    outcome.against_fp32 = compare_on_val(Path(checkpoint), result.best_dir, cfg.data.manifest)
+    if log:
+        a = outcome.against_fp32
+        log(f"QAT checkpoint against the FP32 one on val: top-1 agreement {a['agreement']:.1%}, "
+            f"balanced accuracy {a['int8_balanced_accuracy']:.3f} vs {a['fp32_balanced_accuracy']:.3f}")
     attempt = export_all(result.best_dir, "qat", {})
     outcome.mode = "qat"
     outcome.artifacts, outcome.failed = attempt["artifacts"], attempt["failed"]
     return outcome
+
+
+def compare_on_val(fp32: Path, int8: Path, manifest: Path) -> dict[str, float]:
+    """Top-1 agreement and balanced accuracy of an INT8 checkpoint against its FP32 source on
+    the validation split: QAT moves weights, so its exports are verified against the INT8
+    checkpoint, and this is the drop from the FP32 model."""
+    from skinedge.data import LesionDataset, build_eval_transform, load_manifest
+    from skinedge.evaluate.metrics import compute_metrics
+    from skinedge.evaluate.predict import predict_probs
+    from skinedge.models import load_checkpoint
+
+    man = load_manifest(manifest)
+    result: dict[str, float] = {}
+    top1 = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        model, card = load_checkpoint(path)
+        val = LesionDataset.from_manifest(man, "val", build_eval_transform(card.preprocess))
+        probs, targets = predict_probs(model, val)
+        top1[name] = probs.argmax(1)
+        result[f"{name}_balanced_accuracy"] = compute_metrics(
+            targets, probs, card.classes, melanoma_class=card.positive_class)["balanced_accuracy"]
+    result["agreement"] = float((top1["fp32"] == top1["int8"]).mean())
+    result["images"] = len(top1["fp32"])
+    return result

@@ -7,7 +7,7 @@
 from importlib import import_module
 
 _EXPORTS = {
-    "ExportError": "base", "ExportTarget": "base", "Tolerance": "base", "PRECISIONS": "base",
+    "ExportError": "base", "VerificationFailed": "base", "ExportTarget": "base", "Tolerance": "base", "PRECISIONS": "base",
     "register_target": "base", "get_target": "base",
     "ExportResult": "api", "export_checkpoint": "api",
 }

@@ -105,6 +105,10 @@ def export_checkpoint(
     options = {k: v for k, v in (options or {}).items() if v is not None}
     if load_card(checkpoint).precision == "int8":
         precision = _qat_precision(spec, precision, checkpoint, options)
+    elif options.get("quantizer") == "qat":
+        raise ValueError(f"--quantizer qat exports a checkpoint made by `skinedge compress "
+                         f"quantize --mode qat`; {checkpoint} is {load_card(checkpoint).precision}: "
+                         "quantize it with that command first")
     precision = precision or spec.default_precision
     if precision not in spec.precisions:
         raise ValueError(f"target {target} exports {', '.join(spec.precisions)}, not {precision}")

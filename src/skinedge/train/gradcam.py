@@ -139,7 +139,8 @@ def explain_batch(
         inputs: (N, 3, H, W) tensor, normalised as the model expects.
         display_images: N uint8 RGB (H, W, 3) images (unnormalised) for the overlays.
         target_classes: Class to explain per image; None explains the predicted class.
-        target_layer: Layer to weight; default ``find_target_layer(model)``.
+        target_layer: Layer to weight; default ``find_target_layer(model)``, or each member's
+            for an :class:`skinedge.models.Ensemble`.
         method: One of ``CAM_METHODS`` ("gradcam", "gradcam++", "eigencam").
 
     Returns:
@@ -162,8 +163,14 @@ def explain_batch(
     parameters = list(model.parameters())
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no parameters; CAM needs a trained model")
-    if target_layer is None:
-        target_layer = find_target_layer(model)
+    if target_layer is not None:
+        target_layers = [target_layer]
+    else:
+        # An ensemble is explained through every member's last conv block: the CAM of the
+        # averaged prediction, its per-layer maps averaged by pytorch_grad_cam.
+        members = getattr(model, "members", None)
+        target_layers = [find_target_layer(m) for m in members] if members is not None \
+            else [find_target_layer(model)]
 
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -171,7 +178,7 @@ def explain_batch(
 
     saved = [(p, p.requires_grad, p.grad) for p in parameters]
     model.eval()
-    cam = getattr(pytorch_grad_cam, cam_class_name)(model=model, target_layers=[target_layer])
+    cam = getattr(pytorch_grad_cam, cam_class_name)(model=model, target_layers=target_layers)
     try:
         for p in parameters:
             p.requires_grad_(False)

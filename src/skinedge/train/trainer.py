@@ -357,7 +357,9 @@ def _build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+        # Norms, biases and quantizer scales (NNCF's hooks) are not decayed.
+        plain = param.ndim <= 1 or name.endswith(".bias") or "nncf" in name
+        (no_decay if plain else decay).append(param)
     groups = [{"params": decay, "weight_decay": o.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if o.optimizer == "sgd":
