@@ -49,6 +49,8 @@ class StageProgress:
         if description not in self.tasks:
             self.tasks[description] = self.progress.add_task(description, total=total, status="")
         self.progress.update(self.tasks[description], completed=done, total=total)
+        if done == total and not self.progress.console.is_terminal:  # logs get one line each
+            self.progress.console.print(f"{description}: {done}/{total}")
 
 
 class RichTrainCallbacks(TrainCallbacks):
