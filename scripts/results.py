@@ -218,22 +218,52 @@ def render_compression(folder: Path) -> list[str]:
     made the student and its INT8 artifacts, and the compression issue's targets."""
     command = json.loads((folder / "command.json").read_text())
     doc = json.loads((folder / "compression.json").read_text())
-    made_by = []
-    for row in doc["rows"]:
-        model = Path(row["model"])
-        for candidate in (model.parent.parent / "command.json", model.parent / "command.json"):
-            if candidate.is_file() and row["role"] != "teacher ensemble":
-                made_by.append(f"- {row['label']} ({row['role']}) was made by "
-                               f"`{json.loads(candidate.read_text())['command']}`")
-                break
+    made_by = [f"- {row['label']} ({row['role']}): {_provenance(Path(row['model']))}"
+               for row in doc["rows"]]
     lines = [f"## Compression: {folder.name}", "",
              f"- command: `{command['command']}`, finished {command.get('finished')}",
-             *sorted(set(made_by)),
+             *made_by,
              "- versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()), "",
              (folder / "compression.md").read_text().strip(), ""]
+    lines += ["The whole chain is `scripts/ham10000-compression.sh`.", ""]
     met = sum(c["ok"] for c in doc["checks"])
     lines += [f"{met} of {len(doc['checks'])} targets of the compression issue met in this run.", ""]
     return lines
+
+
+def _provenance(model: Path) -> str:
+    """Where a report row's model came from, read from the files beside it."""
+    command = model.parent / "command.json"
+    if command.is_file():
+        doc = json.loads(command.read_text())
+        if str(model) in doc.get("artifacts", []):
+            return f"made by `{doc['command']}`"
+    reports = sorted(model.parent.glob(f"{model.stem}.*.export.json"))
+    if reports:
+        doc = json.loads(reports[0].read_text())
+        check = doc["verification"]
+        flips = f", {check['flip_rate']:.1%} flips" if "flip_rate" in check else ""
+        return (f"exported from `{doc['checkpoint']}` ({doc['target']} {doc['precision']}; "
+                f"verification {check['status']}{flips}; report `{reports[0]}`)")
+    card_file = model / "card.json"
+    if not card_file.is_file():
+        return "provenance not recorded"
+    card = json.loads(card_file.read_text())
+    if card.get("members"):
+        return "ensemble of " + ", ".join(f"`{m['source']}`" for m in card["members"])
+    training = card.get("training", {})
+    run = model.parent
+    ensemble = model.parent.parent / "card.json"
+    if model.parent.name == "members" and ensemble.is_file():
+        source = next(m["source"] for m in json.loads(ensemble.read_text())["members"]
+                      if m["path"] == f"members/{model.name}")
+        return f"ensemble member, a copy of `{source}` (epoch {training.get('epoch')})"
+    if "distillation" in training:
+        d = training["distillation"]
+        return (f"distilled from `{d['teacher']}` ({d['teacher_members']} members, "
+                f"T={d['temperature']}, alpha={d['alpha']}), epoch {training.get('epoch')}, "
+                f"config `{run / 'config.yaml'}`")
+    return f"trained with `{run / 'config.yaml'}`, epoch {training.get('epoch')}"
 
 
 def _fmt(value) -> str:

@@ -140,3 +140,5 @@ def test_auto_falls_back_to_qat_only_when_ptq_misses_its_bound(tiny_checkpoint, 
     assert set(outcome.against_fp32) >= {"agreement", "fp32_balanced_accuracy",
                                          "int8_balanced_accuracy"}
     assert 0 <= outcome.against_fp32["agreement"] <= 1
+    card = load_card(outcome.qat_checkpoint)
+    assert card.training["quantization"]["against_fp32"] == outcome.against_fp32

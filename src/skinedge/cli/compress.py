@@ -152,7 +152,8 @@ def quantize(
     except (ValueError, FileNotFoundError, ImportError) as exc:
         fail(str(exc))
     record_command(out, started=started, finished=now(), mode=outcome.mode,
-                   artifacts=[str(r.path) for r in outcome.artifacts], failed=outcome.failed)
+                   artifacts=[str(r.path) for r in outcome.artifacts], failed=outcome.failed,
+                   against_fp32=outcome.against_fp32)
     for result in outcome.artifacts:
         check = result.verification
         console.print(f"{result.path}: {outcome.mode}, verification {check['status']}"

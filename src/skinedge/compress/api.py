@@ -150,6 +150,7 @@ def quantize_checkpoint(
                               objective=objective)
     outcome.qat_checkpoint = result.best_dir
     outcome.against_fp32 = compare_on_val(Path(checkpoint), result.best_dir, cfg.data.manifest)
+    _record_drop(result.best_dir, outcome.against_fp32)  # so every export's card carries it
     if log:
         a = outcome.against_fp32
         log(f"QAT checkpoint against the FP32 one on val: top-1 agreement {a['agreement']:.1%}, "
@@ -182,3 +183,15 @@ def compare_on_val(fp32: Path, int8: Path, manifest: Path) -> dict[str, float]:
     result["agreement"] = float((top1["fp32"] == top1["int8"]).mean())
     result["images"] = len(top1["fp32"])
     return result
+
+
+def _record_drop(checkpoint: Path, against_fp32: dict) -> None:
+    """Write the measured drop from the FP32 model into the INT8 checkpoint's card."""
+    from skinedge.models import load_card
+    from skinedge.models.checkpoint import CARD
+    from skinedge.utils.io import atomic_write_text
+
+    card = load_card(checkpoint)
+    training = dict(card.training)
+    training["quantization"] = {**training.get("quantization", {}), "against_fp32": against_fp32}
+    atomic_write_text(Path(checkpoint) / CARD, card.model_copy(update={"training": training}).to_json())
