@@ -47,7 +47,6 @@ def test_rows_measure_latency_memory_and_parity(bench) -> None:
         assert row["cold_ms"] > 0 and row["load_s"] > 0 and row["peak_rss_mb"] > 0
         assert row["size_mb"] > 0 and row["threads"] == 1
         assert 0 <= row["balanced_accuracy"] <= 1
-    assert rows["torch-fp32"]["flip_rate"] == 0 and rows["torch-fp32"]["balanced_accuracy_drop"] == 0
     assert rows["onnx-fp32"]["flip_rate"] == 0
     assert abs(rows["onnx-fp32"]["balanced_accuracy_drop"]) < 1e-9
     assert rows["tensorrt-fp16"]["status"] in ("skipped", "ok")

@@ -184,8 +184,11 @@ def test_distilled_student_moves_toward_the_teacher_and_resumes_from_the_cache(
     # Resuming finds the config (with its distill section) and the cached logits.
     longer = distill_config(teacher, manifest, tmp_path / "cache", "epochs=9", "optim.lr=5e-3",
                             "distill.alpha=1.0", "distill.temperature=2.0")
+    cached = {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").glob("*.npz")}
+    assert len(cached) == 4  # 2 members x train, val
     resumed = distill_classifier(longer, tmp_path / "student", resume=True)
     assert [r["epoch"] for r in resumed.history] == list(range(1, 10))
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").glob("*.npz")} == cached
     changed = distill_config(teacher, manifest, tmp_path / "cache", "epochs=9", "optim.lr=5e-3",
                              "distill.alpha=0.5", "distill.temperature=2.0")
     with pytest.raises(ValueError, match="distill"):

@@ -57,9 +57,10 @@ def test_quantizers_keep_outputs_close_to_fp32_on_real_looking_images(tiny_check
 def qat_run(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("qat") / "run"
     cfg = qat_config(tiny_checkpoint, overrides=FAST)
-    first = train_classifier(cfg, out, objective=prepare_qat(cfg))
+    man = load_manifest(manifest_of(tiny_checkpoint))
+    first = train_classifier(cfg, out, objective=prepare_qat(cfg, man))
     longer = qat_config(tiny_checkpoint, overrides=[*FAST, "epochs=2"])
-    resumed = train_classifier(longer, out, resume=True, objective=prepare_qat(longer))
+    resumed = train_classifier(longer, out, resume=True, objective=prepare_qat(longer, man))
     return first, resumed
 
 

@@ -48,6 +48,9 @@ def test_report_measures_every_model_at_every_thread_count(teacher, tiny_checkpo
     targets = [c["target"] for c in report.checks]
     assert len(targets) == 5 and sum("faster" in t for t in targets) == 2
     doc = json.loads(report.files["json"].read_text())
-    assert doc["checks"] == json.loads(json.dumps(report.checks))
+    assert [r["label"] for r in doc["rows"]] == [r["label"] for r in report.rows]
     markdown = report.files["markdown"].read_text()
     assert "p50 ms (2 thr)" in markdown and "Recall per class" in markdown
+    verdicts = [line.rsplit("|", 2)[-2].strip() for line in markdown.splitlines()
+                if line.startswith(f"| {report.rows[-1]['label']} |") and line.endswith(("yes |", "NO |"))]
+    assert verdicts == ["yes" if c["ok"] else "NO" for c in report.checks]

@@ -16,7 +16,17 @@ def test_torch_runtime_predicts_probabilities_from_image_files(tiny_checkpoint, 
     probs = runtime.predict(images)
     assert probs.shape == (5, 7) and runtime.label == "torch-fp32"
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-9)
-    np.testing.assert_allclose(runtime.predict_array(runtime.preprocess(images)), probs)
+    # The same answer as the checkpoint run directly on the card's evaluation transform.
+    import torch
+
+    from skinedge.data import build_eval_transform, load_rgb
+    from skinedge.models import load_checkpoint
+
+    model, card = load_checkpoint(tiny_checkpoint)
+    transform = build_eval_transform(card.preprocess)
+    with torch.no_grad():
+        direct = torch.softmax(model(torch.stack([transform(load_rgb(p)) for p in images])), 1)
+    np.testing.assert_allclose(probs, direct.numpy(), atol=1e-5)
 
 
 def test_unknown_format_and_missing_file_are_named(tmp_path) -> None:

@@ -129,16 +129,14 @@ def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", dat
                      limit: int | None = None, log=None):
     """The test images, preprocessed with ``card.preprocess``."""
     from skinedge.data.arrays import load_arrays, manifest_arrays
-    from skinedge.data.manifest import load_manifest
+    from skinedge.data.manifest import check_classes, load_manifest
     from skinedge.data.reading import read_dataset
 
     if (manifest is None) == (data is None):
         raise ValueError("benchmark on either a manifest split (--manifest) or a folder (--data)")
     if manifest is not None:
         man = load_manifest(manifest)
-        if list(man.vocabulary.codes) != card.classes:
-            raise ValueError(f"{manifest} has classes {list(man.vocabulary.codes)} but the model "
-                             f"predicts {card.classes}")
+        check_classes(man, card.classes, manifest)
         _log(log, f"preprocessing {manifest}:{split}")
         return manifest_arrays(man, split, card.preprocess, limit=limit,
                                source=f"{manifest}:{split}")
@@ -182,7 +180,8 @@ def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
 
 
 def _measure_rows(rows: list[dict], ref_card: ModelCard, test, inputs: dict[str, Path], out: Path,
-                  settings: BenchSettings, *, manifest, split, data, limit, log):
+                  settings: BenchSettings, *, manifest, split, data, limit, log,
+                  cards: dict[Path, ModelCard] | None = None):
     """Run the worker for every row with a model; fills the rows; returns every measured row's
     probabilities by label, and the reference's scores."""
     from skinedge.export import get_target
@@ -195,7 +194,8 @@ def _measure_rows(rows: list[dict], ref_card: ModelCard, test, inputs: dict[str,
         if model is None:
             continue
         model = Path(model)
-        card = ref_card if row.get("reference") else read_artifact_card(model)
+        known = (cards or {}).get(model)  # given artifacts' cards, read once by run_bench
+        card = ref_card if row.get("reference") else known or read_artifact_card(model)
         row["model"] = str(model)
         row["size_mb"] = _model_size_mb(model)
         if card.artifact is not None and row["status"] == "ok":
@@ -271,9 +271,9 @@ def run_bench(
         raise ValueError(f"{reference}: the reference must be a checkpoint folder (PyTorch), "
                          f"not an exported artifact")
     if manifest is None and data is None:
-        from skinedge.export.api import _resolve_manifest
+        from skinedge.export.api import resolve_manifest
 
-        manifest = _resolve_manifest(None, ref_card, reference)
+        manifest = resolve_manifest(None, ref_card, reference)
     rows = [{"label": "torch-fp32", "model": reference, "status": "ok", "reference": True}]
     rows += [{"label": artifact_label(cards[m]), "model": m, **_export_status(m, cards[m])}
              for m in models if m.resolve() != reference.resolve()]
@@ -290,7 +290,7 @@ def run_bench(
     try:
         probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
                                               manifest=manifest, split=split, data=data,
-                                              limit=limit, log=log)
+                                              limit=limit, log=log, cards=cards)
     finally:
         for path in inputs.values():
             path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from skinedge.cli.main import ConfigOpt, SetOpt, app, fail
+from skinedge.cli.main import ConfigOpt, SetOpt, app, fail, load_run_config
 
 ensemble_app = typer.Typer(help="Ensembles: several checkpoints that average their probabilities.",
                            no_args_is_help=True)
@@ -50,18 +50,12 @@ def distill(
     from skinedge.cli.progress import RichTrainCallbacks, StageProgress, console, make_progress
     from skinedge.cli.provenance import now, record_command
     from skinedge.compress.distill import DistillConfig, distill_classifier
-    from skinedge.train.config import load_train_config
 
-    items = list(overrides or [])
-    if teacher is not None:
-        items.append(f"distill.teacher={teacher}")
-    if manifest is not None:
-        items.append(f"data.manifest={manifest}")
-    if resume and config is None and (out / "config.yaml").is_file():
-        config = out / "config.yaml"
     started = now()
     try:
-        cfg = load_train_config(config, items, config_class=DistillConfig)
+        cfg = load_run_config(out, config, overrides, resume,
+                              {"distill.teacher": teacher, "data.manifest": manifest},
+                              config_class=DistillConfig)
         with make_progress() as progress:
             result = distill_classifier(cfg, out, resume=resume,
                                         callbacks=RichTrainCallbacks(progress),

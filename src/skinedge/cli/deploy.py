@@ -54,10 +54,9 @@ def export(
     """Export a checkpoint; the artifact carries its model card and is verified against the
     checkpoint on validation images right after export (non-zero exit if it drifts)."""
     from skinedge.cli.progress import console
-    from skinedge.export import ExportError, export_checkpoint, get_target
+    from skinedge.export import ExportError, export_checkpoint
 
     try:
-        get_target(target)
         result = export_checkpoint(
             checkpoint, target, precision=precision, out_dir=out, manifest=manifest,
             calibration_images=calibration_images, verify_images=verify_images,

@@ -35,6 +35,19 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def load_run_config(out: Path, config: Path | None, overrides: list[str] | None, resume: bool,
+                    shortcuts: dict[str, object], config_class=None):
+    """The config of a training-like command: ``--config``, or the run's own ``config.yaml``
+    when resuming without one; then ``--set`` overrides; then options that are shortcuts for
+    a key (``{"data.manifest": --manifest}``, unset ones skipped)."""
+    from skinedge.train.config import TrainConfig, load_train_config
+
+    items = [*(overrides or []), *(f"{k}={v}" for k, v in shortcuts.items() if v is not None)]
+    if resume and config is None and (out / "config.yaml").is_file():
+        config = out / "config.yaml"
+    return load_train_config(config, items, config_class=config_class or TrainConfig)
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Run folder: config.yaml, metrics.jsonl, last/, best/.")],
@@ -49,16 +62,10 @@ def train(
     Runs unchanged under `torchrun --nproc_per_node N` (DDP; NCCL on GPUs, gloo on CPUs).
     """
     from skinedge.cli.progress import RichTrainCallbacks, console, make_progress
-    from skinedge.train.config import load_train_config
     from skinedge.train.trainer import train_classifier
 
-    items = list(overrides or [])
-    if manifest is not None:
-        items.append(f"data.manifest={manifest}")
-    if resume and config is None and (out / "config.yaml").is_file():
-        config = out / "config.yaml"
     try:
-        cfg = load_train_config(config, items)
+        cfg = load_run_config(out, config, overrides, resume, {"data.manifest": manifest})
         rank0 = int(os.environ.get("RANK", "0")) == 0
         with make_progress() as progress:
             callbacks = RichTrainCallbacks(progress) if rank0 else None

@@ -38,7 +38,7 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
     """A QAT config derived from the FP32 checkpoint's card and its training config: same
     architecture, preprocessing, loss and data; a short, low learning-rate fine-tune."""
     from skinedge.compress.qat import QATConfig
-    from skinedge.export.api import _resolve_manifest
+    from skinedge.export.api import resolve_manifest
     from skinedge.models import load_card
     from skinedge.models.checkpoint import WEIGHTS, checkpoint_dir
     from skinedge.train.config import apply_overrides
@@ -53,7 +53,7 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
                          "checkpoint it came from")
     trained = dict(card.training.get("config") or {})
     doc: dict[str, Any] = {
-        "data": {"manifest": str(_resolve_manifest(manifest, card, directory))},
+        "data": {"manifest": str(resolve_manifest(manifest, card, directory))},
         # Every stage trains: the stem and first blocks are the most sensitive to INT8.
         "model": {**trained.get("model", {}), "arch": card.architecture, "freeze_stages": 0,
                   "pretrained": str(directory / WEIGHTS), "drop_rate": card.drop_rate},
@@ -137,6 +137,7 @@ def quantize_checkpoint(
             log(f"post-training INT8 missed its bound ({'; '.join(attempt['failed'])}); "
                 "falling back to quantization-aware training")
     from skinedge.compress.qat import prepare_qat
+    from skinedge.train.config import load_data_manifest
     from skinedge.train.trainer import train_classifier
 
     cfg = qat_config(Path(checkpoint), manifest=Path(manifest) if manifest else None,
@@ -145,11 +146,12 @@ def quantize_checkpoint(
                                 # resolved now, so a resume elsewhere keeps the same scales
                                 f"quantize.overflow_fix={resolve_overflow_fix(overflow_fix)}",
                                 *qat_overrides])
-    objective = prepare_qat(cfg)
+    man = load_data_manifest(cfg)
+    objective = prepare_qat(cfg, man)
     result = train_classifier(cfg, out / "qat", resume=resume, callbacks=callbacks,
-                              objective=objective)
+                              objective=objective, manifest=man)
     outcome.qat_checkpoint = result.best_dir
-    outcome.against_fp32 = compare_on_val(Path(checkpoint), result.best_dir, cfg.data.manifest)
+    outcome.against_fp32 = compare_on_val(Path(checkpoint), result.best_dir, man)
     _record_drop(result.best_dir, outcome.against_fp32)  # so every export's card carries it
     if log:
         a = outcome.against_fp32
@@ -161,16 +163,15 @@ def quantize_checkpoint(
     return outcome
 
 
-def compare_on_val(fp32: Path, int8: Path, manifest: Path) -> dict[str, float]:
+def compare_on_val(fp32: Path, int8: Path, man) -> dict[str, float]:
     """Top-1 agreement and balanced accuracy of an INT8 checkpoint against its FP32 source on
     the validation split: QAT moves weights, so its exports are verified against the INT8
     checkpoint, and this is the drop from the FP32 model."""
-    from skinedge.data import LesionDataset, build_eval_transform, load_manifest
+    from skinedge.data import LesionDataset, build_eval_transform
     from skinedge.evaluate.metrics import compute_metrics
     from skinedge.evaluate.predict import predict_probs
     from skinedge.models import load_checkpoint
 
-    man = load_manifest(manifest)
     result: dict[str, float] = {}
     top1 = {}
     for name, path in (("fp32", fp32), ("int8", int8)):

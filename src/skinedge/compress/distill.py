@@ -26,10 +26,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from skinedge.compress.teacher import TeacherLogits, teacher_logits
-from skinedge.data import LesionDataset, load_manifest
+from skinedge.data import LesionDataset, Manifest
 from skinedge.models import ModelCard, load_card
 from skinedge.train.callbacks import TrainCallbacks
-from skinedge.train.config import TrainConfig
+from skinedge.train.config import TrainConfig, load_data_manifest
 from skinedge.train.trainer import TrainResult, train_classifier
 
 
@@ -128,18 +128,16 @@ class DistillationObjective:
         }}
 
 
-def prepare_distillation(cfg: DistillConfig, *, device: str | None = None,
+def prepare_distillation(cfg: DistillConfig, manifest: Manifest, *, device: str | None = None,
                          progress: Callable[[str, int, int], None] | None = None
                          ) -> DistillationObjective:
-    """Teacher logits for the train and val splits (cached), checked against the student.
+    """Teacher logits for the train and val splits of ``manifest`` (``cfg.data.manifest``,
+    loaded), from the cache when there, checked against the student.
 
     Raises:
-        ValueError: no manifest, or a teacher trained on another split (it may have seen the
-            student's validation or test images) or with other classes.
+        ValueError: a teacher trained on another split (it may have seen the student's
+            validation or test images) or with other classes.
     """
-    if cfg.data.manifest is None:
-        raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
-    manifest = load_manifest(cfg.data.manifest, root=cfg.data.root)
     teacher_card = load_card(cfg.distill.teacher)
     if teacher_card.data.split_hash and teacher_card.data.split_hash != manifest.split_hash:
         raise ValueError(
@@ -175,5 +173,7 @@ def distill_classifier(
         if before and before != now:
             raise ValueError(f"cannot resume {out_dir}: the teacher {cfg.distill.teacher} has "
                              "other weights than when the run started; distil into a new --out")
-    objective = prepare_distillation(cfg, progress=progress)
-    return train_classifier(cfg, out_dir, resume=resume, callbacks=callbacks, objective=objective)
+    manifest = load_data_manifest(cfg)
+    objective = prepare_distillation(cfg, manifest, progress=progress)
+    return train_classifier(cfg, out_dir, resume=resume, callbacks=callbacks, objective=objective,
+                            manifest=manifest)

@@ -14,7 +14,6 @@ against), and ``skinedge export --target openvino|onnx`` turns it into a real IN
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +23,8 @@ from torch import nn
 
 from skinedge.compress.distill import DistillationObjective, DistillSection, prepare_distillation
 from skinedge.compress.quantize import OVERFLOW_FIXES, resolve_overflow_fix
+from skinedge.models.quantized import import_nncf
 from skinedge.train.config import TrainConfig
-from skinedge.utils.backends import require
 
 
 class QuantizeSection(BaseModel):
@@ -44,17 +43,6 @@ class QATConfig(TrainConfig):
     distill: DistillSection | None = None
 
 
-def import_nncf():
-    """NNCF, with its quantizer extension allowed to compile for as long as it needs: the
-    first forward pass builds a C++ extension (about 2 minutes on 2 cores, then cached per
-    torch version under ``TORCH_EXTENSIONS_DIR``); NNCF's default limit of 60 s fails it."""
-    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
-    nncf = require("nncf", "quantize")
-    require("nncf.torch", "quantize")  # get_config, load_from_config
-
-    return nncf
-
-
 def insert_quantizers(model: nn.Module, calibration: np.ndarray, overflow_fix: str) -> nn.Module:
     """NNCF post-training quantizers on a copy of ``model`` (eval mode), calibrated on
     ``calibration`` (N, 3, H, W) float32: the starting point of QAT."""
@@ -67,12 +55,6 @@ def insert_quantizers(model: nn.Module, calibration: np.ndarray, overflow_fix: s
     return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items),
                          advanced_parameters=AdvancedQuantizationParameters(
                              overflow_fix=OverflowFix(overflow_fix)))
-
-
-def restore_quantizers(model: nn.Module, nncf_config: dict[str, Any]) -> nn.Module:
-    """The fake-quantized model of a QAT checkpoint, before its state dict is loaded."""
-    nncf = import_nncf()
-    return nncf.torch.load_from_config(model.eval(), nncf_config)
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -127,27 +109,24 @@ class QATObjective:
         return {**info, **(self.inner.card_info() if self.inner else {})}
 
 
-def prepare_qat(cfg: QATConfig, *, progress=None) -> QATObjective:
-    """Calibration images (training split) and, with a teacher, its cached logits.
+def prepare_qat(cfg: QATConfig, manifest, *, progress=None) -> QATObjective:
+    """Calibration images (training split of ``manifest``, the loaded ``cfg.data.manifest``)
+    and, with a teacher, its cached logits.
 
     Raises:
-        ValueError: no manifest, or ``model.pretrained`` is not a weights file (QAT fine-tunes
-            a trained model; quantizing ImageNet weights for 7 lesion classes makes no sense).
+        ValueError: ``model.pretrained`` is not a weights file (QAT fine-tunes a trained
+            model; quantizing ImageNet weights for 7 lesion classes makes no sense).
     """
-    from skinedge.data import load_manifest
     from skinedge.data.arrays import manifest_arrays
 
-    if cfg.data.manifest is None:
-        raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
     if cfg.model.pretrained in ("imagenet", "none") or not Path(cfg.model.pretrained).is_file():
         raise ValueError(f"model.pretrained={cfg.model.pretrained!r}: QAT fine-tunes a trained "
                          "checkpoint; give its model.safetensors (skinedge compress quantize "
                          "--mode qat CHECKPOINT does)")
-    manifest = load_manifest(cfg.data.manifest, root=cfg.data.root)
     calibration = manifest_arrays(manifest, "train", cfg.preprocess,
                                   limit=cfg.quantize.calibration_images, seed=cfg.seed,
                                   source=f"{cfg.data.manifest}:train")
     inner = None
     if cfg.distill is not None:
-        inner = prepare_distillation(cfg, progress=progress)  # type: ignore[arg-type]
+        inner = prepare_distillation(cfg, manifest, progress=progress)  # type: ignore[arg-type]
     return QATObjective(cfg, calibration, inner)

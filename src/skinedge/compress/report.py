@@ -86,7 +86,6 @@ def build_compression_report(
         threads: Thread counts; every model is measured at each, in this one run.
     """
     from skinedge.bench.harness import BenchSettings, run_bench
-    from skinedge.evaluate.metrics import compute_metrics
     from skinedge.runtimes import read_artifact_card
 
     teacher, student, out = Path(teacher), Path(student), Path(out_dir)
@@ -107,7 +106,7 @@ def build_compression_report(
                            log=log)
         test = result.test
         if not rows:
-            rows = [_model_row(role, path, bench, result, compute_metrics)
+            rows = [_model_row(role, path, bench, result)
                     for (role, path), bench in zip(roles, result.rows)]
         for row, bench in zip(rows, result.rows):
             row["latency"][str(n_threads)] = {
@@ -122,7 +121,8 @@ def build_compression_report(
     return report
 
 
-def _model_row(role: str, path: Path, bench: dict, result, compute_metrics) -> dict[str, Any]:
+def _model_row(role: str, path: Path, bench: dict, result) -> dict[str, Any]:
+    from skinedge.evaluate.metrics import compute_metrics
     from skinedge.runtimes import read_artifact_card
 
     card = read_artifact_card(path)
@@ -131,7 +131,7 @@ def _model_row(role: str, path: Path, bench: dict, result, compute_metrics) -> d
     row: dict[str, Any] = {
         "role": role, "label": bench["label"], "model": str(path), "status": bench["status"],
         "reason": bench.get("reason"), "precision": card.artifact.precision if card.artifact
-        else card.precision, "architecture": read_artifact_card(source).architecture,
+        else card.precision, "architecture": card.architecture,
         "params": params, "macs": macs, "size_mb": bench.get("size_mb"), "latency": {},
     }
     probs = (result.probs or {}).get(bench["label"])
@@ -139,12 +139,11 @@ def _model_row(role: str, path: Path, bench: dict, result, compute_metrics) -> d
         return row
     m = compute_metrics(result.labels, probs, result.test["classes"],
                         melanoma_class=card.positive_class)
-    reference = result.probs[result.reference].argmax(1)
     row.update({
         "balanced_accuracy": m["balanced_accuracy"], "melanoma_auc": m["melanoma_auc"],
         "accuracy": m["accuracy"], "ece": m["ece"],
         "recall": {c: s["recall"] for c, s in m["per_class"].items()},
-        "agreement": float((probs.argmax(1) == reference).mean()),
+        "agreement": 1.0 - bench["flip_rate"],  # bench's flips are against the teacher
     })
     return row
 

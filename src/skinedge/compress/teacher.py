@@ -20,8 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from skinedge.data import LesionDataset, Manifest, build_eval_transform
+from skinedge.data.manifest import check_classes
 from skinedge.models import ModelCard, load_card, load_checkpoint
 from skinedge.models.checkpoint import checkpoint_dir
+from skinedge.models.ensemble import ensemble_members
 from skinedge.utils.device import resolve_device
 
 CACHE_VERSION = 1
@@ -56,17 +58,7 @@ def teacher_members(teacher: Path) -> list[tuple[Path, ModelCard]]:
     """
     directory = checkpoint_dir(Path(teacher))
     card = load_card(directory)
-    if not card.members:
-        return [(directory, card)]
-    members = []
-    for member in card.members:
-        member_card = load_card(directory / member.path)
-        if member_card.weights_sha256 != member.weights_sha256:
-            raise ValueError(f"{directory / member.path}: weights differ from the ones recorded "
-                             f"in {directory / 'card.json'}; recreate the ensemble with "
-                             "`skinedge ensemble create`")
-        members.append((directory / member.path, member_card))
-    return members
+    return ensemble_members(directory, card) if card.members else [(directory, card)]
 
 
 def cache_key(card: ModelCard, manifest: Manifest, split: str) -> str:
@@ -125,9 +117,7 @@ def teacher_logits(
     result = TeacherLogits(images, np.zeros((0,)))
     per_member = []
     for i, (directory, card) in enumerate(teacher_members(Path(teacher))):
-        if card.classes != list(manifest.vocabulary.codes):
-            raise ValueError(f"teacher {directory} predicts {card.classes} but the manifest has "
-                             f"classes {list(manifest.vocabulary.codes)}")
+        check_classes(manifest, card.classes, "the manifest", f"teacher {directory}")
         file = cache / f"{cache_key(card, manifest, split)}.npz"
         logits = _read_cache(file, images, card.num_classes)
         if logits is None:

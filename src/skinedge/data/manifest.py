@@ -97,6 +97,18 @@ class Manifest:
         return atomic_write_text(path, json.dumps(doc, indent=1))
 
 
+def check_classes(manifest: Manifest, classes: Sequence[str], where: object,
+                  model: object = "the model") -> None:
+    """Refuse a manifest whose class vocabulary (codes, in order) is not a model's.
+
+    Raises:
+        ValueError: naming ``where`` (the manifest) and ``model``.
+    """
+    codes = list(manifest.vocabulary.codes)
+    if codes != list(classes):
+        raise ValueError(f"{where} has classes {codes} but {model} predicts {list(classes)}")
+
+
 def make_manifest(
     dataset: Dataset,
     *,

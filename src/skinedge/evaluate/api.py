@@ -19,6 +19,7 @@ from skinedge.data import (
     read_dataset,
     write_problem_report,
 )
+from skinedge.data.manifest import check_classes
 from skinedge.evaluate.metrics import bootstrap_intervals, compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.evaluate.report import write_report
@@ -85,9 +86,7 @@ def evaluate_checkpoint(
     notes: list[str] = []
     if manifest is not None:
         man = load_manifest(manifest)
-        if list(man.vocabulary.codes) != card.classes:
-            raise ValueError(f"{manifest} has classes {list(man.vocabulary.codes)} but the model "
-                             f"predicts {card.classes}")
+        check_classes(man, card.classes, manifest)
         dataset = LesionDataset.from_manifest(man, split, transform)
         source = f"{manifest}:{split}"
         if card.data.split_hash and man.split_hash != card.data.split_hash:

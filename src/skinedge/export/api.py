@@ -42,7 +42,7 @@ def _log(log: Callable[[str], None] | None, message: str) -> None:
         log(message)
 
 
-def _resolve_manifest(manifest: Path | str | None, card: ModelCard, checkpoint: Path) -> Path:
+def resolve_manifest(manifest: Path | str | None, card: ModelCard, checkpoint: Path) -> Path:
     if manifest is not None:
         return Path(manifest)
     recorded = card.data.manifest
@@ -103,11 +103,12 @@ def export_checkpoint(
 
     spec = get_target(target)
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    if load_card(checkpoint).precision == "int8":
+    source_precision = load_card(checkpoint).precision
+    if source_precision == "int8":
         precision = _qat_precision(spec, precision, checkpoint, options)
     elif options.get("quantizer") == "qat":
         raise ValueError(f"--quantizer qat exports a checkpoint made by `skinedge compress "
-                         f"quantize --mode qat`; {checkpoint} is {load_card(checkpoint).precision}: "
+                         f"quantize --mode qat`; {checkpoint} is {source_precision}: "
                          "quantize it with that command first")
     precision = precision or spec.default_precision
     if precision not in spec.precisions:
@@ -215,7 +216,7 @@ def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Pa
     calibrate = precision == "int8" and spec.int8_calibrated and options.get("quantizer") != "qat"
     if not calibrate and verify_images <= 0:
         return None, None
-    manifest_path = _resolve_manifest(manifest, card, checkpoint)
+    manifest_path = resolve_manifest(manifest, card, checkpoint)
     man = load_manifest(manifest_path)
     if list(man.vocabulary.codes) != card.classes:
         raise ExportError(f"{manifest_path} has classes {list(man.vocabulary.codes)}, the "

@@ -96,7 +96,7 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
                                  drop_rate=card.drop_rate)
     quantization = card.training.get("quantization")
     if quantization and quantization.get("nncf_config"):
-        from skinedge.compress.qat import restore_quantizers
+        from skinedge.models.quantized import restore_quantizers
 
         model = restore_quantizers(model, quantization["nncf_config"])
     model.load_state_dict(load_checkpoint_weights(path), strict=True)

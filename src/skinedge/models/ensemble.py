@@ -101,17 +101,22 @@ def ensemble_hash(member_hashes: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(member_hashes).encode()).hexdigest()
 
 
-def load_ensemble(directory: Path, card: ModelCard) -> Ensemble:
-    """Load every member of an ensemble checkpoint (their hashes are checked on load).
+def ensemble_members(directory: Path, card: ModelCard) -> list[tuple[Path, ModelCard]]:
+    """(folder, card) of every member of an ensemble checkpoint.
 
     Raises:
-        ValueError: a member's card differs from what the ensemble recorded.
+        ValueError: a member's weights differ from the ones the ensemble recorded.
     """
-    models = []
+    members = []
     for member in card.members or []:
-        model, member_card = load_checkpoint(directory / member.path)
+        member_card = load_card(directory / member.path)
         if member_card.weights_sha256 != member.weights_sha256:
             raise ValueError(f"{directory / member.path}: weights differ from the ones recorded in "
                              f"{directory / CARD}; recreate the ensemble with `skinedge ensemble create`")
-        models.append(model)
-    return Ensemble(models).eval()
+        members.append((directory / member.path, member_card))
+    return members
+
+
+def load_ensemble(directory: Path, card: ModelCard) -> Ensemble:
+    """Load every member of an ensemble checkpoint (each member's weights are hash-checked)."""
+    return Ensemble([load_checkpoint(path)[0] for path, _ in ensemble_members(directory, card)]).eval()

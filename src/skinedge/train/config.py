@@ -73,6 +73,19 @@ class TrainConfig(_Section):
     max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke tests and quick trials
 
 
+def load_data_manifest(cfg: TrainConfig):
+    """The config's split manifest, loaded once per run (its image hashes are checked).
+
+    Raises:
+        ValueError: no ``data.manifest`` set.
+    """
+    from skinedge.data import load_manifest
+
+    if cfg.data.manifest is None:
+        raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
+    return load_manifest(cfg.data.manifest, root=cfg.data.root)
+
+
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides to a nested dict; values are parsed as YAML scalars/lists.
 

@@ -28,14 +28,13 @@ from skinedge.data import (
     Manifest,
     build_eval_transform,
     build_train_transform,
-    load_manifest,
 )
 from skinedge.evaluate.metrics import compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.models import DataInfo, ModelCard, create_classifier, save_checkpoint
 from skinedge.models.checkpoint import load_checkpoint_weights, load_trainer_state
 from skinedge.train.callbacks import TrainCallbacks
-from skinedge.train.config import TrainConfig, dump_config
+from skinedge.train.config import TrainConfig, dump_config, load_data_manifest
 from skinedge.train.losses import build_loss, class_weights
 from skinedge.train.sampler import ShardedSampler, balanced_weights
 from skinedge.utils.device import resolve_device
@@ -128,6 +127,7 @@ def train_classifier(
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
     objective: Objective | None = None,
+    manifest: Manifest | None = None,
 ) -> TrainResult:
     """Train a classifier on the train split of ``cfg.data.manifest``, validating on ``val``.
 
@@ -142,26 +142,25 @@ def train_classifier(
         callbacks: Progress hooks.
         objective: Replaces label cross-entropy, e.g. a
             :class:`skinedge.compress.distill.DistillationObjective`.
+        manifest: ``cfg.data.manifest`` when the caller has already loaded (and verified) it.
 
     Raises:
         ValueError: no manifest, resume without a checkpoint, or a changed config on resume.
     """
     dist = _init_distributed(cfg.device)
     try:
-        return _train(cfg, Path(out_dir), resume, callbacks or TrainCallbacks(), dist, objective)
+        manifest = manifest or load_data_manifest(cfg)
+        return _train(cfg, Path(out_dir), resume, callbacks or TrainCallbacks(), dist, objective,
+                      manifest)
     finally:
         _cleanup_distributed(dist)
 
 
 def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallbacks,
-           dist: _Dist, objective: Objective | None) -> TrainResult:
+           dist: _Dist, objective: Objective | None, manifest: Manifest) -> TrainResult:
     device = resolve_device(cfg.device, dist.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.data.manifest is None:
-        raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
-
-    manifest = load_manifest(cfg.data.manifest, root=cfg.data.root)
     vocab = manifest.vocabulary
     train_set = LesionDataset.from_manifest(
         manifest, "train", build_train_transform(cfg.preprocess, cfg.augment))

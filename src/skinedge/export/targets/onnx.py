@@ -60,7 +60,7 @@ def _write_qat_onnx(job: ExportJob, path: Path) -> dict:
     on CPUs the OpenVINO IR of the same checkpoint is the fast INT8 form."""
     import torch
 
-    from skinedge.compress.qat import import_nncf
+    from skinedge.models.quantized import import_nncf
 
     nncf = import_nncf()
     with warnings.catch_warnings(), torch.no_grad():
