@@ -67,3 +67,32 @@ def manifest_arrays(
     codes = list(manifest.vocabulary.codes)
     return load_arrays(manifest.root, [r.image for r in rows], [codes.index(r.label) for r in rows],
                        preprocess, source=source or f"manifest:{split}", progress=progress)
+
+
+def load_thumbnails(
+    paths: Sequence[Path], size: int, *, progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Images as (N, size, size, 3) uint8: shorter side resized to ``size`` (Lanczos, so
+    downsampling does not alias), then centre-cropped.
+
+    GAN training reads real images this way, and quality metrics pass real images through it
+    at the GAN's resolution, so real and generated images are compared at the same detail.
+
+    Raises:
+        ImageError: an unreadable image (names the file).
+    """
+    from PIL import Image
+
+    from skinedge.data.images import load_rgb
+
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        image = load_rgb(path)
+        scale = size / min(image.size)
+        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+        image = image.resize((w, h), Image.Resampling.LANCZOS)
+        left, top = (w - size) // 2, (h - size) // 2
+        out[i] = np.asarray(image.crop((left, top, left + size, top + size)))
+        if progress:
+            progress(i + 1, len(paths))
+    return out
