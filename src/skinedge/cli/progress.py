@@ -66,6 +66,7 @@ class RichTrainCallbacks(TrainCallbacks):
             f"[bold]train[/] {info['train']} images, [bold]val[/] {info['val']}, "
             f"classes {info['class_counts']}, device {info['device']} x{info['world_size']}, "
             f"epochs {info['start_epoch']}..{info['epochs']}, weights {info['pretrained']}"
+            + (f", synthetic {info['synthetic']}" if info.get("synthetic") else "")
         )
 
     def on_epoch_start(self, epoch: int, num_batches: int) -> None:

@@ -136,8 +136,11 @@ def prepare_distillation(cfg: DistillConfig, manifest: Manifest, *, device: str 
 
     Raises:
         ValueError: a teacher trained on another split (it may have seen the student's
-            validation or test images) or with other classes.
+            validation or test images) or with other classes; a synthetic set in the config.
     """
+    if cfg.data.synthetic is not None:
+        raise ValueError("distillation reads teacher logits of the manifest's train images only; "
+                         "unset data.synthetic (synthetic images cannot be distilled on yet)")
     teacher_card = load_card(cfg.distill.teacher)
     if teacher_card.data.split_hash and teacher_card.data.split_hash != manifest.split_hash:
         raise ValueError(

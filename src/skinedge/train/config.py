@@ -19,6 +19,8 @@ class DataSection(_Section):
     manifest: Path | None = None  # split manifest from `skinedge data split`
     root: Path | None = None  # where the manifest's images are on this machine, if moved
     licence: str | None = None  # data licence for the model card; read from the folder's README when None
+    # Synthetic set from `skinedge gan select`: its images join the train split only.
+    synthetic: Path | None = None
 
 
 class ModelSection(_Section):

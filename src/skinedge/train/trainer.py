@@ -37,6 +37,7 @@ from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.config import TrainConfig, dump_config, load_data_manifest
 from skinedge.train.losses import build_loss, class_weights
 from skinedge.train.sampler import ShardedSampler, balanced_weights
+from skinedge.train.synthetic import augmented_train_set, load_synthetic_set
 from skinedge.utils.device import resolve_device
 from skinedge.utils.io import atomic_write_text, package_versions
 
@@ -162,8 +163,10 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     vocab = manifest.vocabulary
-    train_set = LesionDataset.from_manifest(
-        manifest, "train", build_train_transform(cfg.preprocess, cfg.augment))
+    synthetic = (load_synthetic_set(cfg.data.synthetic, manifest)
+                 if cfg.data.synthetic is not None else None)
+    train_set = augmented_train_set(manifest, synthetic,
+                                    build_train_transform(cfg.preprocess, cfg.augment))
     val_set = LesionDataset.from_manifest(manifest, "val", build_eval_transform(cfg.preprocess))
     if not len(train_set) or not len(val_set):
         raise ValueError(f"{cfg.data.manifest}: the train and val splits must both have images")
@@ -218,6 +221,8 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
     if objective is not None and hasattr(objective, "precision"):
         card_base = card_base.model_copy(update={"precision": objective.precision})
     extra_card = objective.card_info() if objective is not None else {}
+    if synthetic is not None:
+        extra_card = {**extra_card, "synthetic": synthetic.card_info()}
     writer = _tensorboard(out_dir) if dist.is_main else None
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,6 +233,7 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
         "class_counts": dict(zip(vocab.codes, counts)), "device": str(device),
         "world_size": dist.world_size, "start_epoch": progress.next_epoch, "epochs": cfg.epochs,
         "pretrained": provenance,
+        "synthetic": synthetic.counts() if synthetic is not None else {},
     })
 
     stopped_early = False

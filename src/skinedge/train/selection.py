@@ -1,0 +1,356 @@
+"""Pick GAN candidates for the training split: realistic, diverse, never a copy of a patient.
+
+Array-level core, pure numpy and deterministic: the caller reads images, computes features and
+copies the kept files. Every candidate gets one ledger row (`Decision`) saying why it was kept
+or rejected. Filters run in order, the first failing one is the reason: near-copy of a real
+training image (privacy) -> discriminator score below the class's quantile -> classifier
+confidence too low. Survivors are then picked greedily per class, trading realism against
+distance to the images already kept, up to the class quota.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from skinedge.utils.io import atomic_write_text
+
+_CHUNK_ELEMENTS = 4_000_000  # distance-matrix elements per chunk (32 MB of float64)
+_REJECTION_KINDS = {"near-copy": "near-copy", "discriminator": "discriminator",  # reason prefix
+                    "classifier": "classifier", "duplicate": "duplicate", "class quota": "quota"}
+
+
+class SelectionConfig(BaseModel):
+    """How candidates are filtered and how many are kept (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: Literal["median", "max"] | int = "median"  # per-class total (real + synthetic)
+    max_per_class: int | None = Field(None, ge=0)  # cap on synthetic images kept per class
+    # Reject scores below this quantile of the class's candidates' discriminator scores.
+    min_discriminator_quantile: float = Field(0.2, ge=0, le=1)
+    # Reject when the classifier gives the intended class a lower probability.
+    min_classifier_confidence: float = Field(0.3, ge=0, le=1)
+    # Near-copy: closer to a real training image than this quantile of the real images' own
+    # distances to their nearest real image of another lesion.
+    privacy_quantile: float = Field(0.05, ge=0, le=1)
+    # Duplicate: closer to an already kept image than this quantile of the same distances.
+    diversity_quantile: float = Field(0.05, ge=0, le=1)
+    # Greedy score = w * realism rank + (1 - w) * diversity rank, both in [0, 1] per class.
+    realism_weight: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("target")
+    @classmethod
+    def _positive_target(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"target={value}: use 'median', 'max' or a positive count")
+        return value
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated image: ``image`` relative to the candidates folder, intended ``label``."""
+
+    image: str
+    label: str
+    seed: int
+    discriminator_score: float  # raw logit of the class-conditional discriminator; higher=real
+
+
+@dataclass
+class Decision:
+    """One ledger row: what was measured for a candidate and whether it was kept."""
+
+    image: str
+    label: str
+    seed: int
+    discriminator_score: float
+    classifier_confidence: float
+    nearest_real_distance: float
+    nearest_real_image: str
+    nearest_kept_distance: float | None  # to the closest image kept before it; None if not reached
+    kept: bool
+    reason: str
+    rank: int | None  # order in which it was kept within its class (0-based); None if rejected
+
+
+@dataclass
+class SelectionThresholds:
+    """Thresholds computed from the data, for the report."""
+
+    privacy_distance: float
+    diversity_distance: float
+    quotas: dict[str, int]
+
+
+def synthetic_quotas(real_counts: dict[str, int], cfg: SelectionConfig,
+                     classes: Sequence[str] | None = None) -> dict[str, int]:
+    """Synthetic images each class needs: ``max(0, target - real)``, capped by ``max_per_class``.
+
+    Args:
+        real_counts: Real training images per class; the median/max target is taken over these
+            (a fractional median is rounded up).
+        cfg: Selection config.
+        classes: Classes to give a quota (default: those of ``real_counts``); one missing
+            from ``real_counts`` counts as 0 real images.
+
+    Returns:
+        Class -> number of synthetic images to keep.
+    """
+    if isinstance(cfg.target, int):
+        target = cfg.target
+    elif not real_counts:
+        raise ValueError(f"target={cfg.target!r} needs real class counts; got none")
+    else:
+        counts = list(real_counts.values())
+        target = max(counts) if cfg.target == "max" else math.ceil(float(np.median(counts)))
+    quotas = {}
+    for name in (real_counts if classes is None else classes):
+        quota = max(0, target - real_counts.get(name, 0))
+        quotas[name] = quota if cfg.max_per_class is None else min(quota, cfg.max_per_class)
+    return quotas
+
+
+def _nearest(a: np.ndarray, b: np.ndarray, a_codes: np.ndarray | None = None,
+             b_codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance from each row of ``a`` (N, D) to its nearest row of ``b`` (M, D).
+
+    With codes, pairs of equal code are skipped. Computed in row chunks to bound memory.
+    Returns the distances (N,) and the indices into ``b`` (N,).
+    """
+    b_sq = np.einsum("ij,ij->i", b, b)
+    dist = np.empty(len(a))
+    index = np.empty(len(a), dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, len(b)))
+    for start in range(0, len(a), step):
+        rows = a[start:start + step]
+        sq = np.einsum("ij,ij->i", rows, rows)[:, None] + b_sq[None, :] - 2.0 * rows @ b.T
+        if a_codes is not None:
+            sq[a_codes[start:start + step, None] == b_codes[None, :]] = np.inf
+        index[start:start + step] = np.argmin(sq, axis=1)
+        dist[start:start + step] = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+    return dist, index
+
+
+def real_nn_distances(real_features: np.ndarray, real_groups: Sequence[str]) -> np.ndarray:
+    """For each real image, the distance to its nearest real image of another group.
+
+    Args:
+        real_features: (M, D) features of the real training images.
+        real_groups: (M,) lesion/patient ids; images of the same lesion are not compared.
+
+    Returns:
+        (M,) euclidean distances.
+    """
+    feats = np.asarray(real_features, dtype=np.float64)
+    if feats.ndim != 2 or len(feats) != len(real_groups):
+        raise ValueError(f"real_features has shape {feats.shape} but there are "
+                         f"{len(real_groups)} real groups; expected ({len(real_groups)}, D)")
+    names, codes = np.unique(np.asarray(real_groups, dtype=str), return_inverse=True)
+    if len(names) < 2:
+        raise ValueError(f"need real images of at least 2 lesion groups to measure "
+                         f"near-copies; got {len(names)}: add more real training images")
+    feats = feats - feats.mean(axis=0)  # smaller norms, less cancellation in |a|^2+|b|^2-2ab
+    return _nearest(feats, feats, codes, codes)[0]
+
+
+def _rank01(values: np.ndarray) -> np.ndarray:
+    """Average ranks scaled to [0, 1] (highest value -> 1); all-equal values -> 0.5."""
+    if len(values) < 2:
+        return np.full(len(values), 0.5)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    average = (np.cumsum(counts) - counts) + (counts - 1) / 2.0
+    return average[inverse] / (len(values) - 1)
+
+
+def _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups,
+                  real_counts) -> None:
+    n, m = len(candidates), len(real_images)
+    if cand.ndim != 2 or len(cand) != n:
+        raise ValueError(f"candidate_features has shape {cand.shape}; expected ({n}, D) "
+                         f"for {n} candidates")
+    if conf.shape != (n,):
+        raise ValueError(f"classifier_confidence has shape {conf.shape}; expected ({n},)")
+    if real.ndim != 2 or real.shape != (m, cand.shape[1]) or len(real_groups) != m:
+        raise ValueError(f"real_features has shape {real.shape}, real_images {m} entries and "
+                         f"real_groups {len(real_groups)}; expected ({m}, {cand.shape[1]}), "
+                         f"the candidates' feature size, and one group per image")
+    for name, array in (("candidate_features", cand), ("classifier_confidence", conf),
+                        ("discriminator scores", disc), ("real_features", real)):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} contains NaN or infinite values; fix the feature step")
+    unknown = sorted({c.label for c in candidates} - set(real_counts))
+    if unknown:
+        raise ValueError(f"candidate labels {unknown} are not in real_counts "
+                         f"{sorted(real_counts)}; give their real count (0 if none)")
+    repeated = sorted(k for k, v in Counter(c.image for c in candidates).items() if v > 1)
+    if repeated:
+        raise ValueError(f"candidate image paths must be unique; repeated: {repeated[:5]}")
+
+
+def select_candidates(candidates: Sequence[Candidate], candidate_features: np.ndarray,
+                      classifier_confidence: np.ndarray, real_features: np.ndarray,
+                      real_images: Sequence[str], real_groups: Sequence[str],
+                      real_counts: dict[str, int], cfg: SelectionConfig,
+                      ) -> tuple[list[Decision], SelectionThresholds]:
+    """Decide, for every candidate, whether it joins the training split.
+
+    Args:
+        candidates: (N,) generated images.
+        candidate_features: (N, D) their features.
+        classifier_confidence: (N,) probability the classifier gives each intended class.
+        real_features: (M, D) features of the real TRAINING images.
+        real_images: (M,) their paths, for the ledger.
+        real_groups: (M,) their lesion/patient ids.
+        real_counts: Real training images per class (all classes).
+        cfg: Selection config.
+
+    Returns:
+        One `Decision` per candidate, in input order, and the thresholds used.
+    """
+    cand = np.asarray(candidate_features, dtype=np.float64)
+    conf = np.asarray(classifier_confidence, dtype=np.float64)
+    real = np.asarray(real_features, dtype=np.float64)
+    disc = np.array([c.discriminator_score for c in candidates], dtype=np.float64)
+    _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups, real_counts)
+    nn = real_nn_distances(real, real_groups)
+    thresholds = SelectionThresholds(
+        privacy_distance=float(np.quantile(nn, cfg.privacy_quantile)),
+        diversity_distance=float(np.quantile(nn, cfg.diversity_quantile)),
+        quotas=synthetic_quotas(real_counts, cfg))
+    center = real.mean(axis=0)
+    cand, real = cand - center, real - center
+    near_dist, near_idx = _nearest(cand, real)
+    decisions = [Decision(c.image, c.label, int(c.seed), float(c.discriminator_score),
+                          float(conf[i]), float(near_dist[i]), str(real_images[near_idx[i]]),
+                          None, False, "", None) for i, c in enumerate(candidates)]
+    # Canonical order (class, seed, image): results do not depend on the input order.
+    order = sorted(range(len(candidates)),
+                   key=lambda i: (candidates[i].label, candidates[i].seed, candidates[i].image))
+    for label in sorted({c.label for c in candidates}):
+        members = np.array([i for i in order if candidates[i].label == label], dtype=np.int64)
+        disc_min = float(np.quantile(disc[members], cfg.min_discriminator_quantile))
+        survivors = []
+        for i in members:
+            d, privacy = decisions[i], thresholds.privacy_distance
+            if d.nearest_real_distance < privacy:
+                d.reason = (f"near-copy of {d.nearest_real_image} (distance "
+                            f"{d.nearest_real_distance:.4g} < threshold {privacy:.4g})")
+            elif disc[i] < disc_min:
+                d.reason = (f"discriminator score {disc[i]:.4g} below the class's "
+                            f"{cfg.min_discriminator_quantile:g}-quantile ({disc_min:.4g})")
+            elif conf[i] < cfg.min_classifier_confidence:
+                d.reason = (f"classifier confidence {conf[i]:.3g} < "
+                            f"{cfg.min_classifier_confidence:g}")
+            else:
+                survivors.append(i)
+        _greedy_pick(np.array(survivors, dtype=np.int64), cand, disc, conf, decisions,
+                     thresholds.quotas.get(label, 0), thresholds.diversity_distance, cfg)
+    return decisions, thresholds
+
+
+def _greedy_pick(idx: np.ndarray, feats: np.ndarray, disc: np.ndarray, conf: np.ndarray,
+                 decisions: list[Decision], quota: int, min_distance: float,
+                 cfg: SelectionConfig) -> None:
+    """Keep up to ``quota`` of one class's survivors ``idx`` (canonical order), best score first."""
+    x = feats[idx]
+    x_sq = np.einsum("ij,ij->i", x, x)
+    realism = (_rank01(disc[idx]) + _rank01(conf[idx])) / 2.0
+    nearest = np.full(len(idx), np.inf)
+    nearest_at = np.full(len(idx), -1, dtype=np.int64)
+    remaining = np.ones(len(idx), dtype=bool)
+    kept = 0
+    while kept < quota and remaining.any():
+        open_ = np.flatnonzero(remaining)
+        score = (cfg.realism_weight * realism[open_]
+                 + (1.0 - cfg.realism_weight) * _rank01(nearest[open_]))
+        j = int(open_[np.argmax(score)])  # first maximum: ties go to the lower (seed, image)
+        remaining[j] = False
+        d = decisions[idx[j]]
+        d.nearest_kept_distance = float(nearest[j]) if np.isfinite(nearest[j]) else None
+        if nearest[j] < min_distance:
+            d.reason = (f"duplicate of kept {decisions[idx[nearest_at[j]]].image} (distance "
+                        f"{nearest[j]:.4g} < threshold {min_distance:.4g})")
+            continue
+        d.kept, d.reason, d.rank = True, "kept", kept
+        kept += 1
+        open_ = np.flatnonzero(remaining)
+        dots = (x @ x[j])[open_]  # a matvec over all rows: cheaper than copying x[open_]
+        dist = np.sqrt(np.maximum(x_sq[open_] + x_sq[j] - 2.0 * dots, 0.0))
+        closer = dist < nearest[open_]
+        nearest[open_[closer]] = dist[closer]
+        nearest_at[open_[closer]] = j
+    for j in np.flatnonzero(remaining):
+        decisions[idx[j]].reason = f"class quota reached ({quota})"
+
+
+_FIELDS = [f.name for f in dataclasses.fields(Decision)]
+
+
+def write_ledger(decisions: Sequence[Decision], path: Path) -> Path:
+    """Write one CSV row per decision (header = `Decision` fields); empty cell = None."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_FIELDS)
+    for d in decisions:
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v
+                         for v in dataclasses.astuple(d)])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def _parse_row(row: dict[str, str]) -> Decision:
+    if row["kept"] not in ("True", "False"):
+        raise ValueError(f"kept must be True or False, got {row['kept']!r}")
+    typed = {k: float(row[k]) for k in
+             ("discriminator_score", "classifier_confidence", "nearest_real_distance")}
+    kept_distance = row["nearest_kept_distance"]
+    typed |= {"seed": int(row["seed"]), "kept": row["kept"] == "True",
+              "nearest_kept_distance": float(kept_distance) if kept_distance else None,
+              "rank": int(row["rank"]) if row["rank"] else None}
+    return Decision(**(row | typed))
+
+
+def read_ledger(path: Path) -> list[Decision]:
+    """Read a ledger written by `write_ledger`, restoring the field types."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != _FIELDS:
+            raise ValueError(f"{path}: header {reader.fieldnames} is not a selection ledger's "
+                             f"{_FIELDS}; write it with write_ledger")
+        decisions = []
+        for number, row in enumerate(reader, start=1):
+            try:
+                if None in row or None in row.values():
+                    raise ValueError(f"expected {len(_FIELDS)} cells")
+                decisions.append(_parse_row(row))
+            except ValueError as err:
+                raise ValueError(f"{path}: row {number} (line {reader.line_num}) is not a valid "
+                                 f"ledger row: {err}") from err
+    return decisions
+
+
+def summarize(decisions: Sequence[Decision]) -> dict[str, dict[str, int]]:
+    """Per class: candidates, kept, and rejections per kind (near-copy, discriminator, ...)."""
+    summary: dict[str, dict[str, int]] = {}
+    for d in sorted(decisions, key=lambda d: d.label):
+        row = summary.setdefault(d.label, {"candidates": 0, "kept": 0,
+                                           **{k: 0 for k in _REJECTION_KINDS.values()}})
+        row["candidates"] += 1
+        if d.kept:
+            row["kept"] += 1
+            continue
+        kind = next((v for k, v in _REJECTION_KINDS.items() if d.reason.startswith(k)), None)
+        if kind is None:
+            raise ValueError(f"decision for {d.image} has an unknown reason {d.reason!r}")
+        row[kind] += 1
+    return summary

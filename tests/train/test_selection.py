@@ -1,0 +1,237 @@
+"""Selection of GAN candidates: privacy, diversity, realism filters, quotas and the ledger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from skinedge.train.selection import (
+    Candidate,
+    SelectionConfig,
+    real_nn_distances,
+    read_ledger,
+    select_candidates,
+    summarize,
+    synthetic_quotas,
+    write_ledger,
+)
+
+D = 16
+COUNTS = {"a": 100, "b": 10, "c": 30}  # median 30 -> quotas a: 0, b: 20, c: 0
+
+
+def make_real(rng: np.random.Generator, lesions: int = 100):
+    """Two images per lesion, the second a close variant of the first."""
+    base = rng.normal(size=(lesions, D))
+    feats = np.concatenate([base, base + 0.3 * rng.normal(size=base.shape)])
+    groups = [f"L{i:03d}" for i in range(lesions)] * 2
+    images = [f"real/{g}_{k}.jpg" for k in range(2) for g in groups[:lesions]]
+    return feats, images, groups
+
+
+def spread_points(rng: np.random.Generator, real: np.ndarray, groups, k: int) -> np.ndarray:
+    """Points from the real distribution, farther than the median real NN distance from the
+    real images and from each other: clearly new, clearly diverse, yet realistic in scale."""
+    min_dist = np.median(real_nn_distances(real, groups))
+    chosen: list[np.ndarray] = []
+    for x in rng.normal(size=(5000, D)):
+        others = np.concatenate([real, np.array(chosen).reshape(-1, D)])
+        if np.linalg.norm(others - x, axis=1).min() > min_dist:
+            chosen.append(x)
+        if len(chosen) == k:
+            return np.array(chosen)
+    raise RuntimeError("test setup: could not spread enough points")
+
+
+def make_candidates(feats, label="b", disc=None, conf=None, prefix="g"):
+    n = len(feats)
+    disc = np.ones(n) if disc is None else np.asarray(disc, dtype=float)
+    conf = np.full(n, 0.9) if conf is None else np.asarray(conf, dtype=float)
+    cands = [Candidate(f"{prefix}{i:03d}.png", label, seed=i, discriminator_score=float(disc[i]))
+             for i in range(n)]
+    return cands, np.asarray(feats, dtype=float), conf
+
+
+def run(cands, feats, conf, real, images, groups, counts=COUNTS, **cfg):
+    return select_candidates(cands, feats, conf, real, images, groups, counts,
+                             SelectionConfig(**cfg))
+
+
+@pytest.fixture
+def world():
+    rng = np.random.default_rng(0)
+    real, images, groups = make_real(rng)
+    return rng, real, images, groups
+
+
+def test_near_copies_rejected_and_diverse_kept(world):
+    rng, real, images, groups = world
+    copies = real[[3, 50, 120]] + 1e-3 * rng.normal(size=(3, D))
+    diverse = spread_points(rng, real, groups, 10)
+    cands, feats, conf = make_candidates(np.concatenate([copies, diverse]))
+    decisions, thr = run(cands, feats, conf, real, images, groups)
+    assert thr.privacy_distance > 0.01
+    for d, real_index in zip(decisions[:3], [3, 50, 120]):
+        assert not d.kept
+        assert d.reason.startswith(f"near-copy of {images[real_index]} (distance")
+        assert d.nearest_real_image == images[real_index]
+    assert all(d.kept and d.reason == "kept" for d in decisions[3:])
+    assert sorted(d.rank for d in decisions[3:]) == list(range(10))
+
+
+def test_identical_candidates_keep_at_most_one(world):
+    rng, real, images, groups = world
+    feats = spread_points(rng, real, groups, 6)
+    feats = np.concatenate([feats, feats[:1]])  # g006 duplicates g000
+    cands, feats, conf = make_candidates(feats, conf=[0.99, 0.5, 0.5, 0.5, 0.5, 0.5, 0.99])
+    decisions, _ = run(cands, feats, conf, real, images, groups)
+    pair = [decisions[0], decisions[6]]
+    assert sum(d.kept for d in pair) == 1
+    dropped = next(d for d in pair if not d.kept)
+    kept = next(d for d in pair if d.kept)
+    assert dropped.reason.startswith(f"duplicate of kept {kept.image}")
+    assert dropped.nearest_kept_distance == pytest.approx(0.0, abs=1e-6)
+    assert all(d.kept for d in decisions[1:6])
+
+
+def test_low_discriminator_and_low_confidence_rejected(world):
+    rng, real, images, groups = world
+    disc = np.arange(10.0)  # 0.2-quantile = 1.8: scores 0 and 1 fall below it
+    conf = np.full(10, 0.9)
+    conf[5] = 0.1
+    cands, feats, conf = make_candidates(spread_points(rng, real, groups, 10), disc=disc, conf=conf)
+    decisions, _ = run(cands, feats, conf, real, images, groups)
+    for d in decisions[:2]:
+        assert not d.kept and d.reason.startswith("discriminator score")
+        assert "0.2-quantile (1.8)" in d.reason
+    assert not decisions[5].kept and decisions[5].reason.startswith("classifier confidence 0.1 <")
+    assert [i for i, d in enumerate(decisions) if d.kept] == [2, 3, 4, 6, 7, 8, 9]
+    summary = summarize(decisions)["b"]
+    assert summary == {"candidates": 10, "kept": 7, "near-copy": 0, "discriminator": 2,
+                       "classifier": 1, "duplicate": 0, "quota": 0}
+
+
+def test_synthetic_quotas():
+    assert synthetic_quotas(COUNTS, SelectionConfig()) == {"a": 0, "b": 20, "c": 0}
+    assert synthetic_quotas(COUNTS, SelectionConfig(target="max")) == {"a": 0, "b": 90, "c": 70}
+    assert synthetic_quotas(COUNTS, SelectionConfig(target=50)) == {"a": 0, "b": 40, "c": 20}
+    capped = SelectionConfig(target="max", max_per_class=25)
+    assert synthetic_quotas(COUNTS, capped) == {"a": 0, "b": 25, "c": 25}
+    assert synthetic_quotas(COUNTS, SelectionConfig(), classes=["b", "d"]) == {"b": 20, "d": 30}
+    assert synthetic_quotas({"a": 10, "b": 15}, SelectionConfig()) == {"a": 3, "b": 0}  # 12.5 -> 13
+
+
+@pytest.mark.parametrize("bad", [{"target": 0}, {"target": "mean"}, {"max_per_class": -1},
+                                 {"realism_weight": 1.5}, {"unknown": 1}])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValidationError):
+        SelectionConfig(**bad)
+
+
+def test_quota_respected_and_most_realistic_first(world):
+    rng, real, images, groups = world
+    n = 30
+    disc = rng.permutation(n).astype(float)
+    conf = 0.5 + 0.01 * disc  # same order as disc: realism follows disc
+    cands, feats, conf = make_candidates(spread_points(rng, real, groups, n), disc=disc, conf=conf)
+    extra, extra_feats, extra_conf = make_candidates(spread_points(rng, real, groups, 3),
+                                                     label="a", prefix="x")
+    cands = cands + extra
+    feats, conf = np.concatenate([feats, extra_feats]), np.concatenate([conf, extra_conf])
+    decisions, thr = run(cands, feats, conf, real, images, groups, min_discriminator_quantile=0.0)
+    assert thr.quotas == {"a": 0, "b": 20, "c": 0}
+    b = [d for d in decisions if d.label == "b"]
+    assert sum(d.kept for d in b) == 20
+    assert all(d.reason == "class quota reached (20)" for d in b if not d.kept)
+    assert all(d.reason == "class quota reached (0)" for d in decisions if d.label == "a")
+    first = next(d for d in b if d.rank == 0)
+    assert first.discriminator_score == n - 1
+    # Realism alone: kept = the 20 most realistic, in order.
+    decisions, _ = run(cands, feats, conf, real, images, groups, min_discriminator_quantile=0.0,
+                       realism_weight=1.0)
+    kept = sorted((d for d in decisions if d.kept), key=lambda d: d.rank)
+    assert [d.discriminator_score for d in kept] == list(range(n - 1, n - 21, -1))
+
+
+def test_deterministic_and_independent_of_input_order(world):
+    rng, real, images, groups = world
+    n = 40
+    feats = np.concatenate([spread_points(rng, real, groups, n - 2), real[:2] + 1e-4])
+    disc = np.round(rng.normal(size=n), 1)  # rounded: ties on purpose
+    cands, feats, conf = make_candidates(feats, disc=disc, conf=np.round(rng.uniform(0.2, 1, n), 1))
+    first, _ = run(cands, feats, conf, real, images, groups)
+    again, _ = run(cands, feats, conf, real, images, groups)
+    assert first == again
+    perm = rng.permutation(n)
+    shuffled, _ = run([cands[i] for i in perm], feats[perm], conf[perm], real, images, groups)
+    assert [d.image for d in shuffled] == [cands[i].image for i in perm]
+    by_image = {d.image: d for d in shuffled}
+    assert [by_image[d.image] for d in first] == first
+    assert 0 < sum(d.kept for d in first) <= 20
+
+
+def test_ties_broken_by_seed_whatever_the_input_order(world):
+    rng, real, images, groups = world
+    cands, feats, conf = make_candidates(spread_points(rng, real, groups, 12))  # all equally real
+    cands = [Candidate(c.image, c.label, 100 - c.seed, 1.0) for c in cands]  # seeds 100..89
+    counts = {"a": 100, "b": 27}  # target 30 -> quota 3
+    results = []
+    for perm in (np.arange(12), rng.permutation(12), np.arange(12)[::-1]):
+        decisions, _ = run([cands[i] for i in perm], feats[perm], conf[perm], real, images,
+                           groups, counts=counts, target=30)
+        results.append({d.image: (d.kept, d.rank, d.reason) for d in decisions})
+    assert results[0] == results[1] == results[2]
+    first = next(image for image, (_, rank, _) in results[0].items() if rank == 0)
+    assert first == "g011.png"  # lowest seed (89)
+    assert sum(kept for kept, _, _ in results[0].values()) == 3
+
+
+def test_ledger_round_trip_and_bad_row(world, tmp_path):
+    rng, real, images, groups = world
+    feats = np.concatenate([spread_points(rng, real, groups, 5), real[:1]])
+    cands, feats, conf = make_candidates(feats, disc=rng.normal(size=6))
+    cands[2] = Candidate("dir, with comma/g002.png", "b", 2, cands[2].discriminator_score)
+    decisions, _ = run(cands, feats, conf, real, images, groups)
+    path = write_ledger(decisions, tmp_path / "ledger.csv")
+    assert read_ledger(path) == decisions
+    assert any(d.nearest_kept_distance is None for d in read_ledger(path))
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace(f",{decisions[1].seed},", ",not-a-seed,", 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"ledger.csv: row 2 .*not-a-seed"):
+        read_ledger(path)
+    path.write_text("image,label\nx,b\n")
+    with pytest.raises(ValueError, match="not a selection ledger"):
+        read_ledger(path)
+
+
+@pytest.mark.parametrize("what", ["features_rows", "features_dim", "confidence", "real_images",
+                                  "real_groups", "unknown_label"])
+def test_shape_mismatch_raises(world, what):
+    rng, real, images, groups = world
+    cands, feats, conf = make_candidates(rng.normal(size=(4, D)))
+    if what == "features_rows":
+        feats = feats[:3]
+    elif what == "features_dim":
+        feats = feats[:, :8]
+    elif what == "confidence":
+        conf = conf[:3]
+    elif what == "real_images":
+        images = images[:-1]
+    elif what == "real_groups":
+        groups = groups[:-1]
+    else:
+        cands[0] = Candidate("g000.png", "zzz", 0, 1.0)
+    with pytest.raises(ValueError, match="expected|not in real_counts"):
+        run(cands, feats, conf, real, images, groups)
+
+
+def test_real_nn_distances_needs_two_groups():
+    feats = np.random.default_rng(1).normal(size=(5, D))
+    with pytest.raises(ValueError, match="at least 2 lesion groups"):
+        real_nn_distances(feats, ["L1"] * 5)
+    dist = real_nn_distances(feats, ["L1", "L1", "L2", "L2", "L2"])
+    brute = [min(np.linalg.norm(feats[i] - feats[j]) for j in range(5) if (i < 2) != (j < 2))
+             for i in range(5)]
+    np.testing.assert_allclose(dist, brute, rtol=1e-9)

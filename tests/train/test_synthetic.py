@@ -1,0 +1,240 @@
+"""Selection over files, synthetic sets in training, and the ablation, on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinedge.data import load_manifest
+from skinedge.data.arrays import load_thumbnails
+from skinedge.train.selection import SelectionConfig, read_ledger
+from skinedge.train.synthetic import (
+    augmented_train_set,
+    load_synthetic_set,
+    read_candidates,
+    select_synthetic,
+)
+from tests.compress.conftest import TINY, manifest_of
+from tests.train.test_gan import tiny_config
+
+CODES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
+
+
+@pytest.fixture(scope="module")
+def tiny_gan(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A 16 px GAN trained briefly on the tiny checkpoint's own split."""
+    from skinedge.train.gan import train_gan
+
+    out = tmp_path_factory.mktemp("gan") / "run"
+    train_gan(tiny_config(manifest_of(tiny_checkpoint), kimg=0.04, snapshot_kimg=0.04), out)
+    return out
+
+
+def planted_candidates(folder: Path, manifest, gan_meta: dict) -> list[tuple[str, str]]:
+    """A candidates folder of df/vasc images: near-copies of real train images (slightly
+    noised) and generated-looking images of other lesions' colours; returns (image, kind)."""
+    rng = np.random.default_rng(0)
+    rows, kinds = [], []
+    train = [r for r in manifest.subset("train") if r.label in ("df", "vasc")]
+    for i, r in enumerate(train[:4]):  # near-copies of patients' images
+        image = load_thumbnails([manifest.root / r.image], 16)[0].astype(np.int16)
+        image = np.clip(image + rng.integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
+        name = f"images/{r.label}/{r.label}-{i}.png"
+        rows.append((name, r.label, i, 1.0))
+        kinds.append((name, "copy"))
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / name)
+    from tests.conftest import CLASS_COLOURS, make_image
+
+    for i in range(8):  # diverse: each a different shade and blob of its class
+        code = ("df", "vasc")[i % 2]
+        base = np.array(CLASS_COLOURS[code]) + rng.integers(-40, 40, 3)
+        image = make_image(tuple(int(v) for v in np.clip(base, 0, 255)), (16, 16), seed=500 + i)
+        name = f"images/{code}/{code}-{100 + i}.png"
+        rows.append((name, code, 100 + i, 2.0))
+        kinds.append((name, "diverse"))
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(folder / name)
+    with (folder / "candidates.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "label", "seed", "discriminator_score"])
+        writer.writerows(rows)
+    (folder / "sample.json").write_text(json.dumps({**gan_meta, "resolution": 16}))
+    return kinds
+
+
+def test_selection_rejects_planted_near_copies_and_keeps_diverse_candidates(
+        tiny_checkpoint, tmp_path) -> None:
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    kinds = planted_candidates(tmp_path / "cand", manifest, {"split_hash": manifest.split_hash})
+    cfg = SelectionConfig(target=20, min_discriminator_quantile=0, min_classifier_confidence=0,
+                          privacy_quantile=0.9, diversity_quantile=0.0)
+    synthetic = select_synthetic(tmp_path / "cand", manifest, tmp_path / "set",
+                                 classifier=tiny_checkpoint, cfg=cfg)
+    ledger = {d.image: d for d in read_ledger(tmp_path / "set" / "ledger.csv")}
+    assert len(ledger) == len(kinds)  # one row per candidate, nothing dropped
+    for image, kind in kinds:
+        if kind == "copy":
+            assert not ledger[image].kept and ledger[image].reason.startswith("near-copy"), image
+        else:
+            assert ledger[image].kept, (image, ledger[image].reason)
+    kept = {r.image for r in synthetic.rows}
+    assert len(kept) == 8 and all((tmp_path / "set" / k).is_file() for k in kept)
+    assert json.loads((tmp_path / "set" / "selection.json").read_text())["features"]
+
+
+def test_no_selection_keeps_the_first_candidates_by_seed(tiny_checkpoint, tmp_path) -> None:
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    planted_candidates(tmp_path / "cand", manifest, {"split_hash": manifest.split_hash})
+    synthetic = select_synthetic(tmp_path / "cand", manifest, tmp_path / "set",
+                                 classifier=tiny_checkpoint, cfg=SelectionConfig(target=8),
+                                 mode="none")
+    # 6 real train images per class here -> 2 synthetic each, the lowest seeds, copies or not
+    assert sorted((r.label, r.seed) for r in synthetic.rows) == [
+        ("df", 0), ("df", 1), ("vasc", 101), ("vasc", 103)]
+    ledger = {d.seed: d for d in read_ledger(tmp_path / "set" / "ledger.csv")}
+    assert ledger[0].reason.startswith("kept without selection")
+
+
+def test_candidates_of_a_gan_from_another_split_are_refused(tiny_checkpoint, tmp_path) -> None:
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    planted_candidates(tmp_path / "cand", manifest, {"split_hash": "0" * 64})
+    with pytest.raises(ValueError, match="may have seen validation or test"):
+        select_synthetic(tmp_path / "cand", manifest, tmp_path / "set",
+                         classifier=tiny_checkpoint)
+
+
+def test_bad_candidate_rows_name_the_line(tmp_path) -> None:
+    (tmp_path / "sample.json").write_text("{}")
+    (tmp_path / "candidates.csv").write_text("image,label,seed,discriminator_score\n"
+                                             "a.png,df,1,0.5\nb.png,df,x,0.5\n")
+    with pytest.raises(ValueError, match="candidates.csv:3"):
+        read_candidates(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(tiny_gan, tiny_checkpoint, tmp_path_factory) -> Path:
+    from skinedge.train.gan import sample_candidates
+
+    root = tmp_path_factory.mktemp("synthetic")
+    sample_candidates(tiny_gan, {"df": 6, "vasc": 6}, root / "cand")
+    select_synthetic(root / "cand", load_manifest(manifest_of(tiny_checkpoint)), root / "set",
+                     classifier=tiny_checkpoint, cfg=SelectionConfig(target=9), mode="none")
+    return root / "set"
+
+
+def test_synthetic_images_join_the_train_split_only(synthetic_set, tiny_checkpoint, tmp_path):
+    from skinedge.train.config import load_train_config
+    from skinedge.train.trainer import train_classifier
+
+    manifest_path = manifest_of(tiny_checkpoint)
+    manifest = load_manifest(manifest_path)
+    synthetic = load_synthetic_set(synthetic_set, manifest)
+    assert synthetic.counts() == {"df": 3, "vasc": 3}
+    train = augmented_train_set(manifest, synthetic, transform=lambda image: image)
+    assert len(train) == len(manifest.subset("train")) + 6
+    assert train[len(train) - 1][0].size == (16, 16)  # a synthetic image reads fine
+
+    seen = {}
+
+    class Spy:
+        def on_start(self, info):
+            seen.update(info)
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    cfg = load_train_config(None, [*TINY, "epochs=1", f"data.manifest={manifest_path}",
+                                   f"data.synthetic={synthetic_set}"])
+    result = train_classifier(cfg, tmp_path / "run", callbacks=Spy())
+    assert seen["train"] == len(manifest.subset("train")) + 6
+    assert seen["val"] == len(manifest.subset("val"))
+    card = json.loads((result.best_dir / "card.json").read_text())
+    assert card["training"]["synthetic"]["counts"] == {"df": 3, "vasc": 3}
+    assert card["training"]["synthetic"]["sha256"] == synthetic.sha256
+    # evaluation reads the manifest's test split alone
+    from skinedge.evaluate import evaluate_checkpoint
+
+    evaluated = evaluate_checkpoint(result.best_dir, manifest=manifest_path, split="test")
+    assert not any(str(synthetic_set) in image for image in evaluated.images)
+    assert len(evaluated.images) == len(manifest.subset("test"))
+
+
+def test_a_set_holding_a_copy_of_a_test_image_is_refused(synthetic_set, tiny_checkpoint,
+                                                          tmp_path) -> None:
+    from skinedge.utils.io import sha256_file
+
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    copy = tmp_path / "set"
+    shutil.copytree(synthetic_set, copy)
+    doc = json.loads((copy / "synthetic.json").read_text())
+    test_image = manifest.subset("test")[0]
+    shutil.copyfile(manifest.root / test_image.image, copy / doc["rows"][0]["image"])
+    doc["rows"][0]["sha256"] = sha256_file(copy / doc["rows"][0]["image"])
+    (copy / "synthetic.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"identical to .* \(test split\)"):
+        load_synthetic_set(copy, manifest)
+
+
+def test_a_changed_or_foreign_set_is_refused(synthetic_set, tiny_checkpoint, tmp_path) -> None:
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    copy = tmp_path / "set"
+    shutil.copytree(synthetic_set, copy)
+    first = next((copy / "images").rglob("*.png"))
+    Image.new("RGB", (16, 16)).save(first)
+    with pytest.raises(ValueError, match="changed since selection"):
+        load_synthetic_set(copy, manifest)
+    doc = json.loads((copy / "synthetic.json").read_text())
+    doc["split_hash"] = "f" * 64
+    (copy / "synthetic.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="Select again for this manifest"):
+        load_synthetic_set(copy, manifest)
+
+
+def test_distillation_refuses_a_synthetic_set(synthetic_set, tiny_checkpoint) -> None:
+    from skinedge.compress.distill import DistillConfig, prepare_distillation
+    from skinedge.train.config import load_train_config
+
+    cfg = load_train_config(None, [*TINY, f"data.manifest={manifest_of(tiny_checkpoint)}",
+                                   f"data.synthetic={synthetic_set}",
+                                   f"distill.teacher={tiny_checkpoint}"],
+                            config_class=DistillConfig)
+    with pytest.raises(ValueError, match="unset data.synthetic"):
+        prepare_distillation(cfg, load_manifest(manifest_of(tiny_checkpoint)))
+
+
+@pytest.mark.slow
+def test_the_ablation_trains_every_arm_and_writes_its_table(tiny_gan, tiny_checkpoint,
+                                                              tmp_path) -> None:
+    import yaml
+
+    from skinedge.train.ablation import AblationConfig, run_ablation
+
+    train_config = tmp_path / "train.yaml"
+    train_config.write_text(yaml.safe_dump({"epochs": 1}))
+    cfg = AblationConfig(manifest=manifest_of(tiny_checkpoint), train_config=train_config,
+                         train_overrides=TINY, gan=tiny_gan, members=2, oversample=1.5,
+                         selection=SelectionConfig(target=8, min_classifier_confidence=0),
+                         n_boot=100)
+    report = run_ablation(cfg, tmp_path / "ablation")
+    arms = [a["arm"] for a in report["arms"]]
+    assert arms == ["no-aug", "classic-aug", "gan-unselected", "gan-selected", "gan-ensemble",
+                    "classic-ensemble"]
+    by_arm = {a["arm"]: a for a in report["arms"]}
+    assert by_arm["gan-unselected"]["synthetic_images"] == 14  # 7 classes x (8 - 6 real)
+    assert by_arm["no-aug"]["synthetic_images"] == 0
+    assert by_arm["classic-aug"]["delta_vs_reference"]["delta"] == 0
+    assert set(by_arm["gan-selected"]["rare_recall"]) == set(report["rare_classes"])
+    assert report["n"] == len(load_manifest(cfg.manifest).subset("test"))
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert all(f"| {arm} |" in table for arm in arms)
+    # a second call finds every step done and trains nothing
+    mtime = (tmp_path / "ablation" / "runs" / "no-aug" / "best" / "card.json").stat().st_mtime
+    run_ablation(cfg, tmp_path / "ablation")
+    assert (tmp_path / "ablation" / "runs" / "no-aug" / "best" / "card.json").stat().st_mtime == mtime
