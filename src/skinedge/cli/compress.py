@@ -34,6 +34,36 @@ def ensemble_create(
     console.print(f"ensemble of {len(members)} members: {path}")
 
 
+@ensemble_app.command("train")
+def ensemble_train(
+    out: Annotated[Path, typer.Option(help="Folder: members/member-k runs and ensemble/.")],
+    config: ConfigOpt = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="Split manifest (same as --set data.manifest=...).")] = None,
+    synthetic: Annotated[list[Path] | None, typer.Option(
+        help="Synthetic set of member k (repeat once per member; from `skinedge gan select`).")] = None,
+    members: Annotated[int | None, typer.Option(
+        help="Number of members on real data only (instead of --synthetic).")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train K members (member k: seed k, k-th synthetic set) and ensemble them. Finished
+    members are kept and stopped ones resume, so rerun the same command after a kill."""
+    from skinedge.cli.progress import RichTrainCallbacks, console, make_progress
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.train.ensemble import train_ensemble
+
+    started = now()
+    try:
+        cfg = load_run_config(out, config, overrides, False, {"data.manifest": manifest})
+        with make_progress() as progress:
+            path = train_ensemble(cfg, out, members=members, synthetic=synthetic or None,
+                                  callbacks=lambda k: RichTrainCallbacks(progress))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now())
+    console.print(f"ensemble: {path}")
+
+
 @compress_app.command("distill")
 def distill(
     out: Annotated[Path, typer.Option(help="Run folder of the student: config.yaml, last/, best/.")],

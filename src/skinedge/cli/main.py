@@ -173,7 +173,7 @@ def quickstart(
     console.print(summary)
 
 
-from skinedge.cli import compress, deploy  # noqa: E402,F401  (register their commands)
+from skinedge.cli import compress, deploy, experiment, gan  # noqa: E402,F401  (register their commands)
 
 
 def main() -> None:

@@ -1,0 +1,190 @@
+"""``skinedge gan``: train a GAN, sample candidates, select the ones worth training on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from skinedge.cli.main import ConfigOpt, SetOpt, app, fail
+
+gan_app = typer.Typer(help="Synthetic lesions for rare classes: train a class-conditional GAN, "
+                           "sample candidates, select realistic, diverse, non-copied ones.",
+                      no_args_is_help=True)
+app.add_typer(gan_app, name="gan")
+
+
+@gan_app.command("train")
+def gan_train(
+    out: Annotated[Path, typer.Option(help="Run folder: config.yaml, last.pt, metrics.jsonl, grids/.")],
+    config: ConfigOpt = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="Split manifest; only its train split is read (same as --set data.manifest=...).")] = None,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out after a stop.")] = False,
+) -> None:
+    """Train a StyleGAN2-style (or DCGAN) class-conditional GAN with DiffAugment, R1 and a
+    generator EMA, writing a checkpoint and a sample grid per class every snapshot."""
+    from skinedge.cli.progress import console, make_progress
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.train.gan import GANConfig, train_gan
+    from skinedge.train.config import load_train_config
+
+    started = now()
+    try:
+        items = [*(overrides or []), *([f"data.manifest={manifest}"] if manifest else [])]
+        if resume and config is None and (out / "config.yaml").is_file():
+            config = out / "config.yaml"
+        cfg = load_train_config(config, items, config_class=GANConfig)
+        with make_progress() as progress:
+            results = train_gan(cfg, out, resume=resume, callbacks=_RichGANCallbacks(progress))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now())
+    for r in results:
+        why = " (time limit reached; --resume continues)" if r.stopped_by_time else ""
+        console.print(f"{r.out_dir}: {r.kimg:.1f} kimg{why}")
+
+
+@gan_app.command("sample")
+def gan_sample(
+    run: Annotated[Path, typer.Argument(help="GAN run folder from `skinedge gan train`.")],
+    out: Annotated[Path, typer.Option(help="Candidates folder: images/, candidates.csv, sample.json.")],
+    count: Annotated[list[str], typer.Option(
+        help="CLASS=N candidates to generate, e.g. --count df=300 (repeatable).")],
+    seed: Annotated[int, typer.Option(help="Base seed; each image's seed is in candidates.csv.")] = 0,
+    truncation: Annotated[float, typer.Option(help="Truncation psi (1 = none).")] = 1.0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Generate seeded candidate images per class, each scored by the discriminator."""
+    from skinedge.cli.progress import StageProgress, console, make_progress
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.train.gan import sample_candidates
+
+    started = now()
+    try:
+        counts = parse_counts(count)
+        with make_progress() as progress:
+            path = sample_candidates(run, counts, out, seed=seed, truncation_psi=truncation,
+                                     device=device, progress=StageProgress(progress))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now())
+    console.print(f"{sum(counts.values())} candidates: {path}")
+
+
+def parse_counts(items: list[str]) -> dict[str, int]:
+    """``["df=300", "vasc=200"]`` -> ``{"df": 300, "vasc": 200}``.
+
+    Raises:
+        ValueError: an item that is not ``CLASS=N`` with N >= 0.
+    """
+    counts = {}
+    for item in items:
+        code, _, number = item.partition("=")
+        if not code or not number.isdigit():
+            raise ValueError(f"--count {item!r}: write CLASS=N, e.g. --count df=300")
+        counts[code.strip()] = int(number)
+    return counts
+
+
+class _RichGANCallbacks:
+    """A bar in kimg with live losses; a line per snapshot in logs."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.task = None
+        self.loading = None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        from skinedge.cli.progress import console
+
+        console.print(f"[bold]{info['arch']}[/] {info['resolution']} px on {info['images']} "
+                      f"images of {info['classes']}, {info['device']}: "
+                      f"{info['kimg']:.1f}/{info['total_kimg']} kimg -> {info['out']}")
+        self.task = self.progress.add_task("kimg", total=info["total_kimg"],
+                                           completed=info["kimg"], status="")
+
+    def on_loading(self, done: int, total: int) -> None:
+        if self.loading is None:
+            self.loading = self.progress.add_task("loading images", total=total, status="")
+        self.progress.update(self.loading, completed=done)
+
+    def on_tick(self, kimg: float, total_kimg: float, record: dict[str, float]) -> None:
+        status = " ".join(f"{k} {v:.3f}" for k, v in record.items())
+        self.progress.update(self.task, completed=kimg, status=status)
+
+    def on_snapshot(self, kimg: float, grid: Path) -> None:
+        if not self.progress.console.is_terminal:
+            self.progress.console.print(f"snapshot at {kimg:.1f} kimg: {grid}")
+
+
+@gan_app.command("select")
+def gan_select(
+    candidates: Annotated[Path, typer.Argument(help="Candidates folder from `skinedge gan sample`.")],
+    out: Annotated[Path, typer.Option(help="New synthetic set: images/, synthetic.json, ledger.csv.")],
+    manifest: Annotated[Path, typer.Option(help="The split the GAN learned from.")],
+    classifier: Annotated[Path, typer.Option(
+        help="Checkpoint trained on this split's real images: features and class confidence.")],
+    mode: Annotated[str, typer.Option(
+        help="select (realism, diversity and privacy filters) or none (first N by seed).")] = "select",
+    overrides: SetOpt = None,
+) -> None:
+    """Keep realistic, diverse candidates that are not near-copies of real training images, up
+    to the target class balance; every candidate gets a ledger row saying why."""
+    from skinedge.cli.progress import StageProgress, console, make_progress
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.data import load_manifest
+    from skinedge.train.config import apply_overrides
+    from skinedge.train.selection import SelectionConfig
+    from skinedge.train.synthetic import select_synthetic
+
+    started = now()
+    if mode not in ("select", "none"):
+        fail(f"--mode {mode!r}: choose select or none")
+    try:
+        cfg = SelectionConfig.model_validate(apply_overrides({}, list(overrides or [])))
+        with make_progress() as progress:
+            synthetic = select_synthetic(candidates, load_manifest(manifest), out,
+                                         classifier=classifier, cfg=cfg, mode=mode,
+                                         progress=StageProgress(progress))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now())
+    for code, row in synthetic.source["summary"].items():
+        console.print(f"{code}: kept {row['kept']} of {row['candidates']} "
+                      f"(near-copy {row['near-copy']}, discriminator {row['discriminator']}, "
+                      f"classifier {row['classifier']}, duplicate {row['duplicate']}, "
+                      f"quota {row['quota']})")
+    console.print(f"synthetic set: {out / 'synthetic.json'}; ledger: {out / 'ledger.csv'}")
+
+
+@gan_app.command("quality")
+def gan_quality(
+    run: Annotated[Path, typer.Argument(help="GAN run folder.")],
+    manifest: Annotated[Path, typer.Option(help="The split the GAN learned from.")],
+    out: Annotated[Path, typer.Option(help="Folder for quality.json and quality.md.")],
+    per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 500,
+    features: Annotated[str, typer.Option(
+        help="imagenet (packaged EfficientNet-Lite0 weights) or a classifier checkpoint.")] = "imagenet",
+    seed: Annotated[int, typer.Option(help="Base seed of the generated images.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Per-class FID, KID, precision and recall against the real train images, on features of
+    an offline network (named in the report; not Inception)."""
+    from skinedge.cli.progress import StageProgress, console, make_progress
+    from skinedge.cli.provenance import now, record_command
+    from skinedge.data import load_manifest
+    from skinedge.train.gan.quality import evaluate_gan
+
+    started = now()
+    try:
+        with make_progress() as progress:
+            evaluate_gan(run, load_manifest(manifest), out, per_class=per_class,
+                         features=features, seed=seed, device=device,
+                         progress=StageProgress(progress))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    record_command(out, started=started, finished=now())
+    console.print((out / "quality.md").read_text())
