@@ -235,3 +235,23 @@ def test_real_nn_distances_needs_two_groups():
     brute = [min(np.linalg.norm(feats[i] - feats[j]) for j in range(5) if (i < 2) != (j < 2))
              for i in range(5)]
     np.testing.assert_allclose(dist, brute, rtol=1e-9)
+
+
+def test_a_copy_of_an_isolated_real_image_is_caught_by_the_local_ratio(world):
+    """A rare lesion far from every other: a candidate nearer to it than half its distance to
+    the nearest other lesion is a copy, even beyond the global (dense-region) threshold."""
+    rng, real, images, groups = world
+    lonely = np.full(D, 8.0)
+    real = np.concatenate([real, lonely[None]])
+    images, groups = [*images, "real/lonely.jpg"], [*groups, "LONELY"]
+    global_cut = float(np.quantile(real_nn_distances(real, groups), 0.05))
+    own = float(real_nn_distances(real, groups)[-1])
+    offset = np.zeros(D)
+    offset[0] = max(2 * global_cut, 0.3 * own)  # beyond the global cut, within 0.5 x own
+    assert global_cut < offset[0] < 0.5 * own
+    cands, feats, conf = make_candidates((lonely + offset)[None])
+    decisions, _ = run(cands, feats, conf, real, images, groups)
+    assert not decisions[0].kept and "nearest other lesion" in decisions[0].reason
+    assert "real/lonely.jpg" in decisions[0].reason
+    decisions, _ = run(cands, feats, conf, real, images, groups, copy_ratio=0)
+    assert decisions[0].kept  # only the local test caught it

@@ -238,3 +238,22 @@ def test_the_ablation_trains_every_arm_and_writes_its_table(tiny_gan, tiny_check
     mtime = (tmp_path / "ablation" / "runs" / "no-aug" / "best" / "card.json").stat().st_mtime
     run_ablation(cfg, tmp_path / "ablation")
     assert (tmp_path / "ablation" / "runs" / "no-aug" / "best" / "card.json").stat().st_mtime == mtime
+
+
+def test_ensemble_members_train_on_their_own_sets_and_seeds(synthetic_set, tiny_checkpoint,
+                                                          tmp_path) -> None:
+    from skinedge.models import load_card
+    from skinedge.train.config import load_train_config
+    from skinedge.train.ensemble import member_dir, train_ensemble
+
+    cfg = load_train_config(None, [*TINY, "epochs=1", f"data.manifest={manifest_of(tiny_checkpoint)}"])
+    ensemble = train_ensemble(cfg, tmp_path / "ens", synthetic=[synthetic_set, None])
+    card = load_card(ensemble)
+    assert len(card.members) == 2
+    first, second = (load_card(member_dir(tmp_path / "ens", k) / "best") for k in range(2))
+    assert first.training["synthetic"]["counts"] == {"df": 3, "vasc": 3}
+    assert "synthetic" not in second.training
+    assert (first.training["config"]["seed"], second.training["config"]["seed"]) == (0, 1)
+    assert train_ensemble(cfg, tmp_path / "ens", synthetic=[synthetic_set, None]) == ensemble
+    with pytest.raises(ValueError, match="at least two"):
+        train_ensemble(cfg, tmp_path / "one", members=1)

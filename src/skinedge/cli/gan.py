@@ -43,7 +43,8 @@ def gan_train(
         fail(str(exc))
     record_command(out, started=started, finished=now())
     for r in results:
-        why = " (time limit reached; --resume continues)" if r.stopped_by_time else ""
+        why = (" (time limit reached: --resume --set time_limit_minutes=... with a larger "
+               "budget continues)" if r.stopped_by_time else "")
         console.print(f"{r.out_dir}: {r.kimg:.1f} kimg{why}")
 
 

@@ -75,6 +75,8 @@ class FeatureExtractor:
             mean of the members' softmax for an ensemble, as the ensemble predicts).
         """
         _check_images(images)
+        if not len(images):
+            return np.empty((0, 0)), np.empty((0, 0))
         features, probs = [], []
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
@@ -84,7 +86,8 @@ class FeatureExtractor:
                                            for net, m in zip(self.networks, maps)], dim=1))
                 probs.append(torch.stack([net.forward_head(m).softmax(dim=1)
                                           for net, m in zip(self.networks, maps)]).mean(dim=0))
-        return torch.cat(features).double().numpy(), torch.cat(probs).double().numpy()
+        return (torch.cat(features).double().cpu().numpy(),
+                torch.cat(probs).double().cpu().numpy())
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) [0, 1] -> normalised (B, 3, S, S) on the device."""

@@ -72,6 +72,7 @@ def run_ablation(
     """
     from skinedge.data import load_manifest
     from skinedge.train.config import dump_config, load_train_config
+    from skinedge.train.ensemble import has_trainer_state
     from skinedge.train.gan.sample import sample_candidates
     from skinedge.train.synthetic import needed_counts, select_synthetic
 
@@ -87,7 +88,7 @@ def run_ablation(
 
         run = out_dir / "runs" / arm
         arm_cfg = base.model_copy(update=changes)
-        train_classifier(arm_cfg, run, resume=(run / "last").exists(), callbacks=hooks(arm),
+        train_classifier(arm_cfg, run, resume=has_trainer_state(run), callbacks=hooks(arm),
                          manifest=manifest)
         return run / "best"
 
@@ -155,13 +156,17 @@ def _evaluate_arms(cfg: AblationConfig, checkpoints: dict[str, Path], manifest, 
         if progress:
             progress("evaluating arms", done, len(checkpoints))
     reference = results[REFERENCE]
+    group_of = {r.image: r.group for r in manifest.subset("test")}
+    groups = [group_of.get(image, image) for image in reference.images]
     rare = [c for c, q in quotas.items() if q > 0]
     arms = []
     for arm, result in results.items():
         m = result.metrics
         card = load_card(checkpoints[arm])
+        if result.images != reference.images:
+            raise ValueError(f"{arm} was evaluated on other images than {REFERENCE}")
         delta = paired_bootstrap_delta(reference.targets, reference.probs, result.probs,
-                                       n_boot=cfg.n_boot)
+                                       groups=groups, n_boot=cfg.n_boot)
         synthetic = _synthetic_counts(card)
         arms.append({
             "arm": arm, "checkpoint": str(checkpoints[arm]),
@@ -181,20 +186,22 @@ def _evaluate_arms(cfg: AblationConfig, checkpoints: dict[str, Path], manifest, 
     }
 
 
-def _synthetic_counts(card) -> int:
+def _synthetic_counts(card) -> int | None:
+    """Synthetic images a model trained on; None for an ensemble (its members differ)."""
+    if card.members:
+        return None
     training = card.training or {}
-    if card.members:  # an ensemble: the mean over members is not meaningful; report per member
-        return -1
     return int(sum((training.get("synthetic") or {}).get("counts", {}).values()))
 
 
 def paired_bootstrap_delta(targets: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *,
-                           n_boot: int = 2000, level: float = 0.95, seed: int = 0
-                           ) -> dict[str, float]:
+                           groups: list[str] | None = None, n_boot: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> dict[str, float]:
     """Balanced accuracy of B minus A on the same images, with a paired bootstrap interval.
 
     Both arms are scored on each resample of the test images, so the interval reflects the
-    difference between them, not each one's own sampling noise.
+    difference between them, not each one's own sampling noise. With ``groups`` (lesion ids)
+    whole lesions are resampled: images of one lesion are not independent evidence.
 
     Returns:
         ``{"delta", "low", "high", "p_b_better"}`` (share of resamples where B beats A).
@@ -206,9 +213,13 @@ def paired_bootstrap_delta(targets: np.ndarray, probs_a: np.ndarray, probs_b: np
     def balanced(pred: np.ndarray, y: np.ndarray) -> float:
         return float(np.mean([np.mean(pred[y == c] == c) for c in classes if np.any(y == c)]))
 
+    names, members = np.unique(np.asarray(groups if groups is not None
+                                          else np.arange(len(targets)), dtype=str),
+                               return_inverse=True)
+    rows_of = [np.flatnonzero(members == g) for g in range(len(names))]
     deltas = np.empty(n_boot)
     for i in range(n_boot):
-        idx = rng.integers(0, len(targets), len(targets))
+        idx = np.concatenate([rows_of[g] for g in rng.integers(0, len(names), len(names))])
         deltas[i] = balanced(pred_b[idx], targets[idx]) - balanced(pred_a[idx], targets[idx])
     tail = (1 - level) / 2
     return {"delta": balanced(pred_b, targets) - balanced(pred_a, targets),
@@ -233,7 +244,7 @@ def render_ablation_markdown(report: dict[str, Any]) -> str:
     for a in report["arms"]:
         ci = a["balanced_accuracy_ci"]
         d = a["delta_vs_reference"]
-        synthetic = "per member" if a["synthetic_images"] < 0 else str(a["synthetic_images"])
+        synthetic = "per member" if a["synthetic_images"] is None else str(a["synthetic_images"])
         delta = "—" if a["arm"] == report["reference"] else \
             f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
         better = "—" if a["arm"] == report["reference"] else f"{d['p_b_better']:.2f}"
@@ -245,7 +256,7 @@ def render_ablation_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Δ is the paired bootstrap difference in balanced accuracy from classic-aug on the same "
-        "test images; P(better) is the share of resamples in which the arm beats classic-aug. An "
+        "test images, resampling whole lesions; P(better) is the share of resamples in which the arm beats classic-aug. An "
         "interval that contains 0 means the split cannot tell the two apart.",
     ]
     return "\n".join(lines) + "\n"

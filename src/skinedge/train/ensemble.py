@@ -15,7 +15,13 @@ from skinedge.train.config import TrainConfig
 
 
 def member_dir(out_dir: Path, index: int) -> Path:
+    """Run folder of member ``index``."""
     return Path(out_dir) / "members" / f"member-{index}"
+
+
+def has_trainer_state(run: Path) -> bool:
+    """A run to resume: ``last/``, or its previous copy left by a kill between two renames."""
+    return (run / "last").exists() or (run / ".last.old").exists()
 
 
 def train_ensemble(
@@ -54,7 +60,7 @@ def train_ensemble(
         run = member_dir(out_dir, k)
         data = cfg.data.model_copy(update={"synthetic": synthetic_set})
         member_cfg = cfg.model_copy(update={"seed": cfg.seed + k, "data": data})
-        train_classifier(member_cfg, run, resume=(run / "last").exists(),
+        train_classifier(member_cfg, run, resume=has_trainer_state(run),
                          callbacks=callbacks(k) if callbacks else None, manifest=manifest)
     ensemble = out_dir / "ensemble"
     if not (ensemble / "card.json").is_file():

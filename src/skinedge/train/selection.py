@@ -44,6 +44,10 @@ class SelectionConfig(BaseModel):
     # Near-copy: closer to a real training image than this quantile of the real images' own
     # distances to their nearest real image of another lesion.
     privacy_quantile: float = Field(0.05, ge=0, le=1)
+    # Near-copy, locally: closer to its nearest real image than this fraction of that image's
+    # own distance to the nearest other lesion. Rare classes lie sparse in feature space, where
+    # one global quantile is lax; this adapts to the neighbourhood (0 disables).
+    copy_ratio: float = Field(0.5, ge=0, le=1)
     # Duplicate: closer to an already kept image than this quantile of the same distances.
     diversity_quantile: float = Field(0.05, ge=0, le=1)
     # Greedy score = w * realism rank + (1 - w) * diversity rank, both in [0, 1] per class.
@@ -243,9 +247,14 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
         survivors = []
         for i in members:
             d, privacy = decisions[i], thresholds.privacy_distance
+            local = cfg.copy_ratio * nn[near_idx[i]]
             if d.nearest_real_distance < privacy:
                 d.reason = (f"near-copy of {d.nearest_real_image} (distance "
                             f"{d.nearest_real_distance:.4g} < threshold {privacy:.4g})")
+            elif d.nearest_real_distance < local:
+                d.reason = (f"near-copy of {d.nearest_real_image} (distance "
+                            f"{d.nearest_real_distance:.4g} < {cfg.copy_ratio:g} x its distance "
+                            f"to the nearest other lesion, {nn[near_idx[i]]:.4g})")
             elif disc[i] < disc_min:
                 d.reason = (f"discriminator score {disc[i]:.4g} below the class's "
                             f"{cfg.min_discriminator_quantile:g}-quantile ({disc_min:.4g})")

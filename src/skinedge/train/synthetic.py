@@ -195,10 +195,13 @@ def select_synthetic(
         progress: ``progress(description, done, total)``.
 
     Raises:
-        ValueError: candidates from a GAN trained on another split, or bad inputs.
+        ValueError: candidates from a GAN, or a classifier, trained on another split; a
+            classifier with other classes; bad inputs.
     """
     from skinedge.data.arrays import load_thumbnails
+    from skinedge.data.manifest import check_classes
     from skinedge.evaluate.generative import classifier_features, uint8_to_unit
+    from skinedge.models import load_card
 
     candidates_dir, out_dir, cfg = Path(candidates_dir), Path(out_dir), cfg or SelectionConfig()
     candidates, meta = read_candidates(candidates_dir)
@@ -207,6 +210,12 @@ def select_synthetic(
                          f"{str(meta.get('split_hash'))[:12]}, not this manifest's "
                          f"{manifest.split_hash[:12]}: it may have seen validation or test images")
     codes = list(manifest.vocabulary.codes)
+    card = load_card(classifier)
+    check_classes(manifest, card.classes, manifest.root, f"classifier {classifier}")
+    if card.data.split_hash and card.data.split_hash != manifest.split_hash:
+        raise ValueError(f"classifier {classifier} was trained on split "
+                         f"{card.data.split_hash[:12]}, not this manifest's "
+                         f"{manifest.split_hash[:12]}; use one trained on this split's real images")
     train = manifest.subset("train")
     real_counts = {c: sum(r.label == c for r in train) for c in codes}
     extractor = classifier_features(classifier)

@@ -87,6 +87,7 @@ def load_gans(run_dir: Path | str, device: str | torch.device = "cpu") -> dict[s
 
     Raises:
         FileNotFoundError: ``run_dir`` holds neither kind of run.
+        ValueError: per-class models trained on different splits.
     """
     run_dir = Path(run_dir)
     if (run_dir / CHECKPOINT).is_file():
@@ -97,4 +98,8 @@ def load_gans(run_dir: Path | str, device: str | torch.device = "cpu") -> dict[s
         raise FileNotFoundError(f"{run_dir}: no GAN checkpoint ({CHECKPOINT} or "
                                 f"classes/*/{CHECKPOINT}); train one with `skinedge gan train`")
     gans = [load_gan_checkpoint(p, device) for p in per_class]
+    splits = {gan.split_hash for gan in gans}
+    if len(splits) > 1:
+        raise ValueError(f"{run_dir}: its per-class models were trained on different splits "
+                         f"({sorted(h[:12] for h in splits)}); retrain them on one manifest")
     return {gan.classes[0]: gan for gan in gans}

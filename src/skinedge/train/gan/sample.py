@@ -72,6 +72,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def _check_reuse(out_dir: Path, settings: dict) -> None:
+    """Refuse to mix images of another checkpoint or other settings into a folder."""
+    previous = out_dir / "sample.json"
+    if not previous.is_file():
+        return
+    old = json.loads(previous.read_text())
+    changed = sorted(k for k in settings if old.get(k) != settings[k])
+    if changed:
+        raise ValueError(f"{out_dir} holds candidates made with other {changed}; choose another "
+                         "--out (or delete the folder)")
+
+
 def save_grid(generator: nn.Module, classes: Sequence[str], per_class: int, seed: int,
               path: Path) -> Path:
     """A PNG of ``per_class`` samples per class (one row each, labelled), fixed seeds, so grids
@@ -104,9 +116,10 @@ def sample_candidates(
 ) -> Path:
     """Generate candidates per class as PNGs with their discriminator scores.
 
-    Writes ``out_dir/images/<class>/<class>-<seed>.png``, ``candidates.csv`` (image, label,
-    seed, discriminator_score) and ``sample.json`` (which GAN, its hash, the settings).
-    Images already on disk from an interrupted run are reused (they are the same pixels).
+    Writes ``sample.json`` (which GAN, its hash, the settings), then
+    ``out_dir/images/<class>/<class>-<seed>.png`` and last ``candidates.csv`` (image, label,
+    seed, discriminator_score). Images already on disk from an interrupted run with the same
+    checkpoint and settings are reused (they are the same pixels).
 
     Args:
         run_dir: A GAN run (class-conditional or per-class).
@@ -117,7 +130,8 @@ def sample_candidates(
         progress: ``progress(description, done, total)``.
 
     Raises:
-        ValueError: a class the GAN does not generate.
+        ValueError: a class the GAN does not generate, or a folder made with another
+            checkpoint or other settings.
     """
     from skinedge.train.gan.networks import load_gans
     from skinedge.utils.io import atomic_write_bytes, atomic_write_text, package_versions
@@ -127,6 +141,17 @@ def sample_candidates(
     unknown = sorted(set(counts) - set(gans))
     if unknown:
         raise ValueError(f"{run_dir} does not generate class(es) {unknown}; it has {sorted(gans)}")
+    first = next(iter(gans.values()))
+    settings = {
+        "gan": str(Path(run_dir).resolve()),
+        "checkpoints": {c: {"path": str(g.path), "sha256": g.sha256, "kimg": g.kimg}
+                        for c, g in gans.items()},
+        "split_hash": first.split_hash, "arch": first.config.model.arch,
+        "resolution": first.config.resolution, "seed": seed, "truncation_psi": truncation_psi,
+    }
+    _check_reuse(out_dir, settings)
+    atomic_write_text(out_dir / "sample.json", json.dumps(
+        {**settings, "counts": counts, "versions": package_versions()}, indent=1))
     rows = []
     for code, n in counts.items():
         gan = gans[code]
@@ -152,15 +177,5 @@ def sample_candidates(
     writer = csv.writer(buffer)
     writer.writerow(["image", "label", "seed", "discriminator_score"])
     writer.writerows(rows)
-    atomic_write_text(out_dir / CANDIDATES, buffer.getvalue())
-    first = next(iter(gans.values()))
-    atomic_write_text(out_dir / "sample.json", json.dumps({
-        "gan": str(Path(run_dir).resolve()),
-        "checkpoints": {c: {"path": str(g.path), "sha256": g.sha256, "kimg": g.kimg}
-                        for c, g in gans.items()},
-        "split_hash": first.split_hash, "arch": first.config.model.arch,
-        "resolution": first.config.resolution,
-        "counts": counts, "seed": seed, "truncation_psi": truncation_psi,
-        "versions": package_versions(),
-    }, indent=1))
+    atomic_write_text(out_dir / CANDIDATES, buffer.getvalue())  # last: marks the folder done
     return out_dir / CANDIDATES

@@ -66,8 +66,8 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
         One result per trained model.
 
     Raises:
-        ValueError: no manifest, unknown or empty classes, or a run already in ``out_dir``
-            without ``resume``.
+        ValueError: no manifest, unknown or empty classes, a run already in ``out_dir``
+            without ``resume``, or a resume with a changed config or split.
     """
     from skinedge.train.config import load_data_manifest
 
@@ -85,13 +85,24 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
         raise ValueError(f"{cfg.data.manifest}: no training images of class(es) {empty}; "
                          "leave them out with --set data.classes=[...]")
     callbacks = callbacks or GANCallbacks()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    atomic_write_text(out_dir / "versions.json", json.dumps(package_versions(), indent=2))
     if cfg.model.conditioning == "label":
         groups = [(out_dir, classes)]
     else:
         groups = [(out_dir / "classes" / c, [c]) for c in classes]
+    started = [folder for folder, _ in groups if (folder / CHECKPOINT).exists()]
+    if started and not resume:
+        raise ValueError(f"{out_dir} already holds a GAN run; continue it with --resume, or "
+                         "choose another --out (or delete the folder) to start afresh")
+    if resume and not started:
+        raise ValueError(f"cannot resume: {out_dir} holds no GAN checkpoint; start without "
+                         "--resume")
+    for folder, group in groups:  # refuse a changed config before anything is written
+        if (folder / CHECKPOINT).exists():
+            saved = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+            _check_resumable(saved, cfg, group, manifest.split_hash, folder / CHECKPOINT)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(out_dir / "versions.json", json.dumps(package_versions(), indent=2))
     results = []
     for folder, group in groups:
         group_rows = [r for r in rows if r.label in group]
@@ -111,12 +122,6 @@ def _train_one(cfg: GANConfig, out_dir: Path, classes: list[str], paths: Sequenc
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     checkpoint = out_dir / CHECKPOINT
-    if checkpoint.exists() and not resume:
-        raise ValueError(f"{out_dir} already holds a GAN run; continue it with --resume, or "
-                         "choose another --out (or delete the folder) to start afresh")
-    if resume and not checkpoint.exists() and models == 1:
-        raise ValueError(f"cannot resume: {checkpoint} does not exist; start without --resume")
-
     torch.manual_seed(cfg.seed)
     generator, discriminator = create_gan(cfg, len(classes))
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
@@ -124,7 +129,6 @@ def _train_one(cfg: GANConfig, out_dir: Path, classes: list[str], paths: Sequenc
     state: dict[str, Any] = {"step": 0, "shown": 0, "seconds": 0.0, "history": []}
     if resume and checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        _check_resumable(saved, cfg, classes, split_hash, checkpoint)
         generator.load_state_dict(saved["generator"])
         generator_ema.load_state_dict(saved["generator_ema"])
         discriminator.load_state_dict(saved["discriminator"])
@@ -143,6 +147,8 @@ def _train_one(cfg: GANConfig, out_dir: Path, classes: list[str], paths: Sequenc
                         "arch": cfg.model.arch, "resolution": cfg.resolution, "out": str(out_dir)})
     if state["shown"] >= total:
         return GANResult(out_dir, state["shown"] / 1000, False, state["history"])
+    if time_limit is not None and state["seconds"] >= time_limit:  # budget spent: change nothing
+        return GANResult(out_dir, state["shown"] / 1000, True, state["history"])
 
     real = torch.from_numpy(load_thumbnails(paths, cfg.resolution, progress=callbacks.on_loading))
     real = real.permute(0, 3, 1, 2).contiguous()  # (N, 3, R, R) uint8
