@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,6 +122,11 @@ class _RichGANCallbacks:
             self.progress.console.print(f"snapshot at {kimg:.1f} kimg: {grid}")
 
 
+class SelectionMode(str, Enum):
+    select = "select"
+    none = "none"
+
+
 @gan_app.command("select")
 def gan_select(
     candidates: Annotated[Path, typer.Argument(help="Candidates folder from `skinedge gan sample`.")],
@@ -128,8 +134,9 @@ def gan_select(
     manifest: Annotated[Path, typer.Option(help="The split the GAN learned from.")],
     classifier: Annotated[Path, typer.Option(
         help="Checkpoint trained on this split's real images: features and class confidence.")],
-    mode: Annotated[str, typer.Option(
-        help="select (realism, diversity and privacy filters) or none (first N by seed).")] = "select",
+    mode: Annotated[SelectionMode, typer.Option(
+        help="select (realism, diversity and privacy filters) or none (first N by seed).")
+    ] = SelectionMode.select,
     overrides: SetOpt = None,
 ) -> None:
     """Keep realistic, diverse candidates that are not near-copies of real training images, up
@@ -142,13 +149,11 @@ def gan_select(
     from skinedge.train.synthetic import select_synthetic
 
     started = now()
-    if mode not in ("select", "none"):
-        fail(f"--mode {mode!r}: choose select or none")
     try:
         cfg = SelectionConfig.model_validate(apply_overrides({}, list(overrides or [])))
         with make_progress() as progress:
             synthetic = select_synthetic(candidates, load_manifest(manifest), out,
-                                         classifier=classifier, cfg=cfg, mode=mode,
+                                         classifier=classifier, cfg=cfg, mode=mode.value,
                                          progress=StageProgress(progress))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

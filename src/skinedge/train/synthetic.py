@@ -75,6 +75,7 @@ class SyntheticSet:
                 "selection": self.source.get("mode"), "gan": self.source.get("gan")}
 
     def save(self) -> Path:
+        """Write ``synthetic.json`` into the set's folder."""
         doc = {"schema": SCHEMA, "split_hash": self.split_hash, "classes": self.classes,
                "sha256": self.sha256, "counts": self.counts(), "source": self.source,
                "rows": [asdict(r) for r in self.rows]}

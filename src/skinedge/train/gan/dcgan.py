@@ -60,6 +60,7 @@ class DCGANDiscriminator(nn.Module):
         self.embed = nn.Embedding(num_classes, features)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) -> (B, C * 16) flattened 4x4 features."""
         return self.net(images)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

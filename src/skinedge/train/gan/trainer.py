@@ -42,6 +42,8 @@ class GANCallbacks:
 
 @dataclass
 class GANResult:
+    """One trained model: where, how far (kimg), whether the time limit stopped it."""
+
     out_dir: Path
     kimg: float
     stopped_by_time: bool
