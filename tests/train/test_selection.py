@@ -80,6 +80,30 @@ def test_near_copies_rejected_and_diverse_kept(world):
     assert sorted(d.rank for d in decisions[3:]) == list(range(10))
 
 
+def test_a_copy_of_a_real_images_view_is_a_near_copy_of_that_image(world):
+    rng, real, images, groups = world
+    # Features of each real image turned by 90 degrees: unrelated points in this model.
+    turned = spread_points(rng, real, groups, len(real))
+    cands, feats, conf = make_candidates(turned[[7, 42]] + 1e-3 * rng.normal(size=(2, D)))
+    alone, _ = run(cands, feats, conf, real, images, groups)
+    assert all(d.kept for d in alone)  # one orientation only: the copies look new
+    decisions, _ = select_candidates(cands, feats, conf, real, images, groups, COUNTS,
+                                     SelectionConfig(), real_views={"rotated 90": turned})
+    for d, source in zip(decisions, [7, 42]):
+        assert not d.kept and d.nearest_real_image == images[source]
+        assert d.reason.startswith(f"near-copy of {images[source]} rotated 90 (distance")
+    with pytest.raises(ValueError, match=r"real_views\['rotated 90'\] has shape"):
+        select_candidates(cands, feats, conf, real, images, groups, COUNTS, SelectionConfig(),
+                          real_views={"rotated 90": turned[:5]})
+
+
+def test_real_nn_distances_take_the_nearest_view():
+    feats = np.array([[0.0, 0.0], [10.0, 0.0]])
+    assert real_nn_distances(feats, ["L1", "L2"]).tolist() == [10.0, 10.0]
+    view = np.array([[9.0, 0.0], [1.0, 0.0]])  # each image's turned copy lies near the other
+    assert real_nn_distances(feats, ["L1", "L2"], [view]).tolist() == [1.0, 1.0]
+
+
 def test_identical_candidates_keep_at_most_one(world):
     rng, real, images, groups = world
     feats = spread_points(rng, real, groups, 6)

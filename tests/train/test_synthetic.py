@@ -36,18 +36,22 @@ def tiny_gan(tiny_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
-def planted_candidates(folder: Path, manifest, gan_meta: dict) -> list[tuple[str, str]]:
+def planted_candidates(folder: Path, manifest, gan_meta: dict,
+                       turn: bool = False) -> list[tuple[str, str]]:
     """A candidates folder of df/vasc images: near-copies of real train images (slightly
-    noised) and generated-looking images of other lesions' colours; returns (image, kind)."""
+    noised; with ``turn``, also rotated 90 degrees or mirrored) and generated-looking images
+    of other lesions' colours; returns (image, kind), kind "copy of <real image>" or "diverse"."""
     rng = np.random.default_rng(0)
     rows, kinds = [], []
     train = [r for r in manifest.subset("train") if r.label in ("df", "vasc")]
     for i, r in enumerate(train[:4]):  # near-copies of patients' images
         image = load_thumbnails([manifest.root / r.image], 16)[0].astype(np.int16)
+        if turn:
+            image = np.rot90(image) if i % 2 else image[:, ::-1]
         image = np.clip(image + rng.integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
         name = f"images/{r.label}/{r.label}-{i}.png"
         rows.append((name, r.label, i, 1.0))
-        kinds.append((name, "copy"))
+        kinds.append((name, f"copy of {r.image}"))
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / name)
     from tests.conftest import CLASS_COLOURS, make_image
@@ -80,13 +84,32 @@ def test_selection_rejects_planted_near_copies_and_keeps_diverse_candidates(
     ledger = {d.image: d for d in read_ledger(tmp_path / "set" / "ledger.csv")}
     assert len(ledger) == len(kinds)  # one row per candidate, nothing dropped
     for image, kind in kinds:
-        if kind == "copy":
+        if kind.startswith("copy"):
             assert not ledger[image].kept and ledger[image].reason.startswith("near-copy"), image
         else:
             assert ledger[image].kept, (image, ledger[image].reason)
     kept = {r.image for r in synthetic.rows}
     assert len(kept) == 8 and all((tmp_path / "set" / k).is_file() for k in kept)
     assert json.loads((tmp_path / "set" / "selection.json").read_text())["features"]
+
+
+def test_turned_and_mirrored_copies_are_near_copies_of_their_source(tiny_checkpoint, tmp_path):
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    kinds = planted_candidates(tmp_path / "cand", manifest, {"split_hash": manifest.split_hash},
+                               turn=True)
+    cfg = SelectionConfig(target=20, min_discriminator_quantile=0, min_classifier_confidence=0,
+                          privacy_quantile=0.9, diversity_quantile=0.0)
+    select_synthetic(tmp_path / "cand", manifest, tmp_path / "set", classifier=tiny_checkpoint,
+                     cfg=cfg)
+    ledger = {d.image: d for d in read_ledger(tmp_path / "set" / "ledger.csv")}
+    copies = [(image, kind.removeprefix("copy of ")) for image, kind in kinds
+              if kind.startswith("copy")]
+    for image, source in copies:
+        d = ledger[image]
+        assert not d.kept and d.nearest_real_image == source, (image, d.reason)
+        assert d.reason.startswith(f"near-copy of {source}"), d.reason
+    assert any("rotated 90" in ledger[image].reason for image, _ in copies)
+    assert any("mirrored" in ledger[image].reason for image, _ in copies)
 
 
 def test_no_selection_keeps_the_first_candidates_by_seed(tiny_checkpoint, tmp_path) -> None:

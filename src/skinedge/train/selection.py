@@ -6,6 +6,11 @@ or rejected. Filters run in order, the first failing one is the reason: near-cop
 training image (privacy) -> discriminator score below the class's quantile -> classifier
 confidence too low. Survivors are then picked greedily per class, trading realism against
 distance to the images already kept, up to the class quota.
+
+A GAN trained with flips and rotations (``data.dihedral``) can return a patient's lesion turned
+by 90 degrees, which a comparison in one orientation misses; the caller passes the features of
+such views of the real images (``real_views``) and every distance to a real image takes the
+nearest view.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class SelectionConfig(BaseModel):
     diversity_quantile: float = Field(0.05, ge=0, le=1)
     # Greedy score = w * realism rank + (1 - w) * diversity rank, both in [0, 1] per class.
     realism_weight: float = Field(0.5, ge=0, le=1)
+    # Compare candidates with the real images' flips and 90-degree rotations too (8 views), so
+    # a turned or mirrored copy of a patient's lesion is still a near-copy (the caller computes
+    # the views' features: `skinedge.train.synthetic.select_synthetic` does).
+    dihedral: bool = True
 
     @field_validator("target")
     @classmethod
@@ -146,12 +155,15 @@ def _nearest(a: np.ndarray, b: np.ndarray, a_codes: np.ndarray | None = None,
     return dist, index
 
 
-def real_nn_distances(real_features: np.ndarray, real_groups: Sequence[str]) -> np.ndarray:
+def real_nn_distances(real_features: np.ndarray, real_groups: Sequence[str],
+                      views: Sequence[np.ndarray] = ()) -> np.ndarray:
     """For each real image, the distance to its nearest real image of another group.
 
     Args:
         real_features: (M, D) features of the real training images.
         real_groups: (M,) lesion/patient ids; images of the same lesion are not compared.
+        views: (M, D) features of transformed copies of the same images (flips, rotations);
+            the distance to another image is then the distance to its nearest view.
 
     Returns:
         (M,) euclidean distances.
@@ -164,8 +176,9 @@ def real_nn_distances(real_features: np.ndarray, real_groups: Sequence[str]) -> 
     if len(names) < 2:
         raise ValueError(f"need real images of at least 2 lesion groups to measure "
                          f"near-copies; got {len(names)}: add more real training images")
-    feats = feats - feats.mean(axis=0)  # smaller norms, less cancellation in |a|^2+|b|^2-2ab
-    return _nearest(feats, feats, codes, codes)[0]
+    center = feats.mean(axis=0)  # smaller norms, less cancellation in |a|^2+|b|^2-2ab
+    every = np.concatenate([feats, *(np.asarray(v, dtype=np.float64) for v in views)]) - center
+    return _nearest(feats - center, every, codes, np.tile(codes, 1 + len(views)))[0]
 
 
 def _rank01(values: np.ndarray) -> np.ndarray:
@@ -178,7 +191,7 @@ def _rank01(values: np.ndarray) -> np.ndarray:
 
 
 def _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups,
-                  real_counts) -> None:
+                  real_counts, views) -> None:
     n, m = len(candidates), len(real_images)
     if cand.ndim != 2 or len(cand) != n:
         raise ValueError(f"candidate_features has shape {cand.shape}; expected ({n}, D) "
@@ -189,8 +202,13 @@ def _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups,
         raise ValueError(f"real_features has shape {real.shape}, real_images {m} entries and "
                          f"real_groups {len(real_groups)}; expected ({m}, {cand.shape[1]}), "
                          f"the candidates' feature size, and one group per image")
+    for name, view in views.items():
+        if view.shape != real.shape:
+            raise ValueError(f"real_views[{name!r}] has shape {view.shape}; expected "
+                             f"{real.shape}, one row per real image in the same order")
     for name, array in (("candidate_features", cand), ("classifier_confidence", conf),
-                        ("discriminator scores", disc), ("real_features", real)):
+                        ("discriminator scores", disc), ("real_features", real),
+                        *((f"real_views[{k!r}]", v) for k, v in views.items())):
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{name} contains NaN or infinite values; fix the feature step")
     unknown = sorted({c.label for c in candidates} - set(real_counts))
@@ -205,7 +223,8 @@ def _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups,
 def select_candidates(candidates: Sequence[Candidate], candidate_features: np.ndarray,
                       classifier_confidence: np.ndarray, real_features: np.ndarray,
                       real_images: Sequence[str], real_groups: Sequence[str],
-                      real_counts: dict[str, int], cfg: SelectionConfig,
+                      real_counts: dict[str, int], cfg: SelectionConfig, *,
+                      real_views: dict[str, np.ndarray] | None = None,
                       ) -> tuple[list[Decision], SelectionThresholds]:
     """Decide, for every candidate, whether it joins the training split.
 
@@ -218,6 +237,10 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
         real_groups: (M,) their lesion/patient ids.
         real_counts: Real training images per class (all classes).
         cfg: Selection config.
+        real_views: Name -> (M, D) features of a transformed copy of every real image, in
+            ``real_features`` order (e.g. ``"rotated 90"``). A candidate's nearest real image
+            is its nearest view, named in the ledger, and the real images' own cross-lesion
+            distances, from which the thresholds come, use the views alike.
 
     Returns:
         One `Decision` per candidate, in input order, and the thresholds used.
@@ -226,15 +249,20 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
     conf = np.asarray(classifier_confidence, dtype=np.float64)
     real = np.asarray(real_features, dtype=np.float64)
     disc = np.array([c.discriminator_score for c in candidates], dtype=np.float64)
-    _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups, real_counts)
-    nn = real_nn_distances(real, real_groups)
+    views = {name: np.asarray(v, dtype=np.float64) for name, v in (real_views or {}).items()}
+    _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups, real_counts,
+                  views)
+    nn = real_nn_distances(real, real_groups, list(views.values()))
     thresholds = SelectionThresholds(
         privacy_distance=float(np.quantile(nn, cfg.privacy_quantile)),
         diversity_distance=float(np.quantile(nn, cfg.diversity_quantile)),
         quotas=synthetic_quotas(real_counts, cfg))
     center = real.mean(axis=0)
-    cand, real = cand - center, real - center
-    near_dist, near_idx = _nearest(cand, real)
+    view_names = ["", *views]
+    every = np.concatenate([real, *views.values()]) - center  # view k of image j: k * M + j
+    cand = cand - center
+    near_dist, near_row = _nearest(cand, every)
+    near_idx, near_view = near_row % len(real), near_row // len(real)
     decisions = [Decision(c.image, c.label, int(c.seed), float(c.discriminator_score),
                           float(conf[i]), float(near_dist[i]), str(real_images[near_idx[i]]),
                           None, False, "", None) for i, c in enumerate(candidates)]
@@ -248,11 +276,13 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
         for i in members:
             d, privacy = decisions[i], thresholds.privacy_distance
             local = cfg.copy_ratio * nn[near_idx[i]]
+            view = view_names[near_view[i]]
+            copy_of = f"{d.nearest_real_image} {view}" if view else d.nearest_real_image
             if d.nearest_real_distance < privacy:
-                d.reason = (f"near-copy of {d.nearest_real_image} (distance "
+                d.reason = (f"near-copy of {copy_of} (distance "
                             f"{d.nearest_real_distance:.4g} < threshold {privacy:.4g})")
             elif d.nearest_real_distance < local:
-                d.reason = (f"near-copy of {d.nearest_real_image} (distance "
+                d.reason = (f"near-copy of {copy_of} (distance "
                             f"{d.nearest_real_distance:.4g} < {cfg.copy_ratio:g} x its distance "
                             f"to the nearest other lesion, {nn[near_idx[i]]:.4g})")
             elif disc[i] < disc_min:

@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -182,7 +182,8 @@ def select_synthetic(
 
     Features (for privacy and diversity) and the intended-class confidence come from the
     ``classifier`` checkpoint, trained on real images of this split only. Real train images
-    are first reduced to the GAN's resolution, so both sides are compared at the same detail.
+    are first reduced to the GAN's resolution, so both sides are compared at the same detail,
+    and, with ``cfg.dihedral``, in their 8 flips and 90-degree rotations.
 
     Args:
         candidates_dir: Output of ``skinedge gan sample``.
@@ -228,13 +229,19 @@ def select_synthetic(
     real = load_thumbnails([manifest.root / r.image for r in train], resolution,
                            progress=report("reading real train images"))
     real_features = extractor(uint8_to_unit(real))
+    real_views = {}
+    if cfg.dihedral:
+        for i, (name, view) in enumerate(dihedral_views(real)):
+            real_views[name] = extractor(uint8_to_unit(view))
+            if progress:
+                progress("features of flipped and rotated real images", i + 1, 7)
     fake = load_thumbnails([candidates_dir / c.image for c in candidates], resolution,
                            progress=report("reading candidates"))
     fake_features, probs = extractor.classify(uint8_to_unit(fake))
     confidence = probs[np.arange(len(candidates)), [codes.index(c.label) for c in candidates]]
     decisions, thresholds = select_candidates(
         candidates, fake_features, confidence, real_features, [r.image for r in train],
-        [r.group for r in train], real_counts, cfg)
+        [r.group for r in train], real_counts, cfg, real_views=real_views)
     if mode == "none":
         decisions = _first_by_seed(decisions, thresholds.quotas)
 
@@ -257,6 +264,18 @@ def select_synthetic(
     synthetic.save()
     atomic_write_text(out_dir / "selection.json", json.dumps(source, indent=1))
     return synthetic
+
+
+def dihedral_views(images: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """The 7 flips and 90-degree rotations of (N, H, W, C) square images other than identity."""
+    for flip in (False, True):
+        base = images[:, :, ::-1] if flip else images
+        for quarter in range(4):
+            if flip or quarter:
+                turned = np.rot90(base, quarter, axes=(1, 2)) if quarter else base
+                name = " ".join(filter(None, ["mirrored" if flip else "",
+                                              f"rotated {90 * quarter}" if quarter else ""]))
+                yield name, np.ascontiguousarray(turned)
 
 
 def _first_by_seed(decisions: list[Decision], quotas: dict[str, int]) -> list[Decision]:
