@@ -5,6 +5,8 @@ Usage:
         [--compression compression/NAME ...] --out docs/RESULTS.md
     python scripts/results.py --update --gan GAN_RUN --quality QUALITY --ablation ABLATION \
         --out docs/RESULTS.md   # (re)writes only the GAN section, keeping the rest
+    python scripts/results.py --update --section gan-dcgan --gan DCGAN_RUN --quality QUALITY \
+        --out docs/RESULTS.md   # a second GAN (the DCGAN baseline) in a section of its own
 
 Each run folder is what `skinedge quickstart --out RUN` leaves: command.json, manifest.json,
 train/{config.yaml,versions.json,metrics.jsonl,best/card.json}, eval/metrics.json.
@@ -295,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=Path, help="its `skinedge gan quality --out` folder")
     parser.add_argument("--ablation", type=Path,
                         help="a `skinedge experiment ablation --out` folder")
+    parser.add_argument("--section", default="gan",
+                        help="name of the section --gan renders into (another name for a second "
+                             "GAN, e.g. the DCGAN baseline, keeps the first)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--update", action="store_true",
                         help="replace only the sections this call renders in --out (each names "
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update:
         sections = []
         if args.gan is not None:
-            sections.append(("gan", render_gan(args.gan, args.quality, args.ablation,
+            sections.append((args.section, render_gan(args.gan, args.quality, args.ablation,
                                                args.out.parent)))
         text = args.out.read_text() if args.out.is_file() else "# Measured results\n"
         for name, lines in sections:

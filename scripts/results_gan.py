@@ -25,8 +25,10 @@ def render_gan(gan: Path, quality: Path | None, ablation: Path | None, docs: Pat
         f"- command: `{command}`",
         f"- {m['arch']}, {m['conditioning']} conditioning, {cfg['resolution']} px, channels "
         f"base {m['channel_base']} / max {m['channel_max']}, batch {cfg['batch_size']}, "
-        f"DiffAugment {cfg['diffaugment'] or 'off'}, R1 gamma {cfg['loss']['r1_gamma']} "
-        f"every {cfg['loss']['r1_interval']} steps, EMA half-life {cfg['ema_kimg']} kimg",
+        f"DiffAugment {cfg['diffaugment'] or 'off'}, "
+        + (f"R1 gamma {cfg['loss']['r1_gamma']} every {cfg['loss']['r1_interval']} steps"
+           if cfg["loss"]["r1_gamma"] else "no R1")
+        + f", EMA half-life {cfg['ema_kimg']} kimg",
         f"- trained {last['kimg']:.1f} kimg ({last['step']} steps) in {last['minutes']:.1f} "
         f"minutes on this machine's CPU"
         + (f" (time limit {cfg['time_limit_minutes']} min)" if cfg.get("time_limit_minutes") else ""),
@@ -40,7 +42,7 @@ def render_gan(gan: Path, quality: Path | None, ablation: Path | None, docs: Pat
     for row in history[::step] + ([history[-1]] if (len(history) - 1) % step else []):
         lines.append(f"| {row['kimg']:.1f} | {row['minutes']:.1f} | {row['d_loss']:.3f} | "
                      f"{row['g_loss']:.3f} | {row['d_real']:.3f} | {row['d_fake']:.3f} | "
-                     f"{row.get('r1', float('nan')):.3f} |")
+                     + (f"{row['r1']:.3f} |" if "r1" in row else "— |"))
     grids = sorted((gan / "grids").glob("*.png"))
     if grids:
         target = docs / f"gan-grid-{gan.name}.png"
