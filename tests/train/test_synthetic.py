@@ -16,6 +16,7 @@ from skinedge.data.arrays import load_thumbnails
 from skinedge.train.selection import SelectionConfig, read_ledger
 from skinedge.train.synthetic import (
     augmented_train_set,
+    dihedral_views,
     load_synthetic_set,
     read_candidates,
     select_synthetic,
@@ -110,6 +111,34 @@ def test_turned_and_mirrored_copies_are_near_copies_of_their_source(tiny_checkpo
         assert d.reason.startswith(f"near-copy of {source}"), d.reason
     assert any("rotated 90" in ledger[image].reason for image, _ in copies)
     assert any("mirrored" in ledger[image].reason for image, _ in copies)
+
+
+def test_dihedral_views_are_the_seven_other_flips_and_rotations() -> None:
+    images = np.random.default_rng(0).integers(0, 255, (2, 5, 5, 3), dtype=np.uint8)
+    views = dict(dihedral_views(images))
+    assert len({images.tobytes(), *(v.tobytes() for v in views.values())}) == 8
+    np.testing.assert_array_equal(views["rotated 180"], images[:, ::-1, ::-1])
+    np.testing.assert_array_equal(views["mirrored"], images[:, :, ::-1])
+
+
+def test_a_reference_cache_reads_the_real_images_once(tiny_checkpoint, tmp_path,
+                                                      monkeypatch) -> None:
+    import skinedge.data.arrays as arrays
+
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    planted_candidates(tmp_path / "cand", manifest, {"split_hash": manifest.split_hash})
+    reads = []
+    real_load = arrays.load_thumbnails
+    monkeypatch.setattr(arrays, "load_thumbnails",
+                        lambda paths, *a, **k: reads.append(len(paths)) or real_load(paths, *a, **k))
+    cache: dict = {}
+    for out in ("first", "second"):
+        select_synthetic(tmp_path / "cand", manifest, tmp_path / out, classifier=tiny_checkpoint,
+                         reference_cache=cache)
+    real, candidates = len(manifest.subset("train")), 12
+    assert reads == [real, candidates, candidates]  # real images once, candidates each time
+    assert ((tmp_path / "first" / "ledger.csv").read_text()
+            == (tmp_path / "second" / "ledger.csv").read_text())
 
 
 def test_no_selection_keeps_the_first_candidates_by_seed(tiny_checkpoint, tmp_path) -> None:

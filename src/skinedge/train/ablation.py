@@ -100,7 +100,7 @@ def run_ablation(
 
     quotas = needed_counts(manifest, cfg.selection)
     counts = {c: math.ceil(q * cfg.oversample) for c, q in quotas.items() if q > 0}
-    selected = []
+    selected, reference_cache = [], {}  # one classifier: real features computed once
     for k in range(cfg.members):
         candidates = out_dir / "candidates" / f"seed-{k}"
         if not (candidates / "candidates.csv").is_file():
@@ -109,12 +109,14 @@ def run_ablation(
         kept = out_dir / "synthetic" / f"selected-seed-{k}"
         if not (kept / "synthetic.json").is_file():
             select_synthetic(candidates, manifest, kept, classifier=classifier,
-                             cfg=cfg.selection, progress=progress)
+                             cfg=cfg.selection, progress=progress,
+                             reference_cache=reference_cache)
         selected.append(kept)
     unselected = out_dir / "synthetic" / "unselected-seed-0"
     if not (unselected / "synthetic.json").is_file():
         select_synthetic(out_dir / "candidates" / "seed-0", manifest, unselected,
-                         classifier=classifier, cfg=cfg.selection, mode="none", progress=progress)
+                         classifier=classifier, cfg=cfg.selection, mode="none", progress=progress,
+                         reference_cache=reference_cache)
 
     def with_synthetic(path: Path) -> dict[str, Any]:
         return {"data": base.data.model_copy(update={"synthetic": path})}

@@ -177,6 +177,7 @@ def select_synthetic(
     candidates_dir: Path | str, manifest: Manifest, out_dir: Path | str, *, classifier: Path,
     cfg: SelectionConfig | None = None, mode: Literal["select", "none"] = "select",
     progress: Callable[[str, int, int], None] | None = None,
+    reference_cache: dict[tuple, tuple[np.ndarray, dict[str, np.ndarray]]] | None = None,
 ) -> SyntheticSet:
     """Score GAN candidates and keep the ones to train on, up to the class quotas.
 
@@ -195,6 +196,9 @@ def select_synthetic(
             up to the quota: the "GAN without selection" arm of the ablation). The ledger
             records every measurement in both.
         progress: ``progress(description, done, total)``.
+        reference_cache: A dict the caller keeps across calls (the ablation's selections with
+            one classifier): the real images' features, and their views', are computed once
+            per split, classifier weights, resolution and ``cfg.dihedral``.
 
     Raises:
         ValueError: candidates from a GAN, or a classifier, trained on another split; a
@@ -226,15 +230,23 @@ def select_synthetic(
     def report(what: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(what, done, total)) if progress else None
 
-    real = load_thumbnails([manifest.root / r.image for r in train], resolution,
-                           progress=report("reading real train images"))
-    real_features = extractor(uint8_to_unit(real))
-    real_views = {}
-    if cfg.dihedral:
-        for i, (name, view) in enumerate(dihedral_views(real)):
+    # extractor.name holds the classifier's weights hash, so a retrained one misses the cache.
+    key = (manifest.split_hash, extractor.name, resolution, cfg.dihedral)
+    if reference_cache is not None and key in reference_cache:
+        real_features, real_views = reference_cache[key]
+    else:
+        real = load_thumbnails([manifest.root / r.image for r in train], resolution,
+                               progress=report("reading real train images"))
+        real_features = extractor(uint8_to_unit(real))
+        views = list(dihedral_views(real)) if cfg.dihedral else []
+        turned = report("features of flipped and rotated real images")
+        real_views = {}
+        for i, (name, view) in enumerate(views):
             real_views[name] = extractor(uint8_to_unit(view))
-            if progress:
-                progress("features of flipped and rotated real images", i + 1, 7)
+            if turned:
+                turned(i + 1, len(views))
+        if reference_cache is not None:
+            reference_cache[key] = real_features, real_views
     fake = load_thumbnails([candidates_dir / c.image for c in candidates], resolution,
                            progress=report("reading candidates"))
     fake_features, probs = extractor.classify(uint8_to_unit(fake))
@@ -269,13 +281,10 @@ def select_synthetic(
 def dihedral_views(images: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
     """The 7 flips and 90-degree rotations of (N, H, W, C) square images other than identity."""
     for flip in (False, True):
-        base = images[:, :, ::-1] if flip else images
-        for quarter in range(4):
-            if flip or quarter:
-                turned = np.rot90(base, quarter, axes=(1, 2)) if quarter else base
-                name = " ".join(filter(None, ["mirrored" if flip else "",
-                                              f"rotated {90 * quarter}" if quarter else ""]))
-                yield name, np.ascontiguousarray(turned)
+        for quarter in range(0 if flip else 1, 4):  # skip the identity
+            name = ("mirrored " if flip else "") + (f"rotated {90 * quarter}" if quarter else "")
+            view = np.rot90(images[:, :, ::-1] if flip else images, quarter, axes=(1, 2))
+            yield name.strip(), np.ascontiguousarray(view)
 
 
 def _first_by_seed(decisions: list[Decision], quotas: dict[str, int]) -> list[Decision]:
