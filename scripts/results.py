@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from results_gan import render_gan  # scripts/ is on sys.path when run as a script
 
 from skinedge.evaluate.report import render_markdown

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from skinedge.cli.main import app
-from tests.compress.conftest import manifest_of
+from tests.conftest import manifest_of
 
 runner = CliRunner()
 TINY = ["--set", "resolution=16", "--set", "batch_size=8", "--set", "kimg=0.016",

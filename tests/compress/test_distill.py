@@ -18,7 +18,7 @@ from skinedge.data.dataset import LesionDataset
 from skinedge.evaluate.predict import predict_probs
 from skinedge.models import Ensemble, create_classifier, create_ensemble, load_card, load_checkpoint
 from skinedge.train.config import load_train_config
-from tests.compress.conftest import TINY, manifest_of
+from tests.conftest import TINY, manifest_of
 
 
 def distill_config(teacher: Path, manifest: Path, cache: Path, *extra: str) -> DistillConfig:
@@ -223,7 +223,7 @@ def test_cli_creates_an_ensemble_and_distils_it(teacher, tiny_checkpoint, tmp_pa
 
 
 def test_grad_cam_explains_an_ensemble_through_every_member(teacher, tiny_dataset, tmp_path):
-    from skinedge.train.explain import explain_images
+    from skinedge.explain.overlays import explain_images
 
     image = sorted((tiny_dataset / "images").glob("mel_*.jpg"))[0]
     [(path, result)] = explain_images(teacher, [image], tmp_path)

@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 
 pytest.importorskip("nncf")
 
-from skinedge.compress.api import qat_config, quantize_checkpoint  # noqa: E402
 from skinedge.compress.qat import insert_quantizers, prepare_qat  # noqa: E402
 from skinedge.compress.quantize import resolve_overflow_fix  # noqa: E402
 from skinedge.data import load_manifest  # noqa: E402
 from skinedge.data.arrays import manifest_arrays  # noqa: E402
 from skinedge.models import load_card, load_checkpoint  # noqa: E402
+from skinedge.pipelines.quantize import qat_config, quantize_checkpoint  # noqa: E402
 from skinedge.train.trainer import train_classifier  # noqa: E402
-from tests.compress.conftest import manifest_of  # noqa: E402
+from tests.conftest import manifest_of  # noqa: E402
 
 FAST = ["epochs=1", "optim.scheduler=none", "optim.lr=1e-3", "device=cpu", "num_workers=0",
         "quantize.calibration_images=24"]

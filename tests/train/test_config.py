@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skinedge.cli.quickstart import default_config
+from skinedge.pipelines.quickstart import default_config
 from skinedge.train.config import TrainConfig, apply_overrides, dump_config, load_train_config
 
 

@@ -49,8 +49,8 @@ def ensemble_train(
     """Train K members (member k: seed k, k-th synthetic set) and ensemble them. Finished
     members are kept and stopped ones resume, so rerun the same command after a kill."""
     from skinedge.cli.progress import RichTrainCallbacks, console, make_progress
-    from skinedge.cli.provenance import now, record_command
     from skinedge.train.ensemble import train_ensemble
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:
@@ -78,8 +78,8 @@ def distill(
     """Distil a teacher (ensemble) into one student: KL to the teacher's softened probabilities
     plus the label loss. Teacher logits are computed once and cached."""
     from skinedge.cli.progress import RichTrainCallbacks, StageProgress, console, make_progress
-    from skinedge.cli.provenance import now, record_command
     from skinedge.compress.distill import DistillConfig, distill_classifier
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:
@@ -119,8 +119,8 @@ def report(
     MACs, size, balanced accuracy, melanoma AUC, per-class recall, ECE, agreement with the
     teacher, and latency at each thread count, measured in one run."""
     from skinedge.cli.progress import console
-    from skinedge.cli.provenance import now, record_command
-    from skinedge.compress.report import build_compression_report
+    from skinedge.pipelines.compression_report import build_compression_report
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:
@@ -161,8 +161,8 @@ def quantize(
     """INT8 with NNCF, verified against the source right after export; QAT when PTQ misses.
     --set overrides apply to the QAT fine-tune (e.g. --set epochs=2)."""
     from skinedge.cli.progress import RichTrainCallbacks, console, make_progress
-    from skinedge.cli.provenance import now, record_command
-    from skinedge.compress.api import quantize_checkpoint
+    from skinedge.pipelines.quantize import quantize_checkpoint
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:

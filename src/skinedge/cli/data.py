@@ -27,7 +27,7 @@ def split(
     """Make a stratified train/val/test split grouped by lesion (or patient) id, as a manifest."""
     from skinedge.cli.main import fail
     from skinedge.cli.progress import CountProgress, console, make_progress
-    from skinedge.cli.splitting import split_folder
+    from skinedge.data.splitting import split_folder
 
     try:
         with make_progress() as progress:

@@ -26,9 +26,9 @@ def ablation(
     import yaml
 
     from skinedge.cli.progress import StageProgress, console, make_progress
-    from skinedge.cli.provenance import now, record_command
-    from skinedge.train.ablation import AblationConfig, run_ablation
+    from skinedge.pipelines.ablation import AblationConfig, run_ablation
     from skinedge.train.config import apply_overrides
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:

@@ -28,9 +28,9 @@ def gan_train(
     """Train a StyleGAN2-style (or DCGAN) class-conditional GAN with DiffAugment, R1 and a
     generator EMA, writing a checkpoint and a sample grid per class every snapshot."""
     from skinedge.cli.progress import console, make_progress
-    from skinedge.cli.provenance import now, record_command
-    from skinedge.train.gan import GANConfig, train_gan
+    from skinedge.synth.gan import GANConfig, train_gan
     from skinedge.train.config import load_train_config
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:
@@ -61,8 +61,8 @@ def gan_sample(
 ) -> None:
     """Generate seeded candidate images per class, each scored by the discriminator."""
     from skinedge.cli.progress import StageProgress, console, make_progress
-    from skinedge.cli.provenance import now, record_command
-    from skinedge.train.gan import sample_candidates
+    from skinedge.synth.gan import sample_candidates
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:
@@ -142,11 +142,11 @@ def gan_select(
     """Keep realistic, diverse candidates that are not near-copies of real training images, up
     to the target class balance; every candidate gets a ledger row saying why."""
     from skinedge.cli.progress import StageProgress, console, make_progress
-    from skinedge.cli.provenance import now, record_command
     from skinedge.data import load_manifest
+    from skinedge.synth.candidates import select_synthetic
+    from skinedge.synth.selection import SelectionConfig
     from skinedge.train.config import apply_overrides
-    from skinedge.train.selection import SelectionConfig
-    from skinedge.train.synthetic import select_synthetic
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:
@@ -180,9 +180,9 @@ def gan_quality(
     """Per-class FID, KID, precision and recall against the real train images, on features of
     an offline network (named in the report; not Inception)."""
     from skinedge.cli.progress import StageProgress, console, make_progress
-    from skinedge.cli.provenance import now, record_command
     from skinedge.data import load_manifest
-    from skinedge.train.gan.quality import evaluate_gan
+    from skinedge.synth.gan.quality import evaluate_gan
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:

@@ -97,8 +97,8 @@ def evaluate(
     """Accuracy, balanced accuracy, per-class scores and AUCs, melanoma AUC and sensitivity at
     80%/90% specificity, ECE and the confusion matrix, as JSON, Markdown and PNG."""
     from skinedge.cli.progress import CountProgress, console, make_progress
-    from skinedge.cli.provenance import now, record_command
     from skinedge.evaluate import evaluate_checkpoint
+    from skinedge.utils.provenance import now, record_command
 
     if data is not None and subset != "all":
         fail("--subset only takes 'all' with --data (use a manifest for splits)")
@@ -136,10 +136,10 @@ def explain(
 ) -> None:
     """Grad-CAM heatmap overlays: where in the image the evidence for a class lies."""
     from skinedge.cli.progress import console
-    from skinedge.cli.provenance import now, record_command
     from skinedge.data import ImageError
+    from skinedge.explain.overlays import explain_images
     from skinedge.models import load_card
-    from skinedge.train.explain import explain_images
+    from skinedge.utils.provenance import now, record_command
 
     started = now()
     try:
@@ -163,11 +163,12 @@ def quickstart(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted quickstart.")] = False,
 ) -> None:
     """The main job end to end: split by lesion, train, evaluate on the test split, explain."""
-    from skinedge.cli.progress import console
-    from skinedge.cli.quickstart import run_quickstart
+    from skinedge.cli.progress import RichReporter, console
+    from skinedge.pipelines.quickstart import run_quickstart
 
     try:
-        summary = run_quickstart(data, out, config, list(overrides or []), resume=resume)
+        summary = run_quickstart(data, out, config, list(overrides or []), resume=resume,
+                                 reporter=RichReporter())
     except (ValueError, FileNotFoundError, ImportError) as exc:
         fail(str(exc))
     console.print(summary)

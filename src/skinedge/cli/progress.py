@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,6 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from skinedge.pipelines.reporting import Reporter
 from skinedge.train.callbacks import TrainCallbacks
 
 console = Console(stderr=True)
@@ -95,3 +99,23 @@ class RichTrainCallbacks(TrainCallbacks):
         self.progress.update(self.task, status=summary)
         if not self.progress.console.is_terminal:  # logs and CI get one line per epoch
             self.progress.console.print(f"epoch {epoch}: {summary}")
+
+
+class RichReporter(Reporter):
+    """A pipeline's stages as rules, its counters and training runs as progress bars."""
+
+    def stage(self, title: str) -> None:
+        console.rule(title)
+
+    def note(self, message: str) -> None:
+        console.print(escape(message))
+
+    @contextlib.contextmanager
+    def counter(self, description: str) -> Iterator[CountProgress]:
+        with make_progress() as progress:
+            yield CountProgress(progress, description)
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[RichTrainCallbacks]:
+        with make_progress() as progress:
+            yield RichTrainCallbacks(progress)

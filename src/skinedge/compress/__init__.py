@@ -1,6 +1,7 @@
-"""Compression: distillation into one student (cached teacher logits), NNCF INT8 (post-training,
-accuracy-controlled, quantization-aware training) and the report that compares them.
+"""Compression primitives: distillation into one student (cached teacher logits) and NNCF INT8
+(post-training, accuracy-controlled, quantization-aware training).
 
-Doors: ``skinedge.compress.distill.distill_classifier``, ``skinedge.compress.api.quantize_checkpoint``,
-``skinedge.compress.report.build_compression_report``.
+Doors: ``skinedge.compress.distill.distill_classifier``, ``skinedge.compress.qat.prepare_qat``,
+``skinedge.compress.quantize`` (NNCF on ONNX and OpenVINO graphs). Quantize-and-export and the
+compression report call export and bench, so they live in ``skinedge.pipelines``.
 """

@@ -29,6 +29,7 @@ from skinedge.data import (
     build_eval_transform,
     build_train_transform,
 )
+from skinedge.data.synthetic import augmented_train_set, load_synthetic_set
 from skinedge.evaluate.metrics import compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.models import DataInfo, ModelCard, create_classifier, save_checkpoint
@@ -37,7 +38,6 @@ from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.config import TrainConfig, dump_config, load_data_manifest
 from skinedge.train.losses import build_loss, class_weights
 from skinedge.train.sampler import ShardedSampler, balanced_weights
-from skinedge.train.synthetic import augmented_train_set, load_synthetic_set
 from skinedge.utils.device import resolve_device
 from skinedge.utils.io import atomic_write_text, package_versions
 

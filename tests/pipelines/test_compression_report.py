@@ -10,8 +10,12 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from skinedge.compress.report import best_member, build_compression_report, count_params_and_macs  # noqa: E402
 from skinedge.models import load_card  # noqa: E402
+from skinedge.pipelines.compression_report import (  # noqa: E402
+    best_member,
+    build_compression_report,
+    count_params_and_macs,
+)
 
 
 def test_best_member_is_chosen_on_validation(teacher):

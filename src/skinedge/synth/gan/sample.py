@@ -133,7 +133,7 @@ def sample_candidates(
         ValueError: a class the GAN does not generate, or a folder made with another
             checkpoint or other settings.
     """
-    from skinedge.train.gan.networks import load_gans
+    from skinedge.synth.gan.networks import load_gans
     from skinedge.utils.io import atomic_write_bytes, atomic_write_text, package_versions
 
     out_dir = Path(out_dir)

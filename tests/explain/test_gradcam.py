@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from skinedge.train.gradcam import (
+from skinedge.explain.gradcam import (
     CamResult,
     explain_batch,
     find_target_layer,

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skinedge.train.gan.augment import POLICIES
+from skinedge.synth.gan.augment import POLICIES
 
 
 class _Section(BaseModel):

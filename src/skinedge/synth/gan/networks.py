@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skinedge.train.gan.config import GANConfig
-from skinedge.train.gan.dcgan import DCGANDiscriminator, DCGANGenerator
-from skinedge.train.gan.stylegan import ResidualDiscriminator, StyleGAN2Generator
+from skinedge.synth.gan.config import GANConfig
+from skinedge.synth.gan.dcgan import DCGANDiscriminator, DCGANGenerator
+from skinedge.synth.gan.stylegan import ResidualDiscriminator, StyleGAN2Generator
 
 #: arch name -> (generator class, discriminator class)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {

@@ -9,8 +9,8 @@ import torch
 
 from skinedge.data import build_eval_transform, load_rgb
 from skinedge.data.transforms import display_image
+from skinedge.explain.gradcam import CamResult, explain_batch, save_explanation
 from skinedge.models import load_checkpoint
-from skinedge.train.gradcam import CamResult, explain_batch, save_explanation
 
 
 def explain_images(

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from skinedge.synth.selection import SelectionConfig
 from skinedge.train.callbacks import TrainCallbacks
-from skinedge.train.selection import SelectionConfig
 from skinedge.utils.io import atomic_write_text, package_versions
 
 REFERENCE = "classic-aug"
@@ -71,10 +71,10 @@ def run_ablation(
         The report written to ``ablation.json``.
     """
     from skinedge.data import load_manifest
+    from skinedge.synth.candidates import needed_counts, select_synthetic
+    from skinedge.synth.gan.sample import sample_candidates
     from skinedge.train.config import dump_config, load_train_config
     from skinedge.train.ensemble import has_trainer_state
-    from skinedge.train.gan.sample import sample_candidates
-    from skinedge.train.synthetic import needed_counts, select_synthetic
 
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "ablation.yaml", dump_config(cfg))
@@ -236,7 +236,7 @@ def render_ablation_markdown(report: dict[str, Any]) -> str:
         f"Test split of `{report['manifest']}` (n = {report['n']}); every arm trained with "
         f"`{report['train_config']}`"
         + (f" and `{' '.join(report['train_overrides'])}`" if report["train_overrides"] else "")
-        + f". Synthetic images per class needed to reach the median class count: "
+        + ". Synthetic images per class needed to reach the median class count: "
         + ", ".join(f"{c} {q}" for c, q in report["quotas"].items() if q) + ".",
         "",
         "| arm | synthetic | bal. acc. [95% CI] | Δ bal. acc. vs classic-aug [95% CI] | "

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from skinedge.train.selection import (
+from skinedge.synth.selection import (
     Candidate,
     SelectionConfig,
-    real_nn_distances,
     read_ledger,
+    real_nn_distances,
     select_candidates,
     summarize,
     synthetic_quotas,

@@ -1,11 +1,13 @@
-"""Read + validate + split a folder: shared by `data split` and `quickstart`."""
+"""``split_folder``: read, validate and split a labelled folder into a saved manifest."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from skinedge.data import Manifest, make_manifest, read_dataset, write_problem_report
 from skinedge.data.images import DEFAULT_MAX_PIXELS
+from skinedge.data.manifest import Manifest, make_manifest
+from skinedge.data.reading import read_dataset
+from skinedge.data.records import write_problem_report
 from skinedge.data.splits import check_ratios
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from skinedge.evaluate.generative import (
+from skinedge.synth.metrics import (
     GenerativeQuality,
     classifier_features,
     frechet_distance,

@@ -36,15 +36,15 @@ def evaluate_gan(
         ValueError: a GAN trained on another split.
     """
     from skinedge.data.arrays import load_thumbnails
-    from skinedge.evaluate.generative import (
+    from skinedge.synth.gan.networks import load_gans
+    from skinedge.synth.gan.sample import generate, image_seed
+    from skinedge.synth.metrics import (
         classifier_features,
         imagenet_features,
         quality_by_class,
         render_quality_markdown,
         uint8_to_unit,
     )
-    from skinedge.train.gan.networks import load_gans
-    from skinedge.train.gan.sample import generate, image_seed
 
     gans = load_gans(run_dir, device)
     first = next(iter(gans.values()))

@@ -59,7 +59,7 @@ class SelectionConfig(BaseModel):
     realism_weight: float = Field(0.5, ge=0, le=1)
     # Compare candidates with the real images' flips and 90-degree rotations too (8 views), so
     # a turned or mirrored copy of a patient's lesion is still a near-copy (the caller computes
-    # the views' features: `skinedge.train.synthetic.select_synthetic` does).
+    # the views' features: `skinedge.synth.candidates.select_synthetic` does).
     dihedral: bool = True
 
     @field_validator("target")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skinedge.train.gan.layers import (
+from skinedge.synth.gan.layers import (
     EqualConv2d,
     EqualLinear,
     SynthesisLayer,

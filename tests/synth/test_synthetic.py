@@ -13,16 +13,11 @@ from PIL import Image
 
 from skinedge.data import load_manifest
 from skinedge.data.arrays import load_thumbnails
-from skinedge.train.selection import SelectionConfig, read_ledger
-from skinedge.train.synthetic import (
-    augmented_train_set,
-    dihedral_views,
-    load_synthetic_set,
-    read_candidates,
-    select_synthetic,
-)
-from tests.compress.conftest import TINY, manifest_of
-from tests.train.test_gan import tiny_config
+from skinedge.data.synthetic import augmented_train_set, load_synthetic_set
+from skinedge.synth.candidates import dihedral_views, read_candidates, select_synthetic
+from skinedge.synth.selection import SelectionConfig, read_ledger
+from tests.conftest import TINY, manifest_of
+from tests.synth.test_gan import tiny_config
 
 CODES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
 
@@ -30,7 +25,7 @@ CODES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
 @pytest.fixture(scope="module")
 def tiny_gan(tiny_checkpoint, tmp_path_factory) -> Path:
     """A 16 px GAN trained briefly on the tiny checkpoint's own split."""
-    from skinedge.train.gan import train_gan
+    from skinedge.synth.gan import train_gan
 
     out = tmp_path_factory.mktemp("gan") / "run"
     train_gan(tiny_config(manifest_of(tiny_checkpoint), kimg=0.04, snapshot_kimg=0.04), out)
@@ -172,7 +167,7 @@ def test_bad_candidate_rows_name_the_line(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def synthetic_set(tiny_gan, tiny_checkpoint, tmp_path_factory) -> Path:
-    from skinedge.train.gan import sample_candidates
+    from skinedge.synth.gan import sample_candidates
 
     root = tmp_path_factory.mktemp("synthetic")
     sample_candidates(tiny_gan, {"df": 6, "vasc": 6}, root / "cand")
@@ -266,7 +261,7 @@ def test_the_ablation_trains_every_arm_and_writes_its_table(tiny_gan, tiny_check
                                                               tmp_path) -> None:
     import yaml
 
-    from skinedge.train.ablation import AblationConfig, run_ablation
+    from skinedge.pipelines.ablation import AblationConfig, run_ablation
 
     train_config = tmp_path / "train.yaml"
     train_config.write_text(yaml.safe_dump({"epochs": 1}))

@@ -21,7 +21,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'skinedge.train.gan' has no attribute {name!r}")
-    value = getattr(import_module(f"skinedge.train.gan.{_EXPORTS[name]}"), name)
+        raise AttributeError(f"module 'skinedge.synth.gan' has no attribute {name!r}")
+    value = getattr(import_module(f"skinedge.synth.gan.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinedge.data.manifest import Manifest
+from skinedge.synth.gan.augment import diff_augment
+from skinedge.synth.gan.config import GANConfig
+from skinedge.synth.gan.networks import CHECKPOINT, create_gan
+from skinedge.synth.gan.sample import save_grid
 from skinedge.train.config import dump_config
-from skinedge.train.gan.augment import diff_augment
-from skinedge.train.gan.config import GANConfig
-from skinedge.train.gan.networks import CHECKPOINT, create_gan
-from skinedge.train.gan.sample import save_grid
 from skinedge.utils.io import atomic_write, atomic_write_text, package_versions
 
 _TICK_STEPS = 10  # progress report every this many steps

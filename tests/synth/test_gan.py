@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from skinedge.train.gan import GANConfig, create_gan, generate, load_gans, train_gan
-from skinedge.train.gan.augment import diff_augment
-from skinedge.train.gan.trainer import _optimizers, _train_step
+from skinedge.synth.gan import GANConfig, create_gan, generate, load_gans, train_gan
+from skinedge.synth.gan.augment import diff_augment
+from skinedge.synth.gan.trainer import _optimizers, _train_step
 
 TINY_GAN = {"resolution": 16, "batch_size": 8, "kimg": 0.16, "snapshot_kimg": 0.08,
             "grid_per_class": 2, "device": "cpu",
@@ -208,8 +208,8 @@ def test_unknown_classes_are_refused(tiny_manifest, tmp_path) -> None:
 
 
 def test_candidates_are_written_with_scores_and_reused_after_a_stop(gan_run, tmp_path) -> None:
-    from skinedge.train.gan import sample_candidates
-    from skinedge.train.synthetic import read_candidates
+    from skinedge.synth.candidates import read_candidates
+    from skinedge.synth.gan import sample_candidates
 
     out = tmp_path / "candidates"
     sample_candidates(gan_run, {"df": 5, "vasc": 3}, out, seed=2)

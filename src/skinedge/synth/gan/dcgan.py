@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from skinedge.train.gan.stylegan import _resolutions, channels_at
+from skinedge.synth.gan.stylegan import _resolutions, channels_at
 
 
 class DCGANGenerator(nn.Module):

@@ -1,4 +1,4 @@
-"""``skinedge quickstart``: split, train, evaluate and explain in one resumable run."""
+"""The quickstart pipeline: split, train, evaluate and explain in one resumable run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from skinedge.cli.progress import CountProgress, RichTrainCallbacks, console, make_progress
-from skinedge.cli.provenance import now, record_command
+from skinedge.pipelines.reporting import Reporter
+from skinedge.utils.provenance import now, record_command
 
 DEFAULT_DATASET = "ham10000-sample"
 
@@ -36,14 +36,21 @@ def find_data(data: Path | None) -> Path:
 
 
 def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides: list[str], *,
-                   resume: bool = False) -> str:
-    from skinedge.cli.splitting import split_folder
+                   resume: bool = False, reporter: Reporter | None = None) -> str:
+    """Split ``data`` by lesion, train, evaluate on the test split and explain one test image
+    per class, all under ``out``; with ``resume``, finished stages are reused.
+
+    Returns:
+        A short summary of the test-split figures and where the outputs are.
+    """
     from skinedge.data import load_manifest
+    from skinedge.data.splitting import split_folder
     from skinedge.evaluate import evaluate_checkpoint
+    from skinedge.explain.overlays import explain_images
     from skinedge.train.config import load_train_config
-    from skinedge.train.explain import explain_images
     from skinedge.train.trainer import train_classifier
 
+    reporter = reporter or Reporter()
     folder = find_data(data)
     previous = out / "command.json"
     if previous.is_file() and not resume:
@@ -55,34 +62,31 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     record_command(out, started=started, data=str(folder.resolve()))
 
     manifest_path = out / "manifest.json"
-    console.rule(f"1/4 split {folder}")
+    reporter.stage(f"1/4 split {folder}")
     if resume and manifest_path.is_file():
         manifest = load_manifest(manifest_path)
-        console.print(f"reusing {manifest_path}")
+        reporter.note(f"reusing {manifest_path}")
     else:
-        with make_progress() as progress:
-            manifest, skipped = split_folder(folder, manifest_path,
-                                             progress=CountProgress(progress, "checking images"))
+        with reporter.counter("checking images") as progress:
+            manifest, skipped = split_folder(folder, manifest_path, progress=progress)
         if skipped:
-            console.print(f"[yellow]skipped rows listed in {skipped}[/]")
-    console.print({s: sum(c.values()) for s, c in manifest.counts().items()})
+            reporter.note(f"skipped rows listed in {skipped}")
+    reporter.note(str({s: sum(c.values()) for s, c in manifest.counts().items()}))
 
-    console.rule("2/4 train")
+    reporter.stage("2/4 train")
     cfg = load_train_config(config or default_config(),
                             [*overrides, f"data.manifest={manifest_path}"])
     run = out / "train"
     resume_training = resume and (run / "last").is_dir()
-    with make_progress() as progress:
-        result = train_classifier(cfg, run, resume=resume_training,
-                                  callbacks=RichTrainCallbacks(progress))
+    with reporter.training() as callbacks:
+        result = train_classifier(cfg, run, resume=resume_training, callbacks=callbacks)
 
-    console.rule("3/4 evaluate on the test split")
-    with make_progress() as progress:
+    reporter.stage("3/4 evaluate on the test split")
+    with reporter.counter("predicting") as progress:
         evaluation = evaluate_checkpoint(result.best_dir, manifest=manifest_path, split="test",
-                                         out_dir=out / "eval",
-                                         progress=CountProgress(progress, "predicting"))
+                                         out_dir=out / "eval", progress=progress)
 
-    console.rule("4/4 explain")
+    reporter.stage("4/4 explain")
     rows = evaluation.images
     picks = _pick_examples(evaluation, per_class=1)
     written = explain_images(result.best_dir, [manifest.root / rows[i] for i in picks],

@@ -1,0 +1,58 @@
+"""The errors a user can cause, with one base: :class:`SkinedgeError`.
+
+Library code raises a subclass that names the kind of mistake, with a message that says which
+file, row or option is wrong and what to do. The CLI maps every ``SkinedgeError`` to its message
+and ``exit_code`` in one handler (``skinedge.cli.main``); the service will map it to
+``http_status`` (always 4xx: a client's mistake is never a server error). Anything else that
+escapes is a bug in skinedge, shown as such.
+
+Each subclass also derives from the builtin that callers caught before it existed
+(``ValueError``, ``FileNotFoundError``, ``ImportError``, ``RuntimeError``), so
+``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class SkinedgeError(Exception):
+    """Base of every error a user can cause."""
+
+    exit_code: int = 2
+    http_status: int = 400
+
+
+class ConfigError(SkinedgeError, ValueError):
+    """A bad option, config value, YAML file or ``--set`` override; or options that conflict."""
+
+
+class DataError(SkinedgeError, ValueError):
+    """Bad input data: an image, a labels file, a manifest, a synthetic or candidates set."""
+
+    http_status = 422
+
+
+class ModelError(SkinedgeError, ValueError):
+    """A checkpoint, model card or exported artifact that cannot be used as asked: unreadable,
+    inconsistent with its card, or the wrong kind (an ensemble where one model is needed)."""
+
+    http_status = 422
+
+
+class NotFoundError(SkinedgeError, FileNotFoundError):
+    """A file or folder named by the user does not exist."""
+
+    http_status = 404
+
+
+class MissingBackendError(SkinedgeError, ImportError):
+    """An optional package is not installed; the message names the pip extra that brings it."""
+
+    exit_code = 3
+    http_status = 501
+
+
+class UnsupportedHereError(SkinedgeError, RuntimeError):
+    """Valid input that this machine cannot run: Core ML off macOS, TensorRT without a GPU."""
+
+    exit_code = 3
+    http_status = 501
