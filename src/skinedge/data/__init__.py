@@ -4,7 +4,7 @@ Names are imported on first use (PEP 562), so ``import skinedge.data.images`` or
 ``--help`` does not pull in torch through the dataset module.
 """
 
-from importlib import import_module
+from skinedge.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "VOCABULARIES": "classes", "ClassVocabulary": "classes", "get_vocabulary": "classes",
@@ -21,14 +21,9 @@ _EXPORTS = {
     "write_problem_report": "records",
     "AugmentConfig": "transforms", "PreprocessConfig": "transforms",
     "build_eval_transform": "transforms", "build_train_transform": "transforms",
+    "preprocess_image": "transforms", "resize_for_eval": "transforms",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'skinedge.data' has no attribute {name!r}")
-    value = getattr(import_module(f"skinedge.data.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ Inference code (the clinician service uses it): ``explain_images`` loads a check
 writes overlay PNGs; ``explain_batch`` returns heatmaps for preprocessed tensors.
 """
 
-from importlib import import_module
+from skinedge.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "CamResult": "gradcam", "explain_batch": "gradcam", "save_explanation": "gradcam",
@@ -13,8 +13,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'skinedge.explain' has no attribute {name!r}")
-    return getattr(import_module(f"skinedge.explain.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,12 +1,20 @@
-"""Classifier factory (timm), offline pretrained weights, model card, checkpoints."""
+"""Classifier factory (timm), offline pretrained weights, model card, checkpoints.
 
-from skinedge.models.card import DataInfo, ModelCard
-from skinedge.models.checkpoint import load_card, load_checkpoint, save_checkpoint
-from skinedge.models.ensemble import Ensemble, create_ensemble
-from skinedge.models.factory import create_classifier
-from skinedge.models.pretrained import OFFLINE_WEIGHTS, map_lite_state_dict, offline_weights_path
+Names are imported on first use (PEP 562), so ``import skinedge.models.card`` (what every
+runtime reads) pulls in no torch or timm.
+"""
 
-__all__ = [
-    "OFFLINE_WEIGHTS", "DataInfo", "Ensemble", "ModelCard", "create_classifier", "create_ensemble", "load_card",
-    "load_checkpoint", "map_lite_state_dict", "offline_weights_path", "save_checkpoint",
-]
+from skinedge.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "DataInfo": "card", "ModelCard": "card",
+    "load_card": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "Ensemble": "ensemble", "create_ensemble": "ensemble",
+    "create_classifier": "factory",
+    "OFFLINE_WEIGHTS": "pretrained", "map_lite_state_dict": "pretrained",
+    "offline_weights_path": "pretrained",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

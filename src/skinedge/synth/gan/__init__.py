@@ -5,7 +5,7 @@ Doors: :func:`train_gan` (train on a manifest's train split), :func:`sample_cand
 Names are imported on first use, so importing the package does not pull in torch.
 """
 
-from importlib import import_module
+from skinedge.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "GANConfig": "config",
@@ -18,10 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'skinedge.synth.gan' has no attribute {name!r}")
-    value = getattr(import_module(f"skinedge.synth.gan.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
