@@ -1,13 +1,19 @@
-"""The runtime contract's own rules: dispatch by format, clear errors, int8 I/O arithmetic."""
+"""The runtime contract's own rules: dispatch by format through the registry, clear errors,
+int8 I/O arithmetic, and an import that needs no torch."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from skinedge.models.card import TensorSpec
-from skinedge.runtimes import load_runtime, read_artifact_card, softmax
+from skinedge.runtimes import RUNTIMES, Runtime, load_runtime, read_artifact_card, softmax
 from skinedge.runtimes.base import dequantize_output, quantize_input
+from skinedge.runtimes.registry import register_runtime, runtime_class
 
 
 def test_torch_runtime_predicts_probabilities_from_image_files(tiny_checkpoint, tiny_dataset) -> None:
@@ -64,3 +70,70 @@ def test_int8_inputs_round_trip_with_scale_and_zero_point() -> None:
 def test_softmax_is_stable_for_large_logits() -> None:
     probs = softmax(np.array([[1000.0, 0.0], [-5.0, -5.0]]))
     np.testing.assert_allclose(probs, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_every_backend_module_registers_its_runtime_by_suffix(tiny_checkpoint, tmp_path) -> None:
+    assert set(RUNTIMES) == {"torch", "onnxruntime", "openvino", "litert", "coreml", "tensorrt"}
+    for backend, cls in RUNTIMES.items():
+        assert cls.__module__ == f"skinedge.runtimes.{backend}"  # one file per backend
+        assert cls.extra and cls.requires
+    for suffix, backend in {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert",
+                            ".mlpackage": "coreml", ".engine": "tensorrt", ".plan": "tensorrt"}.items():
+        (tmp_path / f"model{suffix}").touch()
+        assert runtime_class(tmp_path / f"model{suffix}").backend == backend
+    assert runtime_class(tiny_checkpoint).backend == "torch"
+
+
+def test_a_taken_suffix_or_a_runtime_without_read_card_is_refused() -> None:
+    class SecondOnnx(Runtime):
+        backend, suffixes = "second-onnx", (".onnx",)
+
+        @staticmethod
+        def read_card(path: Path):
+            raise NotImplementedError
+
+        def _run(self, x):
+            return x
+
+    class NoCard(Runtime):
+        backend, suffixes = "no-card", (".nocard",)
+
+        def _run(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"\.onnx is already onnxruntime's"):
+        register_runtime(SecondOnnx)
+    with pytest.raises(TypeError, match="does not implement read_card"):
+        register_runtime(NoCard)
+    assert "second-onnx" not in RUNTIMES and "no-card" not in RUNTIMES
+
+
+def test_importing_the_runtimes_imports_no_torch() -> None:
+    code = ("import sys, skinedge.runtimes as r, skinedge.models.card, skinedge.data.transforms\n"
+            "assert len(r.RUNTIMES) >= 6\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_onnx_card_reads_with_onnxruntime_alone(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """The `runtime-onnx` extra is onnxruntime without onnx: the card comes from its session."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+
+    from onnx import TensorProto, helper
+
+    card = read_artifact_card(tiny_checkpoint)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    helper.set_model_props(model, {"skinedge.card": card.to_json()})
+    onnx.save(model, str(tmp_path / "card.onnx"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` fails, as in that install
+    assert read_artifact_card(tmp_path / "card.onnx") == card

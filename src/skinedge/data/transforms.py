@@ -1,8 +1,10 @@
 """Preprocessing and training augmentation, defined once.
 
-:class:`PreprocessConfig` is written into every model card; evaluation, Grad-CAM and (later)
-every exported runtime rebuild the same pipeline from it with :func:`build_eval_transform`,
-so preprocessing cannot drift between training and the phone.
+:class:`PreprocessConfig` is written into every model card; evaluation, Grad-CAM and every
+exported runtime rebuild the same pipeline from it, so preprocessing cannot drift between
+training and the phone. The evaluation pipeline, :func:`preprocess_image`, is NumPy and PIL
+only (a runtime installs without torch); :func:`build_eval_transform` wraps it as a torch
+transform for training code, and only the training augmentation uses torchvision.
 """
 
 from __future__ import annotations
@@ -112,22 +114,68 @@ def _interpolation(cfg: PreprocessConfig):
     return InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else InterpolationMode.BILINEAR
 
 
-def _eval_geometry(cfg: PreprocessConfig) -> list:
-    """Resize (and centre-crop) to the input size, as ``resize_mode`` says."""
-    from torchvision import transforms as T
+_PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
+
+def resize_for_eval(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """Resize (and centre-crop) to the input size, as ``resize_mode`` says.
+
+    The same pixels as torchvision's ``Resize(S)`` + ``CenterCrop(S)`` (``crop``) or
+    ``Resize((S, S))`` (``squash``) on a PIL image: the long side becomes
+    ``int(S * long / short)`` and the crop offset ``round((side - S) / 2)``.
+
+    Args:
+        image: RGB image of any size.
+        cfg: The card's preprocessing.
+
+    Returns:
+        RGB image of ``cfg.input_size`` x ``cfg.input_size``.
+    """
     size = cfg.input_size
+    width, height = image.size
+    if cfg.resize_mode == "squash":
+        target = (size, size)
+    elif width <= height:
+        target = (size, int(size * height / width))
+    else:
+        target = (int(size * width / height), size)
+    if target != image.size:
+        image = image.resize(target, _PIL_RESAMPLE[cfg.interpolation])
     if cfg.resize_mode == "crop":
-        return [T.Resize(size, interpolation=_interpolation(cfg)), T.CenterCrop(size)]
-    return [T.Resize((size, size), interpolation=_interpolation(cfg))]
+        width, height = image.size
+        top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+        image = image.crop((left, top, left + size, top + size))
+    return image
 
 
-def build_eval_transform(cfg: PreprocessConfig):
-    """PIL RGB image -> normalised float tensor (3, S, S)."""
-    from torchvision import transforms as T
+def preprocess_image(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The evaluation pipeline without torch: PIL RGB image -> float32 array (3, S, S).
 
-    return T.Compose([_Normalize(cfg), *_eval_geometry(cfg), T.ToTensor(),
-                      T.Normalize(cfg.mean, cfg.std)])
+    Colour constancy and equalisation, :func:`resize_for_eval`, scaling to 0-1 and per-channel
+    normalisation; bit for bit what torchvision's ``ToTensor`` and ``Normalize`` give.
+    """
+    image = resize_for_eval(_Normalize(cfg)(image.convert("RGB")), cfg)
+    x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    mean = np.asarray(cfg.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(cfg.std, dtype=np.float32)[:, None, None]
+    return (x - mean) / std
+
+
+class EvalTransform:
+    """:func:`preprocess_image` as a picklable torch transform: PIL image -> tensor (3, S, S)."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.cfg = cfg
+
+    def __call__(self, image: Image.Image):
+        import torch
+
+        return torch.from_numpy(preprocess_image(image, self.cfg))
+
+
+def build_eval_transform(cfg: PreprocessConfig) -> EvalTransform:
+    """PIL RGB image -> normalised float tensor (3, S, S), for datasets and training code."""
+    return EvalTransform(cfg)
 
 
 def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
@@ -157,6 +205,4 @@ def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
 
 def display_image(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """The eval pipeline's geometry without normalisation: uint8 (S, S, 3), for overlays."""
-    for step in _eval_geometry(cfg):
-        image = step(image)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(resize_for_eval(image, cfg).convert("RGB"), dtype=np.uint8)

@@ -1,8 +1,9 @@
 """The inference contract every format implements: images in, class probabilities out.
 
-Preprocessing is rebuilt from the model card, so a photo gives the same input on every
-runtime; the runtime only adapts layout (NCHW/NHWC), dtype (int8 inputs are quantized with the
-tensor's scale and zero point) and batch size (static-shape artifacts run in chunks).
+Preprocessing is rebuilt from the model card with NumPy and PIL (no torch), so a photo gives the
+same input on every runtime; the runtime only adapts layout (NCHW/NHWC), dtype (int8 inputs are
+quantized with the tensor's scale and zero point) and batch size (static-shape artifacts run in
+chunks).
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from skinedge.data.images import load_rgb
-from skinedge.data.transforms import build_eval_transform
+from skinedge.data.transforms import preprocess_image
+from skinedge.errors import DataError, ModelError
 from skinedge.models.card import ModelCard, TensorSpec
+from skinedge.utils.backends import missing
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, in float64, stable for large values."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -34,22 +40,68 @@ def artifact_label(card: ModelCard) -> str:
     return f"{art.target}-{art.precision}" + (f"-{variant}" if variant else "")
 
 
+def card_from_json(text: str | bytes, path: Path | str) -> ModelCard:
+    """Parse the card stored in an artifact; a damaged one is a :class:`ModelError` naming it."""
+    try:
+        return ModelCard.from_json(text)
+    except ValidationError as exc:
+        raise ModelError(f"{path}: its skinedge model card is not valid ({exc.error_count()} "
+                         f"problems, first: {exc.errors()[0]['msg']}); export it again") from exc
+
+
+def no_card_error(path: Path | str, where: str) -> ModelError:
+    """The error for an artifact that carries no skinedge card (``where``: where it would be)."""
+    return ModelError(f"{path}: no skinedge card in {where}: not exported by skinedge, so its "
+                      f"labels and preprocessing are unknown; export it with `skinedge export`")
+
+
 class Runtime(ABC):
     """A loaded model. Subclasses implement :meth:`_run` on one batch of the artifact's size.
 
+    A backend is one module of this package with one subclass registered by
+    :func:`skinedge.runtimes.registry.register_runtime`; its class attributes say what it loads.
+
     Attributes:
+        backend: Registry name (``onnxruntime``, ``litert``, ...).
+        suffixes: File suffixes it loads (``.onnx``); a backend with none overrides :meth:`handles`.
+        extra: The pip extra that installs it (``runtime-onnx``).
+        requires: Modules that extra provides, checked without importing them.
+        needs: What the machine must have beyond the packages: ``gpu`` (a CUDA GPU),
+            ``macos``; tests that predict with the backend carry these words as markers.
         path: The artifact (or checkpoint folder).
         card: Its model card (``card.artifact`` is None for a torch checkpoint).
         threads: Intra-op threads the backend was told to use (None: backend default).
     """
 
-    backend: str = ""
+    backend: ClassVar[str] = ""
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: Path, card: ModelCard, threads: int | None = None):
         self.path = Path(path)
         self.card = card
         self.threads = threads
-        self._transform = None
+
+    @staticmethod
+    @abstractmethod
+    def read_card(path: Path) -> ModelCard:
+        """The artifact's model card, read without loading the model.
+
+        Raises:
+            ModelError: the artifact carries no skinedge card, or a damaged one.
+        """
+
+    @classmethod
+    def handles(cls, path: Path) -> bool:
+        """Whether ``path`` (an existing file or folder) is this backend's format."""
+        return path.suffix in cls.suffixes
+
+    @classmethod
+    def missing_backend(cls) -> str | None:
+        """Why this backend cannot load models here (None: it can); imports nothing."""
+        return missing(cls.requires, cls.extra)
 
     @property
     def label(self) -> str:
@@ -63,13 +115,11 @@ class Runtime(ABC):
 
     def preprocess(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
         """Images (PIL or paths) -> (N, 3, S, S) float32 with the card's preprocessing."""
-        if self._transform is None:
-            self._transform = build_eval_transform(self.card.preprocess)
         arrays = []
         for image in images:
             if not isinstance(image, Image.Image):
                 image = load_rgb(Path(image))
-            arrays.append(self._transform(image.convert("RGB")).numpy())
+            arrays.append(preprocess_image(image, self.card.preprocess))
         return np.stack(arrays).astype(np.float32)
 
     def predict(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
@@ -81,7 +131,7 @@ class Runtime(ABC):
         x = np.asarray(x, dtype=np.float32)
         size = self.card.preprocess.input_size
         if x.ndim != 4 or x.shape[1:] != (3, size, size):
-            raise ValueError(f"{self.path}: expected images of shape (N, 3, {size}, {size}), "
+            raise DataError(f"{self.path}: expected images of shape (N, 3, {size}, {size}), "
                              f"got {x.shape}")
         step = self.batch_size or len(x)
         outputs = []
@@ -114,6 +164,7 @@ def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """An int8/uint8 output tensor -> float32 (``scale * (q - zero_point)``); floats as float32."""
     if spec.dtype not in ("int8", "uint8"):
         return y.astype(np.float32)
     return (y.astype(np.float32) - spec.zero_point) * spec.scale

@@ -11,19 +11,9 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-# extra -> the modules it provides (what `pip install 'skinedge[extra]'` installs)
-EXTRAS: dict[str, tuple[str, ...]] = {
-    "onnx": ("onnx", "onnxruntime", "onnxscript"),
-    "openvino": ("openvino", "nncf", "onnx", "onnxscript"),
-    "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
-    "coreml": ("coremltools",),
-    "tensorrt": ("tensorrt", "onnx", "onnxscript"),
-    "quantize": ("nncf", "onnx", "onnxscript", "onnxruntime"),
-}
+from skinedge.errors import MissingBackendError
 
-
-class MissingBackendError(ImportError):
-    """A backend's package is not installed; the message names the pip extra."""
+__all__ = ["MissingBackendError", "missing", "require"]  # the error lives in errors.py
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -36,9 +26,10 @@ def require(module: str, extra: str) -> ModuleType:
         ) from exc
 
 
-def missing(extra: str) -> str | None:
-    """None when every module of ``extra`` is installed, else which one is not (no import)."""
-    for module in EXTRAS[extra]:
+def missing(modules: tuple[str, ...], extra: str) -> str | None:
+    """None when every one of ``modules`` is installed, else which one is not and the extra that
+    brings it (imports nothing). Export targets and runtimes name their modules themselves."""
+    for module in modules:
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed; pip install 'skinedge[{extra}]'"
     return None

@@ -1,3 +1,8 @@
-"""Built-in export targets; importing this package registers them (backends load lazily)."""
+"""Built-in export targets, one module each: importing this package imports every module in
+it, which registers its target (the targets' backends load only when an export runs)."""
 
-from skinedge.export.targets import coreml, onnx, openvino, tensorrt, tflite  # noqa: F401
+import pkgutil
+from importlib import import_module
+
+for _module in pkgutil.iter_modules(__path__):
+    import_module(f"{__name__}.{_module.name}")

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from skinedge.export.base import Exported, ExportError, ExportJob, register_target
-from skinedge.models.card import ArtifactInfo, ModelCard, TensorSpec
+from skinedge.models.card import ArtifactInfo, TensorSpec
+from skinedge.runtimes.coreml import CARD_KEY, unavailable_reason
 from skinedge.utils.backends import require
 from skinedge.utils.io import package_versions
 
-CARD_KEY = "skinedge.card"
 INPUT, LABEL = "image", "label"
 
 
@@ -38,15 +36,10 @@ class _ImageClassifier(nn.Module):
         return torch.softmax(self.model(x * self.scale - self.shift), dim=-1)
 
 
-def runs_here() -> str | None:
-    if sys.platform != "darwin":
-        return "Core ML prediction needs macOS (conversion works here; the .mlpackage loads as a spec)"
-    return None
-
-
 @register_target(
-    name="coreml", suffix=".mlpackage", extra="coreml", precisions=("fp32", "fp16", "int8"),
-    default_precision="fp16", runs_here=runs_here, int8_extra=None,
+    name="coreml", suffix=".mlpackage", extra="coreml", requires=("coremltools",),
+    precisions=("fp32", "fp16", "int8"), default_precision="fp16",
+    runs_here=unavailable_reason, int8_extra=None,
     int8_calibrated=False,
     description="Core ML ML program with an image input (iOS 16+); INT8 = int8 weights")
 def export_coreml(job: ExportJob) -> Exported:
@@ -111,13 +104,3 @@ def _probabilities_output(model) -> str:
         raise ExportError(f"unexpected Core ML outputs {names}; expected {LABEL!r} and one "
                           f"probabilities dictionary")
     return others[0]
-
-
-def read_card(path: Path) -> ModelCard:
-    """The card from the package's metadata (loads the spec only: works on Linux)."""
-    ct = require("coremltools", "coreml")
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    data = dict(spec.description.metadata.userDefined).get(CARD_KEY)
-    if data is None:
-        raise ValueError(f"{path}: no '{CARD_KEY}' metadata: not exported by skinedge")
-    return ModelCard.from_json(data)

@@ -1,7 +1,7 @@
 """ONNX: FP32 through the torch.export-based exporter, INT8 as a QDQ graph quantized by NNCF.
 
-The card is stored in the model's ``metadata_props`` under ``skinedge.card``; ONNX Runtime shows
-it as ``custom_metadata_map``.
+The card is stored in the model's ``metadata_props`` under the key that the ONNX Runtime backend
+reads (:data:`skinedge.runtimes.onnxruntime.CARD_KEY`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from pathlib import Path
 from skinedge.compress.quantize import quantize_onnx, resolve_overflow_fix
 from skinedge.export.base import Exported, ExportJob, register_target
 from skinedge.models.card import ArtifactInfo, ModelCard, TensorSpec
+from skinedge.runtimes.onnxruntime import CARD_KEY
 from skinedge.utils.backends import require
 from skinedge.utils.io import package_versions
 
 OPSET = 18
 QAT_OPSET = 17  # the TorchScript exporter, for NNCF's stripped quantizers
 INPUT, OUTPUT = "image", "logits"
-CARD_KEY = "skinedge.card"
+#: The modules an ONNX export needs (the `onnx` extra); the ONNX-based targets share them.
+ONNX_REQUIRES = ("onnx", "onnxruntime", "onnxscript")
 
 
 def write_onnx(job: ExportJob, path: Path, *, signed_activations: bool = False) -> dict:
@@ -26,7 +28,7 @@ def write_onnx(job: ExportJob, path: Path, *, signed_activations: bool = False) 
     import torch
 
     onnx = require("onnx", "onnx")
-    if job.options.get("quantizer") == "qat":
+    if job.options.quantizer == "qat":
         return _write_qat_onnx(job, path)
     require("onnxscript", "onnx")  # the torch.export-based exporter translates with it
     with warnings.catch_warnings(), torch.no_grad():
@@ -41,8 +43,8 @@ def write_onnx(job: ExportJob, path: Path, *, signed_activations: bool = False) 
     if job.precision == "int8":
         # TensorRT's GPU kernels do not saturate: keep NNCF's default there.
         overflow_fix = resolve_overflow_fix(
-            "first_layer_only" if signed_activations else job.options.get("overflow_fix") or "auto")
-        model = quantize_onnx(onnx.load(str(path)), job.calibration, input_name=INPUT,
+            "first_layer_only" if signed_activations else job.options.overflow_fix)
+        model = quantize_onnx(onnx.load(str(path)), job.calibration.images, input_name=INPUT,
                               signed_activations=signed_activations, overflow_fix=overflow_fix)
         details["overflow_fix"] = overflow_fix
         onnx.save(model, str(path))
@@ -87,16 +89,6 @@ def embed_card(path: Path, card: ModelCard) -> None:
     onnx.save(model, str(path))
 
 
-def read_card(path: Path) -> ModelCard:
-    onnx = require("onnx", "onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == CARD_KEY:
-            return ModelCard.from_json(prop.value)
-    raise ValueError(f"{path}: no '{CARD_KEY}' metadata: not exported by skinedge, so its labels "
-                     f"and preprocessing are unknown; export it with `skinedge export`")
-
-
 def artifact_info(job: ExportJob, target: str, details: dict, *, extra_versions=()) -> ArtifactInfo:
     """The card section shared by the ONNX-based targets (float NCHW input, logits out)."""
     size = job.card.preprocess.input_size
@@ -107,13 +99,13 @@ def artifact_info(job: ExportJob, target: str, details: dict, *, extra_versions=
                          dtype="float32"),
         output=TensorSpec(name=OUTPUT, shape=[job.batch_size, job.card.num_classes], layout="NC",
                           dtype="float32", kind="logits"),
-        calibration=job.options.get("calibration_info"), details=details,
+        calibration=job.calibration_info, details=details,
         versions=package_versions(("onnx", "onnxruntime", "onnxscript", "nncf", *extra_versions)))
 
 
 @register_target(
-    name="onnx", suffix=".onnx", extra="onnx", precisions=("fp32", "int8"),
-    default_precision="fp32", from_qat=True,
+    name="onnx", suffix=".onnx", extra="onnx", requires=ONNX_REQUIRES,
+    precisions=("fp32", "int8"), default_precision="fp32", from_qat=True,
     description="ONNX (opset 18), static input shape; INT8 as an NNCF-calibrated QDQ graph")
 def export_onnx(job: ExportJob) -> Exported:
     path = job.workdir / f"{job.stem}.onnx"

@@ -1,15 +1,13 @@
 """OpenVINO IR (``.xml`` + ``.bin``): FP32, FP16-compressed weights, or INT8 quantized by NNCF.
 
 Converted from the FP32 ONNX graph, so torch tracing happens once, in one exporter. The card
-lives in the IR's ``rt_info`` (``<rt_info><skinedge><card value=...>``), readable without
-OpenVINO.
+lives in the IR's ``rt_info`` at the path the OpenVINO backend reads
+(:data:`skinedge.runtimes.openvino.RT_INFO_PATH`), readable without OpenVINO.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from skinedge.compress.quantize import (
     quantize_openvino,
@@ -18,20 +16,20 @@ from skinedge.compress.quantize import (
 )
 from skinedge.export.base import Exported, ExportJob, register_target
 from skinedge.export.targets.onnx import artifact_info, write_onnx
-from skinedge.models.card import ModelCard
+from skinedge.runtimes.openvino import RT_INFO_PATH
 from skinedge.utils.backends import require
 
-RT_INFO_PATH = ["skinedge", "card"]
 QUANTIZERS = ("ptq", "qac")  # plain post-training, or with accuracy control
 
 
 @register_target(
-    name="openvino", suffix=".xml", extra="openvino", precisions=("fp32", "fp16", "int8"),
+    name="openvino", suffix=".xml", extra="openvino",
+    requires=("openvino", "nncf", "onnx", "onnxscript"), precisions=("fp32", "fp16", "int8"),
     default_precision="fp32", quantizers=QUANTIZERS, from_qat=True,
     description="OpenVINO IR; INT8 calibrated by NNCF on the IR (fast INT8 on x86 CPUs)")
 def export_openvino(job: ExportJob) -> Exported:
     ov = require("openvino", "openvino")
-    if job.options.get("quantizer") == "qat":
+    if job.options.quantizer == "qat":
         # OpenVINO converts NNCF's fake quantizers to FakeQuantize ops with int8 weights.
         model = ov.convert_model(job.model, example_input=job.example)
         quantization = job.card.training.get("quantization", {})
@@ -44,18 +42,18 @@ def export_openvino(job: ExportJob) -> Exported:
     details = write_onnx(float_job, onnx_path)
     model = ov.convert_model(str(onnx_path))
     onnx_path.unlink()
-    overflow_fix = resolve_overflow_fix(job.options.get("overflow_fix") or "auto")
+    overflow_fix = resolve_overflow_fix(job.options.overflow_fix)
     if job.precision == "int8":
         details["overflow_fix"] = overflow_fix
-    if job.precision == "int8" and job.options.get("quantizer") == "qac":
+    if job.precision == "int8" and job.options.quantizer == "qac":
         model, control = quantize_openvino_controlled(
-            model, job.calibration, job.options["control_images"], job.options["control_top1"],
-            max_drop=job.options.get("max_drop", 0.01), overflow_fix=overflow_fix)
+            model, job.calibration.images, job.control.images, job.control.float_top1,
+            max_drop=job.options.max_drop, overflow_fix=overflow_fix)
         details["quantizer"] = "nncf accuracy control (PTQ, sensitive layers back to float)"
         details["accuracy_control"] = control
         details["variant"] = "qac"
     elif job.precision == "int8":
-        model = quantize_openvino(model, job.calibration, overflow_fix=overflow_fix)
+        model = quantize_openvino(model, job.calibration.images, overflow_fix=overflow_fix)
         details["quantizer"] = "nncf.quantize on the OpenVINO model (PTQ, symmetric)"
     return _save(job, model, details)
 
@@ -68,12 +66,3 @@ def _save(job: ExportJob, model, details: dict) -> Exported:
     xml = job.workdir / f"{job.stem}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=job.precision == "fp16")
     return Exported(xml, [xml, xml.with_suffix(".bin")], card)
-
-
-def read_card(path: Path) -> ModelCard:
-    """The card from the IR's XML (no OpenVINO needed)."""
-    node = ET.parse(path).getroot().find("rt_info/" + "/".join(RT_INFO_PATH))
-    if node is None or "value" not in node.attrib:
-        raise ValueError(f"{path}: no skinedge card in rt_info: not exported by skinedge, so its "
-                         f"labels and preprocessing are unknown; export it with `skinedge export`")
-    return ModelCard.from_json(node.attrib["value"])

@@ -19,8 +19,14 @@ import shlex
 from pathlib import Path
 
 from skinedge.export.base import Exported, ExportError, ExportJob, register_target
-from skinedge.export.targets.onnx import INPUT, artifact_info, embed_card, write_onnx
-from skinedge.models.card import ModelCard
+from skinedge.export.targets.onnx import (
+    INPUT,
+    ONNX_REQUIRES,
+    artifact_info,
+    embed_card,
+    write_onnx,
+)
+from skinedge.runtimes.tensorrt import card_path, unavailable_reason
 from skinedge.utils.io import atomic_write_text
 
 WORKSPACE_MIB = 1024
@@ -32,20 +38,6 @@ class TensorRTUnavailable(ExportError):
     def __init__(self, message: str, files: list[Path]):
         super().__init__(message)
         self.files = files
-
-
-def unavailable_reason() -> str | None:
-    """Why an engine cannot be built or run here (None when it can)."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return ("the tensorrt package is not installed (its wheels come from NVIDIA's index: "
-                "pip install 'skinedge[tensorrt]' on the target machine)")
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible (TensorRT engines build and run on the GPU they target)"
-    return None
 
 
 def trtexec_command(onnx_path: Path, engine_path: Path, precision: str, input_shape: list[int]) -> str:
@@ -91,7 +83,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str) -> dict:
 
 
 @register_target(
-    name="tensorrt", suffix=".engine", extra="onnx", precisions=("fp32", "fp16", "int8"),
+    name="tensorrt", suffix=".engine", extra="onnx", requires=ONNX_REQUIRES,
+    precisions=("fp32", "fp16", "int8"),
     default_precision="fp16", runs_here=unavailable_reason,
     description="TensorRT engine for the GPU it is built on (INT8 from int8 Q/DQ ONNX)")
 def export_tensorrt(job: ExportJob) -> Exported:
@@ -117,15 +110,3 @@ def export_tensorrt(job: ExportJob) -> Exported:
     sidecar = card_path(engine)
     atomic_write_text(sidecar, card.to_json())
     return Exported(engine, [engine, sidecar, onnx_path, script], card)
-
-
-def card_path(engine: Path) -> Path:
-    return Path(engine).with_suffix(".card.json")
-
-
-def read_card(path: Path) -> ModelCard:
-    sidecar = card_path(path)
-    if not sidecar.is_file():
-        raise ValueError(f"{path}: no {sidecar.name} beside it: the engine's labels and "
-                         f"preprocessing are unknown; keep the card that `skinedge export` wrote")
-    return ModelCard.from_json(sidecar.read_text())

@@ -1,7 +1,7 @@
 """TFLite through litert-torch (no TensorFlow): FP32, FP16 weights, full-integer INT8.
 
 The model takes NHWC input, as Android camera pipelines produce. INT8 comes from one of two
-quantizers, chosen with ``options["quantizer"]``:
+quantizers, chosen with ``ExportOptions.quantizer``:
 
 * ``pt2e`` (default): litert-torch's PT2E quantizer, calibrated in torch on the training images;
   int8 input and output tensors (the runtime quantizes inputs with the tensor's scale and zero
@@ -10,23 +10,23 @@ quantizers, chosen with ``options["quantizer"]``:
   and output, int8 inside.
 
 FP16 stores weights as float16 (ai-edge-quantizer float casting); compute stays float.
-The card is a flatbuffer ``metadata`` entry named ``skinedge.card``.
+The card is a flatbuffer ``metadata`` entry that the LiteRT backend reads
+(:mod:`skinedge.runtimes.litert`, which also writes it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import numpy as np
 
 from skinedge.export.base import Exported, ExportError, ExportJob, register_target
-from skinedge.models.card import ArtifactInfo, ModelCard, TensorSpec
+from skinedge.models.card import ArtifactInfo, TensorSpec
+from skinedge.runtimes.litert import CARD_KEY, with_metadata
 from skinedge.utils.backends import require
 from skinedge.utils.io import package_versions
 
-CARD_KEY = "skinedge.card"
 QUANTIZERS = ("pt2e", "aeq")  # the first is the default
 
 
@@ -68,7 +68,7 @@ def _pt2e_int8(job: ExportJob) -> bytes:
     with torch.no_grad():
         graph = torch.export.export(_nhwc_model(job), sample).module()
         graph = quantize_pt2e.prepare_pt2e(graph, quantizer)
-        for image in job.calibration:  # observers record activation ranges
+        for image in job.calibration.images:  # observers record activation ranges
             graph(torch.from_numpy(image[None]).permute(0, 2, 3, 1).contiguous())
         graph = move_exported_model_to_eval(quantize_pt2e.convert_pt2e(graph, fold_quantize=False))
     model = _convert(graph, sample, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
@@ -91,7 +91,8 @@ def _aeq(float_model: bytes, job: ExportJob) -> bytes:
         else:
             q.load_quantization_recipe(recipe.static_wi8_ai8())
             name = _input_name(float_model)
-            samples = [{name: img[None].transpose(0, 2, 3, 1).copy()} for img in job.calibration]
+            samples = [{name: img[None].transpose(0, 2, 3, 1).copy()}
+                       for img in job.calibration.images]
             calibration = q.calibrate({"serving_default": samples})
             result = q.quantize(calibration)
     return bytes(result.quantized_model)
@@ -120,12 +121,14 @@ def _spec(detail: dict, layout: str, kind: str | None = None) -> TensorSpec:
 
 
 @register_target(
-    name="tflite", suffix=".tflite", extra="tflite", precisions=("fp32", "fp16", "int8"),
+    name="tflite", suffix=".tflite", extra="tflite",
+    requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+    precisions=("fp32", "fp16", "int8"),
     default_precision="fp32", int8_extra=None, quantizers=QUANTIZERS,
     description="TFLite (LiteRT) via litert-torch, NHWC input; INT8 full-integer (PT2E) "
                 "or ai-edge-quantizer static int8")
 def export_tflite(job: ExportJob) -> Exported:
-    quantizer = job.options.get("quantizer") or QUANTIZERS[0]  # checked by export_checkpoint
+    quantizer = job.options.quantizer or QUANTIZERS[0]  # checked by export_checkpoint
     details: dict = {"converter": "litert_torch.convert"}
     if job.precision == "int8" and quantizer == "pt2e":
         flatbuffer = _pt2e_int8(job)
@@ -145,51 +148,9 @@ def export_tflite(job: ExportJob) -> Exported:
         source_weights_sha256=job.card.weights_sha256,
         input=_spec(interpreter.get_input_details()[0], "NHWC"),
         output=_spec(interpreter.get_output_details()[0], "NC", kind="logits"),
-        calibration=job.options.get("calibration_info"), details=details,
+        calibration=job.calibration_info, details=details,
         versions=package_versions(("litert-torch", "ai-edge-litert", "ai-edge-quantizer")))
     card = job.card_for(info)
     path = job.workdir / f"{job.stem}.tflite"
     path.write_bytes(with_metadata(flatbuffer, CARD_KEY, card.to_json().encode()))
     return Exported(path, [path], card)
-
-
-def with_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
-    """Add (or replace) a named metadata buffer in a TFLite flatbuffer."""
-    require("ai_edge_litert", "tflite")
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    for buf in model.buffers:  # data stored after the flatbuffer (ai-edge-quantizer): inline it,
-        if buf.offset and buf.offset > 1:  # or re-serialising would drop it
-            buf.data = np.frombuffer(flatbuffer, np.uint8, count=buf.size, offset=buf.offset).copy()
-            buf.offset = buf.size = 0
-    model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name]
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(data, dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = name.encode()
-    entry.buffer = len(model.buffers) - 1
-    model.metadata.append(entry)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def read_metadata(flatbuffer: bytes, name: str) -> bytes | None:
-    require("ai_edge_litert", "tflite")
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAs(flatbuffer, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name().decode() == name:
-            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
-    return None
-
-
-def read_card(path: Path) -> ModelCard:
-    data = read_metadata(Path(path).read_bytes(), CARD_KEY)
-    if data is None:
-        raise ValueError(f"{path}: no '{CARD_KEY}' metadata: not exported by skinedge, so its "
-                         f"labels and preprocessing are unknown; export it with `skinedge export`")
-    return ModelCard.from_json(data.decode())

@@ -1,0 +1,56 @@
+"""PyTorch on a skinedge checkpoint folder: the reference every exported artifact is held to.
+
+Needs the ``train`` extra (torch, timm); a checkpoint is a folder with ``card.json`` and
+``model.safetensors``, so this backend claims folders rather than a file suffix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from skinedge.models.card import ModelCard
+from skinedge.runtimes.base import Runtime, card_from_json
+from skinedge.runtimes.registry import register_runtime
+from skinedge.utils.backends import require
+
+CARD_FILE = "card.json"
+
+
+@register_runtime
+class TorchRuntime(Runtime):
+    """A checkpoint folder run by PyTorch on the CPU (or ``device``)."""
+
+    backend = "torch"
+    extra = "train"
+    requires = ("torch", "timm")
+
+    def __init__(self, path: Path, card: ModelCard | None = None, threads: int | None = None,
+                 device: str = "cpu"):
+        torch = require("torch", self.extra)
+
+        from skinedge.models.checkpoint import load_checkpoint
+        from skinedge.utils.device import resolve_device
+
+        if threads:
+            torch.set_num_threads(threads)  # process-wide in torch
+        self.model, loaded = load_checkpoint(path)
+        super().__init__(path, card or loaded, threads)
+        self.device = resolve_device(device)
+        self.model.to(self.device).eval()
+
+    @classmethod
+    def handles(cls, path: Path) -> bool:
+        return path.is_dir() and (path / CARD_FILE).is_file()
+
+    @staticmethod
+    def read_card(path: Path) -> ModelCard:
+        """The checkpoint's ``card.json`` (read without torch)."""
+        return card_from_json((Path(path) / CARD_FILE).read_text(), Path(path) / CARD_FILE)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
