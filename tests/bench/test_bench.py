@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from skinedge.bench.gates import Gates, check_gates, load_gates
 from skinedge.bench.harness import BenchSettings, run_bench
 from skinedge.bench.report import write_outputs
+from skinedge.bench.rows import BenchRow
 
 FAST = BenchSettings(threads=1, warmup=1, iterations=5)
 
@@ -38,18 +39,20 @@ def bench(tiny_checkpoint, artifacts, tmp_path_factory):
 @pytest.mark.slow
 def test_rows_measure_latency_memory_and_parity(bench) -> None:
     result, _ = bench
-    rows = {r["label"]: r for r in result.rows}
+    rows = {r.label: r for r in result.rows}
     assert list(rows) == ["torch-fp32", "onnx-fp32", "openvino-int8", "tensorrt-fp16"]
     for label in ("torch-fp32", "onnx-fp32", "openvino-int8"):
         row = rows[label]
-        assert row["status"] == "ok", row
-        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
-        assert row["cold_ms"] > 0 and row["load_s"] > 0 and row["peak_rss_mb"] > 0
-        assert row["size_mb"] > 0 and row["threads"] == 1
-        assert 0 <= row["balanced_accuracy"] <= 1
-    assert rows["onnx-fp32"]["flip_rate"] == 0
-    assert abs(rows["onnx-fp32"]["balanced_accuracy_drop"]) < 1e-9
-    assert rows["tensorrt-fp16"]["status"] in ("skipped", "ok")
+        assert row.status == "ok", row
+        assert 0 < row.p50_ms <= row.p95_ms <= row.p99_ms
+        assert row.cold_ms > 0 and row.load_s > 0 and row.peak_rss_mb > 0
+        assert row.size_mb > 0 and row.threads == 1
+        assert 0 <= row.balanced_accuracy <= 1
+    assert rows["torch-fp32"].reference and rows["torch-fp32"].export is None
+    assert rows["onnx-fp32"].export.status == "passed"  # read from its .export.json
+    assert rows["onnx-fp32"].flip_rate == 0
+    assert abs(rows["onnx-fp32"].balanced_accuracy_drop) < 1e-9
+    assert rows["tensorrt-fp16"].status in ("skipped", "ok")
     assert result.test["images"] == 14  # the tiny manifest's test split
 
 
@@ -60,7 +63,8 @@ def test_outputs_json_markdown_junit_chart(bench) -> None:
                          result.rows)
     files = write_outputs(result, out, checks, command="skinedge bench ...")
     doc = json.loads(files["json"].read_text())
-    assert [r["label"] for r in doc["rows"]] == [r["label"] for r in result.rows]
+    assert doc["rows"] == [r.to_dict() for r in result.rows]
+    assert {"p50_ms", "flip_rate", "balanced_accuracy_drop", "export"} <= set(doc["rows"][1])
     assert "onnxruntime" in doc["versions"]
     md = files["markdown"].read_text()
     assert "| openvino-int8 | ok |" in md and "Gate: " in md
@@ -84,7 +88,7 @@ def test_gate_passes_and_fails_with_readable_reasons(bench, tmp_path) -> None:
     messages = " | ".join(c.message for c in failed)
     assert "tflite-int8: required but not benchmarked" in messages
     assert "openvino-int8: p95_ms" in messages and "> 0.0001ms" in messages
-    if result.rows[-1]["status"] == "skipped":  # TensorRT off a GPU fails unless allowed
+    if result.rows[-1].status == "skipped":  # TensorRT off a GPU fails unless allowed
         assert "tensorrt-fp16: skipped" in messages
 
 
@@ -137,7 +141,7 @@ def test_shipped_example_gates_load() -> None:
 
 
 def test_required_rows_must_be_ok_not_just_present() -> None:
-    rows = [{"label": "tflite-int8", "status": "failed parity", "reason": "11% flips"}]
+    rows = [BenchRow("tflite-int8", None, "failed parity", "11% flips")]
     checks = check_gates(Gates(require=["tflite-int8"]), rows)
     assert [c.passed for c in checks] == [False]
     assert "tflite-int8: failed parity (11% flips)" in checks[0].message
@@ -153,6 +157,6 @@ def test_an_export_that_fails_parity_is_still_measured(tiny_checkpoint, tmp_path
     result = run_bench([tiny_checkpoint], exports=[("onnx", "int8")], out_dir=tmp_path,
                        settings=FAST, calibration_images=20)
     row = result.rows[1]
-    assert row["label"] == "onnx-int8" and row["status"] == "failed parity"
-    assert "rejected" in row["model"] and row["p50_ms"] > 0 and "flip_rate" in row
-    assert "probabilities differ" in row["reason"]
+    assert row.label == "onnx-int8" and row.status == "failed parity"
+    assert "rejected" in str(row.model) and row.p50_ms > 0 and row.flip_rate is not None
+    assert "probabilities differ" in row.reason and row.export.status == "failed"

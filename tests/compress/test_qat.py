@@ -88,7 +88,7 @@ def test_qat_checkpoint_exports_as_int8_and_verifies(qat_run, target, tmp_path):
     from skinedge.export import export_checkpoint
 
     result = export_checkpoint(qat_run[1].best_dir, target, out_dir=tmp_path, verify_images=14)
-    assert result.precision == "int8" and result.verification["status"] == "passed"
+    assert result.precision == "int8" and result.verification.status == "passed"
     assert result.card.artifact.details["variant"] == "qat"
     assert result.path.name.endswith(f"_int8_qat{'.xml' if target == 'openvino' else '.onnx'}")
     if target == "onnx":

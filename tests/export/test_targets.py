@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 
 from skinedge.export import TARGETS, ExportError, Tolerance, export_checkpoint
-from skinedge.runtimes import load_runtime, read_artifact_card
+from skinedge.runtimes import RUNTIMES, load_runtime, read_artifact_card
 from skinedge.utils.io import path_size
 
-CASES = [(t.name, p) for t in TARGETS.values() for p in t.precisions]
+
+def _case(target, precision: str):
+    """A parity case, marked with what its runtime needs (``gpu``, ``macos``): it skips, saying
+    so, on machines without it."""
+    runtime = next(r for r in RUNTIMES.values() if target.suffix in r.suffixes)
+    return pytest.param(target.name, precision, id=f"{target.name}-{precision}",
+                        marks=[getattr(pytest.mark, need) for need in runtime.needs])
+
+
+CASES = [_case(t, p) for t in TARGETS.values() for p in t.precisions]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +52,16 @@ def test_registry_has_every_issue_target() -> None:
     assert set(TARGETS) == {"onnx", "openvino", "tflite", "coreml", "tensorrt"}
 
 
+def test_every_target_has_a_registered_runtime_for_its_files(tmp_path) -> None:
+    from skinedge.runtimes import runtime_class
+
+    for target in TARGETS.values():
+        (tmp_path / f"model{target.suffix}").touch()
+        assert target.suffix in runtime_class(tmp_path / f"model{target.suffix}").suffixes
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("target", "precision"), CASES, ids=[f"{t}-{p}" for t, p in CASES])
+@pytest.mark.parametrize(("target", "precision"), CASES)
 def test_export_reload_matches_pytorch(target, precision, tiny_checkpoint, tiny_dataset,
                                        exports) -> None:
     spec = TARGETS[target]
@@ -60,9 +77,9 @@ def test_export_reload_matches_pytorch(target, precision, tiny_checkpoint, tiny_
     assert card.weights_sha256 == card.artifact.source_weights_sha256 is not None
     assert card.classes == read_artifact_card(tiny_checkpoint).classes
     if reason := spec.runs_here():
-        assert result.verification["status"] == "skipped"
+        assert result.verification.status == "skipped"
         pytest.skip(reason)
-    assert result.verification["status"] == "passed", result.verification
+    assert result.verification.status == "passed", result.verification
     images = sorted((tiny_dataset / "images").glob("*.jpg"))[::3]  # 24 images, all classes
     expected = reference_probs(tiny_checkpoint, images)
     runtime = load_runtime(result.path, threads=1)
@@ -106,7 +123,7 @@ def test_tflite_int8_has_int8_io_and_the_runtime_quantizes(tiny_checkpoint, expo
 @pytest.mark.slow
 def test_coreml_package_loads_back_as_a_spec_with_an_image_input(tiny_checkpoint, exports) -> None:
     ct = pytest.importorskip("coremltools")
-    for precision in ("fp16", "int8"):
+    for precision in TARGETS["coreml"].precisions:  # the parity cases need macOS
         result = exports(tiny_checkpoint, "coreml", precision)
         spec = ct.models.MLModel(str(result.path), skip_model_load=True).get_spec()
         assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
@@ -120,7 +137,7 @@ def test_coreml_package_loads_back_as_a_spec_with_an_image_input(tiny_checkpoint
 @pytest.mark.slow
 def test_tensorrt_without_gpu_refuses_but_writes_onnx_and_trtexec(tiny_checkpoint, tiny_dataset,
                                                                  exports) -> None:
-    from skinedge.export.targets.tensorrt import unavailable_reason
+    from skinedge.runtimes.tensorrt import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("TensorRT and a GPU are here: the engine is built instead")
@@ -207,7 +224,7 @@ def test_cli_export_verifies_and_tensorrt_refusal_exits_nonzero(tiny_checkpoint,
     assert done.exit_code == 0, done.output
     assert "verified on 14 validation images" in done.output
     assert (tmp_path / "test_efficientnet_fp32.onnx").is_file()
-    from skinedge.export.targets.tensorrt import unavailable_reason
+    from skinedge.runtimes.tensorrt import unavailable_reason
 
     if unavailable_reason() is None:
         return

@@ -19,11 +19,15 @@ Unknown keys are refused, so a typo cannot silently disable a budget.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skinedge.bench.rows import BenchRow
+from skinedge.errors import ConfigError
 
 
 class GateRule(BaseModel):
@@ -60,7 +64,7 @@ class GateCheck:
     message: str
 
 
-# budget -> (row key, "max" if the value must not exceed the budget, "min" otherwise, unit)
+# budget -> (BenchRow field, "max" if the value must not exceed the budget, "min" otherwise, unit)
 _LIMITS = {
     "p50_ms": ("p50_ms", "max", "ms"), "p95_ms": ("p95_ms", "max", "ms"),
     "p99_ms": ("p99_ms", "max", "ms"), "cold_ms": ("cold_ms", "max", "ms"),
@@ -79,46 +83,46 @@ def load_gates(path: Path | str) -> Gates:
         doc = yaml.safe_load(path.read_text()) or {}
         return Gates.model_validate(doc)
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not a readable gate file ({exc})") from exc
+        raise ConfigError(f"{path}: not a readable gate file ({exc})") from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {problems}") from exc
 
 
-def check_gates(gates: Gates, rows: list[dict]) -> list[GateCheck]:
+def check_gates(gates: Gates, rows: Sequence[BenchRow]) -> list[GateCheck]:
     """Every budget against every matching row; a failed check's message says what and by how much."""
     checks: list[GateCheck] = []
-    by_label = {row["label"]: row for row in rows}
+    by_label = {row.label: row for row in rows}
     for label in gates.require:
         row = by_label.get(label)
         if row is None:
             checks.append(GateCheck(label, "present", False, f"{label}: required but not benchmarked"))
             continue
-        ok = row["status"] == "ok"
-        checks.append(GateCheck(label, "status", ok, f"{label}: {row['status']}"
-                                + (f" ({row['reason']})" if row.get("reason") else "")))
+        ok = row.status == "ok"
+        checks.append(GateCheck(label, "status", ok, f"{label}: {row.status}"
+                                + (f" ({row.reason})" if row.reason else "")))
     for row in rows:
-        rules = [r for r in gates.rules if fnmatch.fnmatchcase(row["label"], r.match)]
-        if rules and row["status"] != "ok":  # one status check per row, however many rules match
-            if row["label"] not in gates.require:  # required rows were checked above
-                allowed = row["status"] == "skipped" and any(r.allow_skipped for r in rules)
-                checks.append(GateCheck(row["label"], "status", allowed, f"{row['label']}: "
-                                        f"{row['status']}" + (f" ({row['reason']})"
-                                                              if row.get("reason") else "")))
+        rules = [r for r in gates.rules if fnmatch.fnmatchcase(row.label, r.match)]
+        if rules and row.status != "ok":  # one status check per row, however many rules match
+            if row.label not in gates.require:  # required rows were checked above
+                allowed = row.status == "skipped" and any(r.allow_skipped for r in rules)
+                checks.append(GateCheck(row.label, "status", allowed, f"{row.label}: "
+                                        f"{row.status}" + (f" ({row.reason})"
+                                                           if row.reason else "")))
             continue
         for rule in rules:
             checks.extend(_check_row(rule, row))
     return checks
 
 
-def _check_row(rule: GateRule, row: dict) -> list[GateCheck]:
-    label = row["label"]
+def _check_row(rule: GateRule, row: BenchRow) -> list[GateCheck]:
+    label = row.label
     checks = []
     for budget, (key, kind, unit) in _LIMITS.items():
         limit = getattr(rule, budget)
         if limit is None:
             continue
-        value = row.get(key)
+        value = getattr(row, key)
         if value is None:
             checks.append(GateCheck(label, budget, False, f"{label}: {key} was not measured"))
             continue

@@ -18,11 +18,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from skinedge.bench.rows import DROP_FIELDS, SCORE_FIELDS, WORKER_FIELDS, BenchRow
+from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import ModelCard
 from skinedge.utils.io import path_size
 
@@ -39,7 +41,7 @@ class BenchSettings:
 
 @dataclass
 class BenchResult:
-    rows: list[dict]
+    rows: list[BenchRow]
     reference: str  # label of the reference row
     test: dict  # source, images, classes
     settings: BenchSettings
@@ -68,15 +70,15 @@ def _unique(label: str, taken: set[str], path: Path) -> str:
 
 
 def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manifest,
-                     calibration_images: int, threads: int | None, log) -> list[dict]:
+                     calibration_images: int, threads: int | None, log) -> list[BenchRow]:
     """Export the reference checkpoint to each (target, precision[, quantizer]); a row each."""
-    from skinedge.export import ExportError, export_checkpoint, get_target
+    from skinedge.export import ExportError, ExportOptions, export_checkpoint, get_target
     from skinedge.export.base import VerificationFailed
     from skinedge.export.targets.tensorrt import TensorRTUnavailable
     from skinedge.runtimes.base import artifact_label
     from skinedge.utils.backends import MissingBackendError
 
-    rows = []
+    rows: list[BenchRow] = []
     for target, precision, *variant in targets:
         spec = get_target(target)
         precision = precision or spec.default_precision
@@ -87,42 +89,49 @@ def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manife
             result = export_checkpoint(reference, target, precision=precision, out_dir=out,
                                        manifest=manifest, calibration_images=calibration_images,
                                        threads=threads, log=log,
-                                       options={"quantizer": quantizer} if quantizer else None)
-            rows.append({"label": artifact_label(result.card), "model": result.path,
-                         "status": "ok", "export": result.verification})
+                                       options=ExportOptions(quantizer=quantizer))
+            rows.append(BenchRow(artifact_label(result.card), result.path,
+                                 export=result.verification))
         except MissingBackendError as exc:
-            rows.append({"label": label, "model": None, "status": "failed", "reason": str(exc)})
+            rows.append(BenchRow(label, None, "failed", str(exc)))
         except VerificationFailed as exc:  # exported, but drifted: still measured
-            rows.append({"label": artifact_label(exc.result.card), "model": exc.result.path,
-                         "status": "failed parity", "reason": exc.result.verification["reason"],
-                         "export": exc.result.verification})
+            check = exc.result.verification
+            rows.append(BenchRow(artifact_label(exc.result.card), exc.result.path,
+                                 "failed parity", check.reason, export=check))
         except TensorRTUnavailable as exc:  # not a failure of the model: no TensorRT/GPU here
-            rows.append({"label": label, "model": None, "status": "skipped",
-                         "reason": str(exc).splitlines()[0]})
+            rows.append(BenchRow(label, None, "skipped", str(exc).splitlines()[0]))
         except ExportError as exc:
-            rows.append({"label": label, "model": None, "status": "failed",
-                         "reason": str(exc).splitlines()[0]})
+            rows.append(BenchRow(label, None, "failed", str(exc).splitlines()[0]))
         except Exception as exc:  # a converter crash is a result, not the end of the benchmark
-            rows.append({"label": label, "model": None, "status": "failed",
-                         "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]})
-        _log(log, f"{label}: {rows[-1]['status']}" + (f" ({rows[-1].get('reason')})"
-                                                      if rows[-1].get("reason") else ""))
+            rows.append(BenchRow(label, None, "failed",
+                                 f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        _log(log, f"{label}: {rows[-1].status}" + (f" ({rows[-1].reason})"
+                                                   if rows[-1].reason else ""))
     return rows
 
 
-def _export_status(path: Path, card: ModelCard) -> dict:
-    """Status of a given artifact from the report ``skinedge export`` wrote beside it: an
-    artifact that failed its verification (kept under ``rejected/``) is "failed parity"."""
+def _given_row(label: str, path: Path, card: ModelCard) -> BenchRow:
+    """A given model's row; an artifact's verification comes from the report ``skinedge export``
+    wrote beside it: one that failed it (kept under ``rejected/``) is "failed parity"."""
+    from skinedge.export.records import VerificationResult
+
+    row = BenchRow(label, path)
     if card.artifact is None:
-        return {"status": "ok"}
+        return row
     name = f"{path.stem}.{card.artifact.target}.export.json"
     for report in (path.parent / name, path.parent.parent / name):
         if report.is_file():
-            check = json.loads(report.read_text()).get("verification", {})
-            if check.get("status") == "failed":
-                return {"status": "failed parity", "reason": check.get("reason"), "export": check}
-            return {"status": "ok", "export": check}
-    return {"status": "ok"}
+            doc = json.loads(report.read_text()).get("verification")
+            if doc is None:
+                return row
+            try:
+                check = VerificationResult.from_dict(doc)
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{report}: unreadable verification section: {exc}") from exc
+            if check.status == "failed":
+                return replace(row, status="failed parity", reason=check.reason, export=check)
+            return replace(row, export=check)
+    return row
 
 
 def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", data=None,
@@ -133,7 +142,7 @@ def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", dat
     from skinedge.data.reading import read_dataset
 
     if (manifest is None) == (data is None):
-        raise ValueError("benchmark on either a manifest split (--manifest) or a folder (--data)")
+        raise ConfigError("benchmark on either a manifest split (--manifest) or a folder (--data)")
     if manifest is not None:
         man = load_manifest(manifest)
         check_classes(man, card.classes, manifest)
@@ -179,28 +188,29 @@ def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
             "melanoma_auc": m["melanoma_auc"]}
 
 
-def _measure_rows(rows: list[dict], ref_card: ModelCard, test, inputs: dict[str, Path], out: Path,
-                  settings: BenchSettings, *, manifest, split, data, limit, log,
-                  cards: dict[Path, ModelCard] | None = None):
-    """Run the worker for every row with a model; fills the rows; returns every measured row's
-    probabilities by label, and the reference's scores."""
+def _measure_rows(rows: list[BenchRow], ref_card: ModelCard, test, inputs: dict[str, Path],
+                  out: Path, settings: BenchSettings, *, manifest, split, data, limit, log,
+                  cards: dict[Path, ModelCard] | None = None
+                  ) -> tuple[list[BenchRow], dict[str, np.ndarray], dict | None]:
+    """Run the worker for every row with a model; returns the rows with their measurements,
+    every measured row's probabilities by label, and the reference's scores."""
     from skinedge.export import get_target
     from skinedge.runtimes import read_artifact_card
 
     probs_by_label: dict[str, np.ndarray] = {}
     ref_scores = None
+    measured_rows = []
     for row in rows:
-        model = row["model"]
-        if model is None:
+        if row.model is None:
+            measured_rows.append(row)
             continue
-        model = Path(model)
+        model = Path(row.model)
         known = (cards or {}).get(model)  # given artifacts' cards, read once by run_bench
-        card = ref_card if row.get("reference") else known or read_artifact_card(model)
-        row["model"] = str(model)
-        row["size_mb"] = _model_size_mb(model)
-        if card.artifact is not None and row["status"] == "ok":
+        card = ref_card if row.reference else known or read_artifact_card(model)
+        row = replace(row, model=model, size_mb=_model_size_mb(model))
+        if card.artifact is not None and row.status == "ok":
             if reason := get_target(card.artifact.target).runs_here():
-                row.update(status="skipped", reason=reason)
+                measured_rows.append(replace(row, status="skipped", reason=reason))
                 continue
         key = hashlib.sha256(card.preprocess.model_dump_json().encode()).hexdigest()[:12]
         if key not in inputs:
@@ -208,20 +218,20 @@ def _measure_rows(rows: list[dict], ref_card: ModelCard, test, inputs: dict[str,
                 card, manifest=manifest, split=split, data=data, limit=limit)
             inputs[key] = out / f"inputs-{key}.npy"
             np.save(inputs[key], arrays.x)
-        _log(log, f"measuring {row['label']} ({settings.threads or 'default'} threads)")
-        probs_path = out / f"probs-{row['label'].replace('/', '_')}.npy"
+        _log(log, f"measuring {row.label} ({settings.threads or 'default'} threads)")
+        probs_path = out / f"probs-{row.label.replace('/', '_')}.npy"
         measured = run_worker(model, inputs[key], probs_path, settings)
         if "error" in measured:
-            row.update(status="failed", reason=measured["error"])
+            measured_rows.append(replace(row, status="failed", reason=measured["error"]))
             continue
-        measured.pop("label", None)
-        row.update(measured)
-        probs_by_label[row["label"]] = np.load(probs_path)
-        scores = _scores(probs_by_label[row["label"]], test.labels, ref_card)
-        row.update(scores)
-        if row.get("reference"):
+        probs_by_label[row.label] = np.load(probs_path)
+        scores = _scores(probs_by_label[row.label], test.labels, ref_card)
+        figures = {key: measured[key] for key in WORKER_FIELDS}
+        figures["cpus"] = tuple(figures["cpus"])
+        measured_rows.append(replace(row, **figures, **scores))
+        if row.reference:
             ref_scores = scores
-    return probs_by_label, ref_scores
+    return measured_rows, probs_by_label, ref_scores
 
 
 def run_bench(
@@ -264,47 +274,54 @@ def run_bench(
         elif models:
             reference = Path(cards[models[0]].artifact.source_checkpoint)
         else:
-            raise ValueError("nothing to benchmark: give a checkpoint, artifacts, or --export")
+            raise ConfigError("nothing to benchmark: give a checkpoint, artifacts, or --export")
     reference = Path(reference)
     ref_card = read_artifact_card(reference)
     if ref_card.artifact is not None:
-        raise ValueError(f"{reference}: the reference must be a checkpoint folder (PyTorch), "
+        raise ConfigError(f"{reference}: the reference must be a checkpoint folder (PyTorch), "
                          f"not an exported artifact")
     if manifest is None and data is None:
         from skinedge.export.api import resolve_manifest
 
         manifest = resolve_manifest(None, ref_card, reference)
-    rows = [{"label": "torch-fp32", "model": reference, "status": "ok", "reference": True}]
-    rows += [{"label": artifact_label(cards[m]), "model": m, **_export_status(m, cards[m])}
-             for m in models if m.resolve() != reference.resolve()]
-    rows += export_for_bench(reference, list(exports), out / "exports", manifest=manifest,
-                             calibration_images=calibration_images, threads=settings.threads,
-                             log=log)
+    given = [BenchRow("torch-fp32", reference, reference=True)]
+    given += [_given_row(artifact_label(cards[m]), m, cards[m])
+              for m in models if m.resolve() != reference.resolve()]
+    given += export_for_bench(reference, list(exports), out / "exports", manifest=manifest,
+                              calibration_images=calibration_images, threads=settings.threads,
+                              log=log)
     taken: set[str] = set()
-    for row in rows:
-        row["label"] = _unique(row["label"], taken, Path(row["model"] or "."))
-        taken.add(row["label"])
+    rows = []
+    for row in given:
+        rows.append(replace(row, label=_unique(row.label, taken, Path(row.model or "."))))
+        taken.add(rows[-1].label)
     test = load_test_arrays(ref_card, manifest=manifest, split=split, data=data, limit=limit,
                             log=log)
     inputs: dict[str, Path] = {}
     try:
-        probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
-                                              manifest=manifest, split=split, data=data,
-                                              limit=limit, log=log, cards=cards)
+        rows, probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
+                                                manifest=manifest, split=split, data=data,
+                                                limit=limit, log=log, cards=cards)
     finally:
         for path in inputs.values():
             path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay
     if ref_scores is None:
-        raise RuntimeError(f"the reference {reference} could not be measured: "
-                           f"{rows[0].get('reason')}")
-    reference_top1 = probs[rows[0]["label"]].argmax(1)
-    for row in rows:
-        if row["label"] not in probs:
-            continue
-        row["flip_rate"] = float((probs[row["label"]].argmax(1) != reference_top1).mean())
-        for key in ("accuracy", "balanced_accuracy", "melanoma_auc"):
-            if row.get(key) is not None and ref_scores.get(key) is not None:
-                row[f"{key}_drop"] = ref_scores[key] - row[key]
+        raise ModelError(f"the reference {reference} could not be measured: "
+                           f"{rows[0].reason}")
+    reference_top1 = probs[rows[0].label].argmax(1)
+    rows = [_against_reference(row, probs.get(row.label), reference_top1, ref_scores)
+            for row in rows]
     test_info = {"source": test.source, "images": len(test), "classes": ref_card.classes,
                  "limited_to": limit}
-    return BenchResult(rows, rows[0]["label"], test_info, settings, test.labels, probs)
+    return BenchResult(rows, rows[0].label, test_info, settings, test.labels, probs)
+
+
+def _against_reference(row: BenchRow, probs: np.ndarray | None, reference_top1: np.ndarray,
+                       ref_scores: dict) -> BenchRow:
+    """The row with its top-1 flip rate and score drops against the reference (if it ran)."""
+    if probs is None:
+        return row
+    drops = {drop: ref_scores[key] - getattr(row, key)
+             for key, drop in zip(SCORE_FIELDS, DROP_FIELDS)
+             if getattr(row, key) is not None and ref_scores.get(key) is not None}
+    return replace(row, flip_rate=float((probs.argmax(1) != reference_top1).mean()), **drops)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from skinedge.bench.gates import GateCheck
 from skinedge.bench.harness import BenchResult
+from skinedge.bench.rows import BenchRow
 from skinedge.utils.io import atomic_write_text, package_versions
 
-COLUMNS = [  # (key, header, format)
+COLUMNS = [  # (BenchRow field, header, format)
     ("label", "model", "{}"), ("status", "status", "{}"), ("size_mb", "size MB", "{:.1f}"),
     ("load_s", "load s", "{:.2f}"), ("cold_ms", "cold ms", "{:.1f}"),
     ("p50_ms", "p50 ms", "{:.2f}"), ("p95_ms", "p95 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
@@ -22,8 +23,8 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-def cell(row: dict, key: str, fmt: str) -> str:
-    value = row.get(key)
+def cell(row: BenchRow, key: str, fmt: str) -> str:
+    value = getattr(row, key)
     if value is None:
         return "-"
     if key.endswith("_drop"):
@@ -45,12 +46,12 @@ def print_table(result: BenchResult, console=None) -> None:
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="left" if header in ("model", "status") else "right")
     for row, cells in zip(result.rows, table_rows(result)):
-        style = None if row["status"] == "ok" else ("yellow" if row["status"] == "skipped" else "red")
+        style = None if row.status == "ok" else ("yellow" if row.status == "skipped" else "red")
         table.add_row(*cells, style=style)
     console.print(table)
     for row in result.rows:
-        if row.get("reason"):
-            console.print(f"[bold]{row['label']}[/]: {row['status']}: {row['reason']}")
+        if row.reason:
+            console.print(f"[bold]{row.label}[/]: {row.status}: {row.reason}")
 
 
 def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
@@ -74,8 +75,7 @@ def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
               "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
               for cells in table_rows(result)]
-    reasons = [f"- **{r['label']}** ({r['status']}): {r['reason']}" for r in result.rows
-               if r.get("reason")]
+    reasons = [f"- **{r.label}** ({r.status}): {r.reason}" for r in result.rows if r.reason]
     if reasons:
         lines += ["", *reasons]
     if checks:
@@ -104,18 +104,18 @@ def plot(result: BenchResult, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [r for r in result.rows if r.get("p50_ms") and r.get("balanced_accuracy") is not None]
+    points = [r for r in result.rows if r.p50_ms and r.balanced_accuracy is not None]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in points:
-        color = "tab:green" if r["status"] == "ok" else "tab:red"
-        ax.scatter(r["p50_ms"], r["balanced_accuracy"], color=color)
-        ax.annotate(r["label"], (r["p50_ms"], r["balanced_accuracy"]), fontsize=8,
+        color = "tab:green" if r.status == "ok" else "tab:red"
+        ax.scatter(r.p50_ms, r.balanced_accuracy, color=color)
+        ax.annotate(r.label, (r.p50_ms, r.balanced_accuracy), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")
-    ref = next(r for r in result.rows if r["label"] == result.reference)
-    if ref.get("balanced_accuracy") is not None:
-        ax.axhline(ref["balanced_accuracy"], color="grey", linestyle="--", linewidth=1,
+    ref = next(r for r in result.rows if r.label == result.reference)
+    if ref.balanced_accuracy is not None:
+        ax.axhline(ref.balanced_accuracy, color="grey", linestyle="--", linewidth=1,
                    label="reference (PyTorch FP32)")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
@@ -139,7 +139,8 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
     from dataclasses import asdict
 
     doc = {"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "rows": result.rows, "reference": result.reference, "test": result.test,
+           "rows": [row.to_dict() for row in result.rows], "reference": result.reference,
+           "test": result.test,
            "settings": asdict(result.settings), "command": command,
            "versions": package_versions(("onnxruntime", "openvino", "nncf", "litert-torch",
                                          "ai-edge-litert", "ai-edge-quantizer", "coremltools",

@@ -8,11 +8,12 @@ training split (never validation or test), preprocessed exactly as at inference.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from torch import nn
 
+from skinedge.errors import ConfigError
 from skinedge.utils.backends import require
 
 # Activations and blocks that post-training INT8 handles badly: unbounded smooth activations
@@ -39,7 +40,8 @@ def quantization_warnings(model: nn.Module) -> list[str]:
             for what, n in counts.items()]
 
 
-OVERFLOW_FIXES = ("auto", "enable", "first_layer_only", "disable")
+OverflowFix = Literal["auto", "enable", "first_layer_only", "disable"]
+OVERFLOW_FIXES: tuple[str, ...] = get_args(OverflowFix)
 
 
 def cpu_has_vnni() -> bool | None:
@@ -60,7 +62,7 @@ def resolve_overflow_fix(value: str = "auto") -> str:
     then use about 7 bits: the cost of running correctly on older x86.
     """
     if value not in OVERFLOW_FIXES:
-        raise ValueError(f"overflow_fix {value!r}: choose one of {OVERFLOW_FIXES}")
+        raise ConfigError(f"overflow_fix {value!r}: choose one of {OVERFLOW_FIXES}")
     if value != "auto":
         return value
     import platform
@@ -78,7 +80,7 @@ def _advanced(overflow_fix: str):
 def _dataset(calibration: np.ndarray, transform):
     nncf = require("nncf", "quantize")
     if calibration.ndim != 4 or len(calibration) == 0:
-        raise ValueError(f"calibration images must be a non-empty (N, C, H, W) array, got "
+        raise ConfigError(f"calibration images must be a non-empty (N, C, H, W) array, got "
                          f"shape {calibration.shape}")
     return nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))], transform)
 

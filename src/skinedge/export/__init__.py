@@ -1,6 +1,7 @@
 """Export a checkpoint to ONNX, OpenVINO, TFLite, Core ML or TensorRT, each verified on export.
 
-``export_checkpoint(checkpoint, "tflite", precision="int8")``; the registered targets are in
+``export_checkpoint(checkpoint, "tflite", precision="int8",
+options=ExportOptions(quantizer="aeq"))``; the registered targets are in
 ``TARGETS`` (filled on first use, backends imported only when a target runs).
 """
 
@@ -10,6 +11,8 @@ _EXPORTS = {
     "ExportError": "base", "VerificationFailed": "base", "ExportTarget": "base", "Tolerance": "base", "PRECISIONS": "base",
     "register_target": "base", "get_target": "base",
     "ExportResult": "api", "export_checkpoint": "api",
+    "ExportOptions": "records", "VerificationResult": "records", "Calibration": "records",
+    "AccuracyControl": "records",
 }
 
 __all__ = sorted([*_EXPORTS, "TARGETS"])

@@ -13,16 +13,26 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from skinedge.errors import ConfigError
 from skinedge.export.base import ExportError, ExportJob, Tolerance, VerificationFailed, get_target
+from skinedge.export.records import (
+    AccuracyControl,
+    Calibration,
+    ExportOptions,
+    VerificationResult,
+)
 from skinedge.models.card import ModelCard
 from skinedge.utils.backends import MissingBackendError
 from skinedge.utils.io import atomic_write_text, path_size
+
+if TYPE_CHECKING:
+    from skinedge.data.arrays import ImageArrays
 
 
 @dataclass
@@ -32,7 +42,7 @@ class ExportResult:
     path: Path | None  # None when the target refused here (TensorRT without a GPU)
     files: list[Path]
     card: ModelCard | None
-    verification: dict[str, Any]
+    verification: VerificationResult
     report: Path
     notes: list[str] = field(default_factory=list)
 
@@ -70,7 +80,7 @@ def export_checkpoint(
     verify: bool = True,
     tolerance: Tolerance | None = None,
     threads: int | None = None,
-    options: dict[str, Any] | None = None,
+    options: ExportOptions | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a checkpoint to one target and verify it.
@@ -86,12 +96,9 @@ def export_checkpoint(
             no verification, recorded as skipped).
         tolerance: Override the target's tolerance for this precision.
         threads: Threads of the runtime used for verification.
-        options: Target-specific options: ``quantizer`` (TFLite INT8: ``pt2e`` or ``aeq``;
-            OpenVINO INT8: ``ptq`` or ``qac``, accuracy control), ``max_drop`` (qac: allowed
-            drop of top-1 agreement with the float model, default 0.01), ``max_control``
-            (qac: validation images it is tuned on, default 200, disjoint from verification),
-            ``overflow_fix`` (ONNX/OpenVINO INT8, see
-            :func:`skinedge.compress.quantize.resolve_overflow_fix`).
+        options: The quantizer (TFLite INT8: ``pt2e`` or ``aeq``; OpenVINO INT8: ``ptq`` or
+            ``qac``, accuracy control), the accuracy-control budget and the overflow fix; see
+            :class:`~skinedge.export.records.ExportOptions` (default: the targets' defaults).
 
     Raises:
         MissingBackendError: the target's extra is not installed (the message names it).
@@ -102,25 +109,26 @@ def export_checkpoint(
     from skinedge.models.checkpoint import load_card, load_checkpoint
 
     spec = get_target(target)
-    options = {k: v for k, v in (options or {}).items() if v is not None}
+    options = options or ExportOptions()
     source_precision = load_card(checkpoint).precision
     if source_precision == "int8":
         precision = _qat_precision(spec, precision, checkpoint, options)
-    elif options.get("quantizer") == "qat":
-        raise ValueError(f"--quantizer qat exports a checkpoint made by `skinedge compress "
+        options = replace(options, quantizer="qat")
+    elif options.quantizer == "qat":
+        raise ConfigError(f"--quantizer qat exports a checkpoint made by `skinedge compress "
                          f"quantize --mode qat`; {checkpoint} is {source_precision}: "
                          "quantize it with that command first")
     precision = precision or spec.default_precision
     if precision not in spec.precisions:
-        raise ValueError(f"target {target} exports {', '.join(spec.precisions)}, not {precision}")
+        raise ConfigError(f"target {target} exports {', '.join(spec.precisions)}, not {precision}")
     if reason := spec.missing_backend(precision):
         raise MissingBackendError(f"cannot export {target} {precision}: {reason}")
-    quantizer = options.get("quantizer")
+    quantizer = options.quantizer
     if quantizer is not None and quantizer not in (*spec.quantizers, "qat"):
-        raise ValueError(f"target {target} has no quantizer {quantizer!r}"
+        raise ConfigError(f"target {target} has no quantizer {quantizer!r}"
                          + (f"; choose one of {spec.quantizers}" if spec.quantizers else ""))
     if quantizer is not None and precision != "int8":
-        raise ValueError(f"a quantizer ({quantizer}) only applies to int8, not {precision}")
+        raise ConfigError(f"a quantizer ({quantizer}) only applies to int8, not {precision}")
     checkpoint = Path(checkpoint)
     model, card = load_checkpoint(checkpoint)
     model = model.eval().float().cpu()
@@ -128,7 +136,7 @@ def export_checkpoint(
     for note in notes:
         _log(log, f"warning: {note}")
     cannot_run = spec.runs_here()  # Core ML off macOS, TensorRT without its GPU: no verification
-    calibration, verification = _prepare_images(
+    calibration, control, verification = _prepare_images(
         spec, precision, model, card, checkpoint, manifest, options,
         calibration_images=calibration_images,
         verify_images=verify_images if verify and cannot_run is None else 0, log=log)
@@ -140,8 +148,8 @@ def export_checkpoint(
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
     job = ExportJob(model=model, card=card, source=str(checkpoint.resolve()), precision=precision,
-                    workdir=workdir, stem=stem,
-                    calibration=None if calibration is None else calibration.x, options=options)
+                    workdir=workdir, stem=stem, calibration=calibration, options=options,
+                    control=control)
     report = out / f"{stem}.{target}.export.json"
     started = time.perf_counter()
     _log(log, f"exporting {checkpoint} to {target} {precision}")
@@ -150,7 +158,8 @@ def export_checkpoint(
     except ExportError as exc:
         kept = [_move(f, out) for f in getattr(exc, "files", [])]
         _write_report(report, target, precision, checkpoint, None, kept,
-                      {"status": "not built", "reason": str(exc)}, notes, time.perf_counter() - started)
+                      VerificationResult("not built", str(exc)), notes,
+                      time.perf_counter() - started)
         shutil.rmtree(workdir, ignore_errors=True)
         exc.files = kept
         exc.report = report
@@ -163,85 +172,85 @@ def export_checkpoint(
     path = out / exported.path.name
     seconds = time.perf_counter() - started
     if cannot_run:
-        check = {"status": "skipped", "reason": cannot_run, "images": 0}
+        check = VerificationResult("skipped", cannot_run, images=0)
     elif verification is None:
-        check = {"status": "skipped", "reason": "verification turned off", "images": 0}
+        check = VerificationResult("skipped", "verification turned off", images=0)
     else:
         check = _verify(path, model, verification, tolerance or spec.tolerance(precision),
                         threads, log)
-    if check["status"] == "failed":
+    if check.status == "failed":
         rejected = out / "rejected"
         rejected.mkdir(exist_ok=True)
         files = [_move(f, rejected) for f in files]
         path = rejected / path.name
     _write_report(report, target, precision, checkpoint, exported.card, files, check, notes, seconds)
     result = ExportResult(target, precision, path, files, exported.card, check, report, notes)
-    if check["status"] == "failed":
+    if check.status == "failed":
         raise VerificationFailed(f"{target} {precision} export failed verification: "
-                                 f"{check['reason']} (artifact moved to {rejected}; details in "
+                                 f"{check.reason} (artifact moved to {rejected}; details in "
                                  f"{report})", result)
     return result
 
 
-def _qat_precision(spec, precision: str | None, checkpoint: Path | str, options: dict) -> str:
-    """An INT8 (quantization-aware trained) checkpoint is exported as it is, to a target that
-    can carry its quantizers, with no calibration of its own."""
+def _qat_precision(spec, precision: str | None, checkpoint: Path | str,
+                   options: ExportOptions) -> str:
+    """An INT8 (quantization-aware trained) checkpoint is exported as it is (quantizer ``qat``),
+    to a target that can carry its quantizers, with no calibration of its own."""
     if not spec.from_qat:
         from skinedge.export.base import TARGETS
 
         able = sorted(name for name, t in TARGETS.items() if t.from_qat)
-        raise ValueError(f"{checkpoint} is an INT8 checkpoint (NNCF quantization-aware "
+        raise ConfigError(f"{checkpoint} is an INT8 checkpoint (NNCF quantization-aware "
                          f"training); {spec.name} cannot carry its quantizers: export it to "
                          f"{' or '.join(able)}, or export the FP32 checkpoint it came from")
     if precision not in (None, "int8"):
-        raise ValueError(f"{checkpoint} is already INT8; export it as int8, not {precision}")
-    if options.get("quantizer") not in (None, "qat"):
-        raise ValueError(f"{checkpoint} is already quantized; --quantizer "
-                         f"{options['quantizer']} does not apply")
-    options["quantizer"] = "qat"
+        raise ConfigError(f"{checkpoint} is already INT8; export it as int8, not {precision}")
+    if options.quantizer not in (None, "qat"):
+        raise ConfigError(f"{checkpoint} is already quantized; --quantizer "
+                         f"{options.quantizer} does not apply")
     return "int8"
 
 
 def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Path,
-                    manifest: Path | str | None, options: dict, *, calibration_images: int,
-                    verify_images: int, log):
-    """Calibration images (training split) and verification images (validation split), as
-    arrays preprocessed by the card; for accuracy-controlled INT8, also the control images and
-    the float model's top-1 on them (in ``options``)."""
+                    manifest: Path | str | None, options: ExportOptions, *,
+                    calibration_images: int, verify_images: int, log,
+                    ) -> tuple[Calibration | None, AccuracyControl | None, ImageArrays | None]:
+    """Calibration images (training split), for accuracy-controlled INT8 the control images and
+    the float model's top-1 on them, and verification images (validation split), as arrays
+    preprocessed by the card."""
     import torch
 
     from skinedge.data.arrays import manifest_arrays
     from skinedge.data.manifest import load_manifest
 
-    calibrate = precision == "int8" and spec.int8_calibrated and options.get("quantizer") != "qat"
+    calibrate = precision == "int8" and spec.int8_calibrated and options.quantizer != "qat"
     if not calibrate and verify_images <= 0:
-        return None, None
+        return None, None, None
     manifest_path = resolve_manifest(manifest, card, checkpoint)
     man = load_manifest(manifest_path)
     if list(man.vocabulary.codes) != card.classes:
         raise ExportError(f"{manifest_path} has classes {list(man.vocabulary.codes)}, the "
                           f"model predicts {card.classes}")
-    calibration = verification = None
+    calibration = control = verification = None
     if calibrate:
         _log(log, f"calibration: {calibration_images} training images from {manifest_path}")
-        calibration = manifest_arrays(man, "train", card.preprocess, limit=calibration_images,
-                                      source=f"{manifest_path}:train")
-        options["calibration_info"] = {
-            "split": calibration.source, "images": len(calibration),
-            "images_sha256": calibration.fingerprint, "manifest_split_hash": man.split_hash}
+        train = manifest_arrays(man, "train", card.preprocess, limit=calibration_images,
+                                source=f"{manifest_path}:train")
+        calibration = Calibration(train.x, source=train.source, images_sha256=train.fingerprint,
+                                  manifest_split_hash=man.split_hash)
     if verify_images > 0:
         verification = manifest_arrays(man, "val", card.preprocess, limit=verify_images,
                                        seed=1, source=f"{manifest_path}:val")
-    if calibrate and options.get("quantizer") == "qac":
+    if calibrate and options.quantizer == "qac":
         # Tuned on validation images the verification does not use, so it is not graded on them.
-        control = manifest_arrays(man, "val", card.preprocess, limit=options.get("max_control", 200),
-                                  seed=2, source=f"{manifest_path}:val",
-                                  exclude=set(verification.images) if verification else set())
+        tuning = manifest_arrays(man, "val", card.preprocess, limit=options.max_control,
+                                 seed=2, source=f"{manifest_path}:val",
+                                 exclude=set(verification.images) if verification else set())
         with torch.inference_mode():
-            logits = torch.cat([model(torch.from_numpy(control.x[i:i + 64]))
-                                for i in range(0, len(control), 64)])
-        options["control_images"], options["control_top1"] = control.x, logits.argmax(1).numpy()
-    return calibration, verification
+            logits = torch.cat([model(torch.from_numpy(tuning.x[i:i + 64]))
+                                for i in range(0, len(tuning), 64)])
+        control = AccuracyControl(tuning.x, float_top1=logits.argmax(1).numpy())
+    return calibration, control, verification
 
 
 def _move(path: Path, folder: Path) -> Path:
@@ -255,8 +264,8 @@ def _move(path: Path, folder: Path) -> Path:
     return dest
 
 
-def _verify(path: Path, model, images, tol: Tolerance, threads: int | None,
-            log) -> dict[str, Any]:
+def _verify(path: Path, model, images: ImageArrays, tol: Tolerance, threads: int | None,
+            log) -> VerificationResult:
     """Compare the artifact's probabilities with the torch model's on validation images; an
     artifact its own runtime cannot load or run fails, with the error as the reason."""
     import torch
@@ -271,41 +280,38 @@ def _verify(path: Path, model, images, tol: Tolerance, threads: int | None,
         probs = runtime.predict_array(images.x)
         runtime.close()
     except Exception as exc:  # any backend error: the artifact is not usable as exported
-        return {"status": "failed", "images": len(images),
-                "reason": f"its runtime could not run it: {type(exc).__name__}: {exc}"}
+        return VerificationResult(
+            "failed", f"its runtime could not run it: {type(exc).__name__}: {exc}",
+            images=len(images))
     diff = np.abs(probs - reference)
     flips = int((probs.argmax(1) != reference.argmax(1)).sum())
-    check = {
-        "images": len(images), "source": images.source,
-        "max_prob_diff": float(diff.max()), "mean_prob_diff": float(diff.mean()),
-        "flips": flips, "flip_rate": flips / len(images),
-        "accuracy_reference": float((reference.argmax(1) == images.labels).mean()),
-        "accuracy_artifact": float((probs.argmax(1) == images.labels).mean()),
-        "tolerance": {"max_prob_diff": tol.max_prob_diff, "max_flip_rate": tol.max_flip_rate,
-                      "max_mean_prob_diff": tol.max_mean_prob_diff},
-    }
+    max_diff, mean_diff, flip_rate = float(diff.max()), float(diff.mean()), flips / len(images)
     problems = []
-    if check["max_prob_diff"] > tol.max_prob_diff:
-        problems.append(f"probabilities differ by up to {check['max_prob_diff']:.4g} "
+    if max_diff > tol.max_prob_diff:
+        problems.append(f"probabilities differ by up to {max_diff:.4g} "
                         f"(bound {tol.max_prob_diff:g})")
-    if check["mean_prob_diff"] > tol.max_mean_prob_diff:
-        problems.append(f"probabilities differ by {check['mean_prob_diff']:.4g} on average "
+    if mean_diff > tol.max_mean_prob_diff:
+        problems.append(f"probabilities differ by {mean_diff:.4g} on average "
                         f"(bound {tol.max_mean_prob_diff:g})")
-    if check["flip_rate"] > tol.max_flip_rate:
+    if flip_rate > tol.max_flip_rate:
         problems.append(f"top-1 differs on {flips}/{len(images)} images "
-                        f"({check['flip_rate']:.1%}, bound {tol.max_flip_rate:.1%})")
-    check["status"] = "failed" if problems else "passed"
-    check["reason"] = "; ".join(problems)
-    return check
+                        f"({flip_rate:.1%}, bound {tol.max_flip_rate:.1%})")
+    return VerificationResult(
+        "failed" if problems else "passed", "; ".join(problems), images=len(images),
+        source=images.source, max_prob_diff=max_diff, mean_prob_diff=mean_diff, flips=flips,
+        flip_rate=flip_rate,
+        accuracy_reference=float((reference.argmax(1) == images.labels).mean()),
+        accuracy_artifact=float((probs.argmax(1) == images.labels).mean()), tolerance=tol)
 
 
 def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
-                  card: ModelCard | None, files: list[Path], verification: dict, notes: list[str],
-                  seconds: float) -> None:
+                  card: ModelCard | None, files: list[Path], verification: VerificationResult,
+                  notes: list[str], seconds: float) -> None:
     doc = {
         "target": target, "precision": precision, "checkpoint": str(checkpoint),
         "files": [{"path": str(f), "bytes": path_size(f)} for f in files],
-        "export_seconds": round(seconds, 2), "verification": verification, "notes": notes,
+        "export_seconds": round(seconds, 2), "verification": verification.to_dict(),
+        "notes": notes,
         "card": None if card is None else json.loads(card.to_json()),
     }
     atomic_write_text(path, json.dumps(doc, indent=2))

@@ -10,19 +10,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from torch import nn
 
+from skinedge.errors import ConfigError, SkinedgeError
 from skinedge.models.card import ArtifactInfo, ModelCard
 from skinedge.utils.backends import missing
+
+if TYPE_CHECKING:
+    from skinedge.export.records import AccuracyControl, Calibration, ExportOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class ExportError(RuntimeError):
-    """An export could not be made, or was made but failed verification."""
+class ExportError(SkinedgeError, RuntimeError):
+    """An export could not be made, or was made but failed verification (exit 1: the job ran
+    and said no, like a missed gate)."""
+
+    exit_code = 1
+    http_status = 422
 
     files: list | tuple = ()  # what was written anyway (TensorRT: the ONNX and the trtexec script)
     report: Path | None = None  # the .export.json written for this attempt
@@ -73,13 +80,19 @@ class ExportJob:
     precision: str
     workdir: Path  # empty folder: the exporter writes here, the caller moves the result
     stem: str  # file name without suffix
-    calibration: np.ndarray | None  # (N, 3, S, S) training images for int8, else None
+    calibration: Calibration | None  # INT8: training images and their provenance, else None
+    options: ExportOptions  # quantizer, accuracy-control budget, overflow fix
+    control: AccuracyControl | None = None  # qac: validation images and the float model's top-1
     batch_size: int = 1
-    options: dict[str, Any] = field(default_factory=dict)  # target-specific (e.g. quantizer)
 
     def card_for(self, artifact: ArtifactInfo) -> ModelCard:
         """The source card with the artifact's section and precision."""
         return self.card.model_copy(update={"artifact": artifact, "precision": self.precision})
+
+    @property
+    def calibration_info(self) -> dict[str, Any] | None:
+        """The card's ``artifact.calibration`` section (None without calibration)."""
+        return None if self.calibration is None else self.calibration.provenance()
 
     @property
     def example(self):
@@ -105,12 +118,14 @@ class ExportTarget:
     name: str
     suffix: str  # of the main file: .onnx, .xml, .tflite, .mlpackage, .engine
     extra: str  # pip extra needed to export (TensorRT: only ONNX; the engine is built on the device)
+    requires: tuple[str, ...]  # the modules of that extra, checked without importing them
     precisions: tuple[str, ...]
     default_precision: str
     export: Callable[[ExportJob], Exported]
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     description: str = ""
     int8_extra: str | None = "quantize"  # INT8 calibration backend (NNCF), None: the target's own
+    int8_requires: tuple[str, ...] = ("nncf", "onnx", "onnxscript", "onnxruntime")  # its modules
     int8_calibrated: bool = True  # False: INT8 weights only (Core ML), no calibration images
     quantizers: tuple[str, ...] = ()  # INT8 methods to choose from; the first is the default
     from_qat: bool = False  # exports INT8 checkpoints (NNCF quantization-aware training) as is
@@ -120,9 +135,10 @@ class ExportTarget:
 
     def missing_backend(self, precision: str) -> str | None:
         """Why this machine cannot export ``precision`` (None: it can)."""
+        problem = missing(self.requires, self.extra)
         if precision == "int8" and self.int8_extra:
-            return missing(self.extra) or missing(self.int8_extra)
-        return missing(self.extra)
+            return problem or missing(self.int8_requires, self.int8_extra)
+        return problem
 
     def variant(self, quantizer: str | None) -> str | None:
         """The quantizer named in file names and labels: None for the default one."""
@@ -155,5 +171,5 @@ def get_target(name: str) -> ExportTarget:
     from skinedge.export import targets  # noqa: F401  (registers every built-in target)
 
     if name not in TARGETS:
-        raise ValueError(f"unknown export target {name!r}; choose one of {sorted(TARGETS)}")
+        raise ConfigError(f"unknown export target {name!r}; choose one of {sorted(TARGETS)}")
     return TARGETS[name]

@@ -12,9 +12,12 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skinedge.utils.io import atomic_write_text, package_versions
+
+if TYPE_CHECKING:
+    from skinedge.bench.rows import BenchRow
 
 #: What the issue asks of the INT8 student, against the teacher ensemble.
 TARGETS = {"balanced_accuracy_drop": 0.015, "melanoma_auc_drop": 0.02, "agreement": 0.90}
@@ -110,7 +113,7 @@ def build_compression_report(
                     for (role, path), bench in zip(roles, result.rows)]
         for row, bench in zip(rows, result.rows):
             row["latency"][str(n_threads)] = {
-                k: bench.get(k) for k in ("p50_ms", "p95_ms", "status", "reason")}
+                k: getattr(bench, k) for k in ("p50_ms", "p95_ms", "status", "reason")}
     report = CompressionReport(rows, _checks(rows, threads), test,
                                {"threads": list(threads), "warmup": warmup,
                                 "iterations": iterations})
@@ -121,7 +124,7 @@ def build_compression_report(
     return report
 
 
-def _model_row(role: str, path: Path, bench: dict, result) -> dict[str, Any]:
+def _model_row(role: str, path: Path, bench: BenchRow, result) -> dict[str, Any]:
     from skinedge.evaluate.metrics import compute_metrics
     from skinedge.runtimes import read_artifact_card
 
@@ -129,12 +132,12 @@ def _model_row(role: str, path: Path, bench: dict, result) -> dict[str, Any]:
     source = Path(card.artifact.source_checkpoint) if card.artifact else path
     params, macs = count_params_and_macs(source)
     row: dict[str, Any] = {
-        "role": role, "label": bench["label"], "model": str(path), "status": bench["status"],
-        "reason": bench.get("reason"), "precision": card.artifact.precision if card.artifact
+        "role": role, "label": bench.label, "model": str(path), "status": bench.status,
+        "reason": bench.reason, "precision": card.artifact.precision if card.artifact
         else card.precision, "architecture": card.architecture,
-        "params": params, "macs": macs, "size_mb": bench.get("size_mb"), "latency": {},
+        "params": params, "macs": macs, "size_mb": bench.size_mb, "latency": {},
     }
-    probs = (result.probs or {}).get(bench["label"])
+    probs = (result.probs or {}).get(bench.label)
     if probs is None:
         return row
     m = compute_metrics(result.labels, probs, result.test["classes"],
@@ -143,7 +146,7 @@ def _model_row(role: str, path: Path, bench: dict, result) -> dict[str, Any]:
         "balanced_accuracy": m["balanced_accuracy"], "melanoma_auc": m["melanoma_auc"],
         "accuracy": m["accuracy"], "ece": m["ece"],
         "recall": {c: s["recall"] for c, s in m["per_class"].items()},
-        "agreement": 1.0 - bench["flip_rate"],  # bench's flips are against the teacher
+        "agreement": 1.0 - bench.flip_rate,  # bench's flips are against the teacher
     })
     return row
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skinedge.errors import ConfigError, ModelError
+
 MODES = ("ptq", "qac", "qat", "auto")
 
 
@@ -41,15 +43,15 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
     from skinedge.export.api import resolve_manifest
     from skinedge.models import load_card
     from skinedge.models.checkpoint import WEIGHTS, checkpoint_dir
-    from skinedge.train.config import apply_overrides
+    from skinedge.train.config import apply_overrides, validate_config
 
     directory = checkpoint_dir(Path(checkpoint))
     card = load_card(directory)
     if card.members:
-        raise ValueError(f"{checkpoint} is an ensemble: distil it into one student first "
+        raise ModelError(f"{checkpoint} is an ensemble: distil it into one student first "
                          "(`skinedge compress distill`), then quantize the student")
     if card.precision != "fp32":
-        raise ValueError(f"{checkpoint} is already {card.precision}; quantize the FP32 "
+        raise ModelError(f"{checkpoint} is already {card.precision}; quantize the FP32 "
                          "checkpoint it came from")
     trained = dict(card.training.get("config") or {})
     doc: dict[str, Any] = {
@@ -71,7 +73,7 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
         doc["distill"] = {**(distill or {}), **({"teacher": str(teacher)} if teacher else {})}
     doc["model"].pop("head_init_std", None)
     doc = apply_overrides(doc, list(overrides))
-    return QATConfig.model_validate(doc)
+    return validate_config(QATConfig, doc, f"QAT fine-tune config of {checkpoint} (--set)")
 
 
 def quantize_checkpoint(
@@ -102,14 +104,14 @@ def quantize_checkpoint(
         resume: ``qat``: continue an interrupted fine-tune in ``out_dir/qat``.
     """
     from skinedge.compress.quantize import resolve_overflow_fix
-    from skinedge.export import ExportError, VerificationFailed, export_checkpoint
+    from skinedge.export import ExportError, ExportOptions, VerificationFailed, export_checkpoint
 
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {MODES}")
     out = Path(out_dir)
     outcome = QuantizeOutcome(mode)
 
-    def export_all(source: Path, tried: str, options: dict) -> dict:
+    def export_all(source: Path, tried: str, quantizer: str | None) -> dict:
         attempt = {"mode": tried, "source": str(source), "artifacts": [], "failed": [],
                    "missed_bound": False}
         for target in targets:
@@ -117,7 +119,8 @@ def quantize_checkpoint(
                 result = export_checkpoint(
                     source, target, precision="int8", out_dir=out, manifest=manifest,
                     calibration_images=calibration_images, threads=threads, log=log,
-                    options={**options, "max_drop": max_drop, "overflow_fix": overflow_fix})
+                    options=ExportOptions(quantizer=quantizer, max_drop=max_drop,
+                                          overflow_fix=overflow_fix))
                 attempt["artifacts"].append(result)
             except ExportError as exc:
                 attempt["failed"].append(f"{target}: {exc}")
@@ -127,7 +130,7 @@ def quantize_checkpoint(
 
     if mode in ("ptq", "qac", "auto"):
         attempt = export_all(Path(checkpoint), "qac" if mode == "qac" else "ptq",
-                             {"quantizer": "qac" if mode == "qac" else None})
+                             "qac" if mode == "qac" else None)
         # Only a missed bound calls for QAT; a conversion error would fail the same way again.
         if mode != "auto" or not attempt["missed_bound"]:
             outcome.mode = attempt["mode"]
@@ -157,7 +160,7 @@ def quantize_checkpoint(
         a = outcome.against_fp32
         log(f"QAT checkpoint against the FP32 one on val: top-1 agreement {a['agreement']:.1%}, "
             f"balanced accuracy {a['int8_balanced_accuracy']:.3f} vs {a['fp32_balanced_accuracy']:.3f}")
-    attempt = export_all(result.best_dir, "qat", {})
+    attempt = export_all(result.best_dir, "qat", None)
     outcome.mode = "qat"
     outcome.artifacts, outcome.failed = attempt["artifacts"], attempt["failed"]
     return outcome

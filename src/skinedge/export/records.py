@@ -1,0 +1,172 @@
+"""The typed records an export takes and gives: its options, its calibration and accuracy-control
+images, and the verification of the artifact it made.
+
+``ExportOptions`` is what a caller chooses; ``Calibration`` and ``AccuracyControl`` are what
+``export_checkpoint`` prepares for the target's exporter; ``VerificationResult`` is what it
+measured, written to ``<stem>.<target>.export.json`` by :meth:`VerificationResult.to_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from skinedge.compress.quantize import OverflowFix
+from skinedge.errors import ConfigError
+from skinedge.export.base import Tolerance
+
+#: A quantization-aware trained checkpoint is exported as it is: the one INT8 method every
+#: target that can carry NNCF's quantizers (``ExportTarget.from_qat``) takes.
+QAT = "qat"
+VerificationStatus = Literal["passed", "failed", "skipped", "not built"]
+
+
+def known_quantizers() -> tuple[str, ...]:
+    """Every INT8 method some registered target offers (TFLite ``pt2e``/``aeq``, OpenVINO
+    ``ptq``/``qac``, ...), and ``qat``.
+
+    The words are data on each target (``ExportTarget.quantizers``), not a fixed Literal here,
+    so that a new target with its own method is still one file.
+    """
+    from skinedge.export import targets  # noqa: F401  (registers the built-in targets)
+    from skinedge.export.base import TARGETS
+
+    words = sorted({q for target in TARGETS.values() for q in target.quantizers})
+    return tuple(dict.fromkeys([*words, QAT]))
+
+
+def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False) -> None:
+    if value not in allowed and not (optional and value is None):
+        raise ConfigError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export, beyond the target and precision.
+
+    Attributes:
+        quantizer: INT8 method, one of :func:`known_quantizers` (which ones a target takes is
+            its ``quantizers``, checked by ``export_checkpoint``); None: the target's default.
+        max_drop: ``qac``: allowed drop of top-1 agreement with the float model (absolute).
+        max_control: ``qac``: validation images it is tuned on, disjoint from verification.
+        overflow_fix: ONNX/OpenVINO INT8, see
+            :func:`skinedge.compress.quantize.resolve_overflow_fix`.
+    """
+
+    quantizer: str | None = None
+    max_drop: float = 0.01
+    max_control: int = 200
+    overflow_fix: OverflowFix = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("quantizer", self.quantizer, known_quantizers(), optional=True)
+        _choice("overflow_fix", self.overflow_fix, get_args(OverflowFix))
+        if not 0 <= self.max_drop <= 1:
+            raise ConfigError(f"max_drop {self.max_drop}: a drop of top-1 agreement, "
+                              "between 0 and 1")
+        if self.max_control < 1:
+            raise ConfigError(f"max_control {self.max_control}: at least one validation image")
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """INT8 calibration images and where they came from (the artifact's card records it).
+
+    Attributes:
+        images: (N, 3, S, S) float32 training images, preprocessed as the card says.
+        source: The split they were drawn from, ``manifest.json:train``.
+        images_sha256: sha256 of the image list (which images, not their pixels).
+        manifest_split_hash: The manifest's split hash.
+    """
+
+    images: np.ndarray
+    source: str
+    images_sha256: str
+    manifest_split_hash: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def provenance(self) -> dict[str, Any]:
+        """The card's ``artifact.calibration`` section."""
+        return {"split": self.source, "images": len(self), "images_sha256": self.images_sha256,
+                "manifest_split_hash": self.manifest_split_hash}
+
+
+@dataclass(frozen=True, eq=False)
+class AccuracyControl:
+    """What NNCF's accuracy control (``qac``) is tuned on.
+
+    Attributes:
+        images: (M, 3, S, S) validation images, none of them used by the verification.
+        float_top1: (M,) the float model's top-1 class on each.
+    """
+
+    images: np.ndarray
+    float_top1: np.ndarray
+
+
+_MEASURES = ("max_prob_diff", "mean_prob_diff", "flips", "flip_rate", "accuracy_reference",
+             "accuracy_artifact")
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """The artifact, reloaded through its runtime, against the checkpoint on validation images.
+
+    ``skipped``: not verified here (``reason`` says why); ``not built``: the exporter made no
+    artifact. The figures are None unless the artifact ran (``measured``).
+
+    Attributes:
+        images: Validation images compared (0 when skipped, None when not built).
+        source: Where they came from, ``manifest.json:val``.
+        max_prob_diff: Largest absolute difference of any class probability on any image.
+        mean_prob_diff: Mean absolute difference over images and classes.
+        flips: Images whose top-1 class differs; ``flip_rate``: their share.
+        accuracy_reference: Top-1 accuracy of the checkpoint; ``accuracy_artifact``: of the
+            artifact, on the same images.
+        tolerance: The bounds it was held to.
+    """
+
+    status: VerificationStatus
+    reason: str = ""
+    images: int | None = None
+    source: str | None = None
+    max_prob_diff: float | None = None
+    mean_prob_diff: float | None = None
+    flips: int | None = None
+    flip_rate: float | None = None
+    accuracy_reference: float | None = None
+    accuracy_artifact: float | None = None
+    tolerance: Tolerance | None = None
+
+    def __post_init__(self) -> None:
+        _choice("verification status", self.status, get_args(VerificationStatus))
+
+    @property
+    def measured(self) -> bool:
+        return self.max_prob_diff is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``verification`` section (keys as the export reports have them)."""
+        if not self.measured:
+            doc: dict[str, Any] = {"status": self.status, "reason": self.reason}
+            return doc if self.images is None else {**doc, "images": self.images}
+        return {"images": self.images, "source": self.source,
+                **{key: getattr(self, key) for key in _MEASURES},
+                "tolerance": None if self.tolerance is None else asdict(self.tolerance),
+                "status": self.status, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> VerificationResult:
+        """Read a report's ``verification`` section back (reports from before the mean bound
+        existed read as bounded by 1.0, the default that applied to them)."""
+        doc = dict(doc)
+        if doc.get("tolerance") is not None:
+            doc["tolerance"] = Tolerance(**doc["tolerance"])
+        unknown = set(doc) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"verification report with unknown keys {sorted(unknown)}")
+        return cls(**doc)
