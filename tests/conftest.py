@@ -11,12 +11,30 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``gpu`` tests need a CUDA GPU, ``macos`` tests need macOS: elsewhere they skip, saying so."""
+    if item.get_closest_marker("gpu") and not _cuda_available():
+        pytest.skip("needs a CUDA GPU (marker gpu); none here")
+    if item.get_closest_marker("macos") and sys.platform != "darwin":
+        pytest.skip(f"needs macOS (marker macos); this is {sys.platform}")
+
 
 #: The 7 HAM10000 / ISIC 2018 class codes, in the order of the official ground-truth CSV.
 HAM10000_CODES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")

@@ -2,9 +2,13 @@
 
 Library code raises a subclass that names the kind of mistake, with a message that says which
 file, row or option is wrong and what to do. The CLI maps every ``SkinedgeError`` to its message
-and ``exit_code`` in one handler (``skinedge.cli.main``); the service will map it to
-``http_status`` (always 4xx: a client's mistake is never a server error). Anything else that
-escapes is a bug in skinedge, shown as such.
+and ``exit_code`` in one handler (``skinedge.cli.main.SkinedgeGroup``); the service will map it
+to ``http_status`` (4xx for a client's mistake, 501 for what this install or machine cannot do;
+never 500). Anything else that escapes is a bug in skinedge, shown as such (a traceback).
+
+Raise one where a user can cause the problem: a bad option, config, file, image, manifest or
+model. Programmer errors (a target registered twice, arrays of mismatched shapes passed by our
+own code, broken internal invariants) stay builtins, so that they surface as bugs.
 
 Each subclass also derives from the builtin that callers caught before it existed
 (``ValueError``, ``FileNotFoundError``, ``ImportError``, ``RuntimeError``), so

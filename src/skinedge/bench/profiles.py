@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from skinedge.errors import ConfigError
+
 
 def load_profile(spec: str) -> dict:
     """``NAME`` from the packaged profiles, or ``FILE.yaml:NAME``; checks the CPUs exist here."""
@@ -21,14 +23,14 @@ def load_profile(spec: str) -> dict:
             resources.files("skinedge.configs").joinpath("bench-profiles.yaml").read_text())
         where = "the packaged bench-profiles.yaml"
     if name not in profiles:
-        raise ValueError(f"no profile {name!r} in {where}; known: {sorted(profiles)}")
+        raise ConfigError(f"no profile {name!r} in {where}; known: {sorted(profiles)}")
     profile = dict(profiles[name])
     if not isinstance(profile.get("threads"), int) or profile["threads"] < 1:
-        raise ValueError(f"profile {name!r} in {where}: threads must be a positive integer")
+        raise ConfigError(f"profile {name!r} in {where}: threads must be a positive integer")
     cpus = profile.get("cpus")
     if cpus:
         missing = sorted(set(cpus) - os.sched_getaffinity(0))
         if missing:
-            raise ValueError(f"profile {name!r} pins to CPUs {cpus} but this process may only use "
+            raise ConfigError(f"profile {name!r} pins to CPUs {cpus} but this process may only use "
                              f"{sorted(os.sched_getaffinity(0))}: pick a smaller profile")
     return profile

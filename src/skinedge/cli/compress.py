@@ -1,4 +1,4 @@
-"""``skinedge ensemble`` and ``skinedge compress``: many models into one, one model into INT8."""
+"""``skinedge compress``: distil many models into one, quantize one into INT8, compare them."""
 
 from __future__ import annotations
 
@@ -7,64 +7,14 @@ from typing import Annotated
 
 import typer
 
-from skinedge.cli.main import ConfigOpt, SetOpt, app, fail, load_run_config
+from skinedge.cli.common import ConfigOpt, SetOpt, load_run_config, parse_int_list
+from skinedge.errors import ConfigError
 
-ensemble_app = typer.Typer(help="Ensembles: several checkpoints that average their probabilities.",
-                           no_args_is_help=True)
-compress_app = typer.Typer(help="Distillation into one student, INT8 quantization, and the "
-                                "report that compares them.", no_args_is_help=True)
-app.add_typer(ensemble_app, name="ensemble")
-app.add_typer(compress_app, name="compress")
+app = typer.Typer(help="Distillation into one student, INT8 quantization, and the report that "
+                       "compares them.", no_args_is_help=True)
 
 
-@ensemble_app.command("create")
-def ensemble_create(
-    out: Annotated[Path, typer.Argument(help="New ensemble checkpoint folder.")],
-    members: Annotated[list[Path], typer.Argument(help="Member checkpoint folders (two or more).")],
-) -> None:
-    """Copy member checkpoints into one ensemble checkpoint that evaluate, bench, export and
-    distil accept like any other."""
-    from skinedge.cli.progress import console
-    from skinedge.models import create_ensemble
-
-    try:
-        path = create_ensemble(members, out)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    console.print(f"ensemble of {len(members)} members: {path}")
-
-
-@ensemble_app.command("train")
-def ensemble_train(
-    out: Annotated[Path, typer.Option(help="Folder: members/member-k runs and ensemble/.")],
-    config: ConfigOpt = None,
-    manifest: Annotated[Path | None, typer.Option(
-        help="Split manifest (same as --set data.manifest=...).")] = None,
-    synthetic: Annotated[list[Path] | None, typer.Option(
-        help="Synthetic set of member k (repeat once per member; from `skinedge gan select`).")] = None,
-    members: Annotated[int | None, typer.Option(
-        help="Number of members on real data only (instead of --synthetic).")] = None,
-    overrides: SetOpt = None,
-) -> None:
-    """Train K members (member k: seed k, k-th synthetic set) and ensemble them. Finished
-    members are kept and stopped ones resume, so rerun the same command after a kill."""
-    from skinedge.cli.progress import RichTrainCallbacks, console, make_progress
-    from skinedge.train.ensemble import train_ensemble
-    from skinedge.utils.provenance import now, record_command
-
-    started = now()
-    try:
-        cfg = load_run_config(out, config, overrides, False, {"data.manifest": manifest})
-        with make_progress() as progress:
-            path = train_ensemble(cfg, out, members=members, synthetic=synthetic or None,
-                                  callbacks=lambda k: RichTrainCallbacks(progress))
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        fail(str(exc))
-    record_command(out, started=started, finished=now())
-    console.print(f"ensemble: {path}")
-
-
-@compress_app.command("distill")
+@app.command("distill")
 def distill(
     out: Annotated[Path, typer.Option(help="Run folder of the student: config.yaml, last/, best/.")],
     teacher: Annotated[Path | None, typer.Option(
@@ -86,20 +36,21 @@ def distill(
         cfg = load_run_config(out, config, overrides, resume,
                               {"distill.teacher": teacher, "data.manifest": manifest},
                               config_class=DistillConfig)
-        with make_progress() as progress:
-            result = distill_classifier(cfg, out, resume=resume,
-                                        callbacks=RichTrainCallbacks(progress),
-                                        progress=StageProgress(progress))
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        hint = "\nname the teacher with --teacher" if "distill" in str(exc) and not teacher else ""
-        fail(str(exc) + hint)
+    except ConfigError as exc:
+        if teacher is None and "distill" in str(exc):
+            raise ConfigError(f"{exc}\nname the teacher with --teacher") from exc
+        raise
+    with make_progress() as progress:
+        result = distill_classifier(cfg, out, resume=resume,
+                                    callbacks=RichTrainCallbacks(progress),
+                                    progress=StageProgress(progress))
     record_command(out, started=started, finished=now())
     note = " (stopped early)" if result.stopped_early else ""
     console.print(f"best epoch {result.best_epoch}: val {cfg.monitor} "
                   f"{result.best_metric:.4f}{note}\nstudent checkpoint: {result.best_dir}")
 
 
-@compress_app.command("report")
+@app.command("report")
 def report(
     teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (ensemble): the reference.")],
     student: Annotated[Path, typer.Option(help="The distilled student's FP32 checkpoint.")],
@@ -123,14 +74,11 @@ def report(
     from skinedge.utils.provenance import now, record_command
 
     started = now()
-    try:
-        counts = [int(t) for t in threads.split(",")]
-        result = build_compression_report(
-            teacher, student, int8, fp32=fp32 or [], best_single=best_single, manifest=manifest,
-            split=split, threads=counts, warmup=warmup, iterations=iterations, out_dir=out,
-            log=lambda m: console.print(f"[dim]{m}[/]"))
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        fail(str(exc))
+    counts = parse_int_list(threads, "--threads")
+    result = build_compression_report(
+        teacher, student, int8, fp32=fp32 or [], best_single=best_single, manifest=manifest,
+        split=split, threads=counts, warmup=warmup, iterations=iterations, out_dir=out,
+        log=lambda m: console.print(f"[dim]{m}[/]"))
     record_command(out, started=started, finished=now())
     console.print(result.files["markdown"].read_text(), markup=False)
     missed = [c for c in result.checks if not c["ok"]]
@@ -138,7 +86,7 @@ def report(
                   f"report: {result.files['markdown']}")
 
 
-@compress_app.command("quantize")
+@app.command("quantize")
 def quantize(
     checkpoint: Annotated[Path, typer.Argument(help="FP32 checkpoint folder (e.g. the student's best/).")],
     out: Annotated[Path, typer.Option(help="Folder for the INT8 artifacts (and qat/ for QAT).")],
@@ -165,23 +113,20 @@ def quantize(
     from skinedge.utils.provenance import now, record_command
 
     started = now()
-    try:
-        with make_progress() as progress:
-            outcome = quantize_checkpoint(
-                checkpoint, out, mode=mode, targets=target or ["openvino"], manifest=manifest,
-                calibration_images=calibration_images, max_drop=max_drop,
-                overflow_fix=overflow_fix, teacher=teacher, qat_overrides=list(overrides or []),
-                resume=resume, threads=threads, callbacks=RichTrainCallbacks(progress),
-                log=lambda m: console.print(f"[dim]{m}[/]"))
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        fail(str(exc))
+    with make_progress() as progress:
+        outcome = quantize_checkpoint(
+            checkpoint, out, mode=mode, targets=target or ["openvino"], manifest=manifest,
+            calibration_images=calibration_images, max_drop=max_drop,
+            overflow_fix=overflow_fix, teacher=teacher, qat_overrides=list(overrides or []),
+            resume=resume, threads=threads, callbacks=RichTrainCallbacks(progress),
+            log=lambda m: console.print(f"[dim]{m}[/]"))
     record_command(out, started=started, finished=now(), mode=outcome.mode,
                    artifacts=[str(r.path) for r in outcome.artifacts], failed=outcome.failed,
                    against_fp32=outcome.against_fp32)
     for result in outcome.artifacts:
         check = result.verification
-        console.print(f"{result.path}: {outcome.mode}, verification {check['status']}"
-                      + (f" (flips {check.get('flip_rate', 0):.1%})" if "flip_rate" in check else ""))
+        console.print(f"{result.path}: {outcome.mode}, verification {check.status}"
+                      + (f" (flips {check.flip_rate:.1%})" if check.flip_rate is not None else ""))
     for failure in outcome.failed:
         console.print(f"[red]{failure}[/]")
     if outcome.failed or not outcome.artifacts:

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from skinedge.data.images import DEFAULT_MAX_PIXELS
+from skinedge.errors import ConfigError
 
-data_app = typer.Typer(help="Dataset folders: grouped splits and downloads.", no_args_is_help=True)
+app = typer.Typer(help="Dataset folders: grouped splits and downloads.", no_args_is_help=True)
 
 
-@data_app.command("split")
+@app.command("split")
 def split(
     data: Annotated[Path, typer.Argument(help="Dataset folder (labels.csv, HAM10000, ISIC 2018/2019/2020 or class folders).")],
     out: Annotated[Path, typer.Option(help="Manifest JSON to write.")],
@@ -25,18 +26,14 @@ def split(
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression bombs).")] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Make a stratified train/val/test split grouped by lesion (or patient) id, as a manifest."""
-    from skinedge.cli.main import fail
     from skinedge.cli.progress import CountProgress, console, make_progress
     from skinedge.data.splitting import split_folder
 
-    try:
-        with make_progress() as progress:
-            manifest, skipped_path = split_folder(
-                data, out, layout=layout, classes=classes, ratios=ratios, seed=seed,
-                skip_bad=skip_bad, check_images=check_images, max_pixels=max_pixels,
-                progress=CountProgress(progress, "checking images"))
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    with make_progress() as progress:
+        manifest, skipped_path = split_folder(
+            data, out, layout=layout, classes=classes, ratios=ratios, seed=seed,
+            skip_bad=skip_bad, check_images=check_images, max_pixels=max_pixels,
+            progress=CountProgress(progress, "checking images"))
     console.print(_counts_table(manifest))
     if manifest.ungrouped:
         console.print(f"[yellow]{manifest.ungrouped} of {len(manifest.rows)} images have no "
@@ -67,31 +64,27 @@ def _counts_table(manifest):
     return table
 
 
-@data_app.command("download")
+@app.command("download")
 def download(
     name: Annotated[str, typer.Argument(help="ham10000, isic2018-test or isic2020.")],
     dest: Annotated[Path, typer.Option(help="Folder to download and unpack into.")],
 ) -> None:
     """Fetch an official public archive, with checksums and resume (needs internet)."""
-    from skinedge.cli.main import fail
     from skinedge.cli.progress import console, make_progress
-    from skinedge.data.download import DATASETS, DownloadError, download_dataset
+    from skinedge.data.download import DATASETS, download_dataset
 
     if name not in DATASETS:
-        fail(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     source = DATASETS[name]
     console.print(f"{source.description}\nlicence: {source.licence}\ncite: {source.citation}")
     tasks: dict[str, int] = {}
-    try:
-        with make_progress() as progress:
-            def report(filename: str, done: int, total: int | None) -> None:
-                if filename not in tasks:
-                    tasks[filename] = progress.add_task(filename, total=total, status="")
-                progress.update(tasks[filename], completed=done, total=total)
+    with make_progress() as progress:
+        def report(filename: str, done: int, total: int | None) -> None:
+            if filename not in tasks:
+                tasks[filename] = progress.add_task(filename, total=total, status="")
+            progress.update(tasks[filename], completed=done, total=total)
 
-            folder = download_dataset(name, dest, progress=report)
-    except (DownloadError, ValueError) as exc:
-        fail(str(exc))
+        folder = download_dataset(name, dest, progress=report)
     if name == "isic2018-test":  # the challenge never published these labels
         console.print(f"ready: {folder} (images only, unlabelled: for predictions, not metrics)")
     else:

@@ -9,7 +9,10 @@ from typing import Annotated
 
 import typer
 
-from skinedge.cli.main import app, fail
+from skinedge.cli.common import parse_int_list
+from skinedge.errors import ConfigError
+
+app = typer.Typer()
 
 
 def _parse_targets(values: list[str]) -> list[tuple[str, str | None, str | None]]:
@@ -24,7 +27,7 @@ def _parse_targets(values: list[str]) -> list[tuple[str, str | None, str | None]
                 pairs += [(t.name, p, None) for t in TARGETS.values() for p in t.precisions]
                 continue
             if name not in TARGETS or any(extra[:-2]):
-                raise ValueError(f"bad --export {item!r}: TARGET[:PRECISION[:QUANTIZER]] with "
+                raise ConfigError(f"bad --export {item!r}: TARGET[:PRECISION[:QUANTIZER]] with "
                                  f"TARGET one of {sorted(TARGETS)}, or all")
             pairs.append((name, precision or None, quantizer or None))
     return pairs
@@ -54,27 +57,26 @@ def export(
     """Export a checkpoint; the artifact carries its model card and is verified against the
     checkpoint on validation images right after export (non-zero exit if it drifts)."""
     from skinedge.cli.progress import console
-    from skinedge.export import ExportError, export_checkpoint
+    from skinedge.export import ExportError, ExportOptions, export_checkpoint
 
     try:
         result = export_checkpoint(
             checkpoint, target, precision=precision, out_dir=out, manifest=manifest,
             calibration_images=calibration_images, verify_images=verify_images,
             verify=verify_images > 0, threads=threads,
-            options={"quantizer": quantizer, "max_drop": max_drop, "overflow_fix": overflow_fix},
+            options=ExportOptions(quantizer=quantizer, max_drop=max_drop,
+                                  overflow_fix=overflow_fix),
             log=console.print)
-    except ExportError as exc:
-        for path in getattr(exc, "files", []):
+    except ExportError as exc:  # what was written anyway (TensorRT: the ONNX and the script)
+        for path in exc.files:
             console.print(f"wrote {path}")
-        fail(str(exc), code=1)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        fail(str(exc))
+        raise  # printed by the root handler, exit 1
     v = result.verification
-    if v["status"] == "passed":
-        console.print(f"verified on {v['images']} validation images: max probability difference "
-                      f"{v['max_prob_diff']:.2e}, top-1 flips {v['flips']}/{v['images']}")
+    if v.status == "passed":
+        console.print(f"verified on {v.images} validation images: max probability difference "
+                      f"{v.max_prob_diff:.2e}, top-1 flips {v.flips}/{v.images}")
     else:
-        console.print(f"[yellow]not verified: {v.get('reason')}[/]")
+        console.print(f"[yellow]not verified: {v.reason}[/]")
     console.print(f"{result.path}  ({result.report})")
 
 
@@ -109,21 +111,18 @@ def bench(
     from skinedge.bench.report import print_table, write_outputs
     from skinedge.cli.progress import console
 
-    try:
-        gates = load_gates(gate) if gate else None
-        settings = BenchSettings(threads=1 if threads is None else (threads or None),
-                                 warmup=warmup, iterations=iterations)
-        if profile:
-            prof = load_profile(profile)
-            settings.threads, settings.cpus, settings.profile = prof["threads"], prof.get("cpus"), profile
-        if cpus:
-            settings.cpus = [int(c) for c in cpus.split(",")]
-        result = run_bench(list(models or []), reference=reference,
-                           exports=_parse_targets(export_targets or []), manifest=manifest,
-                           split=split, data=data, limit=limit, out_dir=out, settings=settings,
-                           calibration_images=calibration_images, log=console.print)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        fail(str(exc))
+    gates = load_gates(gate) if gate else None
+    settings = BenchSettings(threads=1 if threads is None else (threads or None),
+                             warmup=warmup, iterations=iterations)
+    if profile:
+        prof = load_profile(profile)
+        settings.threads, settings.cpus, settings.profile = prof["threads"], prof.get("cpus"), profile
+    if cpus:
+        settings.cpus = parse_int_list(cpus, "--cpus")
+    result = run_bench(list(models or []), reference=reference,
+                       exports=_parse_targets(export_targets or []), manifest=manifest,
+                       split=split, data=data, limit=limit, out_dir=out, settings=settings,
+                       calibration_images=calibration_images, log=console.print)
     checks = check_gates(gates, result.rows) if gates else None
     command = shlex.join(["skinedge", *sys.argv[1:]])
     files = write_outputs(result, out, checks, command)

@@ -8,15 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from skinedge.cli.main import ConfigOpt, SetOpt, app, fail
+from skinedge.cli.common import ConfigOpt, SetOpt, load_run_config
+from skinedge.errors import ConfigError
 
-gan_app = typer.Typer(help="Synthetic lesions for rare classes: train a class-conditional GAN, "
-                           "sample candidates, select realistic, diverse, non-copied ones.",
-                      no_args_is_help=True)
-app.add_typer(gan_app, name="gan")
+app = typer.Typer(help="Synthetic lesions for rare classes: train a class-conditional GAN, "
+                       "sample candidates, select realistic, diverse, non-copied ones.",
+                  no_args_is_help=True)
 
 
-@gan_app.command("train")
+@app.command("train")
 def gan_train(
     out: Annotated[Path, typer.Option(help="Run folder: config.yaml, last.pt, metrics.jsonl, grids/.")],
     config: ConfigOpt = None,
@@ -29,19 +29,13 @@ def gan_train(
     generator EMA, writing a checkpoint and a sample grid per class every snapshot."""
     from skinedge.cli.progress import console, make_progress
     from skinedge.synth.gan import GANConfig, train_gan
-    from skinedge.train.config import load_train_config
     from skinedge.utils.provenance import now, record_command
 
     started = now()
-    try:
-        items = [*(overrides or []), *([f"data.manifest={manifest}"] if manifest else [])]
-        if resume and config is None and (out / "config.yaml").is_file():
-            config = out / "config.yaml"
-        cfg = load_train_config(config, items, config_class=GANConfig)
-        with make_progress() as progress:
-            results = train_gan(cfg, out, resume=resume, callbacks=_RichGANCallbacks(progress))
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        fail(str(exc))
+    cfg = load_run_config(out, config, overrides, resume, {"data.manifest": manifest},
+                          config_class=GANConfig)
+    with make_progress() as progress:
+        results = train_gan(cfg, out, resume=resume, callbacks=_RichGANCallbacks(progress))
     record_command(out, started=started, finished=now())
     for r in results:
         why = (" (time limit reached: --resume --set time_limit_minutes=... with a larger "
@@ -49,7 +43,7 @@ def gan_train(
         console.print(f"{r.out_dir}: {r.kimg:.1f} kimg{why}")
 
 
-@gan_app.command("sample")
+@app.command("sample")
 def gan_sample(
     run: Annotated[Path, typer.Argument(help="GAN run folder from `skinedge gan train`.")],
     out: Annotated[Path, typer.Option(help="Candidates folder: images/, candidates.csv, sample.json.")],
@@ -65,13 +59,10 @@ def gan_sample(
     from skinedge.utils.provenance import now, record_command
 
     started = now()
-    try:
-        counts = parse_counts(count)
-        with make_progress() as progress:
-            path = sample_candidates(run, counts, out, seed=seed, truncation_psi=truncation,
-                                     device=device, progress=StageProgress(progress))
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    counts = parse_counts(count)
+    with make_progress() as progress:
+        path = sample_candidates(run, counts, out, seed=seed, truncation_psi=truncation,
+                                 device=device, progress=StageProgress(progress))
     record_command(out, started=started, finished=now())
     console.print(f"{sum(counts.values())} candidates: {path}")
 
@@ -80,13 +71,13 @@ def parse_counts(items: list[str]) -> dict[str, int]:
     """``["df=300", "vasc=200"]`` -> ``{"df": 300, "vasc": 200}``.
 
     Raises:
-        ValueError: an item that is not ``CLASS=N`` with N >= 0.
+        ConfigError: an item that is not ``CLASS=N`` with N >= 0.
     """
     counts = {}
     for item in items:
         code, _, number = item.partition("=")
         if not code or not number.isdigit():
-            raise ValueError(f"--count {item!r}: write CLASS=N, e.g. --count df=300")
+            raise ConfigError(f"--count {item!r}: write CLASS=N, e.g. --count df=300")
         counts[code.strip()] = int(number)
     return counts
 
@@ -127,7 +118,7 @@ class SelectionMode(str, Enum):
     none = "none"
 
 
-@gan_app.command("select")
+@app.command("select")
 def gan_select(
     candidates: Annotated[Path, typer.Argument(help="Candidates folder from `skinedge gan sample`.")],
     out: Annotated[Path, typer.Option(help="New synthetic set: images/, synthetic.json, ledger.csv.")],
@@ -145,18 +136,15 @@ def gan_select(
     from skinedge.data import load_manifest
     from skinedge.synth.candidates import select_synthetic
     from skinedge.synth.selection import SelectionConfig
-    from skinedge.train.config import apply_overrides
+    from skinedge.train.config import load_config
     from skinedge.utils.provenance import now, record_command
 
     started = now()
-    try:
-        cfg = SelectionConfig.model_validate(apply_overrides({}, list(overrides or [])))
-        with make_progress() as progress:
-            synthetic = select_synthetic(candidates, load_manifest(manifest), out,
-                                         classifier=classifier, cfg=cfg, mode=mode.value,
-                                         progress=StageProgress(progress))
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    cfg = load_config(None, list(overrides or []), SelectionConfig, kind="selection config (--set)")
+    with make_progress() as progress:
+        synthetic = select_synthetic(candidates, load_manifest(manifest), out,
+                                     classifier=classifier, cfg=cfg, mode=mode.value,
+                                     progress=StageProgress(progress))
     record_command(out, started=started, finished=now())
     for code, row in synthetic.source["summary"].items():
         console.print(f"{code}: kept {row['kept']} of {row['candidates']} "
@@ -166,7 +154,7 @@ def gan_select(
     console.print(f"synthetic set: {out / 'synthetic.json'}; ledger: {out / 'ledger.csv'}")
 
 
-@gan_app.command("quality")
+@app.command("quality")
 def gan_quality(
     run: Annotated[Path, typer.Argument(help="GAN run folder.")],
     manifest: Annotated[Path, typer.Option(help="The split the GAN learned from.")],
@@ -185,12 +173,9 @@ def gan_quality(
     from skinedge.utils.provenance import now, record_command
 
     started = now()
-    try:
-        with make_progress() as progress:
-            evaluate_gan(run, load_manifest(manifest), out, per_class=per_class,
-                         features=features, seed=seed, device=device,
-                         progress=StageProgress(progress))
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    with make_progress() as progress:
+        evaluate_gan(run, load_manifest(manifest), out, per_class=per_class,
+                     features=features, seed=seed, device=device,
+                     progress=StageProgress(progress))
     record_command(out, started=started, finished=now())
     console.print((out / "quality.md").read_text())

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from skinedge.compress.teacher import TeacherLogits, teacher_logits
 from skinedge.data import LesionDataset, Manifest
+from skinedge.errors import ConfigError, DataError
 from skinedge.models import ModelCard, load_card
 from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.config import TrainConfig, load_data_manifest
@@ -139,11 +140,11 @@ def prepare_distillation(cfg: DistillConfig, manifest: Manifest, *, device: str 
             validation or test images) or with other classes; a synthetic set in the config.
     """
     if cfg.data.synthetic is not None:
-        raise ValueError("distillation reads teacher logits of the manifest's train images only; "
+        raise ConfigError("distillation reads teacher logits of the manifest's train images only; "
                          "unset data.synthetic (synthetic images cannot be distilled on yet)")
     teacher_card = load_card(cfg.distill.teacher)
     if teacher_card.data.split_hash and teacher_card.data.split_hash != manifest.split_hash:
-        raise ValueError(
+        raise DataError(
             f"teacher {cfg.distill.teacher} was trained on split "
             f"{teacher_card.data.split_hash[:12]}, the student's manifest is "
             f"{manifest.split_hash[:12]}: the teacher may have seen the student's validation "
@@ -174,7 +175,7 @@ def distill_classifier(
         before = load_card(last).training.get("distillation", {}).get("teacher_weights_sha256")
         now = load_card(cfg.distill.teacher).weights_sha256
         if before and before != now:
-            raise ValueError(f"cannot resume {out_dir}: the teacher {cfg.distill.teacher} has "
+            raise ConfigError(f"cannot resume {out_dir}: the teacher {cfg.distill.teacher} has "
                              "other weights than when the run started; distil into a new --out")
     manifest = load_data_manifest(cfg)
     objective = prepare_distillation(cfg, manifest, progress=progress)

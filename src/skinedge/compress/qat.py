@@ -23,6 +23,7 @@ from torch import nn
 
 from skinedge.compress.distill import DistillationObjective, DistillSection, prepare_distillation
 from skinedge.compress.quantize import OVERFLOW_FIXES, resolve_overflow_fix
+from skinedge.errors import ConfigError
 from skinedge.models.quantized import import_nncf
 from skinedge.train.config import TrainConfig
 
@@ -120,7 +121,7 @@ def prepare_qat(cfg: QATConfig, manifest, *, progress=None) -> QATObjective:
     from skinedge.data.arrays import manifest_arrays
 
     if cfg.model.pretrained in ("imagenet", "none") or not Path(cfg.model.pretrained).is_file():
-        raise ValueError(f"model.pretrained={cfg.model.pretrained!r}: QAT fine-tunes a trained "
+        raise ConfigError(f"model.pretrained={cfg.model.pretrained!r}: QAT fine-tunes a trained "
                          "checkpoint; give its model.safetensors (skinedge compress quantize "
                          "--mode qat CHECKPOINT does)")
     calibration = manifest_arrays(manifest, "train", cfg.preprocess,

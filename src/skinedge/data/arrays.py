@@ -16,6 +16,7 @@ import numpy as np
 
 from skinedge.data.dataset import LesionDataset
 from skinedge.data.transforms import PreprocessConfig, build_eval_transform
+from skinedge.errors import DataError
 
 
 @dataclass
@@ -60,7 +61,7 @@ def manifest_arrays(
     ``exclude`` leaves out images already used elsewhere."""
     rows = [r for r in manifest.subset(split) if r.image not in exclude]
     if not rows:
-        raise ValueError(f"{source or 'manifest'}: the {split} split has no images")
+        raise DataError(f"{source or 'manifest'}: the {split} split has no images")
     if limit is not None and limit < len(rows):
         keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:limit])
         rows = [rows[i] for i in keep]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from skinedge.errors import ConfigError, DataError
+
 
 @dataclass(frozen=True)
 class ClassVocabulary:
@@ -101,7 +103,7 @@ def get_vocabulary(name: str) -> ClassVocabulary:
         return VOCABULARIES[name]
     except KeyError:
         known = ", ".join(sorted(VOCABULARIES))
-        raise ValueError(f"unknown class vocabulary {name!r}; choose one of: {known}") from None
+        raise ConfigError(f"unknown class vocabulary {name!r}; choose one of: {known}") from None
 
 
 def infer_vocabulary(raw_labels: set[str]) -> ClassVocabulary:
@@ -123,7 +125,7 @@ def infer_vocabulary(raw_labels: set[str]) -> ClassVocabulary:
         label for label in raw_labels
         if all(v.normalize(label) is None for v in VOCABULARIES.values())
     )
-    raise ValueError(
+    raise DataError(
         f"labels {unknown} belong to no known class vocabulary "
         f"({', '.join(sorted(VOCABULARIES))}); fix the labels or name the vocabulary with --classes"
     )

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from skinedge.data.images import ImageError, load_rgb
+from skinedge.errors import DataError
 
 
 class LesionDataset(TorchDataset):
@@ -40,8 +41,8 @@ class LesionDataset(TorchDataset):
             image = load_rgb(self.root / self.images[index])
         except ImageError as exc:
             # DataLoader workers re-raise exceptions as `type(exc)(message)`; ImageError needs
-            # three arguments, so hand over a plain ValueError that keeps the file and reason.
-            raise ValueError(str(exc)) from exc
+            # three arguments, so hand over a plain DataError that keeps the file and reason.
+            raise DataError(str(exc)) from exc
         return self.transform(image), self.targets[index]
 
     @classmethod

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from skinedge.errors import ConfigError, SkinedgeError
 from skinedge.utils.io import atomic_write_text
 
 ProgressCallback = Callable[[str, int, int | None], None]
@@ -50,7 +51,7 @@ _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(SkinedgeError, RuntimeError):
     """A file could not be fetched, verified or unpacked; the message says which and what to do."""
 
 
@@ -216,7 +217,7 @@ def download_dataset(
     """
     source = DATASETS.get(name)
     if source is None:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}.")
+        raise ConfigError(f"Unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}.")
     download_files(source.files, Path(dest), progress=progress, **kw)
     return Path(dest)
 

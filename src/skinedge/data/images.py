@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from skinedge.errors import DataError
+
 #: Largest image accepted, in pixels (an 8000x6000 dermatoscope frame is 48 MP).
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -28,7 +30,7 @@ _CONVERT_HINT = {
 }
 
 
-class ImageError(ValueError):
+class ImageError(DataError):
     """An image that cannot be used as it is; the message says why and what to do."""
 
     def __init__(self, path: Path | str, kind: str, reason: str):

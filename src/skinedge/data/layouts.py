@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skinedge.data.records import DataProblem, Record
+from skinedge.errors import ConfigError, DataError, NotFoundError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -55,12 +56,12 @@ def detect_layout(root: Path) -> str:
         ValueError: nothing matched; the message lists what each layout looks for.
     """
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist")
+        raise NotFoundError(f"dataset folder {root} does not exist")
     for layout in LAYOUTS.values():
         if layout.detect(root):
             return layout.name
     expected = "\n".join(f"  {lay.name}: {lay.description}" for lay in LAYOUTS.values())
-    raise ValueError(
+    raise DataError(
         f"cannot tell the layout of {root}; expected one of:\n{expected}\n"
         "or name it with --layout"
     )
@@ -70,7 +71,7 @@ def read_layout(root: Path, layout: str | None = None) -> tuple[list[Record], li
     """Read a dataset folder with the named (or detected) layout."""
     name = layout or detect_layout(root)
     if name not in LAYOUTS:
-        raise ValueError(f"unknown layout {name!r}; choose one of: {', '.join(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {name!r}; choose one of: {', '.join(LAYOUTS)}")
     return LAYOUTS[name].read(root)
 
 
@@ -122,7 +123,7 @@ def _resolve_by_id(
 def _require_columns(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
     missing = [c for c in needed if c not in header]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{path}: missing column(s) {missing}; found {header}. "
             "Check the file or name another --layout"
         )

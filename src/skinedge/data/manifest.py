@@ -21,6 +21,7 @@ from skinedge.data.classes import ClassVocabulary, get_vocabulary
 from skinedge.data.reading import Dataset
 from skinedge.data.records import Record
 from skinedge.data.splits import SPLITS, split_groups
+from skinedge.errors import ConfigError, DataError
 from skinedge.utils.io import atomic_write_text, sha256_file
 
 SCHEMA = "skinedge.manifest/1"
@@ -59,7 +60,7 @@ class Manifest:
 
     def subset(self, split: str) -> list[ManifestRow]:
         if split not in (*SPLITS, "all"):
-            raise ValueError(f"unknown split {split!r}; choose one of {(*SPLITS, 'all')}")
+            raise ConfigError(f"unknown split {split!r}; choose one of {(*SPLITS, 'all')}")
         return list(self.rows) if split == "all" else [r for r in self.rows if r.split == split]
 
     @property
@@ -106,7 +107,7 @@ def check_classes(manifest: Manifest, classes: Sequence[str], where: object,
     """
     codes = list(manifest.vocabulary.codes)
     if codes != list(classes):
-        raise ValueError(f"{where} has classes {codes} but {model} predicts {list(classes)}")
+        raise DataError(f"{where} has classes {codes} but {model} predicts {list(classes)}")
 
 
 def make_manifest(
@@ -154,7 +155,7 @@ def _merge_groups_sharing_files(records: Sequence[Record], hashes: dict[str, str
     return {group: find(group) for group in parent}
 
 
-class ManifestMismatchError(ValueError):
+class ManifestMismatchError(DataError):
     """The images under the manifest's root are not the ones it was made from."""
 
 
@@ -180,15 +181,19 @@ def load_manifest(
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable manifest ({exc})") from exc
+        raise DataError(f"{path}: not a readable manifest ({exc})") from exc
     if doc.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
-    manifest = Manifest(
-        root=_resolve_root(Path(doc["root"]), root),
-        layout=doc["layout"], classes=doc["classes"], seed=doc["seed"],
-        ratios=tuple(doc["ratios"]), rows=[ManifestRow(**r) for r in doc["rows"]],
-        created=doc["created"],
-    )
+        raise DataError(f"{path}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
+    try:
+        manifest = Manifest(
+            root=_resolve_root(Path(doc["root"]), root),
+            layout=doc["layout"], classes=doc["classes"], seed=doc["seed"],
+            ratios=tuple(doc["ratios"]), rows=[ManifestRow(**r) for r in doc["rows"]],
+            created=doc["created"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a valid manifest (bad or missing field {exc}); make a new "
+                        "one with `skinedge data split`") from exc
     if verify:
         _verify(manifest, path, progress)
     return manifest

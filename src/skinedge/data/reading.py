@@ -17,6 +17,7 @@ from skinedge.data.classes import (
 from skinedge.data.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb
 from skinedge.data.layouts import detect_layout, read_layout
 from skinedge.data.records import DataProblem, DataValidationError, Record
+from skinedge.errors import DataError
 
 
 @dataclass
@@ -103,7 +104,7 @@ def read_dataset(
     if problems and not skip_bad:
         raise DataValidationError(problems)
     if not good:
-        raise ValueError(f"{root}: no usable images found")
+        raise DataError(f"{root}: no usable images found")
     return Dataset(root, layout_name, vocab, good, problems)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from skinedge.errors import DataError
 from skinedge.utils.io import atomic_write_text
 
 
@@ -37,7 +38,7 @@ class DataProblem:
     message: str  # what is wrong and what to do
 
 
-class DataValidationError(ValueError):
+class DataValidationError(DataError):
     """Raised when a dataset has bad rows; lists every one of them."""
 
     def __init__(self, problems: Sequence[DataProblem], *, hint: str = ""):

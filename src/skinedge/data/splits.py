@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from skinedge.data.records import Record
+from skinedge.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 
@@ -62,7 +63,7 @@ def split_groups(
 def check_ratios(ratios: Sequence[float]) -> None:
     """Raise ValueError unless ratios are three non-negative numbers summing to 1."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+        raise ConfigError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
 
 
 def _allocate(n: int, ratios: Sequence[float]) -> list[int]:

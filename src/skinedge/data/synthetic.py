@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from skinedge.data.manifest import Manifest
+from skinedge.errors import DataError
 from skinedge.utils.io import atomic_write_text, sha256_file
 
 SCHEMA = "skinedge.synthetic/1"
@@ -89,20 +90,24 @@ def load_synthetic_set(path: Path | str, manifest: Manifest, *, verify: bool = T
     try:
         doc = json.loads((folder / SYNTHETIC).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{folder}: not a synthetic set ({exc}); make one with "
+        raise DataError(f"{folder}: not a synthetic set ({exc}); make one with "
                          "`skinedge gan select`") from exc
     if doc.get("schema") != SCHEMA:
-        raise ValueError(f"{folder / SYNTHETIC}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
-    if doc["split_hash"] != manifest.split_hash or doc["classes"] != manifest.classes:
-        raise ValueError(
-            f"{folder} was selected for split {doc['split_hash'][:12]} ({doc['classes']}), not for "
+        raise DataError(f"{folder / SYNTHETIC}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
+    if doc.get("split_hash") != manifest.split_hash or doc.get("classes") != manifest.classes:
+        raise DataError(
+            f"{folder} was selected for split {str(doc.get('split_hash'))[:12]} ({doc.get('classes')}), not for "
             f"this manifest's {manifest.split_hash[:12]} ({manifest.classes}); its GAN may have "
             "seen this split's validation or test images. Select again for this manifest.")
-    synthetic = SyntheticSet(folder.resolve(), doc["split_hash"], doc["classes"],
-                             [SyntheticRow(**r) for r in doc["rows"]], doc.get("source", {}))
+    try:
+        synthetic = SyntheticSet(folder.resolve(), doc["split_hash"], doc["classes"],
+                                 [SyntheticRow(**r) for r in doc["rows"]], doc.get("source", {}))
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{folder / SYNTHETIC}: not a valid synthetic set (bad or missing field "
+                        f"{exc}); select it again with `skinedge gan select`") from exc
     unknown = sorted({r.label for r in synthetic.rows} - set(manifest.vocabulary.codes))
     if unknown:
-        raise ValueError(f"{folder / SYNTHETIC}: classes {unknown} are not in the manifest")
+        raise DataError(f"{folder / SYNTHETIC}: classes {unknown} are not in the manifest")
     if verify:
         problems = []
         for r in synthetic.rows:
@@ -115,7 +120,7 @@ def load_synthetic_set(path: Path | str, manifest: Manifest, *, verify: bool = T
         problems += [f"  {folder / r.image}: identical to {real[r.sha256].image} "
                      f"({real[r.sha256].split} split)" for r in synthetic.rows if r.sha256 in real]
         if problems:
-            raise ValueError(f"{folder}: {len(problems)} bad synthetic image(s):\n"
+            raise DataError(f"{folder}: {len(problems)} bad synthetic image(s):\n"
                              + "\n".join(problems) + "\nSelect the set again.")
     return synthetic
 

@@ -20,6 +20,7 @@ from skinedge.data import (
     write_problem_report,
 )
 from skinedge.data.manifest import check_classes
+from skinedge.errors import ConfigError, DataError
 from skinedge.evaluate.metrics import bootstrap_intervals, compute_metrics
 from skinedge.evaluate.predict import predict_probs
 from skinedge.evaluate.report import write_report
@@ -75,7 +76,7 @@ def evaluate_checkpoint(
         ValueError: neither or both of manifest/data, or labels the model does not know.
     """
     if (manifest is None) == (data is None):
-        raise ValueError("evaluate on either a manifest split (--manifest) or a folder (--data)")
+        raise ConfigError("evaluate on either a manifest split (--manifest) or a folder (--data)")
     if threads:
         torch.set_num_threads(threads)
     model, card = load_checkpoint(checkpoint)
@@ -100,7 +101,7 @@ def evaluate_checkpoint(
                                 [card.classes.index(r.label) for r in ds.records], transform)
         source = str(data)
     if not len(dataset):
-        raise ValueError(f"{source}: no images to evaluate")
+        raise DataError(f"{source}: no images to evaluate")
     probs, targets = predict_probs(model, dataset, batch_size=batch_size,
                                    num_workers=num_workers, device=torch_device, tta=tta,
                                    progress=progress)

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from skinedge.errors import ConfigError
+
 TTA_MODES = ("none", "flips")
 
 
@@ -33,7 +35,7 @@ def predict_probs(
         (probs (N, C) float64, targets (N,) int64).
     """
     if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     was_training = model.training
     model.eval()

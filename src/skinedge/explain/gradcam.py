@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from skinedge.errors import ConfigError, ModelError
 from skinedge.utils.io import atomic_write
 
 # CLI word -> class name in ``pytorch_grad_cam``; the CLI offers exactly these keys.
@@ -112,7 +113,7 @@ def _probe_target_layer(
     for module in reversed(finished):
         if calls[id(module)] == 1:
             return module
-    raise ValueError(
+    raise ModelError(
         f"{type(model).__name__} has no submodule producing a spatial (N, C, H, W) feature map "
         f"on a {tuple(input_size)} input; pass target_layer= explicitly (the last conv block "
         "before global pooling)."
@@ -223,7 +224,7 @@ def _cam_class_name(method: str) -> str:
     try:
         return CAM_METHODS[method.lower()]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}"
         ) from None
 

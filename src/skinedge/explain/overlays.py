@@ -9,6 +9,7 @@ import torch
 
 from skinedge.data import build_eval_transform, load_rgb
 from skinedge.data.transforms import display_image
+from skinedge.errors import ConfigError
 from skinedge.explain.gradcam import CamResult, explain_batch, save_explanation
 from skinedge.models import load_checkpoint
 
@@ -39,7 +40,7 @@ def explain_images(
     """
     model, card = load_checkpoint(checkpoint)
     if target_class is not None and target_class not in card.classes:
-        raise ValueError(f"class {target_class!r} is not one of the model's {card.classes}")
+        raise ConfigError(f"class {target_class!r} is not one of the model's {card.classes}")
     transform = build_eval_transform(card.preprocess)
     out_dir = Path(out_dir)
     written = []

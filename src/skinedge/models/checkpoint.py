@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
+from skinedge.errors import ModelError, NotFoundError
 from skinedge.models.card import ModelCard
 from skinedge.utils.io import fsync_path, sha256_file
 
@@ -62,7 +64,7 @@ def checkpoint_dir(path: Path) -> Path:
         old = path.parent / f".{path.name}.old"
         if (old / CARD).is_file():
             return old
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{path} is not a skinedge checkpoint (no {CARD}); pass a folder written by "
             "`skinedge train`, e.g. runs/NAME/best"
         )
@@ -70,8 +72,18 @@ def checkpoint_dir(path: Path) -> Path:
 
 
 def load_card(path: Path | str) -> ModelCard:
-    """The model card of a checkpoint folder (or of a file inside it)."""
-    return ModelCard.from_json((checkpoint_dir(Path(path)) / CARD).read_text())
+    """The model card of a checkpoint folder (or of a file inside it).
+
+    Raises:
+        NotFoundError: not a checkpoint folder.
+        ModelError: the card is not valid JSON or not a model card.
+    """
+    file = checkpoint_dir(Path(path)) / CARD
+    try:
+        return ModelCard.from_json(file.read_text())
+    except ValidationError as exc:
+        raise ModelError(f"{file}: not a valid model card ({exc.error_count()} problem(s)):\n"
+                         f"{exc}\nrestore it from the training run") from exc
 
 
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
@@ -82,8 +94,9 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
     model with its NNCF fake quantizers.
 
     Raises:
-        FileNotFoundError: not a checkpoint folder.
-        ValueError: the weights' hash differs from the card's (a corrupted or swapped file).
+        NotFoundError: not a checkpoint folder.
+        ModelError: an invalid card, weights whose hash differs from the card's (a corrupted or
+            swapped file), or weights that do not fit the card's architecture.
     """
     from skinedge.models.factory import create_classifier
 
@@ -99,7 +112,14 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
         from skinedge.models.quantized import restore_quantizers
 
         model = restore_quantizers(model, quantization["nncf_config"])
-    model.load_state_dict(load_checkpoint_weights(path), strict=True)
+    try:
+        model.load_state_dict(load_checkpoint_weights(path), strict=True)
+    except RuntimeError as exc:  # missing/unexpected keys or shapes: card and weights disagree
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise ModelError(f"{checkpoint_dir(Path(path)) / WEIGHTS}: the weights do not fit the "
+                         f"{card.architecture} with {card.num_classes} classes that {CARD} "
+                         f"describes ({details}); restore the checkpoint folder from the "
+                         "training run") from exc
     model.eval()
     return model, card
 
@@ -112,7 +132,7 @@ def load_checkpoint_weights(path: Path | str) -> dict[str, torch.Tensor]:
     weights = directory / WEIGHTS
     expected = load_card(directory).weights_sha256
     if expected and sha256_file(weights) != expected:
-        raise ValueError(
+        raise ModelError(
             f"{weights}: sha256 differs from the one in {CARD}; the file was changed or "
             "corrupted, restore it from the training run"
         )

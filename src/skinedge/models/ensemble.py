@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import EnsembleMember, ModelCard
 from skinedge.models.checkpoint import CARD, load_card, load_checkpoint
 from skinedge.utils.io import atomic_write_text, fsync_path
@@ -57,20 +58,20 @@ def create_ensemble(members: Sequence[Path | str], out: Path | str) -> Path:
     """
     out = Path(out)
     if len(members) < 2:
-        raise ValueError("an ensemble needs at least two member checkpoints")
+        raise ConfigError("an ensemble needs at least two member checkpoints")
     if out.exists():
-        raise ValueError(f"{out} already exists; choose another folder or delete it")
+        raise ConfigError(f"{out} already exists; choose another folder or delete it")
     cards = [load_card(m) for m in members]
     first = cards[0]
     for path, card in zip(members, cards):
         if card.members:
-            raise ValueError(f"{path} is itself an ensemble; list its members instead")
+            raise ModelError(f"{path} is itself an ensemble; list its members instead")
         for field in ("classes", "preprocess"):
             if getattr(card, field) != getattr(first, field):
-                raise ValueError(f"{path} differs from {members[0]} in {field}: "
+                raise ModelError(f"{path} differs from {members[0]} in {field}: "
                                  f"{getattr(card, field)} vs {getattr(first, field)}")
         if card.data.split_hash != first.data.split_hash:
-            raise ValueError(
+            raise ModelError(
                 f"{path} was trained on split {card.data.split_hash}, {members[0]} on "
                 f"{first.data.split_hash}: an ensemble of different splits may have seen "
                 "its own test images; train the members on one manifest")
@@ -111,7 +112,7 @@ def ensemble_members(directory: Path, card: ModelCard) -> list[tuple[Path, Model
     for member in card.members or []:
         member_card = load_card(directory / member.path)
         if member_card.weights_sha256 != member.weights_sha256:
-            raise ValueError(f"{directory / member.path}: weights differ from the ones recorded in "
+            raise ModelError(f"{directory / member.path}: weights differ from the ones recorded in "
                              f"{directory / CARD}; recreate the ensemble with `skinedge ensemble create`")
         members.append((directory / member.path, member_card))
     return members

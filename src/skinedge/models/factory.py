@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from skinedge.errors import ConfigError
 from skinedge.models.pretrained import (
     load_imagenet_weights,
     load_weights_file,
@@ -43,7 +44,7 @@ def create_classifier(
     import timm
 
     if not timm.is_model(arch):
-        raise ValueError(
+        raise ConfigError(
             f"unknown architecture {arch!r}; see `timm.list_models()` "
             "(e.g. tf_efficientnet_lite0, efficientnet_b4, mobilenetv3_large_100)"
         )

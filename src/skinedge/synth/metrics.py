@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from skinedge.errors import ModelError
+
 if TYPE_CHECKING:
     from skinedge.data.transforms import PreprocessConfig
 
@@ -143,7 +145,7 @@ def classifier_features(checkpoint: Path, device: str = "cpu") -> FeatureExtract
     networks = list(model.members) if isinstance(model, Ensemble) else [model]
     for net in networks:
         if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
-            raise ValueError(
+            raise ModelError(
                 f"{checkpoint}: {type(net).__name__} has no forward_features/forward_head, so "
                 "its pooled features cannot be read; use an fp32 (non-QAT) checkpoint")
     pre = card.preprocess

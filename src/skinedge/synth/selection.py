@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from skinedge.errors import DataError
 from skinedge.utils.io import atomic_write_text
 
 _CHUNK_ELEMENTS = 4_000_000  # distance-matrix elements per chunk (32 MB of float64)
@@ -174,7 +175,7 @@ def real_nn_distances(real_features: np.ndarray, real_groups: Sequence[str],
                          f"{len(real_groups)} real groups; expected ({len(real_groups)}, D)")
     names, codes = np.unique(np.asarray(real_groups, dtype=str), return_inverse=True)
     if len(names) < 2:
-        raise ValueError(f"need real images of at least 2 lesion groups to measure "
+        raise DataError(f"need real images of at least 2 lesion groups to measure "
                          f"near-copies; got {len(names)}: add more real training images")
     center = feats.mean(axis=0)  # smaller norms, less cancellation in |a|^2+|b|^2-2ab
     every = np.concatenate([feats, *(np.asarray(v, dtype=np.float64) for v in views)]) - center
@@ -364,7 +365,7 @@ def read_ledger(path: Path) -> list[Decision]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != _FIELDS:
-            raise ValueError(f"{path}: header {reader.fieldnames} is not a selection ledger's "
+            raise DataError(f"{path}: header {reader.fieldnames} is not a selection ledger's "
                              f"{_FIELDS}; write it with write_ledger")
         decisions = []
         for number, row in enumerate(reader, start=1):
@@ -373,7 +374,7 @@ def read_ledger(path: Path) -> list[Decision]:
                     raise ValueError(f"expected {len(_FIELDS)} cells")
                 decisions.append(_parse_row(row))
             except ValueError as err:
-                raise ValueError(f"{path}: row {number} (line {reader.line_num}) is not a valid "
+                raise DataError(f"{path}: row {number} (line {reader.line_num}) is not a valid "
                                  f"ledger row: {err}") from err
     return decisions
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skinedge.data.transforms import AugmentConfig, PreprocessConfig
+from skinedge.errors import ConfigError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -79,12 +82,12 @@ def load_data_manifest(cfg: TrainConfig):
     """The config's split manifest, loaded once per run (its image hashes are checked).
 
     Raises:
-        ValueError: no ``data.manifest`` set.
+        ConfigError: no ``data.manifest`` set.
     """
     from skinedge.data import load_manifest
 
     if cfg.data.manifest is None:
-        raise ValueError("no data: set data.manifest (make one with `skinedge data split`)")
+        raise ConfigError("no data: set data.manifest (make one with `skinedge data split`)")
     return load_manifest(cfg.data.manifest, root=cfg.data.root)
 
 
@@ -92,20 +95,60 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``a.b=c`` overrides to a nested dict; values are parsed as YAML scalars/lists.
 
     Raises:
-        ValueError: an override is not of the form ``key=value``.
+        ConfigError: an override is not of the form ``key=value``, or its value is not YAML.
     """
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         node = doc
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
     return doc
+
+
+def validate_config(config_class: type[ConfigT], doc: Any, what: str) -> ConfigT:
+    """``config_class.model_validate(doc)``, failing with a message that names ``what`` (e.g.
+    ``training config in run.yaml``) and every bad field.
+
+    Raises:
+        ConfigError: ``doc`` is not a mapping, or has unknown keys or invalid values.
+    """
+    if not isinstance(doc, dict):
+        raise ConfigError(f"invalid {what}: expected a mapping of keys to values "
+                          f"(section: ...), got a {type(doc).__name__}")
+    try:
+        return config_class.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what}:\n{exc}") from exc
+
+
+def load_config(path: Path | str | None, overrides: list[str] | None,
+                config_class: type[ConfigT], *, kind: str = "config") -> ConfigT:
+    """Read a YAML config (optional), apply ``--set`` overrides, validate as ``config_class``.
+
+    Raises:
+        ConfigError: unreadable YAML, a bad override, or invalid values; the message names the
+            file and the field.
+    """
+    doc: Any = {}
+    if path is not None:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: a config is a mapping of keys to values (section: ...), "
+                              f"not a {type(doc).__name__}")
+    doc = apply_overrides(doc, overrides or [])
+    return validate_config(config_class, doc, f"{kind} in {path}" if path else kind)
 
 
 def load_train_config(path: Path | None = None, overrides: list[str] | None = None,
@@ -113,20 +156,9 @@ def load_train_config(path: Path | None = None, overrides: list[str] | None = No
     """Read a YAML config (optional), apply overrides, validate as ``config_class``.
 
     Raises:
-        ValueError: unreadable YAML or invalid values; the message names the field.
+        ConfigError: unreadable YAML or invalid values; the message names the file and field.
     """
-    doc: dict[str, Any] = {}
-    if path is not None:
-        try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read config {path}: {exc}") from exc
-    doc = apply_overrides(doc, overrides or [])
-    try:
-        return config_class.model_validate(doc)
-    except ValidationError as exc:
-        where = f" in {path}" if path else ""
-        raise ValueError(f"invalid training config{where}:\n{exc}") from exc
+    return load_config(path, overrides, config_class, kind="training config")
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from skinedge.errors import ConfigError
 from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.config import TrainConfig
 
@@ -50,10 +51,10 @@ def train_ensemble(
     from skinedge.train.trainer import train_classifier
 
     if (members is None) == (synthetic is None):
-        raise ValueError("give the number of members or one synthetic set per member")
+        raise ConfigError("give the number of members or one synthetic set per member")
     sets = list(synthetic) if synthetic is not None else [None] * int(members or 0)
     if len(sets) < 2:
-        raise ValueError(f"an ensemble needs at least two members, got {len(sets)}")
+        raise ConfigError(f"an ensemble needs at least two members, got {len(sets)}")
     out_dir = Path(out_dir)
     manifest = load_data_manifest(cfg)
     for k, synthetic_set in enumerate(sets):

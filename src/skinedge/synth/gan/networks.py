@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from skinedge.errors import ModelError, NotFoundError
 from skinedge.synth.gan.config import GANConfig
 from skinedge.synth.gan.dcgan import DCGANDiscriminator, DCGANGenerator
 from skinedge.synth.gan.stylegan import ResidualDiscriminator, StyleGAN2Generator
@@ -62,16 +63,16 @@ def load_gan_checkpoint(path: Path, device: str | torch.device = "cpu") -> Train
     """Load one GAN run's checkpoint (``RUN/last.pt``).
 
     Raises:
-        FileNotFoundError: no checkpoint.
-        ValueError: not a skinedge GAN checkpoint.
+        NotFoundError: no checkpoint.
+        ModelError: not a skinedge GAN checkpoint.
     """
     from skinedge.utils.io import sha256_file
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no GAN checkpoint; train one with `skinedge gan train`")
+        raise NotFoundError(f"{path}: no GAN checkpoint; train one with `skinedge gan train`")
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("kind") != "skinedge.gan/1":
-        raise ValueError(f"{path} is not a skinedge GAN checkpoint")
+        raise ModelError(f"{path} is not a skinedge GAN checkpoint")
     cfg = GANConfig.model_validate(state["config"])
     generator, discriminator = create_gan(cfg, len(state["classes"]))
     generator.load_state_dict(state["generator_ema"])
@@ -86,8 +87,8 @@ def load_gans(run_dir: Path | str, device: str | torch.device = "cpu") -> dict[s
     """Class code -> the GAN that generates it, for a class-conditional or a per-class run.
 
     Raises:
-        FileNotFoundError: ``run_dir`` holds neither kind of run.
-        ValueError: per-class models trained on different splits.
+        NotFoundError: ``run_dir`` holds neither kind of run.
+        ModelError: per-class models trained on different splits.
     """
     run_dir = Path(run_dir)
     if (run_dir / CHECKPOINT).is_file():
@@ -95,11 +96,11 @@ def load_gans(run_dir: Path | str, device: str | torch.device = "cpu") -> dict[s
         return dict.fromkeys(gan.classes, gan)
     per_class = sorted((run_dir / "classes").glob(f"*/{CHECKPOINT}"))
     if not per_class:
-        raise FileNotFoundError(f"{run_dir}: no GAN checkpoint ({CHECKPOINT} or "
+        raise NotFoundError(f"{run_dir}: no GAN checkpoint ({CHECKPOINT} or "
                                 f"classes/*/{CHECKPOINT}); train one with `skinedge gan train`")
     gans = [load_gan_checkpoint(p, device) for p in per_class]
     splits = {gan.split_hash for gan in gans}
     if len(splits) > 1:
-        raise ValueError(f"{run_dir}: its per-class models were trained on different splits "
+        raise ModelError(f"{run_dir}: its per-class models were trained on different splits "
                          f"({sorted(h[:12] for h in splits)}); retrain them on one manifest")
     return {gan.classes[0]: gan for gan in gans}

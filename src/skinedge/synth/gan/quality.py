@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from skinedge.data.manifest import Manifest
+from skinedge.errors import DataError
 from skinedge.utils.io import atomic_write_text, package_versions
 
 
@@ -49,7 +50,7 @@ def evaluate_gan(
     gans = load_gans(run_dir, device)
     first = next(iter(gans.values()))
     if first.split_hash != manifest.split_hash:
-        raise ValueError(f"{run_dir} was trained on split {first.split_hash[:12]}, not on this "
+        raise DataError(f"{run_dir} was trained on split {first.split_hash[:12]}, not on this "
                          f"manifest's {manifest.split_hash[:12]}")
     extractor = imagenet_features(device=device) if features == "imagenet" \
         else classifier_features(Path(features), device)

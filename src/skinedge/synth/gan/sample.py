@@ -18,6 +18,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
+from skinedge.errors import ConfigError
+
 CANDIDATES = "candidates.csv"
 _SEED_STRIDE = 1_000_000  # class c's i-th image has seed base * 10**7 + c * 10**6 + i
 
@@ -25,7 +27,7 @@ _SEED_STRIDE = 1_000_000  # class c's i-th image has seed base * 10**7 + c * 10*
 def image_seed(base_seed: int, class_index: int, index: int) -> int:
     """The seed of the ``index``-th image of a class (distinct across classes and bases)."""
     if index >= _SEED_STRIDE:
-        raise ValueError(f"at most {_SEED_STRIDE} images per class and seed")
+        raise ConfigError(f"at most {_SEED_STRIDE} images per class and seed")
     return base_seed * 10 * _SEED_STRIDE + class_index * _SEED_STRIDE + index
 
 
@@ -80,7 +82,7 @@ def _check_reuse(out_dir: Path, settings: dict) -> None:
     old = json.loads(previous.read_text())
     changed = sorted(k for k in settings if old.get(k) != settings[k])
     if changed:
-        raise ValueError(f"{out_dir} holds candidates made with other {changed}; choose another "
+        raise ConfigError(f"{out_dir} holds candidates made with other {changed}; choose another "
                          "--out (or delete the folder)")
 
 
@@ -140,7 +142,7 @@ def sample_candidates(
     gans = load_gans(run_dir, device)
     unknown = sorted(set(counts) - set(gans))
     if unknown:
-        raise ValueError(f"{run_dir} does not generate class(es) {unknown}; it has {sorted(gans)}")
+        raise ConfigError(f"{run_dir} does not generate class(es) {unknown}; it has {sorted(gans)}")
     first = next(iter(gans.values()))
     settings = {
         "gan": str(Path(run_dir).resolve()),

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinedge.data.manifest import Manifest
+from skinedge.errors import ConfigError, DataError
 from skinedge.synth.gan.augment import diff_augment
 from skinedge.synth.gan.config import GANConfig
 from skinedge.synth.gan.networks import CHECKPOINT, create_gan
@@ -80,11 +81,11 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
     classes = cfg.data.classes or [c for c in codes if c in present]
     unknown = sorted(set(classes) - set(codes))
     if unknown:
-        raise ValueError(f"data.classes {unknown} are not in the manifest's classes {codes}")
+        raise ConfigError(f"data.classes {unknown} are not in the manifest's classes {codes}")
     rows = [r for r in manifest.subset("train") if r.label in classes]
     empty = [c for c in classes if not any(r.label == c for r in rows)]
     if empty:
-        raise ValueError(f"{cfg.data.manifest}: no training images of class(es) {empty}; "
+        raise DataError(f"{cfg.data.manifest}: no training images of class(es) {empty}; "
                          "leave them out with --set data.classes=[...]")
     callbacks = callbacks or GANCallbacks()
     if cfg.model.conditioning == "label":
@@ -93,10 +94,10 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
         groups = [(out_dir / "classes" / c, [c]) for c in classes]
     started = [folder for folder, _ in groups if (folder / CHECKPOINT).exists()]
     if started and not resume:
-        raise ValueError(f"{out_dir} already holds a GAN run; continue it with --resume, or "
+        raise ConfigError(f"{out_dir} already holds a GAN run; continue it with --resume, or "
                          "choose another --out (or delete the folder) to start afresh")
     if resume and not started:
-        raise ValueError(f"cannot resume: {out_dir} holds no GAN checkpoint; start without "
+        raise ConfigError(f"cannot resume: {out_dir} holds no GAN checkpoint; start without "
                          "--resume")
     for folder, group in groups:  # refuse a changed config before anything is written
         if (folder / CHECKPOINT).exists():
@@ -313,10 +314,10 @@ def _check_resumable(saved: dict, cfg: GANConfig, classes: list[str], split_hash
             doc.pop(key)
     changed = sorted(k for k in new if old.get(k) != new.get(k))
     if changed:
-        raise ValueError(f"cannot resume {path}: the config changed in {changed} since the run "
+        raise ConfigError(f"cannot resume {path}: the config changed in {changed} since the run "
                          "started; use the run's own config.yaml or a new output folder")
     if saved["classes"] != classes or saved["split_hash"] != split_hash:
-        raise ValueError(f"cannot resume {path}: it was trained on other classes or another "
+        raise ConfigError(f"cannot resume {path}: it was trained on other classes or another "
                          "split; use its own manifest or a new output folder")
 
 

@@ -1,0 +1,80 @@
+"""``skinedge evaluate`` and ``skinedge explain``: how good a checkpoint is, and where it looks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skinedge.errors import ConfigError
+
+app = typer.Typer()
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, e.g. runs/NAME/best.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json/.md, confusion PNG, predictions.csv.")],
+    manifest: Annotated[Path | None, typer.Option(help="Split manifest to evaluate on.")] = None,
+    split: Annotated[str, typer.Option(help="Split of the manifest: train, val, test, all.")] = "test",
+    data: Annotated[Path | None, typer.Option(help="Labelled folder (any layout) instead of a manifest.")] = None,
+    subset: Annotated[str, typer.Option(help="With --data: 'all' evaluates every image.")] = "all",
+    layout: Annotated[str | None, typer.Option(help="Layout of --data; detected when omitted.")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Leave bad rows of --data out (written to skipped.csv).")] = False,
+    batch_size: int = 64,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    tta: Annotated[str, typer.Option(
+        help="Test-time augmentation: none, or flips (mean of 4 flipped views; 4x compute).")] = "none",
+) -> None:
+    """Accuracy, balanced accuracy, per-class scores and AUCs, melanoma AUC and sensitivity at
+    80%/90% specificity, ECE and the confusion matrix, as JSON, Markdown and PNG."""
+    from skinedge.cli.progress import CountProgress, console, make_progress
+    from skinedge.evaluate import evaluate_checkpoint
+    from skinedge.utils.provenance import now, record_command
+
+    if data is not None and subset != "all":
+        raise ConfigError("--subset only takes 'all' with --data (use a manifest for splits)")
+    if data is not None and split != "test":
+        raise ConfigError("--split picks a split of --manifest; with --data every image is evaluated")
+    started = now()
+    with make_progress() as progress:
+        result = evaluate_checkpoint(
+            checkpoint, manifest=manifest, split=split, data=data, layout=layout,
+            skip_bad=skip_bad, batch_size=batch_size, threads=threads, device=device, tta=tta, out_dir=out,
+            progress=CountProgress(progress, "predicting"))
+    record_command(out, started=started, finished=now())
+    m = result.metrics
+    console.print(result.files["markdown"].read_text())
+    for note in result.notes:
+        console.print(f"[yellow]note: {note}[/]")
+    if result.skipped:
+        console.print(f"[yellow]{len(result.skipped)} row(s) skipped: {result.files['skipped']}[/]")
+    console.print(f"balanced accuracy {m['balanced_accuracy']:.4f}, melanoma AUC "
+                  f"{m['melanoma_auc'] if m['melanoma_auc'] is None else round(m['melanoma_auc'], 4)}"
+                  f"; reports in {out}")
+
+
+@app.command()
+def explain(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to explain.")],
+    out: Annotated[Path, typer.Option(help="Folder for the overlay PNGs.")] = Path("explanations"),
+    target: Annotated[str | None, typer.Option(
+        "--class", help="Class code to explain (e.g. mel); the predicted class by default.")] = None,
+    method: Annotated[str, typer.Option(help="gradcam, gradcam++ or eigencam.")] = "gradcam",
+) -> None:
+    """Grad-CAM heatmap overlays: where in the image the evidence for a class lies."""
+    from skinedge.cli.progress import console
+    from skinedge.explain.overlays import explain_images
+    from skinedge.models import load_card
+    from skinedge.utils.provenance import now, record_command
+
+    started = now()
+    written = explain_images(checkpoint, images, out, target_class=target, method=method)
+    classes = load_card(checkpoint).classes
+    record_command(out, started=started, finished=now())
+    for path, result in written:
+        console.print(f"{path}  (predicted {classes[result.predicted_class]}, "
+                      f"p={result.probabilities.max():.2f})")
