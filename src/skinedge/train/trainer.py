@@ -28,6 +28,7 @@ from skinedge.data.synthetic import SyntheticSet, augmented_train_set, load_synt
 from skinedge.errors import ConfigError, DataError
 from skinedge.evaluate.metrics import compute_metrics
 from skinedge.models import ModelCard, create_classifier, save_checkpoint
+from skinedge.train import loop
 from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.config import TrainConfig, load_data_manifest
 from skinedge.train.distributed import (
@@ -36,15 +37,6 @@ from skinedge.train.distributed import (
     cleanup_distributed,
     init_distributed,
     wrap_for_training,
-)
-from skinedge.train.loop import (
-    TrainState,
-    epoch_loader,
-    fit_epoch,
-    load_state,
-    save_state,
-    seed_epoch,
-    validate,
 )
 from skinedge.train.losses import build_loss, class_weights
 from skinedge.train.optim import (
@@ -135,7 +127,7 @@ class _Run:
     out_dir: Path
     dist: DistContext
     device: torch.device
-    state: TrainState
+    state: loop.TrainState
     train_model: nn.Module  # state.model, or its DDP wrapper
     fit_set: Dataset  # the train split as the objective sees it
     val_set: Dataset
@@ -186,7 +178,7 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
 
     torch.manual_seed(cfg.seed)
     model, provenance = _build_model(cfg, vocab.num_classes, objective, device)
-    state = TrainState(model, build_optimizer(model, cfg), scaler=torch.amp.GradScaler(
+    state = loop.TrainState(model, build_optimizer(model, cfg), scaler=torch.amp.GradScaler(
         "cuda", enabled=cfg.amp and device.type == "cuda"))
     state.scheduler = build_scheduler(state.optimizer, cfg)
     fit_set = objective.train_dataset(train_set) if objective is not None else train_set
@@ -194,7 +186,7 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
     if not resume and dist.is_main:
         refuse_existing_run(out_dir)
     if resume:
-        load_state(out_dir / "last", state, trainer_state=resumable_state(out_dir, cfg))
+        loop.load_state(out_dir / "last", state, trainer_state=resumable_state(out_dir, cfg))
 
     sampler = ShardedSampler(
         len(train_set),
@@ -223,18 +215,21 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any], b
     whether the monitored one improved)."""
     cfg, state = run.cfg, run.state
     started = time.perf_counter()
-    seed_epoch(cfg.seed, epoch)
+    loop.seed_epoch(cfg.seed, epoch)
     run.sampler.set_epoch(epoch)
     warmup_lr(state.optimizer, cfg, epoch)
     lr = state.optimizer.param_groups[0]["lr"]
-    loader = epoch_loader(run.fit_set, batch_size=cfg.batch_size, epoch=epoch, seed=cfg.seed,
-                          sampler=run.sampler, num_workers=cfg.num_workers, device=run.device)
-    stats = fit_epoch(run.train_model, loader, run.criterion, state.optimizer, device=run.device,
-                      scaler=state.scaler, max_batches=cfg.max_batches_per_epoch, epoch=epoch,
-                      train_mode=getattr(run.objective, "train_mode", None),
-                      callbacks=run.callbacks)
-    val = validate(state.model, run.val_set, device=run.device, batch_size=cfg.eval_batch_size,
-                   num_workers=cfg.num_workers, progress=run.callbacks.on_validate)
+    loader = loop.epoch_loader(run.fit_set, batch_size=cfg.batch_size, epoch=epoch,
+                               seed=cfg.seed, sampler=run.sampler,
+                               num_workers=cfg.num_workers, device=run.device)
+    stats = loop.fit_epoch(run.train_model, loader, run.criterion, state.optimizer,
+                           device=run.device, scaler=state.scaler,
+                           max_batches=cfg.max_batches_per_epoch, epoch=epoch,
+                           train_mode=getattr(run.objective, "train_mode", None),
+                           callbacks=run.callbacks)
+    val = loop.validate(state.model, run.val_set, device=run.device,
+                        batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+                        progress=run.callbacks.on_validate)
     metrics = compute_metrics(val.targets, val.probs, run.card.classes,
                               melanoma_class=run.card.positive_class)
     current = metrics[cfg.monitor] if metrics[cfg.monitor] is not None else -math.inf
@@ -258,8 +253,8 @@ def _save_epoch(run: _Run, epoch: int, record: dict[str, Any], metrics: dict[str
     card = epoch_card(run.card, run.cfg, epoch, metrics, run.card_training)
     if improved:
         save_checkpoint(run.out_dir / "best", run.state.model, card)
-    save_state(run.out_dir / "last", run.state, card,
-               extra={"config": run.cfg.model_dump(mode="json")})
+    loop.save_state(run.out_dir / "last", run.state, card,
+                    extra={"config": run.cfg.model_dump(mode="json")})
     write_metrics(run.out_dir, run.state.history)
     if run.scalars is not None:
         run.scalars.log(record)
