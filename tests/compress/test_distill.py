@@ -223,7 +223,7 @@ def test_cli_creates_an_ensemble_and_distils_it(teacher, tiny_checkpoint, tmp_pa
 
 
 def test_grad_cam_explains_an_ensemble_through_every_member(teacher, tiny_dataset, tmp_path):
-    from skinedge.explain.overlays import explain_images
+    from skinedge.explain.api import explain_images
 
     image = sorted((tiny_dataset / "images").glob("mel_*.jpg"))[0]
     [(path, result)] = explain_images(teacher, [image], tmp_path)

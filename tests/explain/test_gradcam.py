@@ -9,12 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from skinedge.explain.gradcam import (
-    CamResult,
-    explain_batch,
-    find_target_layer,
-    save_explanation,
-)
+from skinedge.explain.gradcam import CamResult, explain_batch, find_target_layer
+from skinedge.explain.overlays import save_explanation
 
 SIZE = 32
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from skinedge.pipelines.quickstart import default_config
-from skinedge.train.config import TrainConfig, apply_overrides, dump_config, load_train_config
+from skinedge.train.config import TrainConfig, load_train_config
+from skinedge.utils.config import apply_overrides, dump_config
 
 
 def write_yaml(path: Path, doc: dict) -> Path:

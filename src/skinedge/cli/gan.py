@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,7 +113,7 @@ class _RichGANCallbacks:
             self.progress.console.print(f"snapshot at {kimg:.1f} kimg: {grid}")
 
 
-class SelectionMode(str, Enum):
+class SelectionMode(StrEnum):
     select = "select"
     none = "none"
 
@@ -136,7 +136,7 @@ def gan_select(
     from skinedge.data import load_manifest
     from skinedge.synth.candidates import select_synthetic
     from skinedge.synth.selection import SelectionConfig
-    from skinedge.train.config import load_config
+    from skinedge.utils.config import load_config
     from skinedge.utils.provenance import now, record_command
 
     started = now()

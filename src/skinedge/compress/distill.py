@@ -136,8 +136,9 @@ def prepare_distillation(cfg: DistillConfig, manifest: Manifest, *, device: str 
     loaded), from the cache when there, checked against the student.
 
     Raises:
-        ValueError: a teacher trained on another split (it may have seen the student's
-            validation or test images) or with other classes; a synthetic set in the config.
+        ConfigError: a synthetic set in the config.
+        DataError: a teacher trained on another split (it may have seen the student's
+            validation or test images) or with other classes.
     """
     if cfg.data.synthetic is not None:
         raise ConfigError("distillation reads teacher logits of the manifest's train images only; "

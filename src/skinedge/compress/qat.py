@@ -115,7 +115,7 @@ def prepare_qat(cfg: QATConfig, manifest, *, progress=None) -> QATObjective:
     and, with a teacher, its cached logits.
 
     Raises:
-        ValueError: ``model.pretrained`` is not a weights file (QAT fine-tunes a trained
+        ConfigError: ``model.pretrained`` is not a weights file (QAT fine-tunes a trained
             model; quantizing ImageNet weights for 7 lesion classes makes no sense).
     """
     from skinedge.data.arrays import manifest_arrays

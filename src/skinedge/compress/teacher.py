@@ -54,7 +54,7 @@ def teacher_members(teacher: Path) -> list[tuple[Path, ModelCard]]:
     """(folder, card) of each member of an ensemble checkpoint, or of the one model.
 
     Raises:
-        ValueError: a member's weights differ from the ones the ensemble recorded.
+        ModelError: a member's weights differ from the ones the ensemble recorded.
     """
     directory = checkpoint_dir(Path(teacher))
     card = load_card(directory)
@@ -107,7 +107,7 @@ def teacher_logits(
         progress: ``progress(description, done, total)`` while a member runs.
 
     Raises:
-        ValueError: the teacher's classes differ from the manifest's.
+        DataError: the teacher's classes differ from the manifest's.
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     # Under torchrun every rank computes (or reads) the logits on its own GPU.

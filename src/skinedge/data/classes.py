@@ -110,7 +110,7 @@ def infer_vocabulary(raw_labels: set[str]) -> ClassVocabulary:
     """The smallest known vocabulary that covers every raw label.
 
     Raises:
-        ValueError: no vocabulary covers them; the message lists the labels that none knows.
+        DataError: no vocabulary covers them; the message lists the labels that none knows.
     """
     for name in ("melanoma", "isic2018", "isic2019"):
         vocab = VOCABULARIES[name]

@@ -212,7 +212,7 @@ def download_dataset(
         ``dest``, now holding the dataset in its official layout.
 
     Raises:
-        ValueError: ``name`` is not a known dataset.
+        ConfigError: ``name`` is not a known dataset.
         DownloadError: A file could not be fetched, failed verification or could not be unpacked.
     """
     source = DATASETS.get(name)

@@ -35,7 +35,7 @@ def split_groups(
         Map group -> split name.
 
     Raises:
-        ValueError: ratios are not three non-negative numbers summing to 1.
+        ConfigError: ratios are not three non-negative numbers summing to 1.
     """
     check_ratios(ratios)
     labels_of: dict[str, Counter] = defaultdict(Counter)
@@ -61,7 +61,7 @@ def split_groups(
 
 
 def check_ratios(ratios: Sequence[float]) -> None:
-    """Raise ValueError unless ratios are three non-negative numbers summing to 1."""
+    """Raise ConfigError unless ratios are three non-negative numbers summing to 1."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise ConfigError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
 

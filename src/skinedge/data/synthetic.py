@@ -81,7 +81,7 @@ def load_synthetic_set(path: Path | str, manifest: Manifest, *, verify: bool = T
         verify: Check every file's hash.
 
     Raises:
-        ValueError: unreadable, made for another split or vocabulary, files missing or changed,
+        DataError: unreadable, made for another split or vocabulary, files missing or changed,
             or a file identical to a manifest image (a real image must not pose as synthetic,
             and nothing may reach validation or test twice).
     """

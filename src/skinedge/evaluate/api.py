@@ -73,7 +73,8 @@ def evaluate_checkpoint(
             ``metrics_confusion.png``, ``predictions.csv`` (and ``skipped.csv``) there.
 
     Raises:
-        ValueError: neither or both of manifest/data, or labels the model does not know.
+        ConfigError: neither or both of manifest/data.
+        DataError: classes or labels the model does not know, or no images to evaluate.
     """
     if (manifest is None) == (data is None):
         raise ConfigError("evaluate on either a manifest split (--manifest) or a folder (--data)")

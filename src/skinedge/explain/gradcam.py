@@ -1,9 +1,9 @@
 """Grad-CAM explanations of a classifier's decisions, through ``pytorch_grad_cam`` (PyPI grad-cam).
 
 Decoupled from checkpoints: callers build the model and the normalised input tensor, this module
-finds the layer to explain, runs the library's CAM method and renders the result. The library
-(and the OpenCV/SciPy/matplotlib stack it pulls in) is imported only when an explanation is made,
-so ``import skinedge`` stays fast.
+finds the layer to explain and runs the library's CAM method; :mod:`skinedge.explain.overlays`
+draws the result. The library (and the OpenCV/SciPy/matplotlib stack it pulls in) is imported
+only when an explanation is made, so ``import skinedge`` stays fast.
 
 Typical use::
 
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from skinedge.errors import ConfigError, ModelError
-from skinedge.utils.io import atomic_write
+from skinedge.explain.overlays import blend_heatmap
 
 # CLI word -> class name in ``pytorch_grad_cam``; the CLI offers exactly these keys.
 CAM_METHODS: dict[str, str] = {
@@ -72,7 +71,7 @@ def find_target_layer(
         The module whose output Grad-CAM should weight.
 
     Raises:
-        ValueError: No submodule produces a spatial feature map.
+        ModelError: No submodule produces a spatial feature map.
     """
     from timm.models.efficientnet import EfficientNet
 
@@ -148,7 +147,9 @@ def explain_batch(
         One ``CamResult`` per image, in input order.
 
     Raises:
-        ValueError: Unknown method, mismatched shapes or counts, or a target class out of range.
+        ConfigError: Unknown method.
+        ModelError: No target layer given and none found (see :func:`find_target_layer`).
+        ValueError: Mismatched shapes or counts, or a target class out of range.
     """
     cam_class_name = _cam_class_name(method)
     if inputs.ndim != 4:
@@ -174,7 +175,6 @@ def explain_batch(
             else [find_target_layer(model)]
 
     import pytorch_grad_cam
-    from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     saved = [(p, p.requires_grad, p.grad) for p in parameters]
@@ -207,11 +207,10 @@ def explain_batch(
     results = []
     for i in range(batch):
         heatmap = np.clip(heatmaps[i], 0.0, 1.0).astype(np.float32)
-        rgb = np.asarray(display_images[i], dtype=np.float32) / 255.0
         results.append(
             CamResult(
                 heatmap=heatmap,
-                overlay=show_cam_on_image(rgb, heatmap, use_rgb=True),
+                overlay=blend_heatmap(display_images[i], heatmap),
                 target_class=int(predicted[i]) if target_classes is None else target_classes[i],
                 predicted_class=int(predicted[i]),
                 probabilities=probabilities[i],
@@ -254,78 +253,3 @@ def _check_targets(target_classes: list[int] | None, logits: torch.Tensor | None
             f"target classes {target_classes} out of range for a model with {num_classes} classes"
         )
 
-
-def save_explanation(
-    result: CamResult,
-    display_image: np.ndarray,
-    path: Path,
-    *,
-    class_names: Sequence[str],
-    title: str | None = None,
-) -> Path:
-    """Write a PNG: original | overlay side by side, captioned with prediction and target.
-
-    The caption reads e.g. ``predicted: mel (0.83); explained: mel``, wrapped to the image width,
-    under an optional title line. The file is written atomically (temporary file + rename).
-
-    Args:
-        result: The explanation to render.
-        display_image: (H, W, 3) uint8 RGB original, the size of ``result.overlay``.
-        path: Destination ``.png``; parent folders are created.
-        class_names: Name per class index, as many as ``result.probabilities``.
-        title: Optional first caption line (e.g. the image file name).
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: Not a ``.png`` path, mismatched image size or class-name count.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"explanations are written as PNG; got {path}")
-    original = np.asarray(display_image)
-    if original.dtype != np.uint8 or original.shape != result.overlay.shape:
-        raise ValueError(
-            f"display image must be uint8 of shape {result.overlay.shape}; "
-            f"got {original.dtype} {original.shape}"
-        )
-    if len(class_names) != len(result.probabilities):
-        raise ValueError(
-            f"got {len(class_names)} class names for {len(result.probabilities)} classes"
-        )
-
-    height, width = original.shape[:2]
-    font = ImageFont.load_default(size=max(10, width // 14))
-    probability = float(result.probabilities[result.predicted_class])
-    caption = (
-        f"predicted: {class_names[result.predicted_class]} ({probability:.2f}); "
-        f"explained: {class_names[result.target_class]}"
-    )
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines = [] if title is None else _wrap(measure, title, font, 2 * width - 8)
-    lines += _wrap(measure, caption, font, 2 * width - 8)
-    line_height = measure.textbbox((0, 0), "Ag", font=font)[3] + 2
-
-    canvas = Image.new("RGB", (2 * width, height + line_height * len(lines) + 8), "white")
-    canvas.paste(Image.fromarray(original), (0, 0))
-    canvas.paste(Image.fromarray(result.overlay), (width, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((4, height + 4 + i * line_height), line, fill="black", font=font)
-
-    return atomic_write(path, lambda f: canvas.save(f, format="PNG"))
-
-
-def _wrap(draw: object, text: str, font: object, max_width: int) -> list[str]:
-    """Greedy word wrap of ``text`` to lines at most ``max_width`` pixels wide (long words kept)."""
-    lines: list[str] = []
-    for word in text.split():
-        candidate = f"{lines[-1]} {word}" if lines else word
-        if lines and draw.textlength(candidate, font=font) <= max_width:
-            lines[-1] = candidate
-        else:
-            lines.append(word)
-    return lines

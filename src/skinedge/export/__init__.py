@@ -6,6 +6,9 @@ options=ExportOptions(quantizer="aeq"))``; the registered targets are in
 """
 
 from importlib import import_module
+from typing import Any
+
+from skinedge.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "ExportError": "base", "VerificationFailed": "base", "ExportTarget": "base", "Tolerance": "base", "PRECISIONS": "base",
@@ -17,11 +20,11 @@ _EXPORTS = {
 
 __all__ = sorted([*_EXPORTS, "TARGETS"])
 
+_lazy = lazy_exports(__name__, _EXPORTS)
 
-def __getattr__(name: str):
-    if name == "TARGETS":
+
+def __getattr__(name: str) -> Any:
+    if name == "TARGETS":  # every built-in target registered first
         import_module("skinedge.export.targets")
         return import_module("skinedge.export.base").TARGETS
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'skinedge.export' has no attribute {name!r}")
-    return getattr(import_module(f"skinedge.export.{_EXPORTS[name]}"), name)
+    return _lazy(name)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from skinedge.data.transforms import PreprocessConfig
 
 CARD_SCHEMA = "skinedge.model-card/1"
+CARD = "card.json"  # the card's file name in a checkpoint folder
 
 
 class DataInfo(BaseModel):

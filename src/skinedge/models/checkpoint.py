@@ -16,11 +16,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from skinedge.errors import ModelError, NotFoundError
-from skinedge.models.card import ModelCard
+from skinedge.models.card import CARD, ModelCard
 from skinedge.utils.io import fsync_path, sha256_file
 
 WEIGHTS = "model.safetensors"
-CARD = "card.json"
 TRAINER_STATE = "trainer_state.pt"
 
 

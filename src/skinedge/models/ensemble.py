@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from skinedge.errors import ConfigError, ModelError
-from skinedge.models.card import EnsembleMember, ModelCard
-from skinedge.models.checkpoint import CARD, load_card, load_checkpoint
+from skinedge.models.card import CARD, EnsembleMember, ModelCard
+from skinedge.models.checkpoint import load_card, load_checkpoint
 from skinedge.utils.io import atomic_write_text, fsync_path
 
 ARCHITECTURE = "ensemble"
@@ -53,8 +53,8 @@ def create_ensemble(members: Sequence[Path | str], out: Path | str) -> Path:
     images differently is wrong, and one trained on another split may have seen the test set.
 
     Raises:
-        ValueError: fewer than two members, a member that is itself an ensemble, members that
-            disagree, or an ``out`` that already exists.
+        ConfigError: fewer than two members, or an ``out`` that already exists.
+        ModelError: a member that is itself an ensemble, or members that disagree.
     """
     out = Path(out)
     if len(members) < 2:
@@ -106,7 +106,7 @@ def ensemble_members(directory: Path, card: ModelCard) -> list[tuple[Path, Model
     """(folder, card) of every member of an ensemble checkpoint.
 
     Raises:
-        ValueError: a member's weights differ from the ones the ensemble recorded.
+        ModelError: a member's weights differ from the ones the ensemble recorded.
     """
     members = []
     for member in card.members or []:

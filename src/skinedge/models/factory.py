@@ -39,7 +39,10 @@ def create_classifier(
         (model, provenance string of the weights for the model card).
 
     Raises:
-        ValueError: unknown architecture, or no offline weights for it.
+        ConfigError: unknown architecture, or no offline weights for it.
+        MissingBackendError: the package holding its offline weights is not installed.
+        NotFoundError, ModelError: a ``pretrained`` weights file that is missing, or whose
+            backbone does not fit the architecture.
     """
     import timm
 

@@ -45,8 +45,8 @@ def offline_weights_path(arch: str) -> Path:
     """Path of the packaged ImageNet weights for ``arch``.
 
     Raises:
-        ValueError: no packaged weights exist for this architecture.
-        ImportError: the package is not installed; the message names it.
+        ConfigError: no packaged weights exist for this architecture.
+        MissingBackendError: the package is not installed; the message names it.
     """
     if arch not in OFFLINE_WEIGHTS:
         raise ConfigError(
@@ -127,7 +127,8 @@ def load_weights_file(model: nn.Module, path: Path) -> tuple[str, bool]:
         (provenance string for the model card, whether the classifier head was loaded too).
 
     Raises:
-        FileNotFoundError, ValueError: missing file, or backbone keys/shapes that do not match.
+        NotFoundError: the file is missing.
+        ModelError: backbone keys or shapes that do not match.
     """
     path = Path(path)
     if not path.is_file():

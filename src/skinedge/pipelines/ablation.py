@@ -59,7 +59,7 @@ def load_ablation_config(path: Path | str, overrides: list[str] | None = None) -
     Raises:
         ConfigError: an unreadable file, a bad override or invalid values (file and field named).
     """
-    from skinedge.train.config import load_config
+    from skinedge.utils.config import load_config
 
     return load_config(path, overrides, AblationConfig, kind="ablation config")
 
@@ -84,8 +84,9 @@ def run_ablation(
     from skinedge.data import load_manifest
     from skinedge.synth.candidates import needed_counts, select_synthetic
     from skinedge.synth.gan.sample import sample_candidates
-    from skinedge.train.config import dump_config, load_train_config
+    from skinedge.train.config import load_train_config
     from skinedge.train.ensemble import has_trainer_state
+    from skinedge.utils.config import dump_config
 
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "ablation.yaml", dump_config(cfg))

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from skinedge.models.card import ModelCard
+from skinedge.models.card import CARD, ModelCard
 from skinedge.runtimes.base import Runtime, card_from_json
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
-
-CARD_FILE = "card.json"
 
 
 @register_runtime
@@ -42,12 +40,12 @@ class TorchRuntime(Runtime):
 
     @classmethod
     def handles(cls, path: Path) -> bool:
-        return path.is_dir() and (path / CARD_FILE).is_file()
+        return path.is_dir() and (path / CARD).is_file()
 
     @staticmethod
     def read_card(path: Path) -> ModelCard:
         """The checkpoint's ``card.json`` (read without torch)."""
-        return card_from_json((Path(path) / CARD_FILE).read_text(), Path(path) / CARD_FILE)
+        return card_from_json((Path(path) / CARD).read_text(), Path(path) / CARD)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -38,7 +38,7 @@ def read_candidates(folder: Path) -> tuple[list[Candidate], dict[str, Any]]:
     """``candidates.csv`` and ``sample.json`` of a ``skinedge gan sample`` folder.
 
     Raises:
-        ValueError: a missing file or a bad row (named).
+        DataError: a missing file or a bad row (named).
     """
     from skinedge.synth.gan.sample import CANDIDATES
 
@@ -86,8 +86,8 @@ def select_synthetic(
             per split, classifier weights, resolution and ``cfg.dihedral``.
 
     Raises:
-        ValueError: candidates from a GAN, or a classifier, trained on another split; a
-            classifier with other classes; bad inputs.
+        DataError: candidates from a GAN, or a classifier, trained on another split; a
+            classifier with other classes; a bad candidates folder or too few real images.
     """
     from skinedge.data.arrays import load_thumbnails
     from skinedge.data.manifest import check_classes

@@ -114,7 +114,8 @@ def imagenet_features(arch: str = "tf_efficientnet_lite0", image_size: int = 224
     packaged ImageNet weights, at ``image_size`` px (bilinear, antialiased).
 
     Raises:
-        ValueError, ImportError: no packaged weights for ``arch`` (see ``create_classifier``).
+        ConfigError: no packaged weights for ``arch`` (see ``create_classifier``).
+        MissingBackendError: the package holding them is not installed.
     """
     from skinedge.models.factory import create_classifier
 
@@ -135,8 +136,8 @@ def classifier_features(checkpoint: Path, device: str = "cpu") -> FeatureExtract
     from the checkpoint's model card. An ensemble's members' features are concatenated.
 
     Raises:
-        FileNotFoundError: not a checkpoint folder.
-        ValueError: a network without timm's ``forward_features``/``forward_head`` (e.g. a
+        NotFoundError: not a checkpoint folder.
+        ModelError: a network without timm's ``forward_features``/``forward_head`` (e.g. a
             QAT checkpoint wrapped by NNCF).
     """
     from skinedge.models import Ensemble, load_checkpoint

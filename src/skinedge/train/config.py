@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from skinedge.data.transforms import AugmentConfig, PreprocessConfig
 from skinedge.errors import ConfigError
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
+from skinedge.utils.config import load_config
 
 
 class _Section(BaseModel):
@@ -91,66 +89,6 @@ def load_data_manifest(cfg: TrainConfig):
     return load_manifest(cfg.data.manifest, root=cfg.data.root)
 
 
-def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides to a nested dict; values are parsed as YAML scalars/lists.
-
-    Raises:
-        ConfigError: an override is not of the form ``key=value``, or its value is not YAML.
-    """
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        node = doc
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
-    return doc
-
-
-def validate_config(config_class: type[ConfigT], doc: Any, what: str) -> ConfigT:
-    """``config_class.model_validate(doc)``, failing with a message that names ``what`` (e.g.
-    ``training config in run.yaml``) and every bad field.
-
-    Raises:
-        ConfigError: ``doc`` is not a mapping, or has unknown keys or invalid values.
-    """
-    if not isinstance(doc, dict):
-        raise ConfigError(f"invalid {what}: expected a mapping of keys to values "
-                          f"(section: ...), got a {type(doc).__name__}")
-    try:
-        return config_class.model_validate(doc)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {what}:\n{exc}") from exc
-
-
-def load_config(path: Path | str | None, overrides: list[str] | None,
-                config_class: type[ConfigT], *, kind: str = "config") -> ConfigT:
-    """Read a YAML config (optional), apply ``--set`` overrides, validate as ``config_class``.
-
-    Raises:
-        ConfigError: unreadable YAML, a bad override, or invalid values; the message names the
-            file and the field.
-    """
-    doc: Any = {}
-    if path is not None:
-        try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: a config is a mapping of keys to values (section: ...), "
-                              f"not a {type(doc).__name__}")
-    doc = apply_overrides(doc, overrides or [])
-    return validate_config(config_class, doc, f"{kind} in {path}" if path else kind)
-
-
 def load_train_config(path: Path | None = None, overrides: list[str] | None = None,
                       config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
     """Read a YAML config (optional), apply overrides, validate as ``config_class``.
@@ -159,7 +97,3 @@ def load_train_config(path: Path | None = None, overrides: list[str] | None = No
         ConfigError: unreadable YAML or invalid values; the message names the file and field.
     """
     return load_config(path, overrides, config_class, kind="training config")
-
-
-def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -44,7 +44,7 @@ def train_ensemble(
         The ensemble checkpoint folder.
 
     Raises:
-        ValueError: fewer than two members, or both/neither of ``members`` and ``synthetic``.
+        ConfigError: fewer than two members, or both/neither of ``members`` and ``synthetic``.
     """
     from skinedge.models import create_ensemble
     from skinedge.train.config import load_data_manifest

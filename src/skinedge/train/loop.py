@@ -168,7 +168,6 @@ def fit_epoch(
     *,
     device: torch.device | str,
     scaler: torch.amp.GradScaler | None = None,
-    grad_clip: float | None = None,
     max_batches: int | None = None,
     epoch: int = 1,
     train_mode: Callable[[nn.Module], None] | None = None,
@@ -184,7 +183,6 @@ def fit_epoch(
         optimizer: Steps once per batch.
         device: Where the batches go (channels-last).
         scaler: Mixed precision (float16 autocast) when given and enabled.
-        grad_clip: Clip the gradients' global norm to this before each step.
         max_batches: Stop after this many batches (smoke tests, quick trials).
         epoch: Epoch number, for the callbacks.
         train_mode: Puts the model in training mode instead of ``model.train()`` (e.g. with
@@ -211,10 +209,6 @@ def fit_epoch(
             loss = criterion(model(images), targets, *extras)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(
-                [p for group in optimizer.param_groups for p in group["params"]], grad_clip)
         scaler.step(optimizer)
         scaler.update()
         total += loss.item() * len(targets)

@@ -10,7 +10,8 @@ from typing import Any
 
 from skinedge.data import Manifest
 from skinedge.models import DataInfo, ModelCard
-from skinedge.train.config import TrainConfig, dump_config
+from skinedge.train.config import TrainConfig
+from skinedge.utils.config import dump_config
 from skinedge.utils.io import atomic_write_text, package_versions
 
 _LICENCE = re.compile(r"CC[ -]BY(?:-[A-Z]{2})*(?:-[A-Z]{2})? \d\.\d")

@@ -34,7 +34,7 @@ def evaluate_gan(
         The report: rows per class and overall, the feature network's name, provenance.
 
     Raises:
-        ValueError: a GAN trained on another split.
+        DataError: a GAN trained on another split.
     """
     from skinedge.data.arrays import load_thumbnails
     from skinedge.synth.gan.networks import load_gans

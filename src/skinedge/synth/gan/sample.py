@@ -132,7 +132,7 @@ def sample_candidates(
         progress: ``progress(description, done, total)``.
 
     Raises:
-        ValueError: a class the GAN does not generate, or a folder made with another
+        ConfigError: a class the GAN does not generate, or a folder made with another
             checkpoint or other settings.
     """
     from skinedge.synth.gan.networks import load_gans
