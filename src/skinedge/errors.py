@@ -51,12 +51,10 @@ class NotFoundError(SkinedgeError, FileNotFoundError):
 class MissingBackendError(SkinedgeError, ImportError):
     """An optional package is not installed; the message names the pip extra that brings it."""
 
-    exit_code = 3
     http_status = 501
 
 
 class UnsupportedHereError(SkinedgeError, RuntimeError):
     """Valid input that this machine cannot run: Core ML off macOS, TensorRT without a GPU."""
 
-    exit_code = 3
     http_status = 501

@@ -56,7 +56,7 @@ class _CustomError(SkinedgeError):
 
 @pytest.mark.parametrize(("error", "code"), [
     (ConfigError, 2), (DataError, 2), (ModelError, 2), (NotFoundError, 2),
-    (MissingBackendError, 3), (UnsupportedHereError, 3), (_CustomError, 7),
+    (MissingBackendError, 2), (UnsupportedHereError, 2), (_CustomError, 7),
 ])
 def test_a_user_error_from_the_library_is_its_message_and_exit_code(
         split_raises, tmp_path, error, code) -> None:
@@ -111,6 +111,32 @@ def test_a_bad_config_value_names_the_file_and_exits_2(tmp_path) -> None:
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--config", str(config)])
     assert result.exit_code == 2, result.output
     assert f"error: {config}: a config is a mapping" in text(result)
+
+
+NOT_UTF8 = "image,lesion_id,dx\nISIC_1,HAM_1,n\xe9vus\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("case", ["labels", "config", "manifest", "gate", "profile"])
+def test_unreadable_user_files_are_named_not_tracebacks(case, tmp_path) -> None:
+    """Files a user names that are not UTF-8 text, or do not exist: a message and exit 2."""
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(NOT_UTF8)
+    args = {
+        "labels": ["data", "split", str(tmp_path), "--out", str(tmp_path / "m.json")],
+        "config": ["train", "--out", str(tmp_path / "run"), "--config", str(bad)],
+        "manifest": ["train", "--out", str(tmp_path / "run"), "--manifest", str(bad)],
+        "gate": ["bench", str(tmp_path), "--gate", str(bad), "--out", str(tmp_path / "b")],
+        "profile": ["bench", str(tmp_path), "--profile", f"{tmp_path / 'absent.yaml'}:x",
+                    "--out", str(tmp_path / "b")],
+    }[case]
+    if case == "labels":
+        (tmp_path / "labels.csv").write_bytes(NOT_UTF8)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    named = tmp_path / ("labels.csv" if case == "labels" else
+                        "absent.yaml" if case == "profile" else "bad.bin")
+    assert "error:" in text(result) and str(named) in text(result)
 
 
 def test_no_command_module_imports_the_root_app() -> None:

@@ -98,7 +98,7 @@ def test_reports_from_before_the_mean_bound_still_read() -> None:
     assert VerificationResult.from_dict(old).tolerance == Tolerance(0.001, 0.0)
     with pytest.raises(ValueError, match="unknown keys"):
         VerificationResult.from_dict({**MEASURED, "p99": 1})
-    with pytest.raises(ConfigError, match="verification status 'fine'"):
+    with pytest.raises(ValueError, match="verification status 'fine'"):
         VerificationResult("fine")
 
 

@@ -125,6 +125,10 @@ def test_coreml_package_loads_back_as_a_spec_with_an_image_input(tiny_checkpoint
     ct = pytest.importorskip("coremltools")
     for precision in TARGETS["coreml"].precisions:  # the parity cases need macOS
         result = exports(tiny_checkpoint, "coreml", precision)
+        assert result.verification.status == "skipped"  # Core ML predicts on macOS only
+        card = read_artifact_card(result.path)  # the runtime's card reader works here
+        assert (card.artifact.target, card.artifact.precision) == ("coreml", precision)
+        assert card.weights_sha256 == card.artifact.source_weights_sha256 is not None
         spec = ct.models.MLModel(str(result.path), skip_model_load=True).get_spec()
         assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
         assert {o.name for o in spec.description.output} >= {"label"}

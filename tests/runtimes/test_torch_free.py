@@ -20,12 +20,24 @@ import numpy as np
 import pytest
 
 from skinedge.export import TARGETS, ExportError, export_checkpoint
-from skinedge.runtimes import load_runtime
+from skinedge.runtimes import RUNTIMES, load_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision", "timm")
-#: target -> the runtime extra that runs its artifacts
-RUNTIME_EXTRAS = {"onnx": "runtime-onnx", "openvino": "runtime-openvino", "tflite": "runtime-litert"}
+
+
+def runtime_extras() -> dict[str, str]:
+    """target -> the torch-free extra (``runtime-*``) whose runtime runs its artifacts."""
+    extras = {}
+    for target in TARGETS.values():
+        runtime = next(r for r in RUNTIMES.values() if target.suffix in r.suffixes)
+        if runtime.extra.startswith("runtime-"):
+            extras[target.name] = runtime.extra
+    return extras
+
+
+#: target -> the runtime extra that runs its artifacts (onnx, openvino, tflite today)
+RUNTIME_EXTRAS = runtime_extras()
 
 BLOCK_HEAVY = f"""
 import importlib.abc, sys
@@ -42,7 +54,7 @@ sys.meta_path.insert(0, BlockHeavy())
 PREDICT = f"""
 import json, sys
 import numpy as np
-from skinedge.runtimes import load_runtime
+from skinedge.runtimes import RUNTIMES, load_runtime
 
 artifacts, images, out = json.loads(sys.argv[1])
 for i, path in enumerate(artifacts):

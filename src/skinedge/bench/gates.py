@@ -82,7 +82,7 @@ def load_gates(path: Path | str) -> Gates:
     try:
         doc = yaml.safe_load(path.read_text()) or {}
         return Gates.model_validate(doc)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not a readable gate file ({exc})") from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

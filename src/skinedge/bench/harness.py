@@ -121,7 +121,11 @@ def _given_row(label: str, path: Path, card: ModelCard) -> BenchRow:
     name = f"{path.stem}.{card.artifact.target}.export.json"
     for report in (path.parent / name, path.parent.parent / name):
         if report.is_file():
-            doc = json.loads(report.read_text()).get("verification")
+            try:
+                doc = json.loads(report.read_text()).get("verification")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+                raise ModelError(f"{report}: not a readable export report ({exc}); export "
+                                 "the artifact again") from exc
             if doc is None:
                 return row
             try:
@@ -306,8 +310,9 @@ def run_bench(
         for path in inputs.values():
             path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay
     if ref_scores is None:
-        raise ModelError(f"the reference {reference} could not be measured: "
-                           f"{rows[0].reason}")
+        # As before the error type existed: the reference the user named cannot be run here
+        # (its row's reason says why), reported as a message, not a traceback.
+        raise ModelError(f"the reference {reference} could not be measured: {rows[0].reason}")
     reference_top1 = probs[rows[0].label].argmax(1)
     rows = [_against_reference(row, probs.get(row.label), reference_top1, ref_scores)
             for row in rows]

@@ -15,7 +15,13 @@ def load_profile(spec: str) -> dict:
     """``NAME`` from the packaged profiles, or ``FILE.yaml:NAME``; checks the CPUs exist here."""
     if ":" in spec:
         file, name = spec.rsplit(":", 1)
-        profiles = yaml.safe_load(Path(file).read_text()) or {}
+        try:
+            profiles = yaml.safe_load(Path(file).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"--profile {spec}: cannot read {file} ({exc})") from exc
+        if not isinstance(profiles, dict):
+            raise ConfigError(f"--profile {spec}: {file} is a mapping of profile names to "
+                              f"settings (NAME: {{threads: 1}}), not a {type(profiles).__name__}")
         where = file
     else:
         name = spec

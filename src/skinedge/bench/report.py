@@ -132,6 +132,18 @@ def plot(result: BenchResult, path: Path) -> Path | None:
     return path
 
 
+def backend_packages() -> tuple[str, ...]:
+    """The packages every registered export target and runtime needs (``litert-torch``,
+    ``onnxruntime``, ...), whose versions a benchmark records: a new backend is included by
+    registering it."""
+    from skinedge.export import TARGETS
+    from skinedge.runtimes import RUNTIMES
+
+    modules = [*(m for t in TARGETS.values() for m in (*t.requires, *t.int8_requires)),
+               *(m for r in RUNTIMES.values() for m in r.requires)]
+    return tuple(dict.fromkeys(m.partition(".")[0].replace("_", "-") for m in modules))
+
+
 def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None = None,
                   command: str | None = None) -> dict[str, Path]:
     """bench.json, bench.md, junit.xml (when gated) and bench.png into ``out``."""
@@ -142,9 +154,7 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
            "rows": [row.to_dict() for row in result.rows], "reference": result.reference,
            "test": result.test,
            "settings": asdict(result.settings), "command": command,
-           "versions": package_versions(("onnxruntime", "openvino", "nncf", "litert-torch",
-                                         "ai-edge-litert", "ai-edge-quantizer", "coremltools",
-                                         "onnx")),
+           "versions": package_versions(backend_packages()),
            "gate": None if checks is None else [c.__dict__ for c in checks]}
     files = {"json": atomic_write_text(out / "bench.json", json.dumps(doc, indent=2, default=str)),
              "markdown": atomic_write_text(out / "bench.md", render_markdown(result, checks, command))}

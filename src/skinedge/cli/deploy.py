@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from skinedge.cli.common import parse_int_list
+from skinedge.cli.common import parse_int_list, print_error
 from skinedge.errors import ConfigError
 
 app = typer.Typer()
@@ -70,7 +68,8 @@ def export(
     except ExportError as exc:  # what was written anyway (TensorRT: the ONNX and the script)
         for path in exc.files:
             console.print(f"wrote {path}")
-        raise  # printed by the root handler, exit 1
+        print_error(str(exc))
+        raise typer.Exit(1) from exc  # the job ran and said no, like a missed gate
     v = result.verification
     if v.status == "passed":
         console.print(f"verified on {v.images} validation images: max probability difference "
@@ -110,6 +109,7 @@ def bench(
     from skinedge.bench.profiles import load_profile
     from skinedge.bench.report import print_table, write_outputs
     from skinedge.cli.progress import console
+    from skinedge.utils.provenance import command_line
 
     gates = load_gates(gate) if gate else None
     settings = BenchSettings(threads=1 if threads is None else (threads or None),
@@ -124,8 +124,7 @@ def bench(
                        split=split, data=data, limit=limit, out_dir=out, settings=settings,
                        calibration_images=calibration_images, log=console.print)
     checks = check_gates(gates, result.rows) if gates else None
-    command = shlex.join(["skinedge", *sys.argv[1:]])
-    files = write_outputs(result, out, checks, command)
+    files = write_outputs(result, out, checks, command_line())
     print_table(result)
     console.print(f"reports: {', '.join(str(p) for p in files.values())}")
     if checks is not None:

@@ -67,7 +67,7 @@ def explain(
 ) -> None:
     """Grad-CAM heatmap overlays: where in the image the evidence for a class lies."""
     from skinedge.cli.progress import console
-    from skinedge.explain.overlays import explain_images
+    from skinedge.explain.api import explain_images
     from skinedge.models import load_card
     from skinedge.utils.provenance import now, record_command
 

@@ -24,7 +24,9 @@ def quickstart(
     """The main job end to end: split by lesion, train, evaluate on the test split, explain."""
     from skinedge.cli.progress import RichReporter, console
     from skinedge.pipelines.quickstart import run_quickstart
+    from skinedge.utils.provenance import command_line
 
     summary = run_quickstart(data, out, config, list(overrides or []), resume=resume,
+                             command=command_line(),
                              reporter=RichReporter())
     console.print(summary)

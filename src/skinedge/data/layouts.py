@@ -52,8 +52,8 @@ def detect_layout(root: Path) -> str:
     """Name of the first layout whose marker is found in ``root``.
 
     Raises:
-        FileNotFoundError: root is missing.
-        ValueError: nothing matched; the message lists what each layout looks for.
+        NotFoundError: root is missing.
+        DataError: nothing matched; the message lists what each layout looks for.
     """
     if not root.is_dir():
         raise NotFoundError(f"dataset folder {root} does not exist")
@@ -79,13 +79,23 @@ def read_layout(root: Path, layout: str | None = None) -> tuple[list[Record], li
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Rows of a CSV with their 1-based line numbers (header is line 1)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = [(i, {k: (v or "").strip() for k, v in row.items() if k}) for i, row in
-                enumerate(reader, start=2)]
+    """Rows of a CSV with their 1-based line numbers (header is line 1).
+
+    Raises:
+        DataError: the file cannot be read, or is not UTF-8 text.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = [(i, {k: (v or "").strip() for k, v in row.items() if k}) for i, row in
+                    enumerate(reader, start=2)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
+                        "a UTF-8 CSV") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
     return header, rows
 
 

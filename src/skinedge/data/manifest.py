@@ -103,7 +103,7 @@ def check_classes(manifest: Manifest, classes: Sequence[str], where: object,
     """Refuse a manifest whose class vocabulary (codes, in order) is not a model's.
 
     Raises:
-        ValueError: naming ``where`` (the manifest) and ``model``.
+        DataError: naming ``where`` (the manifest) and ``model``.
     """
     codes = list(manifest.vocabulary.codes)
     if codes != list(classes):
@@ -180,7 +180,7 @@ def load_manifest(
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not a readable manifest ({exc})") from exc
     if doc.get("schema") != SCHEMA:
         raise DataError(f"{path}: schema {doc.get('schema')!r} is not {SCHEMA!r}")

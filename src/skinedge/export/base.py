@@ -25,10 +25,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ExportError(SkinedgeError, RuntimeError):
-    """An export could not be made, or was made but failed verification (exit 1: the job ran
-    and said no, like a missed gate)."""
+    """An export could not be made, or was made but failed verification. (``skinedge export``
+    exits 1 on it, as on a missed gate: the job ran and said no.)"""
 
-    exit_code = 1
     http_status = 422
 
     files: list | tuple = ()  # what was written anyway (TensorRT: the ONNX and the trtexec script)

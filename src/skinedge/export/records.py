@@ -143,7 +143,11 @@ class VerificationResult:
     tolerance: Tolerance | None = None
 
     def __post_init__(self) -> None:
-        _choice("verification status", self.status, get_args(VerificationStatus))
+        # Set by export_checkpoint, or read from a report (whose reader names the file): an
+        # internal check, not a user's option.
+        if self.status not in get_args(VerificationStatus):
+            raise ValueError(f"verification status {self.status!r}: not one of "
+                             f"{get_args(VerificationStatus)}")
 
     @property
     def measured(self) -> bool:

@@ -43,7 +43,7 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
     from skinedge.export.api import resolve_manifest
     from skinedge.models import load_card
     from skinedge.models.checkpoint import WEIGHTS, checkpoint_dir
-    from skinedge.train.config import apply_overrides, validate_config
+    from skinedge.utils.config import apply_overrides, validate_config
 
     directory = checkpoint_dir(Path(checkpoint))
     card = load_card(directory)
@@ -192,7 +192,7 @@ def compare_on_val(fp32: Path, int8: Path, man) -> dict[str, float]:
 def _record_drop(checkpoint: Path, against_fp32: dict) -> None:
     """Write the measured drop from the FP32 model into the INT8 checkpoint's card."""
     from skinedge.models import load_card
-    from skinedge.models.checkpoint import CARD
+    from skinedge.models.card import CARD
     from skinedge.utils.io import atomic_write_text
 
     card = load_card(checkpoint)

@@ -7,7 +7,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from skinedge.errors import ConfigError, NotFoundError
+from skinedge.errors import ConfigError, DataError, NotFoundError
 from skinedge.pipelines.reporting import Reporter
 from skinedge.utils.provenance import now, record_command
 
@@ -37,9 +37,14 @@ def find_data(data: Path | None) -> Path:
 
 
 def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides: list[str], *,
-                   resume: bool = False, reporter: Reporter | None = None) -> str:
+                   resume: bool = False, reporter: Reporter | None = None,
+                   command: str | None = None) -> str:
     """Split ``data`` by lesion, train, evaluate on the test split and explain one test image
     per class, all under ``out``; with ``resume``, finished stages are reused.
+
+    Args:
+        command: What ``command.json`` records as the command (the CLI passes its command line;
+            by default the Python call).
 
     Returns:
         A short summary of the test-split figures and where the outputs are.
@@ -47,20 +52,21 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     from skinedge.data import load_manifest
     from skinedge.data.splitting import split_folder
     from skinedge.evaluate import evaluate_checkpoint
-    from skinedge.explain.overlays import explain_images
+    from skinedge.explain.api import explain_images
     from skinedge.train.config import load_train_config
     from skinedge.train.trainer import train_classifier
 
     reporter = reporter or Reporter()
+    command = command or f"skinedge.pipelines.quickstart.run_quickstart({str(data)!r}, {str(out)!r})"
     folder = find_data(data)
     previous = out / "command.json"
     if previous.is_file() and not resume:
         raise ConfigError(f"{out} already holds a quickstart run; continue it with --resume, or "
                          "choose another --out")
     # A resumed run keeps its first start time, so the wall clock covers the whole job.
-    started = json.loads(previous.read_text())["started"] if previous.is_file() else now()
+    started = _first_start(previous) if previous.is_file() else now()
     out.mkdir(parents=True, exist_ok=True)
-    record_command(out, started=started, data=str(folder.resolve()))
+    record_command(out, command=command, started=started, data=str(folder.resolve()))
 
     manifest_path = out / "manifest.json"
     reporter.stage(f"1/4 split {folder}")
@@ -92,7 +98,8 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     picks = _pick_examples(evaluation, per_class=1)
     written = explain_images(result.best_dir, [manifest.root / rows[i] for i in picks],
                              out / "explanations")
-    record_command(out, started=started, finished=now(), data=str(folder.resolve()))
+    record_command(out, command=command, started=started, finished=now(),
+                   data=str(folder.resolve()))
     m = evaluation.metrics
     auc = "n/a" if m["melanoma_auc"] is None else f"{m['melanoma_auc']:.3f}"
     return (
@@ -102,6 +109,16 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
         f"reports:      {evaluation.files['markdown']}\n"
         f"explanations: {len(written)} PNGs in {out / 'explanations'}"
     )
+
+
+def _first_start(record: Path) -> str:
+    """When the run in ``record``'s folder first started (its ``command.json``)."""
+    try:
+        return json.loads(record.read_text())["started"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{record}: not a readable quickstart record ({exc}); it is written "
+                        "by `skinedge quickstart`: choose another --out, or delete the folder "
+                        "to start again") from exc
 
 
 def _pick_examples(evaluation, per_class: int) -> list[int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from skinedge.errors import ConfigError
 from skinedge.models.checkpoint import load_trainer_state
 from skinedge.train.config import TrainConfig
@@ -42,7 +44,13 @@ def resumable_state(out_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
                           "start without --resume")
     # Validate the saved config again so fields added since then compare at their defaults;
     # where the images lie (data.root) may change.
-    old = type(cfg).model_validate(state["config"]).model_dump(mode="json")
+    try:
+        old = type(cfg).model_validate(state["config"]).model_dump(mode="json")
+    except ValidationError as exc:
+        raise ConfigError(f"cannot resume: the config saved in {out_dir / 'last'} is not valid "
+                          f"for this skinedge version ({exc.errors()[0]['msg']} at "
+                          f"{'.'.join(map(str, exc.errors()[0]['loc']))}); start a new run "
+                          "without --resume") from exc
     new = cfg.model_dump(mode="json")
     old["data"]["root"] = new["data"]["root"] = None
     changed = sorted(k for k in set(old) | set(new)

@@ -108,7 +108,8 @@ def train_classifier(
         manifest: ``cfg.data.manifest`` when the caller has already loaded (and verified) it.
 
     Raises:
-        ValueError: no manifest, resume without a checkpoint, or a changed config on resume.
+        ConfigError: no manifest, a run already in ``out_dir`` without ``resume``, resume
+            without a checkpoint, or a changed config on resume.
     """
     dist = init_distributed(cfg.device)
     try:

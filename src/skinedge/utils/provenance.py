@@ -15,9 +15,14 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def record_command(out_dir: Path, **fields) -> dict:
-    """Write ``out_dir/command.json`` (the command line as typed, versions, extra fields)."""
-    record = {"command": shlex.join(["skinedge", *sys.argv[1:]]), "versions": package_versions(),
-              **fields}
+def command_line() -> str:
+    """The ``skinedge`` command line this process was started with, as typed."""
+    return shlex.join(["skinedge", *sys.argv[1:]])
+
+
+def record_command(out_dir: Path, *, command: str | None = None, **fields) -> dict:
+    """Write ``out_dir/command.json``: the command (default: this process's ``skinedge``
+    command line, for the CLI), package versions, extra fields."""
+    record = {"command": command or command_line(), "versions": package_versions(), **fields}
     atomic_write_text(Path(out_dir) / "command.json", json.dumps(record, indent=2))
     return record

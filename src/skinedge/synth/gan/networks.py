@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from skinedge.errors import ModelError, NotFoundError
@@ -73,7 +74,12 @@ def load_gan_checkpoint(path: Path, device: str | torch.device = "cpu") -> Train
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("kind") != "skinedge.gan/1":
         raise ModelError(f"{path} is not a skinedge GAN checkpoint")
-    cfg = GANConfig.model_validate(state["config"])
+    try:
+        cfg = GANConfig.model_validate(state["config"])
+    except ValidationError as exc:
+        raise ModelError(f"{path}: its saved GAN config is not valid for this skinedge version "
+                         f"({exc.errors()[0]['msg']} at "
+                         f"{'.'.join(map(str, exc.errors()[0]['loc']))}); train it again") from exc
     generator, discriminator = create_gan(cfg, len(state["classes"]))
     generator.load_state_dict(state["generator_ema"])
     discriminator.load_state_dict(state["discriminator"])

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from skinedge.data.manifest import Manifest
@@ -26,7 +27,7 @@ from skinedge.synth.gan.augment import diff_augment
 from skinedge.synth.gan.config import GANConfig
 from skinedge.synth.gan.networks import CHECKPOINT, create_gan
 from skinedge.synth.gan.sample import save_grid
-from skinedge.train.config import dump_config
+from skinedge.utils.config import dump_config
 from skinedge.utils.io import atomic_write, atomic_write_text, package_versions
 
 _TICK_STEPS = 10  # progress report every this many steps
@@ -69,8 +70,9 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
         One result per trained model.
 
     Raises:
-        ValueError: no manifest, unknown or empty classes, a run already in ``out_dir``
-            without ``resume``, or a resume with a changed config or split.
+        ConfigError: no manifest, unknown classes, a run already in ``out_dir`` without
+            ``resume``, or a resume with a changed config or split.
+        DataError: a class without training images.
     """
     from skinedge.train.config import load_data_manifest
 
@@ -306,7 +308,12 @@ def _save(path: Path, cfg: GANConfig, classes: list[str], split_hash: str, gener
 
 def _check_resumable(saved: dict, cfg: GANConfig, classes: list[str], split_hash: str,
                      path: Path) -> None:
-    old = GANConfig.model_validate(saved["config"]).model_dump(mode="json")
+    try:
+        old = GANConfig.model_validate(saved["config"]).model_dump(mode="json")
+    except ValidationError as exc:
+        raise ConfigError(f"cannot resume: the config saved in {path} is not valid for this "
+                          f"skinedge version ({exc.errors()[0]['msg']}); start a new run "
+                          "without --resume") from exc
     new = cfg.model_dump(mode="json")
     for doc in (old, new):  # may change between sessions: where data lies, length, budget
         doc["data"]["root"] = None
