@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import os
 from importlib import resources
-from pathlib import Path
 
 import yaml
 
 from skinedge.errors import ConfigError
+from skinedge.utils.config import read_yaml_mapping
 
 
 def load_profile(spec: str) -> dict:
     """``NAME`` from the packaged profiles, or ``FILE.yaml:NAME``; checks the CPUs exist here."""
     if ":" in spec:
         file, name = spec.rsplit(":", 1)
-        try:
-            profiles = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"--profile {spec}: cannot read {file} ({exc})") from exc
-        if not isinstance(profiles, dict):
-            raise ConfigError(f"--profile {spec}: {file} is a mapping of profile names to "
-                              f"settings (NAME: {{threads: 1}}), not a {type(profiles).__name__}")
+        profiles = read_yaml_mapping(file, "profile file", "NAME: {threads: 1}")
         where = file
     else:
         name = spec

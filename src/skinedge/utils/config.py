@@ -56,6 +56,27 @@ def validate_config(config_class: type[ConfigT], doc: Any, what: str) -> ConfigT
         raise ConfigError(f"invalid {what}:\n{exc}") from exc
 
 
+def read_yaml_mapping(path: Path | str, what: str, example: str) -> dict[str, Any]:
+    """A YAML file a user named whose top level is a mapping (an empty file is ``{}``).
+
+    Args:
+        path: The file.
+        what: What it is, for messages (``config``, ``profile file``).
+        example: A line of what it should hold, for messages (``section: ...``).
+
+    Raises:
+        ConfigError: missing, unreadable, not UTF-8, bad YAML, or not a mapping; names the file.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of keys to values ({example}), "
+                          f"not a {type(doc).__name__}")
+    return doc
+
+
 def load_config(path: Path | str | None, overrides: list[str] | None,
                 config_class: type[ConfigT], *, kind: str = "config") -> ConfigT:
     """Read a YAML config (optional), apply ``--set`` overrides, validate as ``config_class``.
@@ -64,15 +85,7 @@ def load_config(path: Path | str | None, overrides: list[str] | None,
         ConfigError: unreadable YAML, a bad override, or invalid values; the message names the
             file and the field.
     """
-    doc: Any = {}
-    if path is not None:
-        try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: a config is a mapping of keys to values (section: ...), "
-                              f"not a {type(doc).__name__}")
+    doc = read_yaml_mapping(path, "config", "section: ...") if path is not None else {}
     doc = apply_overrides(doc, overrides or [])
     return validate_config(config_class, doc, f"{kind} in {path}" if path else kind)
 
