@@ -13,7 +13,9 @@ A gate file lists rules; each rule applies to the rows whose label (``target-pre
       - match: "*"
         allow_skipped: true           # Core ML off macOS, TensorRT without a GPU
 
-Unknown keys are refused, so a typo cannot silently disable a budget.
+Nothing passes by checking nothing: unknown keys are refused (a typo cannot disable a budget),
+so is a gate with no rule and no required row, and a rule that sets no budget; a rule whose
+glob matches no benchmarked row (``onxn-*``) is a failed check.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from skinedge.bench.rows import BenchRow
 from skinedge.errors import ConfigError
@@ -48,6 +50,13 @@ class GateRule(BaseModel):
     allow_skipped: bool = False  # rows that cannot run here (status "skipped") pass, if any
     # matching rule allows it (and the row is not in `require`)
 
+    @model_validator(mode="after")
+    def _sets_something(self) -> GateRule:
+        if not self.allow_skipped and all(getattr(self, budget) is None for budget in _LIMITS):
+            raise ValueError(f"rule {self.match!r} sets no budget: add one of "
+                             f"{', '.join(_LIMITS)}, or allow_skipped: true")
+        return self
+
 
 class Gates(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,11 +64,18 @@ class Gates(BaseModel):
     require: list[str] = Field(default_factory=list)
     rules: list[GateRule] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _checks_something(self) -> Gates:
+        if not self.require and not self.rules:
+            raise ValueError("the gate checks nothing: list rows under `require:` or budgets "
+                             "under `rules:`")
+        return self
+
 
 @dataclass(frozen=True)
 class GateCheck:
     label: str
-    check: str  # budget name, "status" or "present"
+    check: str  # budget name, "status", "present", or "matches" (a rule that matched no row)
     passed: bool
     message: str
 
@@ -101,6 +117,12 @@ def check_gates(gates: Gates, rows: Sequence[BenchRow]) -> list[GateCheck]:
         ok = row.status == "ok"
         checks.append(GateCheck(label, "status", ok, f"{label}: {row.status}"
                                 + (f" ({row.reason})" if row.reason else "")))
+    labels = sorted(by_label)
+    for rule in gates.rules:
+        if not any(fnmatch.fnmatchcase(label, rule.match) for label in labels):
+            checks.append(GateCheck(rule.match, "matches", False,
+                                    f"rule {rule.match!r} matches no benchmarked row (rows: "
+                                    f"{', '.join(labels) or 'none'}); fix its match glob"))
     for row in rows:
         rules = [r for r in gates.rules if fnmatch.fnmatchcase(row.label, r.match)]
         if rules and row.status != "ok":  # one status check per row, however many rules match
