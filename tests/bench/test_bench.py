@@ -160,3 +160,27 @@ def test_an_export_that_fails_parity_is_still_measured(tiny_checkpoint, tmp_path
     assert row.label == "onnx-int8" and row.status == "failed parity"
     assert "rejected" in str(row.model) and row.p50_ms > 0 and row.flip_rate is not None
     assert "probabilities differ" in row.reason and row.export.status == "failed"
+
+
+@pytest.mark.slow
+def test_a_requested_export_that_fails_makes_bench_exit_1_with_its_hint(
+        tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """The reports are written, the row says why, and the install hint keeps its brackets."""
+    import skinedge.export
+    from skinedge.cli.main import app
+    from skinedge.errors import MissingBackendError
+
+    def export_checkpoint(*args, **kwargs):
+        raise MissingBackendError("litert_torch is not installed; pip install 'skinedge[tflite]'")
+
+    monkeypatch.setattr(skinedge.export, "export_checkpoint", export_checkpoint)
+    out = tmp_path / "b"
+    result = CliRunner().invoke(app, ["bench", str(tiny_checkpoint), "--export", "tflite:int8",
+                                      "--out", str(out), "--iterations", "3", "--warmup", "1",
+                                      "--limit", "8"])
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())
+    assert "error: tflite-int8 could not be measured" in output
+    assert "pip install 'skinedge[tflite]'" in output
+    rows = {r["label"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert rows["tflite-int8"]["status"] == "failed" and rows["torch-fp32"]["status"] == "ok"

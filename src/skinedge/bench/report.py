@@ -38,6 +38,7 @@ def table_rows(result: BenchResult) -> list[list[str]]:
 
 def print_table(result: BenchResult, console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -51,7 +52,8 @@ def print_table(result: BenchResult, console=None) -> None:
     console.print(table)
     for row in result.rows:
         if row.reason:
-            console.print(f"[bold]{row.label}[/]: {row.status}: {row.reason}")
+            # Escaped: reasons quote install hints like pip install 'skinedge[tflite]'.
+            console.print(f"[bold]{escape(row.label)}[/]: {row.status}: {escape(row.reason)}")
 
 
 def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,

@@ -30,6 +30,16 @@ def print_error(message: str) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}")
 
 
+def print_log(message: str) -> None:
+    """A library's progress line on stderr, as written (rich markup escaped, so an install hint
+    like ``pip install 'skinedge[tflite]'`` keeps its brackets)."""
+    from rich.markup import escape
+
+    from skinedge.cli.progress import console
+
+    console.print(escape(message))
+
+
 def parse_int_list(value: str, option: str) -> list[int]:
     """``"1,2"`` -> ``[1, 2]``.
 

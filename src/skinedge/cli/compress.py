@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from skinedge.cli.common import ConfigOpt, SetOpt, load_run_config, parse_int_list
 from skinedge.errors import ConfigError
@@ -78,7 +79,7 @@ def report(
     result = build_compression_report(
         teacher, student, int8, fp32=fp32 or [], best_single=best_single, manifest=manifest,
         split=split, threads=counts, warmup=warmup, iterations=iterations, out_dir=out,
-        log=lambda m: console.print(f"[dim]{m}[/]"))
+        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     record_command(out, started=started, finished=now())
     console.print(result.files["markdown"].read_text(), markup=False)
     missed = [c for c in result.checks if not c["ok"]]
@@ -119,7 +120,7 @@ def quantize(
             calibration_images=calibration_images, max_drop=max_drop,
             overflow_fix=overflow_fix, teacher=teacher, qat_overrides=list(overrides or []),
             resume=resume, threads=threads, callbacks=RichTrainCallbacks(progress),
-            log=lambda m: console.print(f"[dim]{m}[/]"))
+            log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
     record_command(out, started=started, finished=now(), mode=outcome.mode,
                    artifacts=[str(r.path) for r in outcome.artifacts], failed=outcome.failed,
                    against_fp32=outcome.against_fp32)
@@ -128,6 +129,6 @@ def quantize(
         console.print(f"{result.path}: {outcome.mode}, verification {check.status}"
                       + (f" (flips {check.flip_rate:.1%})" if check.flip_rate is not None else ""))
     for failure in outcome.failed:
-        console.print(f"[red]{failure}[/]")
+        console.print(f"[red]{escape(failure)}[/]")
     if outcome.failed or not outcome.artifacts:
         raise typer.Exit(1)

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from skinedge.cli.common import parse_int_list, print_error
+from skinedge.cli.common import parse_int_list, print_error, print_log
 from skinedge.errors import ConfigError
 
 app = typer.Typer()
@@ -64,7 +65,7 @@ def export(
             verify=verify_images > 0, threads=threads,
             options=ExportOptions(quantizer=quantizer, max_drop=max_drop,
                                   overflow_fix=overflow_fix),
-            log=console.print)
+            log=print_log)
     except ExportError as exc:  # what was written anyway (TensorRT: the ONNX and the script)
         for path in exc.files:
             console.print(f"wrote {path}")
@@ -75,7 +76,7 @@ def export(
         console.print(f"verified on {v.images} validation images: max probability difference "
                       f"{v.max_prob_diff:.2e}, top-1 flips {v.flips}/{v.images}")
     else:
-        console.print(f"[yellow]not verified: {v.reason}[/]")
+        console.print(f"[yellow]not verified: {escape(v.reason)}[/]")
     console.print(f"{result.path}  ({result.report})")
 
 
@@ -122,16 +123,21 @@ def bench(
     result = run_bench(list(models or []), reference=reference,
                        exports=_parse_targets(export_targets or []), manifest=manifest,
                        split=split, data=data, limit=limit, out_dir=out, settings=settings,
-                       calibration_images=calibration_images, log=console.print)
+                       calibration_images=calibration_images, log=print_log)
     checks = check_gates(gates, result.rows) if gates else None
     files = write_outputs(result, out, checks, command_line())
     print_table(result)
     console.print(f"reports: {', '.join(str(p) for p in files.values())}")
+    unmeasured = [row for row in result.rows if row.status == "failed"]
+    for row in unmeasured:  # a model asked for but not exported or not run: the job said no
+        print_error(f"{row.label} could not be measured: {row.reason}")
     if checks is not None:
         failed = [c for c in checks if not c.passed]
         if failed:
             console.print(f"[bold red]gate failed[/] ({len(failed)} of {len(checks)} checks):")
             for c in failed:
-                console.print(f"  {c.message}")
+                print_log(f"  {c.message}")
             raise typer.Exit(1)
         console.print(f"[green]gate passed[/] ({len(checks)} checks)")
+    if unmeasured:
+        raise typer.Exit(1)
