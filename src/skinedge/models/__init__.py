@@ -8,7 +8,7 @@ from skinedge.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "DataInfo": "card", "ModelCard": "card",
-    "load_card": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "load_card": "card", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "Ensemble": "ensemble", "create_ensemble": "ensemble",
     "create_classifier": "factory",
     "OFFLINE_WEIGHTS": "pretrained", "map_lite_state_dict": "pretrained",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skinedge.data.transforms import PreprocessConfig
+from skinedge.errors import ModelError, NotFoundError
 
 CARD_SCHEMA = "skinedge.model-card/1"
 CARD = "card.json"  # the card's file name in a checkpoint folder
@@ -109,3 +111,34 @@ class ModelCard(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
         return cls.model_validate_json(text)
+
+
+def checkpoint_dir(path: Path) -> Path:
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not (path / CARD).is_file():
+        # A kill between the two renames of save_checkpoint leaves only the .old copy.
+        old = path.parent / f".{path.name}.old"
+        if (old / CARD).is_file():
+            return old
+        raise NotFoundError(
+            f"{path} is not a skinedge checkpoint (no {CARD}); pass a folder written by "
+            "`skinedge train`, e.g. runs/NAME/best"
+        )
+    return path
+
+
+def load_card(path: Path | str) -> ModelCard:
+    """The model card of a checkpoint folder (or of a file inside it).
+
+    Raises:
+        NotFoundError: not a checkpoint folder.
+        ModelError: the card is not valid JSON or not a model card.
+    """
+    file = checkpoint_dir(Path(path)) / CARD
+    try:
+        return ModelCard.from_json(file.read_text())
+    except ValidationError as exc:
+        raise ModelError(f"{file}: not a valid model card ({exc.error_count()} problem(s)):\n"
+                         f"{exc}\nrestore it from the training run") from exc

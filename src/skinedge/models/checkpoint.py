@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from skinedge.errors import ModelError, NotFoundError
-from skinedge.models.card import CARD, ModelCard
+from skinedge.errors import ModelError
+from skinedge.models.card import CARD, ModelCard, checkpoint_dir, load_card  # noqa: F401
 from skinedge.utils.io import fsync_path, sha256_file
 
 WEIGHTS = "model.safetensors"
@@ -52,37 +51,6 @@ def save_checkpoint(
     fsync_path(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
-
-
-def checkpoint_dir(path: Path) -> Path:
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    if not (path / CARD).is_file():
-        # A kill between the two renames of save_checkpoint leaves only the .old copy.
-        old = path.parent / f".{path.name}.old"
-        if (old / CARD).is_file():
-            return old
-        raise NotFoundError(
-            f"{path} is not a skinedge checkpoint (no {CARD}); pass a folder written by "
-            "`skinedge train`, e.g. runs/NAME/best"
-        )
-    return path
-
-
-def load_card(path: Path | str) -> ModelCard:
-    """The model card of a checkpoint folder (or of a file inside it).
-
-    Raises:
-        NotFoundError: not a checkpoint folder.
-        ModelError: the card is not valid JSON or not a model card.
-    """
-    file = checkpoint_dir(Path(path)) / CARD
-    try:
-        return ModelCard.from_json(file.read_text())
-    except ValidationError as exc:
-        raise ModelError(f"{file}: not a valid model card ({exc.error_count()} problem(s)):\n"
-                         f"{exc}\nrestore it from the training run") from exc
 
 
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:

@@ -21,7 +21,6 @@ from skinedge.data.images import load_rgb
 from skinedge.data.transforms import preprocess_image
 from skinedge.errors import DataError, ModelError
 from skinedge.models.card import ModelCard, TensorSpec
-from skinedge.utils.backends import missing
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -49,10 +48,17 @@ def card_from_json(text: str | bytes, path: Path | str) -> ModelCard:
                          f"problems, first: {exc.errors()[0]['msg']}); export it again") from exc
 
 
-def no_card_error(path: Path | str, where: str) -> ModelError:
-    """The error for an artifact that carries no skinedge card (``where``: where it would be)."""
-    return ModelError(f"{path}: no skinedge card in {where}: not exported by skinedge, so its "
-                      f"labels and preprocessing are unknown; export it with `skinedge export`")
+#: The metadata key under which ONNX, TFLite and Core ML artifacts carry their card.
+CARD_KEY = "skinedge.card"
+
+
+def embedded_card(text: str | bytes | None, path: Path | str, where: str) -> ModelCard:
+    """The card an artifact carries in ``where`` (e.g. ``its 'skinedge.card' metadata``);
+    ``text`` None means it carries none: not exported by skinedge, a :class:`ModelError`."""
+    if text is None:
+        raise ModelError(f"{path}: no skinedge card in {where}: not exported by skinedge, so its "
+                         f"labels and preprocessing are unknown; export it with `skinedge export`")
+    return card_from_json(text, path)
 
 
 class Runtime(ABC):
@@ -99,9 +105,10 @@ class Runtime(ABC):
         return path.suffix in cls.suffixes
 
     @classmethod
-    def missing_backend(cls) -> str | None:
-        """Why this backend cannot load models here (None: it can); imports nothing."""
-        return missing(cls.requires, cls.extra)
+    def open(cls, path: Path, threads: int | None = None) -> Runtime:
+        """Load ``path`` with its card. A backend whose card reader would open the model a
+        second time (ONNX Runtime without ``onnx``) overrides this to open it once."""
+        return cls(path, cls.read_card(path), threads)
 
     @property
     def label(self) -> str:
@@ -120,7 +127,7 @@ class Runtime(ABC):
             if not isinstance(image, Image.Image):
                 image = load_rgb(Path(image))
             arrays.append(preprocess_image(image, self.card.preprocess))
-        return np.stack(arrays).astype(np.float32)
+        return np.stack(arrays)  # float32, as preprocess_image returns
 
     def predict(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
         """Class probabilities (N, C), columns in ``card.classes`` order."""

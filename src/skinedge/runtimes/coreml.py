@@ -13,11 +13,10 @@ import numpy as np
 
 from skinedge.errors import UnsupportedHereError
 from skinedge.models.card import ModelCard
-from skinedge.runtimes.base import Runtime, card_from_json, no_card_error
+from skinedge.runtimes.base import CARD_KEY, Runtime, embedded_card
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
-CARD_KEY = "skinedge.card"
 EXTRA = "coreml"
 
 
@@ -54,9 +53,7 @@ class CoreMLRuntime(Runtime):
         ct = require("coremltools", EXTRA)
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
         data = dict(spec.description.metadata.userDefined).get(CARD_KEY)
-        if data is None:
-            raise no_card_error(path, f"its '{CARD_KEY}' metadata")
-        return card_from_json(data, path)
+        return embedded_card(data, path, f"its '{CARD_KEY}' metadata")
 
     @property
     def batch_size(self) -> int | None:

@@ -12,16 +12,15 @@ import numpy as np
 
 from skinedge.models.card import ModelCard
 from skinedge.runtimes.base import (
+    CARD_KEY,
     Runtime,
-    card_from_json,
     dequantize_output,
-    no_card_error,
+    embedded_card,
     quantize_input,
 )
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
-CARD_KEY = "skinedge.card"
 EXTRA = "runtime-litert"
 
 
@@ -80,9 +79,7 @@ class LiteRTRuntime(Runtime):
     @staticmethod
     def read_card(path: Path) -> ModelCard:
         data = read_metadata(Path(path).read_bytes(), CARD_KEY)
-        if data is None:
-            raise no_card_error(path, f"its '{CARD_KEY}' metadata")
-        return card_from_json(data.decode(), path)
+        return embedded_card(data, path, f"its '{CARD_KEY}' metadata")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         spec = self.card.artifact

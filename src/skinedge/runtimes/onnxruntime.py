@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from skinedge.models.card import ModelCard
-from skinedge.runtimes.base import Runtime, card_from_json, no_card_error
+from skinedge.runtimes.base import CARD_KEY, Runtime, embedded_card
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
-CARD_KEY = "skinedge.card"
 EXTRA = "runtime-onnx"
 
 
@@ -28,9 +27,18 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
 
         model = onnx.load(str(path), load_external_data=False)
         return {prop.key: prop.value for prop in model.metadata_props}
+    return dict(_session(path).get_modelmeta().custom_metadata_map)
+
+
+def _session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session, all graph optimisations on."""
     ort = require("onnxruntime", EXTRA)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 @register_runtime
@@ -42,23 +50,22 @@ class OnnxRuntime(Runtime):
     extra = EXTRA
     requires = ("onnxruntime",)
 
-    def __init__(self, path: Path, card: ModelCard, threads: int | None = None):
+    def __init__(self, path: Path, card: ModelCard, threads: int | None = None, session=None):
         super().__init__(path, card, threads)
-        ort = require("onnxruntime", self.extra)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = session or _session(path, threads)
         self.input = self.session.get_inputs()[0].name
+
+    @classmethod
+    def open(cls, path: Path, threads: int | None = None) -> OnnxRuntime:
+        """One session, whose metadata gives the card (the file is loaded once)."""
+        session = _session(path, threads)
+        data = session.get_modelmeta().custom_metadata_map.get(CARD_KEY)
+        return cls(path, embedded_card(data, path, f"its '{CARD_KEY}' metadata"), threads, session)
 
     @staticmethod
     def read_card(path: Path) -> ModelCard:
         data = read_onnx_metadata(path).get(CARD_KEY)
-        if data is None:
-            raise no_card_error(path, f"its '{CARD_KEY}' metadata")
-        return card_from_json(data, path)
+        return embedded_card(data, path, f"its '{CARD_KEY}' metadata")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: x})[0]

@@ -13,7 +13,7 @@ import numpy as np
 
 from skinedge.errors import ModelError
 from skinedge.models.card import ModelCard
-from skinedge.runtimes.base import Runtime, card_from_json, no_card_error
+from skinedge.runtimes.base import Runtime, embedded_card
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
@@ -50,9 +50,8 @@ class OpenVINORuntime(Runtime):
         except ET.ParseError as exc:
             raise ModelError(f"{path}: not an OpenVINO IR ({exc})") from exc
         node = root.find("rt_info/" + "/".join(RT_INFO_PATH))
-        if node is None or "value" not in node.attrib:
-            raise no_card_error(path, "its rt_info")
-        return card_from_json(node.attrib["value"], path)
+        return embedded_card(None if node is None else node.attrib.get("value"), path,
+                             "its rt_info")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.request.infer({0: x})[self.compiled.output(0)]

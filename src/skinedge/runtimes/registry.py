@@ -7,13 +7,12 @@ is adding one file. Third-party code registers its own class the same way.
 
 from __future__ import annotations
 
-import pkgutil
-from importlib import import_module
 from pathlib import Path
 
 from skinedge.errors import ModelError, NotFoundError
 from skinedge.models.card import ModelCard
 from skinedge.runtimes.base import Runtime
+from skinedge.utils.lazy import import_submodules
 
 #: backend name -> Runtime class, in registration order.
 RUNTIMES: dict[str, type[Runtime]] = {}
@@ -51,9 +50,7 @@ def builtin_runtimes() -> dict[str, type[Runtime]]:
     built-in backends; their heavy packages load only when a model does)."""
     global _builtins_loaded
     if not _builtins_loaded:
-        package = import_module(_PACKAGE)
-        for module in pkgutil.iter_modules(package.__path__):
-            import_module(f"{_PACKAGE}.{module.name}")
+        import_submodules(_PACKAGE)
         _builtins_loaded = True
     return RUNTIMES
 
@@ -97,5 +94,4 @@ def load_runtime(path: Path | str, *, threads: int | None = None) -> Runtime:
         MissingBackendError: the backend's extra is not installed (the message names it).
     """
     path = Path(path)
-    cls = runtime_class(path)
-    return cls(path, cls.read_card(path), threads)
+    return runtime_class(path).open(path, threads)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skinedge.models.card import CARD, ModelCard
-from skinedge.runtimes.base import Runtime, card_from_json
+from skinedge.models.card import CARD, ModelCard, load_card
+from skinedge.runtimes.base import Runtime
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
@@ -42,10 +42,7 @@ class TorchRuntime(Runtime):
     def handles(cls, path: Path) -> bool:
         return path.is_dir() and (path / CARD).is_file()
 
-    @staticmethod
-    def read_card(path: Path) -> ModelCard:
-        """The checkpoint's ``card.json`` (read without torch)."""
-        return card_from_json((Path(path) / CARD).read_text(), Path(path) / CARD)
+    read_card = staticmethod(load_card)  # the checkpoint's card.json, read without torch
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -7,6 +7,7 @@ CLI's ``--help`` then pulls in no torch through a sibling module.
 
 from __future__ import annotations
 
+import pkgutil
 import sys
 from collections.abc import Callable
 from importlib import import_module
@@ -32,3 +33,10 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
         return value
 
     return __getattr__
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package``: how the export targets and the runtimes register
+    their built-in members (each module's decorator does), with no list naming them."""
+    for module in pkgutil.iter_modules(import_module(package).__path__):
+        import_module(f"{package}.{module.name}")
