@@ -142,6 +142,12 @@ def shared_data() -> Path:
     )
 
 
+# timm's test network at 32 px on the tiny colour-coded dataset, without augmentation.
+TINY = ["model.arch=test_efficientnet", "model.pretrained=none", "preprocess.input_size=32",
+        "num_workers=0", "batch_size=8", "eval_batch_size=32", "device=cpu",
+        "augment.enabled=false", "model.drop_rate=0", "optim.scheduler=none"]
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     """timm's test_efficientnet at 32 px, trained for a few epochs on the tiny colour-coded
@@ -154,11 +160,8 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export-run")
     manifest = root / "manifest.json"
     make_manifest(read_dataset(tiny_dataset)).save(manifest)
-    cfg = load_train_config(None, [
-        "model.arch=test_efficientnet", "model.pretrained=none", "preprocess.input_size=32",
-        "num_workers=0", "batch_size=8", "eval_batch_size=32", "device=cpu", "epochs=8",
-        "optim.lr=1e-2", "optim.scheduler=none", "early_stopping_patience=10",
-        "augment.enabled=false", "model.drop_rate=0", f"data.manifest={manifest}"])
+    cfg = load_train_config(None, [*TINY, "epochs=8", "optim.lr=1e-2",
+                                   "early_stopping_patience=10", f"data.manifest={manifest}"])
     return train_classifier(cfg, root / "train").best_dir
 
 
@@ -175,12 +178,6 @@ def tiny_manifest(tiny_dataset, tmp_path_factory) -> Path:
 
 
 # Compression fixtures: a two-member ensemble of tiny trained classifiers.
-
-# timm's test network at 32 px on the tiny colour-coded dataset, without augmentation.
-TINY = ["model.arch=test_efficientnet", "model.pretrained=none", "preprocess.input_size=32",
-        "num_workers=0", "batch_size=8", "eval_batch_size=32", "device=cpu",
-        "augment.enabled=false", "model.drop_rate=0", "optim.scheduler=none"]
-
 
 def manifest_of(checkpoint: Path) -> Path:
     """The manifest of a run made by ``tiny_checkpoint`` (RUN/manifest.json, RUN/train/best)."""

@@ -149,3 +149,17 @@ def test_no_command_module_imports_the_root_app() -> None:
             if "skinedge.cli.main" in names:
                 offenders.append(f"{file.name}:{node.lineno}")
     assert offenders == []
+
+
+@pytest.mark.parametrize(("extra", "hint"), [([], True),
+                                             (["--set", "distill.teacher=t", "--set", "optim.lr=x"],
+                                              False)])
+def test_the_teacher_hint_only_for_a_missing_teacher(tmp_path, extra, hint) -> None:
+    """The packaged config's file name says "distill": only the missing field earns the hint."""
+    from importlib import resources
+
+    config = resources.files("skinedge.configs") / "ham10000-distill-lite0-cpu.yaml"
+    result = runner.invoke(app, ["compress", "distill", "--out", str(tmp_path / "d"),
+                                 "--config", str(config), *extra])
+    assert result.exit_code == 2, result.output
+    assert ("name the teacher with --teacher" in text(result)) is hint

@@ -19,8 +19,6 @@ from skinedge.synth.selection import SelectionConfig, read_ledger
 from tests.conftest import TINY, manifest_of
 from tests.synth.test_gan import tiny_config
 
-CODES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
-
 
 @pytest.fixture(scope="module")
 def tiny_gan(tiny_checkpoint, tmp_path_factory) -> Path:

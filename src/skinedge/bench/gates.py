@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from skinedge.bench.rows import BenchRow
 from skinedge.errors import ConfigError
+from skinedge.utils.config import read_yaml_mapping
 
 
 class GateRule(BaseModel):
@@ -94,12 +94,9 @@ _LIMITS = {
 
 
 def load_gates(path: Path | str) -> Gates:
-    path = Path(path)
+    doc = read_yaml_mapping(path, "gate file", "rules: [...]")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
         return Gates.model_validate(doc)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not a readable gate file ({exc})") from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc

@@ -30,14 +30,14 @@ def print_error(message: str) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}")
 
 
-def print_log(message: str) -> None:
+def print_log(message: str, style: str | None = None) -> None:
     """A library's progress line on stderr, as written (rich markup escaped, so an install hint
-    like ``pip install 'skinedge[tflite]'`` keeps its brackets)."""
+    like ``pip install 'skinedge[tflite]'`` keeps its brackets), in ``style`` (e.g. ``dim``)."""
     from rich.markup import escape
 
     from skinedge.cli.progress import console
 
-    console.print(escape(message))
+    console.print(escape(message), style=style)
 
 
 def parse_int_list(value: str, option: str) -> list[int]:

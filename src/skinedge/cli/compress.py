@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
+from pydantic import ValidationError
 
-from skinedge.cli.common import ConfigOpt, SetOpt, load_run_config, parse_int_list
+from skinedge.cli.common import ConfigOpt, SetOpt, load_run_config, parse_int_list, print_log
 from skinedge.errors import ConfigError
 
 app = typer.Typer(help="Distillation into one student, INT8 quantization, and the report that "
@@ -38,7 +38,7 @@ def distill(
                               {"distill.teacher": teacher, "data.manifest": manifest},
                               config_class=DistillConfig)
     except ConfigError as exc:
-        if teacher is None and "distill" in str(exc):
+        if teacher is None and _names_field(exc, ("distill", "teacher")):
             raise ConfigError(f"{exc}\nname the teacher with --teacher") from exc
         raise
     with make_progress() as progress:
@@ -79,7 +79,7 @@ def report(
     result = build_compression_report(
         teacher, student, int8, fp32=fp32 or [], best_single=best_single, manifest=manifest,
         split=split, threads=counts, warmup=warmup, iterations=iterations, out_dir=out,
-        log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+        log=lambda m: print_log(m, style="dim"))
     record_command(out, started=started, finished=now())
     console.print(result.files["markdown"].read_text(), markup=False)
     missed = [c for c in result.checks if not c["ok"]]
@@ -120,7 +120,7 @@ def quantize(
             calibration_images=calibration_images, max_drop=max_drop,
             overflow_fix=overflow_fix, teacher=teacher, qat_overrides=list(overrides or []),
             resume=resume, threads=threads, callbacks=RichTrainCallbacks(progress),
-            log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+            log=lambda m: print_log(m, style="dim"))
     record_command(out, started=started, finished=now(), mode=outcome.mode,
                    artifacts=[str(r.path) for r in outcome.artifacts], failed=outcome.failed,
                    against_fp32=outcome.against_fp32)
@@ -129,6 +129,13 @@ def quantize(
         console.print(f"{result.path}: {outcome.mode}, verification {check.status}"
                       + (f" (flips {check.flip_rate:.1%})" if check.flip_rate is not None else ""))
     for failure in outcome.failed:
-        console.print(f"[red]{escape(failure)}[/]")
+        print_log(failure, style="red")
     if outcome.failed or not outcome.artifacts:
         raise typer.Exit(1)
+
+
+def _names_field(error: ConfigError, loc: tuple[str, ...]) -> bool:
+    """Whether a config error was caused by the field at ``loc`` (e.g. a missing teacher)."""
+    cause = error.__cause__
+    return isinstance(cause, ValidationError) and any(
+        tuple(e["loc"][:len(loc)]) == loc for e in cause.errors())

@@ -69,8 +69,7 @@ def export(
     except ExportError as exc:  # what was written anyway (TensorRT: the ONNX and the script)
         for path in exc.files:
             console.print(f"wrote {path}")
-        print_error(str(exc))
-        raise typer.Exit(1) from exc  # the job ran and said no, like a missed gate
+        raise
     v = result.verification
     if v.status == "passed":
         console.print(f"verified on {v.images} validation images: max probability difference "

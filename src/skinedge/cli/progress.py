@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -108,7 +107,9 @@ class RichReporter(Reporter):
         console.rule(title)
 
     def note(self, message: str) -> None:
-        console.print(escape(message))
+        from skinedge.cli.common import print_log
+
+        print_log(message)
 
     @contextlib.contextmanager
     def counter(self, description: str) -> Iterator[CountProgress]:

@@ -89,7 +89,7 @@ def load_synthetic_set(path: Path | str, manifest: Manifest, *, verify: bool = T
     folder = path.parent if path.name == SYNTHETIC else path
     try:
         doc = json.loads((folder / SYNTHETIC).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{folder}: not a synthetic set ({exc}); make one with "
                          "`skinedge gan select`") from exc
     if doc.get("schema") != SCHEMA:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from skinedge.errors import ConfigError
+from skinedge.errors import ConfigError, NotFoundError
 from skinedge.export.base import ExportError, ExportJob, Tolerance, VerificationFailed, get_target
 from skinedge.export.records import (
     AccuracyControl,
@@ -62,7 +62,7 @@ def resolve_manifest(manifest: Path | str | None, card: ModelCard, checkpoint: P
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise ExportError(
+    raise NotFoundError(
         f"{checkpoint}: export needs real images (calibration from the training split, "
         f"verification on the validation split) but the model's manifest "
         f"{recorded or '(none recorded)'} is not here: pass --manifest PATH")

@@ -25,9 +25,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ExportError(SkinedgeError, RuntimeError):
-    """An export could not be made, or was made but failed verification. (``skinedge export``
-    exits 1 on it, as on a missed gate: the job ran and said no.)"""
+    """An export could not be made, or was made but failed verification: the job ran and said
+    no, so the CLI exits 1, as on a missed gate."""
 
+    exit_code = 1
     http_status = 422
 
     files: list | tuple = ()  # what was written anyway (TensorRT: the ONNX and the trtexec script)

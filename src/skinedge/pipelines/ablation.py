@@ -85,7 +85,7 @@ def run_ablation(
     from skinedge.synth.candidates import needed_counts, select_synthetic
     from skinedge.synth.gan.sample import sample_candidates
     from skinedge.train.config import load_train_config
-    from skinedge.train.ensemble import has_trainer_state
+    from skinedge.train.resume import has_trainer_state
     from skinedge.utils.config import dump_config
 
     out_dir = Path(out_dir)

@@ -20,11 +20,6 @@ def member_dir(out_dir: Path, index: int) -> Path:
     return Path(out_dir) / "members" / f"member-{index}"
 
 
-def has_trainer_state(run: Path) -> bool:
-    """A run to resume: ``last/``, or its previous copy left by a kill between two renames."""
-    return (run / "last").exists() or (run / ".last.old").exists()
-
-
 def train_ensemble(
     cfg: TrainConfig, out_dir: Path | str, *, members: int | None = None,
     synthetic: Sequence[Path | None] | None = None,
@@ -48,6 +43,7 @@ def train_ensemble(
     """
     from skinedge.models import create_ensemble
     from skinedge.train.config import load_data_manifest
+    from skinedge.train.resume import has_trainer_state
     from skinedge.train.trainer import train_classifier
 
     if (members is None) == (synthetic is None):

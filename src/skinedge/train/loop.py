@@ -144,13 +144,15 @@ def epoch_loader(dataset: Dataset, *, batch_size: int, epoch: int, seed: int = 0
         epoch: Epoch number (from 1); with ``seed``, fixes the order and the workers' seeds.
         seed: Run seed.
         sampler: Index order; by default a :class:`ShardedSampler` shuffled by
-            ``(seed, epoch)`` and sharded by rank (pass one to balance classes).
+            ``(seed, epoch)`` and sharded by rank (pass one to balance classes; it is set to
+            ``epoch`` here when it has ``set_epoch``).
         num_workers: Loader processes.
         device: Where the batches go (pins memory for CUDA).
     """
     rank, world = rank_and_world_size()
     if sampler is None:
         sampler = ShardedSampler(len(dataset), seed=seed, rank=rank, world_size=world)
+    if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -211,9 +213,10 @@ def fit_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += loss.item() * len(targets)
+        batch_loss = loss.item()  # one device sync per batch
+        total += batch_loss * len(targets)
         seen += len(targets)
-        callbacks.on_batch_end(epoch, batch, loss.item(), optimizer.param_groups[0]["lr"])
+        callbacks.on_batch_end(epoch, batch, batch_loss, optimizer.param_groups[0]["lr"])
         if batch >= num_batches:
             break
     total, seen = sum_over_ranks([total, seen])  # every rank's batches, not rank 0's alone

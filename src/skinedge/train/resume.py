@@ -16,6 +16,11 @@ from skinedge.train.config import TrainConfig
 RESUMABLE_CHANGES = frozenset({"epochs", "threads", "eval_batch_size", "early_stopping_patience"})
 
 
+def has_trainer_state(run: Path) -> bool:
+    """A run to resume: ``last/``, or its previous copy left by a kill between two renames."""
+    return (run / "last").exists() or (run / ".last.old").exists()
+
+
 def refuse_existing_run(out_dir: Path) -> None:
     """A fresh run must not overwrite another one's checkpoints.
 

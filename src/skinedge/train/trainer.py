@@ -217,7 +217,6 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any], b
     cfg, state = run.cfg, run.state
     started = time.perf_counter()
     loop.seed_epoch(cfg.seed, epoch)
-    run.sampler.set_epoch(epoch)
     warmup_lr(state.optimizer, cfg, epoch)
     lr = state.optimizer.param_groups[0]["lr"]
     loader = loop.epoch_loader(run.fit_set, batch_size=cfg.batch_size, epoch=epoch,
