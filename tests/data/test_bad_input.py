@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skinedge.cli.main import app
-from skinedge.data import DataValidationError, ImageError, load_rgb, read_dataset
+from skinedge.data import DataValidationError, ImageError, load_manifest, load_rgb, read_dataset
 from tests.conftest import make_image
 
 GOOD_PER_CLASS = 2  # 7 classes x 2 good images in every folder below
 GOOD_ROWS = 7 * GOOD_PER_CLASS
+
+
+@pytest.fixture(autouse=True)
+def _reports_in_tmp_path(tmp_path, monkeypatch):
+    """read_dataset writes its problems report to the temp folder: keep it in the test's."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -87,7 +96,7 @@ def _write_48bit_rgb(root: Path) -> str:
     import struct
     import zlib
 
-    pixels = (np.random.default_rng(0).random((8, 8, 3)) * 65535).astype(">u2")
+    pixels = (np.random.default_rng(0).random((40, 40, 3)) * 65535).astype(">u2")
     raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -95,7 +104,7 @@ def _write_48bit_rgb(root: Path) -> str:
                 + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     (root / "images/deep_rgb.png").write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
         + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     assert Image.open(root / "images/deep_rgb.png").mode == "RGB"  # the test premise
     return "images/deep_rgb.png"
@@ -113,6 +122,24 @@ def _write_bomb(root: Path) -> str:
 
 
 BOMB_LIMIT = 48 * 64
+
+
+def _write_one_pixel(root: Path) -> str:
+    Image.new("RGB", (1, 1), (150, 100, 80)).save(root / "images/dot.png")
+    return "images/dot.png"
+
+
+def _write_thumbnail(root: Path) -> str:
+    make_image((150, 100, 80), (31, 90), seed=2).save(root / "images/strip.jpg")
+    return "images/strip.jpg"
+
+
+def _write_exif_rotated(root: Path, name: str = "phone.jpg") -> str:
+    """A 48x64 (h x w) JPEG whose EXIF says: rotate 90 degrees clockwise to view."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    make_image((150, 100, 80), (48, 64), seed=11).save(root / f"images/{name}", exif=exif)
+    return f"images/{name}"
 
 #: kind of bad input -> (writer, reported kind, phrases the message must contain)
 CASES = {
@@ -135,6 +162,9 @@ CASES = {
     "bomb": (_write_bomb, "too-large",
              ["huge.jpg", "6,144 pixels is over the limit of 3,072",
               "decompression-bomb guard", "--max-pixels"]),
+    "1x1": (_write_one_pixel, "too-small",
+            ["dot.png", "1x1 pixels is too small", "at least 32 px", "use the original image"]),
+    "31-px side": (_write_thumbnail, "too-small", ["strip.jpg", "90x31 pixels is too small"]),
 }
 
 
@@ -174,7 +204,10 @@ def test_unknown_label_names_the_row_and_the_vocabulary(folder):
     assert (problem.source, problem.kind) == (source, "unknown-label")
     assert "label 'melanocytic' is not one of ['mel', 'nv', 'bcc', 'akiec', 'bkl', 'df', 'vasc']" \
         in str(info.value)
-    assert "fix the row or choose another --classes" in str(info.value)
+    # The library names no option: only the command that has one (data split) adds it.
+    assert "('mel', 'nv'" not in str(info.value)
+    assert "(isic2018); fix the row" in str(info.value)
+    assert "--classes" not in str(info.value)
 
 
 def test_labels_no_vocabulary_knows_say_what_to_do(make_labels_folder):
@@ -203,7 +236,7 @@ def test_one_hot_row_with_two_classes(tmp_path):
     columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     rows = []
     for i, code in enumerate(columns * 2):
-        make_image((150, 100, 80), (24, 32), i).save(tmp_path / f"ISIC_{i:07d}.jpg")
+        make_image((150, 100, 80), (32, 40), i).save(tmp_path / f"ISIC_{i:07d}.jpg")
         rows.append([f"ISIC_{i:07d}"] + [int(c == code) for c in columns])
     rows[1][1] = 1  # the NV row also says MEL: line 3 of the CSV
     with (tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv").open("w", newline="") as f:
@@ -227,7 +260,7 @@ def _ham_folder(root: Path, images: dict[str, tuple[str, ...]]) -> None:
     for part, ids in images.items():
         (root / part).mkdir()
         for seed, image_id in enumerate(ids):
-            make_image((150, 100, 80), (24, 32), seed).save(root / part / f"{image_id}.jpg")
+            make_image((150, 100, 80), (32, 40), seed).save(root / part / f"{image_id}.jpg")
     (root / "HAM10000_metadata.csv").write_text(
         "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
         "HAM_1,ISIC_1,nv,histo,50,male,back\n"
@@ -271,9 +304,81 @@ def test_opaque_rgba_is_accepted_as_rgb(folder):
     assert np.array_equal(np.asarray(image), _rgb_array())
 
 
+def test_a_header_claiming_900_megapixels_is_refused_undecoded(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    with pytest.raises(ImageError) as info:
+        load_rgb(path, max_pixels=10**12)  # Pillow's own guard still holds
+
+    assert info.value.kind == "too-large"
+    assert "decompression-bomb guard" in str(info.value) and "downscale it" in str(info.value)
+
+
+def test_the_smallest_accepted_side_is_32_px(tmp_path):
+    path = tmp_path / "small.png"
+    make_image((150, 100, 80), (32, 200), seed=1).save(path)
+    assert load_rgb(path).size == (200, 32)
+
+    with pytest.raises(ImageError) as info:
+        load_rgb(path, min_side=33)
+    assert info.value.kind == "too-small"
+
+
+def test_exif_orientation_is_applied_and_counted(folder):
+    image = _write_exif_rotated(folder)
+    _add_row(folder, image)
+
+    dataset = read_dataset(folder)
+
+    assert dataset.exif_rotated == [image]
+    upright = load_rgb(folder / image)
+    assert upright.size == (48, 64)  # stored 64 wide and 48 high, shown upright
+    with Image.open(folder / image) as raw:
+        expected = raw.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(upright), np.asarray(expected))
+    assert upright.getexif().get(0x0112) is None  # nothing later can turn it a second time
+
+
+def test_training_dataset_reads_through_load_rgb(folder):
+    from skinedge.data import LesionDataset
+
+    image = _write_exif_rotated(folder)
+    dataset = LesionDataset(folder, [image, "images/nv_000.jpg"], [1, 1], lambda im: im)
+
+    assert dataset[0][0].size == (48, 64)  # upright, as load_rgb reads it
+    assert np.array_equal(np.asarray(dataset[0][0]), np.asarray(load_rgb(folder / image)))
+    (folder / "images/nv_000.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="nv_000.jpg: not an image PIL can read"):
+        dataset[1]
+
+
+def test_cli_split_says_how_many_images_were_turned_upright(folder, tmp_path):
+    for name in ("phone.jpg", "phone2.jpg"):
+        _add_row(folder, _write_exif_rotated(folder, name))
+
+    result = CliRunner().invoke(app, [
+        "data", "split", str(folder), "--out", str(tmp_path / "manifest.json")])
+
+    assert result.exit_code == 0, result.output
+    assert "2 image(s) carry an EXIF orientation" in _flat(result.output)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["exif_oriented"] == ["images/phone.jpg", "images/phone2.jpg"]
+    assert load_manifest(tmp_path / "manifest.json").exif_oriented == manifest["exif_oriented"]
+
+
 def test_load_rgb_error_names_the_file(tmp_path):
     path = tmp_path / "gray.png"
-    Image.new("L", (16, 16), 128).save(path)
+    Image.new("L", (40, 40), 128).save(path)
 
     with pytest.raises(ImageError) as info:
         load_rgb(path)
@@ -298,17 +403,101 @@ def many_bad(folder) -> tuple[Path, dict[str, str]]:
     return folder, expected
 
 
-def test_every_problem_of_a_folder_is_listed_at_once(many_bad):
+def _read_report(path: Path) -> dict[str, str]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["message"] for r in rows)
+    return {r["source"]: r["kind"] for r in rows}
+
+
+def _assert_grouped(message: str, expected: dict[str, str]) -> None:
+    """One line per kind with its count, its first 3 rows, and no row beyond them."""
+    by_kind: dict[str, list[str]] = {}
+    for source, kind in sorted(expected.items(), key=lambda item: int(item[0].split(":")[1])):
+        by_kind.setdefault(kind, []).append(source)
+    for kind, sources in by_kind.items():
+        assert f"[{kind}] {len(sources)} row(s)" in message
+        for source in sources[:3]:
+            assert f"{source}: [{kind}]" in message
+        for source in sources[3:]:
+            assert f"{source}: [{kind}]" not in message
+        if len(sources) > 3:
+            assert f"... and {len(sources) - 3} more [{kind}] row(s) in the report" in message
+
+
+def test_every_problem_of_a_folder_is_reported_at_once(many_bad, tmp_path):
     root, expected = many_bad
+    report = tmp_path / "reports" / "problems.csv"
 
     with pytest.raises(DataValidationError) as info:
-        read_dataset(root, max_pixels=BOMB_LIMIT)
+        read_dataset(root, max_pixels=BOMB_LIMIT, problems_report=report)
 
     assert {p.source: p.kind for p in info.value.problems} == expected
     message = str(info.value)
     assert message.startswith(f"{len(expected)} problem(s) in the dataset:")
+    # 12 problems: summarised per kind (5 unsupported-mode rows show the first 3) ...
+    assert len(expected) > 10 and list(expected.values()).count("unsupported-mode") == 5
+    _assert_grouped(message, expected)
+    # ... and the report the message names lists every one.
+    assert info.value.report == report
+    assert f"Every problem is listed in {report}" in message
+    assert _read_report(report) == expected
+
+
+def test_few_problems_are_listed_row_by_row(folder, tmp_path):
+    sources = {_add_row(folder, f"images/ghost_{i}.jpg"): "missing-file" for i in range(10)}
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(folder, problems_report=tmp_path / "problems.csv")
+
+    message = str(info.value)
+    assert "row(s), the first" not in message
+    for source in sources:
+        assert f"  {source}: [missing-file]" in message
+    assert _read_report(tmp_path / "problems.csv") == sources
+
+
+def test_many_rows_of_one_kind_are_one_line_with_a_count(folder, tmp_path):
+    """300 rows with one mistake: one line with the count and 3 rows, not 300 lines."""
+    sources = [_add_row(folder, f"images/ghost_{i}.jpg") for i in range(300)]
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(folder, problems_report=tmp_path / "problems.csv")
+
+    message = str(info.value)
+    assert len(message.splitlines()) < 10
+    assert "[missing-file] 300 row(s), the first 3:" in message
+    assert f"{sources[0]}: [missing-file] " in message
+    assert f"{sources[3]}: [missing-file]" not in message
+    assert "... and 297 more [missing-file] row(s) in the report" in message
+    assert len(_read_report(tmp_path / "problems.csv")) == 300
+
+
+def test_problems_report_defaults_to_the_temp_folder(folder, tmp_path):
+    # The autouse fixture points the system temp folder at tmp_path.
+    source = _add_row(folder, "images/ghost.jpg")
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(folder)
+
+    report = info.value.report
+    assert report.parent == tmp_path and report.name.startswith(f"skinedge-{folder.name}-")
+    assert report.name.endswith(".problems.csv")
+    assert str(report) in str(info.value)
+    assert _read_report(report) == {source: "missing-file"}
+
+
+def test_unwritable_report_lists_every_row_instead(many_bad, tmp_path):
+    root, expected = many_bad
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the report's folder should be")
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(root, max_pixels=BOMB_LIMIT, problems_report=blocker / "problems.csv")
+
+    assert info.value.report is None
     for source, kind in expected.items():
-        assert f"{source}: [{kind}]" in message
+        assert f"{source}: [{kind}]" in str(info.value)
 
 
 def test_skip_bad_keeps_the_good_rows_and_lists_the_rest(many_bad):
@@ -345,13 +534,29 @@ def test_cli_split_fails_with_every_problem(many_bad, tmp_path):
     result = CliRunner().invoke(app, [
         "data", "split", str(root), "--out", str(out), "--max-pixels", str(BOMB_LIMIT)])
 
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     output = _flat(result.output)
     assert f"{len(expected)} problem(s) in the dataset" in output
-    for source, kind in expected.items():
-        assert f"{source}: [{kind}]" in output
+    _assert_grouped(output, expected)
     assert "--skip-bad" in output
     assert not out.exists()
+    # Every problem is in the report beside the manifest it would have written.
+    report = out.parent / "manifest.problems.csv"
+    assert "manifest.problems.csv" in output.replace(" ", "")
+    assert _read_report(report) == expected
+
+
+def test_cli_split_unknown_label_suggests_its_classes_option(folder, tmp_path):
+    make_image((150, 100, 80), (48, 64), seed=5).save(folder / "images/extra.jpg")
+    source = _add_row(folder, "images/extra.jpg", dx="melanocytic")
+
+    result = CliRunner().invoke(app, [
+        "data", "split", str(folder), "--out", str(tmp_path / "manifest.json")])
+
+    assert result.exit_code == 2
+    output = _flat(result.output)
+    assert f"{source}: [unknown-label] label 'melanocytic'" in output
+    assert "fix the row, or choose the class vocabulary with --classes" in output
 
 
 def test_cli_split_skip_bad_writes_the_skipped_report(many_bad, tmp_path):

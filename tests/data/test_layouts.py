@@ -11,7 +11,15 @@ import pytest
 from skinedge.data import LAYOUTS, DataValidationError, detect_layout, read_dataset
 from tests.conftest import HAM10000_CODES, make_image
 
-SIZE = (24, 32)  # (height, width): the smallest images that still look like a frame
+SIZE = (32, 40)  # (height, width): the smallest images load_rgb accepts (32 px short side)
+
+
+@pytest.fixture(autouse=True)
+def _reports_in_tmp_path(tmp_path, monkeypatch):
+    """read_dataset writes its problems report to the temp folder: keep it in the test's."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -315,14 +323,16 @@ def test_classes_override_maps_aliases(tiny_dataset):
     assert dataset.class_counts()["scc"] == 0
 
 
-def test_classes_override_reports_labels_outside_it(tiny_dataset):
+def test_classes_override_reports_labels_outside_it(tiny_dataset, tmp_path):
     with pytest.raises(DataValidationError) as info:
-        read_dataset(tiny_dataset, classes="melanoma", check_images=False)
+        read_dataset(tiny_dataset, classes="melanoma", check_images=False,
+                     problems_report=tmp_path / "problems.csv",
+                     label_hint="fix the row, or choose another vocabulary")
 
     kinds = Counter(p.kind for p in info.value.problems)
     assert kinds == {"unknown-label": 20}  # bcc and akiec are not "benign"
-    assert "label 'bcc' is not one of ['benign', 'mel'] (melanoma)" in str(info.value)
-    assert "choose another --classes" in str(info.value)
+    assert ("label 'bcc' is not one of ['benign', 'mel'] (melanoma); fix the row, or choose "
+            "another vocabulary") in str(info.value)
 
 
 def test_unknown_vocabulary_name_lists_the_known_ones(tiny_dataset):
@@ -338,3 +348,13 @@ def test_benign_and_melanoma_spelt_out_infer_the_binary_vocabulary():
 
     assert infer_vocabulary({"benign", "melanoma"}).name == "melanoma"
     assert infer_vocabulary({"0", "1"}).name == "melanoma"
+
+
+def test_empty_labels_csv_says_it_is_empty(tmp_path):
+    (tmp_path / "labels.csv").write_text("")
+
+    with pytest.raises(ValueError) as info:
+        read_dataset(tmp_path)
+
+    assert str(info.value).startswith(f"{tmp_path / 'labels.csv'}: the file is empty")
+    assert "['image', 'dx']" in str(info.value)

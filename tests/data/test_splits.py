@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 
 import pytest
 
+from skinedge.data.manifest import ManifestRow
 from skinedge.data.records import Record
-from skinedge.data.splits import SPLITS, split_groups
+from skinedge.data.splits import SPLITS, sparse_class_warnings, split_groups
 
 #: groups per class: plenty, some, just enough for all three splits, and too few.
 GROUPS_PER_CLASS = {"nv": 60, "mel": 40, "bkl": 20, "bcc": 9, "akiec": 4, "df": 3, "vasc": 2}
@@ -122,3 +124,71 @@ def test_zero_ratio_leaves_a_split_empty():
 def test_bad_ratios_raise(ratios):
     with pytest.raises(ValueError, match="three non-negative numbers summing to 1"):
         split_groups(RECORDS, ratios, seed=0)
+
+
+# --------------------------------------------------------------------------- sparse classes
+
+CODES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
+
+
+def _rows(spec: dict[str, list[tuple[str, str]]]) -> list[ManifestRow]:
+    """label -> [(group, split), ...], one image per entry."""
+    return [ManifestRow(f"images/{label}_{i}.jpg", group, label, split, "0" * 64)
+            for label, entries in spec.items() for i, (group, split) in enumerate(entries)]
+
+
+def test_sparse_classes_are_warned_about_naming_the_class_and_the_missing_splits():
+    plenty = [(f"L{i}", s) for i, s in enumerate(SPLITS * 2)]
+    rows = _rows({
+        "mel": plenty, "nv": plenty,
+        "bkl": [("B0", "train")],  # one image
+        "df": [("D0", "val"), ("D0", "val")],  # one lesion
+        "vasc": [("V0", "train"), ("V1", "val")],  # two lesions: no test
+    })
+
+    warnings = sparse_class_warnings(rows, CODES, RATIOS)
+
+    assert warnings[0].startswith("2 class(es) have no images: bcc, akiec;")
+    assert "class 'bkl' has only 1 image (images/bkl_0.jpg), in train" in warnings[1]
+    assert "class 'df' has 2 images of one lesion/patient (D0), all in val" in warnings[2]
+    assert "class 'vasc' has 2 lesions/patients (2 images): too few for every split, none in " \
+        "test" in warnings[3]
+    assert all("split again" in w for w in warnings[1:])
+    assert len(warnings) == 4  # mel and nv are fine
+
+
+def test_a_split_with_ratio_zero_is_not_missed():
+    rows = _rows({c: [("A", "train"), ("B", "val")] for c in CODES})
+
+    assert sparse_class_warnings(rows, CODES, (0.8, 0.2, 0.0)) == []
+    assert len(sparse_class_warnings(rows, CODES, RATIOS)) == len(CODES)
+
+
+def test_split_prints_and_saves_the_class_warnings(make_labels_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from skinedge.cli.main import app
+    from skinedge.data import load_manifest
+
+    folder = make_labels_folder(per_class=4, codes=("mel", "nv", "bkl", "df"))
+    labels = (folder / "labels.csv").read_text().splitlines()
+    # One df image, one bkl lesion (two images); mel and nv keep two lesions each.
+    kept = [row for row in labels if not row.startswith(("images/df_", "images/bkl_"))
+            or row.startswith(("images/df_000", "images/bkl_000", "images/bkl_001"))]
+    (folder / "labels.csv").write_text("\n".join(kept) + "\n")
+
+    result = CliRunner().invoke(app, ["data", "split", str(folder), "--out",
+                                      str(tmp_path / "manifest.json"), "--no-check-images"])
+
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tmp_path / "manifest.json")
+    warnings = manifest.class_warnings()
+    printed = " ".join(result.output.split())
+    assert all(f"warning: {' '.join(w.split())}" in printed for w in warnings), printed
+    assert "3 class(es) have no images: bcc, akiec, vasc" in warnings[0]
+    assert any(w.startswith("class 'bkl' has 2 images of one lesion/patient (L_bkl_000)")
+               for w in warnings)
+    assert any(w.startswith("class 'df' has only 1 image (images/df_000.jpg)") for w in warnings)
+    assert any(w.startswith("class 'mel' has 2 lesions/patients (4 images)") for w in warnings)
+    saved = json.loads((tmp_path / "manifest.json").read_text())
+    assert saved["class_warnings"] == warnings

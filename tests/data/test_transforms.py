@@ -161,3 +161,30 @@ def test_rot90_augmentation_draws_all_four_quarter_turns():
         turned = np.asarray(_RandomRot90()(image))[..., 0]
         corners.add(tuple(int(v) for v in np.argwhere(turned == 255)[0]))
     assert corners == {(0, 0), (0, 7), (7, 0), (7, 7)}
+
+
+def test_preprocess_turns_a_phone_photo_upright_whoever_opened_it(tmp_path):
+    """A caller (a runtime's user, the app) may hand over ``Image.open(path)`` itself: the
+    preprocessing applies the EXIF orientation that load_rgb would have applied."""
+    from skinedge.data import load_rgb, preprocess_image
+    from skinedge.data.transforms import display_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+    pixels[:, :16] = (220, 40, 40)  # a red band on the left of the stored (sideways) pixels
+    pixels[:, 16:] = (40, 40, 220)
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    cfg = PreprocessConfig(input_size=32, resize_mode="squash")
+
+    with Image.open(path) as raw:
+        opened = raw.convert("RGB")  # convert keeps the orientation tag
+    from_caller = preprocess_image(opened, cfg)
+    from_loader = preprocess_image(load_rgb(path), cfg)
+
+    assert np.array_equal(from_caller, from_loader)
+    # Upright, the red band runs along the top: the top rows are red, the bottom ones blue.
+    shown = display_image(opened, cfg)
+    assert shown[0, :, 0].mean() > 150 and shown[-1, :, 2].mean() > 150
+    assert torch.equal(build_eval_transform(cfg)(opened), torch.from_numpy(from_loader))

@@ -297,3 +297,41 @@ def test_bootstrap_intervals_bracket_the_estimate_and_shrink_with_more_data():
     assert bootstrap_intervals(y, p, ["mel", "nv", "bkl"], n_boot=50, seed=1) == \
         bootstrap_intervals(y, p, ["mel", "nv", "bkl"], n_boot=50, seed=1)
     assert bootstrap_intervals(y, p, ["a", "b", "c"], n_boot=20)["melanoma_auc"] is None
+
+
+def test_melanoma_detection_scores_p_mel_and_decides_by_top1():
+    from skinedge.evaluate.metrics import melanoma_detection_metrics
+
+    # classes mel, nv, bcc; rows 0-2 melanoma, rows 3-5 benign.
+    probs = np.array([
+        [0.40, 0.30, 0.30],  # mel top-1 with P(mel) < 0.5: a hit for "mel is top-1"
+        [0.45, 0.50, 0.05],  # nv top-1: a missed melanoma
+        [0.90, 0.05, 0.05],  # hit
+        [0.35, 0.60, 0.05],  # benign, not flagged
+        [0.50, 0.20, 0.30],  # benign flagged as melanoma
+        [0.10, 0.10, 0.80],  # benign, not flagged
+    ])
+    is_mel = np.array([1, 1, 1, 0, 0, 0])
+
+    m = melanoma_detection_metrics(is_mel, probs, ["mel", "nv", "bcc"])
+
+    assert m["task"] == "melanoma-detection" and m["classes"] == ["benign", "mel"]
+    assert m["sensitivity"] == pytest.approx(2 / 3)  # rows 0 and 2 of 3
+    assert m["specificity"] == pytest.approx(2 / 3)  # rows 3 and 5 of 3
+    assert m["confusion_matrix"] == [[2, 1], [1, 2]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["melanoma_auc"] == pytest.approx(roc_auc_score(is_mel, probs[:, 0]))
+    # A 0.5 threshold on P(mel) would have called row 0 benign: the decision is top-1.
+    assert m["per_class"]["mel"]["recall"] == m["sensitivity"]
+    with pytest.raises(ValueError, match="no 'mel' to score"):
+        melanoma_detection_metrics(is_mel, probs[:, 1:] / probs[:, 1:].sum(1, keepdims=True),
+                                   ["nv", "bcc"])
+
+
+def test_compute_metrics_checks_given_predictions():
+    y = np.array([0, 1, 1])
+    with pytest.raises(ValueError, match="y_pred must hold 3 integer class indices"):
+        compute_metrics(y, binary_probs([0.2, 0.7, 0.9]), ["benign", "mel"], y_pred=np.array([0, 1]))
+    with pytest.raises(ValueError, match="outside"):
+        compute_metrics(y, binary_probs([0.2, 0.7, 0.9]), ["benign", "mel"],
+                        y_pred=np.array([0, 1, 2]))

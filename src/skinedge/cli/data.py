@@ -24,16 +24,24 @@ def split(
     skip_bad: Annotated[bool, typer.Option(help="Leave bad rows out and list them in skipped.csv beside the manifest.")] = False,
     check_images: Annotated[bool, typer.Option(help="Decode every image to catch broken files now.")] = True,
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression bombs).")] = DEFAULT_MAX_PIXELS,
+    allow_outside_root: Annotated[bool, typer.Option(
+        "--allow-outside-root", help="Accept image paths and symlinks that lead outside the folder (a folder you trust).")] = False,
 ) -> None:
     """Make a stratified train/val/test split grouped by lesion (or patient) id, as a manifest."""
+    from rich.markup import escape
+
     from skinedge.cli.progress import CountProgress, console, make_progress
+    from skinedge.data.classes import VOCABULARIES
     from skinedge.data.splitting import split_folder
 
     with make_progress() as progress:
         manifest, skipped_path = split_folder(
             data, out, layout=layout, classes=classes, ratios=ratios, seed=seed,
             skip_bad=skip_bad, check_images=check_images, max_pixels=max_pixels,
-            progress=CountProgress(progress, "checking images"))
+            progress=CountProgress(progress, "checking images"),
+            allow_outside_root=allow_outside_root,
+            label_hint="fix the row, or choose the class vocabulary with --classes "
+                       f"({', '.join(VOCABULARIES)})")
     console.print(_counts_table(manifest))
     if manifest.ungrouped:
         console.print(f"[yellow]{manifest.ungrouped} of {len(manifest.rows)} images have no "
@@ -42,6 +50,12 @@ def split(
     if manifest.duplicate_files:
         console.print(f"[yellow]{manifest.duplicate_files} images are byte-identical copies of "
                       "another; each set was kept within one split[/]")
+    if manifest.exif_oriented:
+        console.print(f"{len(manifest.exif_oriented)} image(s) carry an EXIF orientation (phone "
+                      f"photos stored sideways, e.g. {manifest.exif_oriented[0]}); they are read "
+                      "turned upright, as a photo viewer shows them (listed in the manifest)")
+    for warning in manifest.class_warnings():
+        console.print(f"[yellow]warning: {escape(warning)}[/]")
     if skipped_path:
         console.print(f"[yellow]skipped rows are listed in {skipped_path}[/]")
     console.print(f"manifest: {out} (split hash {manifest.split_hash[:12]})")

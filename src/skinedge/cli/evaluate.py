@@ -22,6 +22,8 @@ def evaluate(
     subset: Annotated[str, typer.Option(help="With --data: 'all' evaluates every image.")] = "all",
     layout: Annotated[str | None, typer.Option(help="Layout of --data; detected when omitted.")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Leave bad rows of --data out (written to skipped.csv).")] = False,
+    allow_outside_root: Annotated[bool, typer.Option(
+        "--allow-outside-root", help="Accept image paths of --data that lead outside the folder (a folder you trust).")] = False,
     batch_size: int = 64,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -29,7 +31,8 @@ def evaluate(
         help="Test-time augmentation: none, or flips (mean of 4 flipped views; 4x compute).")] = "none",
 ) -> None:
     """Accuracy, balanced accuracy, per-class scores and AUCs, melanoma AUC and sensitivity at
-    80%/90% specificity, ECE and the confusion matrix, as JSON, Markdown and PNG."""
+    80%/90% specificity, ECE and the confusion matrix, as JSON, Markdown and PNG. A --data folder
+    labelled melanoma vs benign (ISIC 2020) is scored as melanoma detection."""
     from skinedge.cli.progress import CountProgress, console, make_progress
     from skinedge.evaluate import evaluate_checkpoint
     from skinedge.utils.provenance import now, record_command
@@ -43,7 +46,7 @@ def evaluate(
         result = evaluate_checkpoint(
             checkpoint, manifest=manifest, split=split, data=data, layout=layout,
             skip_bad=skip_bad, batch_size=batch_size, threads=threads, device=device, tta=tta, out_dir=out,
-            progress=CountProgress(progress, "predicting"))
+            progress=CountProgress(progress, "predicting"), allow_outside_root=allow_outside_root)
     record_command(out, started=started, finished=now())
     m = result.metrics
     console.print(result.files["markdown"].read_text())

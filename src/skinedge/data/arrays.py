@@ -88,7 +88,7 @@ def load_thumbnails(
 
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        image = load_rgb(path)
+        image = load_rgb(path, min_side=1)  # GAN samples are as small as the GAN
         scale = size / min(image.size)
         w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
         image = image.resize((w, h), Image.Resampling.LANCZOS)

@@ -127,5 +127,6 @@ def infer_vocabulary(raw_labels: set[str]) -> ClassVocabulary:
     )
     raise DataError(
         f"labels {unknown} belong to no known class vocabulary "
-        f"({', '.join(sorted(VOCABULARIES))}); fix the labels or name the vocabulary with --classes"
+        f"({', '.join(sorted(VOCABULARIES))}); fix the labels, or name the vocabulary when "
+        "splitting (`skinedge data split --classes`)"
     )

@@ -38,7 +38,10 @@ class LesionDataset(TorchDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         try:
-            image = load_rgb(self.root / self.images[index])
+            # load_rgb: EXIF orientation, mode and bomb checks as at intake. No minimum side:
+            # real rows passed it when the manifest was made, and synthetic images come at the
+            # GAN's resolution (16-64 px).
+            image = load_rgb(self.root / self.images[index], min_side=1)
         except ImageError as exc:
             # DataLoader workers re-raise exceptions as `type(exc)(message)`; ImageError needs
             # three arguments, so hand over a plain DataError that keeps the file and reason.

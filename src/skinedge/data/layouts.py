@@ -2,7 +2,10 @@
 
 Each reader turns a dataset folder into :class:`Record` rows plus a list of
 :class:`DataProblem` for rows it could not take. Readers are registered by name; detection
-tries them in order and picks the first whose marker file is present.
+tries them in order and picks the first whose marker file is present. Every image path a reader
+takes is resolved with :func:`skinedge.data.paths.resolve_inside`: a row (or a symlink) that
+leads outside the folder is an ``outside-root`` problem, never opened, unless the caller opts
+in with ``allow_outside_root``.
 
 | layout       | marker                                             | group column       |
 |--------------|----------------------------------------------------|--------------------|
@@ -21,12 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from skinedge.data.paths import ImagePathError, resolve_inside
 from skinedge.data.records import DataProblem, Record
 from skinedge.errors import ConfigError, DataError, NotFoundError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
-ReaderFn = Callable[[Path], tuple[list[Record], list[DataProblem]]]
+#: ``reader(root, allow_outside_root=False) -> (records, problems)``
+ReaderFn = Callable[..., tuple[list[Record], list[DataProblem]]]
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,21 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def read_layout(root: Path, layout: str | None = None) -> tuple[list[Record], list[DataProblem]]:
-    """Read a dataset folder with the named (or detected) layout."""
+def read_layout(
+    root: Path, layout: str | None = None, *, allow_outside_root: bool = False,
+) -> tuple[list[Record], list[DataProblem]]:
+    """Read a dataset folder with the named (or detected) layout.
+
+    Args:
+        root: Dataset folder.
+        layout: Layout name; detected when None.
+        allow_outside_root: Take image paths (and symlinks) that lead outside ``root``; by
+            default each is an ``outside-root`` problem.
+    """
     name = layout or detect_layout(root)
     if name not in LAYOUTS:
         raise ConfigError(f"unknown layout {name!r}; choose one of: {', '.join(LAYOUTS)}")
-    return LAYOUTS[name].read(root)
+    return LAYOUTS[name].read(root, allow_outside_root=allow_outside_root)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -99,6 +113,17 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     return header, rows
 
 
+def _is_inside(root: Path, image: str, source: str, problems: list[DataProblem],
+               allow_outside: bool) -> bool:
+    """Whether ``image`` may be read; when not, an ``outside-root`` (or ``bad-path``) problem."""
+    try:
+        resolve_inside(root, image, allow_outside=allow_outside)
+    except ImagePathError as exc:
+        problems.append(DataProblem(source, exc.kind, exc.reason))
+        return False
+    return True
+
+
 def _index_images(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """Map image stem -> path for every image under root; stems seen twice are ambiguous."""
     found: dict[str, list[Path]] = {}
@@ -112,7 +137,7 @@ def _index_images(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
 
 def _resolve_by_id(
     image_id: str, root: Path, index: dict[str, Path], ambiguous: dict[str, list[Path]],
-    source: str, problems: list[DataProblem],
+    source: str, problems: list[DataProblem], allow_outside: bool,
 ) -> str | None:
     stem = Path(image_id).stem if Path(image_id).suffix.lower() in IMAGE_SUFFIXES else image_id
     if stem in ambiguous:
@@ -127,10 +152,16 @@ def _resolve_by_id(
             source, "missing-file", f"no image file named {stem}.* under {root}; "
             "restore the file or remove the row"))
         return None
-    return path.relative_to(root).as_posix()
+    image = path.relative_to(root).as_posix()
+    if not _is_inside(root, image, source, problems, allow_outside):  # a symlink leading out
+        return None
+    return image
 
 
 def _require_columns(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
+    if not header:
+        raise DataError(f"{path}: the file is empty (no header row); it needs a header with the "
+                        f"columns {list(needed)} and one row per image")
     missing = [c for c in needed if c not in header]
     if missing:
         raise DataError(
@@ -175,7 +206,9 @@ def _find_csv(root: Path, predicate: Callable[[list[str]], bool]) -> Path | None
     "labels-csv", "labels.csv with columns image, dx and optionally lesion_id / patient_id",
     lambda root: (root / "labels.csv").is_file(),
 )
-def read_labels_csv(root: Path) -> tuple[list[Record], list[DataProblem]]:
+def read_labels_csv(
+    root: Path, *, allow_outside_root: bool = False,
+) -> tuple[list[Record], list[DataProblem]]:
     """``labels.csv`` (image, lesion_id, dx), image paths relative to the folder.
 
     Rows without a lesion_id take the patient_id of the same row, else of ``metadata.csv``
@@ -197,9 +230,13 @@ def read_labels_csv(root: Path) -> tuple[list[Record], list[DataProblem]]:
         if not image:
             problems.append(DataProblem(source, "bad-value", "empty image column"))
             continue
+        # Before looking at the file: a row must not make us probe paths outside the folder.
+        if not _is_inside(root, image, source, problems, allow_outside_root):
+            continue
         if not (root / image).is_file():
             problems.append(DataProblem(
-                source, "missing-file", f"{root / image} not found; restore it or remove the row"))
+                source, "missing-file",
+                f"image {image} not found in {root}; restore it or remove the row"))
             continue
         group = row.get("lesion_id") or row.get("patient_id") or patients.get(image) or image
         records.append(Record(image, group, row.get("dx", ""), source))
@@ -211,7 +248,9 @@ def read_labels_csv(root: Path) -> tuple[list[Record], list[DataProblem]]:
     lambda root: (root / "HAM10000_metadata.csv").is_file()
     or (root / "HAM10000_metadata").is_file(),
 )
-def read_ham10000(root: Path) -> tuple[list[Record], list[DataProblem]]:
+def read_ham10000(
+    root: Path, *, allow_outside_root: bool = False,
+) -> tuple[list[Record], list[DataProblem]]:
     """Harvard Dataverse HAM10000: metadata CSV plus ``HAM10000_images_part_{1,2}``."""
     path = root / "HAM10000_metadata.csv"
     if not path.is_file():
@@ -222,7 +261,8 @@ def read_ham10000(root: Path) -> tuple[list[Record], list[DataProblem]]:
     records, problems = [], []
     for line, row in rows:
         source = f"{path.name}:{line}"
-        image = _resolve_by_id(row["image_id"], root, index, ambiguous, source, problems)
+        image = _resolve_by_id(row["image_id"], root, index, ambiguous, source, problems,
+                               allow_outside_root)
         if image:
             records.append(Record(image, row["lesion_id"] or image, row["dx"], source))
     return records, problems
@@ -241,7 +281,8 @@ def _is_isic2019(header: list[str]) -> bool:
 
 
 def _read_one_hot(
-    root: Path, gt_path: Path, classes: tuple[str, ...], groups: dict[str, str]
+    root: Path, gt_path: Path, classes: tuple[str, ...], groups: dict[str, str],
+    allow_outside: bool,
 ) -> tuple[list[Record], list[DataProblem]]:
     _, rows = _read_csv(gt_path)
     index, ambiguous = _index_images(root)
@@ -249,7 +290,8 @@ def _read_one_hot(
     for line, row in rows:
         source = f"{gt_path.relative_to(root)}:{line}"
         label = _one_hot_label(row, classes, source, problems)
-        image = _resolve_by_id(row["image"], root, index, ambiguous, source, problems)
+        image = _resolve_by_id(row["image"], root, index, ambiguous, source, problems,
+                               allow_outside)
         if label and image:
             records.append(Record(image, groups.get(row["image"]) or image, label, source))
     return records, problems
@@ -267,25 +309,29 @@ def _groups_from(root: Path, predicate: Callable[[list[str]], bool], key: str, c
     "isic2018", "ISIC 2018 Task 3 one-hot ground truth (image, MEL, NV, BCC, AKIEC, BKL, DF, VASC)",
     lambda root: _find_csv(root, lambda h: _is_isic2018(h) and "AK" not in h) is not None,
 )
-def read_isic2018(root: Path) -> tuple[list[Record], list[DataProblem]]:
+def read_isic2018(
+    root: Path, *, allow_outside_root: bool = False,
+) -> tuple[list[Record], list[DataProblem]]:
     """ISIC 2018 Task 3; lesion ids from ``*LesionGroupings.csv`` when present."""
     gt = _find_csv(root, lambda h: _is_isic2018(h) and "AK" not in h)
     groups = _groups_from(root, lambda h: "image" in h and "lesion_id" in h, "image", "lesion_id")
-    return _read_one_hot(root, gt, _ISIC2018_COLUMNS, groups)
+    return _read_one_hot(root, gt, _ISIC2018_COLUMNS, groups, allow_outside_root)
 
 
 @register_layout(
     "isic2019", "ISIC 2019 one-hot ground truth (image, MEL, ..., SCC, UNK)",
     lambda root: _find_csv(root, _is_isic2019) is not None,
 )
-def read_isic2019(root: Path) -> tuple[list[Record], list[DataProblem]]:
+def read_isic2019(
+    root: Path, *, allow_outside_root: bool = False,
+) -> tuple[list[Record], list[DataProblem]]:
     """ISIC 2019; lesion ids from ``ISIC_2019_Training_Metadata.csv`` when present."""
     gt = _find_csv(root, _is_isic2019)
     groups = _groups_from(
         root, lambda h: "image" in h and "lesion_id" in h and not _is_isic2019(h),
         "image", "lesion_id",
     )
-    return _read_one_hot(root, gt, _ISIC2019_COLUMNS, groups)
+    return _read_one_hot(root, gt, _ISIC2019_COLUMNS, groups, allow_outside_root)
 
 
 def _is_isic2020(header: list[str]) -> bool:
@@ -298,7 +344,9 @@ def _is_isic2020(header: list[str]) -> bool:
     "isic2020", "ISIC 2020 train.csv / ground truth (image_name, patient_id, target)",
     lambda root: _find_csv(root, _is_isic2020) is not None,
 )
-def read_isic2020(root: Path) -> tuple[list[Record], list[DataProblem]]:
+def read_isic2020(
+    root: Path, *, allow_outside_root: bool = False,
+) -> tuple[list[Record], list[DataProblem]]:
     """SIIM-ISIC 2020: binary target (0 benign, 1 melanoma), grouped by patient_id."""
     path = _find_csv(root, _is_isic2020)
     _, rows = _read_csv(path)
@@ -310,7 +358,8 @@ def read_isic2020(root: Path) -> tuple[list[Record], list[DataProblem]]:
             problems.append(DataProblem(source, "unknown-label",
                                         f"target {row['target']!r} must be 0 or 1"))
             continue
-        image = _resolve_by_id(row["image_name"], root, index, ambiguous, source, problems)
+        image = _resolve_by_id(row["image_name"], root, index, ambiguous, source, problems,
+                               allow_outside_root)
         if image:
             label = "mel" if row["target"] == "1" else "benign"
             records.append(Record(image, row.get("patient_id") or image, label, source))
@@ -328,12 +377,20 @@ def _has_class_folders(root: Path) -> bool:
     "folders", "one sub-folder per class (nv/, mel/, ...) holding its images",
     _has_class_folders,
 )
-def read_class_folders(root: Path) -> tuple[list[Record], list[DataProblem]]:
-    """One folder per class; every image is its own group (no lesion ids are known)."""
-    records = []
+def read_class_folders(
+    root: Path, *, allow_outside_root: bool = False,
+) -> tuple[list[Record], list[DataProblem]]:
+    """One folder per class; every image is its own group (no lesion ids are known).
+
+    A class folder or an image that is a symlink leading outside ``root`` is an
+    ``outside-root`` problem.
+    """
+    records: list[Record] = []
+    problems: list[DataProblem] = []
     for folder in sorted(d for d in root.iterdir() if d.is_dir()):
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 rel = path.relative_to(root).as_posix()
-                records.append(Record(rel, rel, folder.name, rel))
-    return records, []
+                if _is_inside(root, rel, rel, problems, allow_outside_root):
+                    records.append(Record(rel, rel, folder.name, rel))
+    return records, problems

@@ -2,7 +2,9 @@
 
 A manifest is a JSON file (image, group, label, split, sha256 per row, plus the vocabulary,
 seed and ratios). Training, evaluation and every later stage read the split from it, on this
-machine or another, and :func:`load_manifest` refuses it when an image changed since.
+machine or another, and :func:`load_manifest` refuses it when it was edited by hand into
+something the split never was (unknown splits or labels, an image listed twice, a path out of
+the dataset folder, rows that no longer match ``split_hash``) or when an image changed since.
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections import Counter
+import posixpath
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from skinedge.data.classes import ClassVocabulary, get_vocabulary
+from skinedge.data.paths import OPT_IN, OutsideRootError, resolve_inside
 from skinedge.data.reading import Dataset
 from skinedge.data.records import Record
-from skinedge.data.splits import SPLITS, split_groups
+from skinedge.data.splits import SPLITS, check_ratios, sparse_class_warnings, split_groups
 from skinedge.errors import ConfigError, DataError
 from skinedge.utils.io import atomic_write_text, sha256_file
 
@@ -47,6 +53,10 @@ class Manifest:
     ratios: tuple[float, float, float]
     rows: list[ManifestRow]
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    # The split was made with --allow-outside-root: rows may name images outside ``root``.
+    allow_outside_root: bool = False
+    # Images stored sideways or flipped whose EXIF orientation is applied when they are read.
+    exif_oriented: list[str] = field(default_factory=list)
 
     @property
     def vocabulary(self) -> ClassVocabulary:
@@ -80,6 +90,11 @@ class Manifest:
         table = Counter((r.split, r.label) for r in self.rows)
         return {s: {c: table.get((s, c), 0) for c in self.vocabulary.codes} for s in SPLITS}
 
+    def class_warnings(self) -> list[str]:
+        """Classes this split cannot serve: empty, a single image or lesion, or too few lesions
+        to appear in every split (see :func:`skinedge.data.splits.sparse_class_warnings`)."""
+        return sparse_class_warnings(self.rows, self.vocabulary.codes, self.ratios)
+
     def save(self, path: Path) -> Path:
         doc = {
             "schema": SCHEMA,
@@ -93,6 +108,9 @@ class Manifest:
             "counts": self.counts(),
             "ungrouped_rows": self.ungrouped,
             "duplicate_files": self.duplicate_files,
+            "class_warnings": self.class_warnings(),
+            "allow_outside_root": self.allow_outside_root,
+            "exif_oriented": self.exif_oriented,
             "rows": [asdict(r) for r in self.rows],
         }
         return atomic_write_text(path, json.dumps(doc, indent=1))
@@ -116,8 +134,12 @@ def make_manifest(
     ratios: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    allow_outside_root: bool = False,
 ) -> Manifest:
     """Split a dataset by group and record every file's hash.
+
+    ``allow_outside_root`` records that the dataset was read with ``--allow-outside-root``, so
+    that :func:`load_manifest` accepts its rows that lie outside the root.
 
     Files with identical bytes under different names (ISIC 2019 re-ships HAM10000 images, ISIC
     2020 lists duplicates) put their groups together, so a copy cannot sit in train while its
@@ -132,8 +154,10 @@ def make_manifest(
         ManifestRow(r.image, r.group, r.label, assignment[merged[r.group]], hashes[r.image])
         for r in dataset.records
     ]
+    kept = {r.image for r in dataset.records}
     return Manifest(dataset.root.resolve(), dataset.layout, dataset.vocabulary.name, seed,
-                    tuple(ratios), rows)
+                    tuple(ratios), rows, allow_outside_root=allow_outside_root,
+                    exif_oriented=[image for image in dataset.exif_rotated if image in kept])
 
 
 def _merge_groups_sharing_files(records: Sequence[Record], hashes: dict[str, str]) -> dict[str, str]:
@@ -165,38 +189,178 @@ def load_manifest(
     root: Path | str | None = None,
     verify: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    allow_outside_root: bool = False,
 ) -> Manifest:
-    """Load a manifest and check that its images are unchanged.
+    """Load a manifest, check it against itself, and check that its images are unchanged.
 
     Args:
         path: Manifest JSON.
         root: Where the images are on this machine; defaults to the recorded root, then to
             ``$SKINEDGE_DATA/<folder name of the recorded root>``.
         verify: Hash every file and refuse the manifest when one is missing or changed.
+        allow_outside_root: Accept rows whose image lies outside the root (also accepted when
+            the manifest records that its split was made with ``--allow-outside-root``).
 
     Raises:
+        DataError: not a manifest of this schema; a missing or mistyped field; a row with an
+            unknown split or label, an image listed twice or lying outside the root; rows that
+            do not match the stored ``split_hash``. One line per kind of problem.
         ManifestMismatchError: files missing or changed; lists every one.
     """
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable manifest ({exc})") from exc
+        raise DataError(f"{path}: not a readable manifest ({exc}); restore it, or make a new "
+                        "one with `skinedge data split`") from exc
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: not a manifest (a JSON {_json_kind(doc)}, not an object); "
+                        "make a new one with `skinedge data split`")
     if doc.get("schema") != SCHEMA:
         raise DataError(f"{path}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
     try:
-        manifest = Manifest(
-            root=_resolve_root(Path(doc["root"]), root),
-            layout=doc["layout"], classes=doc["classes"], seed=doc["seed"],
-            ratios=tuple(doc["ratios"]), rows=[ManifestRow(**r) for r in doc["rows"]],
-            created=doc["created"],
-        )
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a valid manifest (bad or missing field {exc}); make a new "
-                        "one with `skinedge data split`") from exc
+        fields = _ManifestDoc.model_validate(doc)
+    except ValidationError as exc:
+        raise _invalid(path, _schema_problems(exc, doc)) from None
+    manifest = Manifest(
+        root=_resolve_root(Path(fields.root), root), layout=fields.layout,
+        classes=fields.classes, seed=fields.seed, ratios=fields.ratios,
+        rows=[ManifestRow(**r.model_dump()) for r in fields.rows], created=fields.created,
+        allow_outside_root=fields.allow_outside_root, exif_oriented=fields.exif_oriented,
+    )
+    problems = _row_problems(manifest, allow_outside_root or fields.allow_outside_root)
+    if fields.split_hash != manifest.split_hash:
+        problems.add(f"split_hash {fields.split_hash[:12]} does not match its rows "
+                     f"({manifest.split_hash[:12]}): the rows were edited after the split; "
+                     "make a new split with `skinedge data split`")
+    if problems:
+        raise _invalid(path, problems)
     if verify:
         _verify(manifest, path, progress)
     return manifest
+
+
+class _RowDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+    group: str
+    label: str
+    split: str
+    sha256: str
+
+
+class _ManifestDoc(BaseModel):
+    """The fields :func:`load_manifest` reads (``counts`` and the like are derived: ignored)."""
+
+    created: str
+    root: str
+    layout: str
+    classes: str
+    seed: int
+    ratios: tuple[float, float, float]
+    split_hash: str
+    allow_outside_root: bool = False
+    exif_oriented: list[str] = []
+    rows: list[_RowDoc]
+
+
+class _Problems:
+    """A manifest's problems, one line per kind: a count and the first few rows."""
+
+    SHOWN = 3
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, tuple[list[str], str]] = {}
+
+    def add(self, kind: str, where: str | None = None, hint: str = "") -> None:
+        where_list, _ = self._kinds.setdefault(kind, ([], hint))
+        if where is not None:
+            where_list.append(where)
+
+    def __bool__(self) -> bool:
+        return bool(self._kinds)
+
+    def lines(self) -> list[str]:
+        out = []
+        for kind, (where, hint) in self._kinds.items():
+            line = f"  {kind}"
+            if where:
+                count = f" ({len(where)} rows)" if len(where) > 1 else ""
+                more = f"; ... ({len(where) - self.SHOWN} more)" if len(where) > self.SHOWN else ""
+                line += f"{count}: " + "; ".join(where[:self.SHOWN]) + more
+            out.append(line + (f"; {hint}" if hint else ""))
+        return out
+
+
+def _invalid(path: Path, problems: _Problems) -> DataError:
+    return DataError(f"{path}: not a valid manifest:\n" + "\n".join(problems.lines())
+                     + "\nUndo the hand edits, or make a new split with `skinedge data split`.")
+
+
+def _json_kind(value: object) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def _schema_problems(exc: ValidationError, doc: dict) -> _Problems:
+    """pydantic's errors, grouped by field; rows named by their index and image."""
+    problems = _Problems()
+    rows = doc.get("rows") if isinstance(doc.get("rows"), list) else []
+    for error in exc.errors():
+        loc, message = error["loc"], error["msg"]
+        if error["type"] == "missing":
+            message = "missing"
+        if len(loc) >= 2 and loc[0] == "rows" and isinstance(loc[1], int):
+            name = ".".join(map(str, loc[2:]))
+            kind = f"field {name!r} of a row: {message}" if name else f"row: {message}"
+            problems.add(kind, _row_name(loc[1], rows[loc[1]]))
+        else:
+            problems.add(f"field {'.'.join(map(str, loc[:1]))!r}: {message}")
+    return problems
+
+
+def _row_name(index: int, row: object) -> str:
+    image = row.get("image") if isinstance(row, dict) else None
+    return f"rows[{index}] {image}" if isinstance(image, str) else f"rows[{index}]"
+
+
+def _row_problems(manifest: Manifest, allow_outside_root: bool) -> _Problems:
+    """What a hand edit can break in well-typed rows: splits, labels, duplicates, paths."""
+    problems = _Problems()
+    try:
+        check_ratios(manifest.ratios)
+    except ConfigError as exc:
+        problems.add(f"field 'ratios': {exc}")
+    try:
+        codes = manifest.vocabulary.codes
+    except ConfigError as exc:
+        problems.add(f"field 'classes': {exc}")
+        codes = None
+    if not manifest.rows:
+        problems.add("field 'rows': no rows")
+    seen: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(manifest.rows):
+        name = f"rows[{i}] {r.image}"
+        if r.split not in SPLITS:
+            problems.add("unknown split", f"{name}: {r.split!r}",
+                         hint=f"valid splits are {', '.join(SPLITS)}")
+        if codes is not None and r.label not in codes:
+            problems.add(f"label not in the {manifest.classes} classes", f"{name}: {r.label!r}",
+                         hint=f"valid labels are {', '.join(codes)}")
+        seen[posixpath.normpath(r.image)].append(i)
+        try:
+            resolve_inside(manifest.root, r.image, allow_outside=allow_outside_root)
+        except OutsideRootError as exc:
+            problems.add("image outside the dataset folder", f"{name}: resolves to {exc.resolved}",
+                         hint=f"images must lie inside {manifest.root} (a split made with "
+                         f"`skinedge data split {OPT_IN}` records that opt-in)")
+    for image, indices in seen.items():
+        if len(indices) > 1:
+            where = " and ".join(f"rows[{i}] ({manifest.rows[i].split})" for i in indices)
+            problems.add("image listed more than once", f"{image} in {where}",
+                         hint="an image belongs to one row of one split")
+    return problems
 
 
 def _resolve_root(recorded: Path, override: Path | str | None) -> Path:
@@ -222,8 +386,10 @@ def _verify(manifest: Manifest, path: Path, progress) -> None:
         raise ManifestMismatchError(
             f"{path}: {len(missing)} missing and {len(changed)} changed image(s):\n"
             + "\n".join(lines)
-            + "\nRestore the original files, point --data at the right folder, or make a new "
-            "split with `skinedge data split` (results of the old split are then not comparable)."
+            + "\nRestore the original files; if they moved, set SKINEDGE_DATA to the folder "
+            f"that holds {manifest.root.name}/ (or, for training, "
+            "`skinedge train --set data.root=FOLDER`); or make a new split with "
+            "`skinedge data split` (results of the old split are then not comparable)."
         )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +16,19 @@ from skinedge.data.classes import (
     get_vocabulary,
     infer_vocabulary,
 )
-from skinedge.data.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb
+from skinedge.data.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    ImageError,
+    load_rgb_oriented,
+)
 from skinedge.data.layouts import detect_layout, read_layout
-from skinedge.data.records import DataProblem, DataValidationError, Record
+from skinedge.data.records import (
+    DataProblem,
+    DataValidationError,
+    Record,
+    write_problem_report,
+)
 from skinedge.errors import DataError
 
 
@@ -30,6 +42,8 @@ class Dataset:
         vocabulary: Class vocabulary; every record's label is one of its codes.
         records: Usable rows.
         skipped: Rows left out with ``skip_bad`` (empty otherwise).
+        exif_rotated: Images (paths as in ``records``) stored sideways or flipped whose EXIF
+            orientation was applied when read; empty when images were not checked.
     """
 
     root: Path
@@ -37,6 +51,7 @@ class Dataset:
     vocabulary: ClassVocabulary
     records: list[Record]
     skipped: list[DataProblem] = field(default_factory=list)
+    exif_rotated: list[str] = field(default_factory=list)
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(r.label for r in self.records)
@@ -51,7 +66,12 @@ def read_dataset(
     check_images: bool = True,
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
     progress: Callable[[int, int], None] | None = None,
+    allow_outside_root: bool = False,
+    problems_report: Path | str | None = None,
+    label_hint: str = "fix the row",
+    hint: str = "",
 ) -> Dataset:
     """Read, validate and label a dataset folder.
 
@@ -67,14 +87,24 @@ def read_dataset(
             before a long training run does).
         skip_bad: Leave offending rows out (listed in ``Dataset.skipped``) instead of raising.
         max_pixels: Decompression-bomb guard, see :func:`load_rgb`.
+        min_side: Shortest image side accepted, in pixels, see :func:`load_rgb`.
         progress: Called as ``progress(done, total)`` while images are checked.
+        allow_outside_root: Take image paths and symlinks that lead outside ``root`` (the user
+            trusts the folder); by default each is an ``outside-root`` problem, never opened.
+        problems_report: Where to write every problem as CSV when this raises; None writes it
+            to the system temp folder (named after the dataset folder), so it is never lost.
+        label_hint: What an ``unknown-label`` row should do, worded for the caller's command
+            (the split command adds its ``--classes``).
+        hint: Last line of the error (what to do), worded for the caller's command; the
+            default suggests fixing the rows or ``--skip-bad``.
 
     Raises:
-        DataValidationError: some rows are bad and ``skip_bad`` is False; lists every one.
+        DataValidationError: some rows are bad and ``skip_bad`` is False; a few are listed,
+            many are summarised per kind, and the report it names lists every one.
     """
     root = Path(root)
     layout_name = layout or detect_layout(root)
-    records, problems = read_layout(root, layout_name)
+    records, problems = read_layout(root, layout_name, allow_outside_root=allow_outside_root)
     vocab = get_vocabulary(classes) if classes else _infer(records)
 
     good: list[Record] = []
@@ -83,8 +113,8 @@ def read_dataset(
         if code is None:
             problems.append(DataProblem(
                 r.source, "unknown-label",
-                f"label {r.label!r} is not one of {list(vocab.codes)} ({vocab.name}); fix the "
-                "row or choose another --classes"))
+                f"label {r.label!r} is not one of {list(vocab.codes)} ({vocab.name}); "
+                f"{label_hint}"))
         else:
             good.append(Record(r.image, r.group, code, r.source))
 
@@ -96,16 +126,62 @@ def read_dataset(
                 r.source, "duplicate-id", f"image {r.image} is listed more than once; keep one row"))
     good = [r for r in good if r.image not in dupes]
 
+    rotated: list[str] = []
     if check_images:
-        problems += _check_images(root, good, max_pixels, progress)
+        image_problems, rotated = _check_images(root, good, max_pixels, min_side, progress)
+        problems += image_problems
         bad_sources = {p.source for p in problems}
         good = [r for r in good if r.source not in bad_sources]
+        kept = {r.image for r in good}
+        rotated = [image for image in rotated if image in kept]
 
     if problems and not skip_bad:
-        raise DataValidationError(problems)
+        report = _write_report(problems, root, problems_report)
+        raise DataValidationError(problems, hint=hint, report=report)
     if not good:
         raise DataError(f"{root}: no usable images found")
-    return Dataset(root, layout_name, vocab, good, problems)
+    return Dataset(root, layout_name, vocab, good, problems, rotated)
+
+
+def count_labels(
+    root: Path | str, *, layout: str | None = None, allow_outside_root: bool = False,
+) -> Counter[str]:
+    """Rows per raw label (stripped, lower case), from the labels file alone: no image is
+    decoded. For a caller that must know a folder's classes before reading it in full."""
+    root = Path(root)
+    records, _ = read_layout(root, layout or detect_layout(root),
+                             allow_outside_root=allow_outside_root)
+    return Counter(r.label.strip().lower() for r in records)
+
+
+def vocabulary_of(labels: Iterable[str]) -> ClassVocabulary:
+    """The vocabulary of the labels some vocabulary knows (labels no vocabulary knows are
+    typos, for per-row problems).
+
+    Raises:
+        DataError: no vocabulary knows any of the labels.
+    """
+    labels = {label.strip().lower() for label in labels}
+    known = {label for label in labels
+             if any(v.normalize(label) is not None for v in VOCABULARIES.values())}
+    return infer_vocabulary(known or labels)
+
+
+def default_problems_report(root: Path | str) -> Path:
+    """Where :func:`read_dataset` writes the problems of ``root`` when the caller names no
+    file: the system temp folder, named after the folder (plus a hash of its full path, so two
+    folders called ``data`` do not overwrite each other's report)."""
+    real = Path(root).resolve()
+    digest = hashlib.sha256(str(real).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"skinedge-{real.name or 'dataset'}-{digest}.problems.csv"
+
+
+def _write_report(problems: list[DataProblem], root: Path, path: Path | str | None) -> Path | None:
+    """Write the problems CSV; None when it cannot be written (the error then lists every row)."""
+    try:
+        return write_problem_report(problems, Path(path) if path else default_problems_report(root))
+    except OSError:
+        return None
 
 
 def _infer(records: list[Record]) -> ClassVocabulary:
@@ -114,29 +190,31 @@ def _infer(records: list[Record]) -> ClassVocabulary:
     Inferring from every label would let one typo abort the whole folder with no row named
     (and defeat ``skip_bad``); only a folder where no label is known fails here.
     """
-    labels = {r.label.strip().lower() for r in records}
-    known = {label for label in labels
-             if any(v.normalize(label) is not None for v in VOCABULARIES.values())}
-    return infer_vocabulary(known or labels)
+    return vocabulary_of(r.label for r in records)
 
 
 def _check_images(
-    root: Path, records: list[Record], max_pixels: int,
+    root: Path, records: list[Record], max_pixels: int, min_side: int,
     progress: Callable[[int, int], None] | None,
-) -> list[DataProblem]:
-    def check(record: Record) -> DataProblem | None:
+) -> tuple[list[DataProblem], list[str]]:
+    """Decode every image: (problems, images whose EXIF orientation was applied)."""
+    def check(record: Record) -> DataProblem | bool:
         try:
-            load_rgb(root / record.image, max_pixels=max_pixels)
+            _, orientation = load_rgb_oriented(root / record.image, max_pixels=max_pixels,
+                                               min_side=min_side)
         except ImageError as exc:
             return DataProblem(record.source, exc.kind, f"{record.image}: {exc.reason}")
-        return None
+        return orientation != 1
 
-    problems = []
+    problems, rotated = [], []
     # Decoding releases the GIL, so a few threads overlap file I/O and JPEG decoding.
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for done, problem in enumerate(pool.map(check, records), start=1):
-            if problem:
-                problems.append(problem)
+        for done, (record, outcome) in enumerate(zip(records, pool.map(check, records)),
+                                                 start=1):
+            if isinstance(outcome, DataProblem):
+                problems.append(outcome)
+            elif outcome:
+                rotated.append(record.image)
             if progress:
                 progress(done, len(records))
-    return problems
+    return problems, rotated

@@ -38,19 +38,63 @@ class DataProblem:
     message: str  # what is wrong and what to do
 
 
-class DataValidationError(DataError):
-    """Raised when a dataset has bad rows; lists every one of them."""
+#: Up to this many problems are listed row by row; more are summarised per kind.
+LIST_ALL_UP_TO = 10
+#: Rows shown for each kind when problems are summarised (the report lists every one).
+SHOWN_PER_KIND = 3
 
-    def __init__(self, problems: Sequence[DataProblem], *, hint: str = ""):
+
+class DataValidationError(DataError):
+    """Raised when a dataset has bad rows.
+
+    A few problems are listed one by one. Many (a folder whose 300 rows share one mistake) are
+    summarised: one line per kind with its count and its first rows, and the full list is in
+    ``report``, a CSV the message names. Without a report every row is listed, so nothing is
+    ever lost.
+
+    Args:
+        problems: Every offending row or file.
+        hint: Last line, what to do; the default suggests fixing the rows or ``--skip-bad``.
+        report: CSV already written with :func:`write_problem_report`, or None.
+    """
+
+    def __init__(self, problems: Sequence[DataProblem], *, hint: str = "",
+                 report: Path | None = None):
         self.problems = list(problems)
+        self.report = Path(report) if report is not None else None
         lines = [f"{len(self.problems)} problem(s) in the dataset:"]
-        lines += [f"  {p.source}: [{p.kind}] {p.message}" for p in self.problems]
+        if len(self.problems) <= LIST_ALL_UP_TO or self.report is None:
+            lines += [f"  {_row(p)}" for p in self.problems]
+        else:
+            lines += _summary(self.problems)
+        if self.report is not None:
+            lines.append(f"Every problem is listed in {self.report}")
         lines.append(
             hint
             or "Fix these rows or files, or rerun with --skip-bad to leave them out "
             "(a report of what was skipped is written next to the outputs)."
         )
         super().__init__("\n".join(lines))
+
+
+def _row(problem: DataProblem) -> str:
+    return f"{problem.source}: [{problem.kind}] {problem.message}"
+
+
+def _summary(problems: list[DataProblem]) -> list[str]:
+    """One line per kind (in order of first appearance) with its count and first rows."""
+    by_kind: dict[str, list[DataProblem]] = {}
+    for p in problems:
+        by_kind.setdefault(p.kind, []).append(p)
+    lines = []
+    for kind, group in by_kind.items():
+        shown = group[:SHOWN_PER_KIND]
+        more = f", the first {len(shown)}:" if len(group) > len(shown) else ":"
+        lines.append(f"  [{kind}] {len(group)} row(s){more}")
+        lines += [f"    {_row(p)}" for p in shown]
+        if len(group) > len(shown):
+            lines.append(f"    ... and {len(group) - len(shown)} more [{kind}] row(s) in the report")
+    return lines
 
 
 def write_problem_report(problems: Iterable[DataProblem], path: Path) -> Path:

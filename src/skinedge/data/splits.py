@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Protocol
 
 from skinedge.data.records import Record
 from skinedge.errors import ConfigError
@@ -58,6 +59,67 @@ def split_groups(
                 assignment[g] = split
             start += size
     return assignment
+
+
+class SplitRow(Protocol):
+    """A row of a split (``ManifestRow``): where an image went."""
+
+    image: str
+    group: str
+    label: str
+    split: str
+
+
+def sparse_class_warnings(rows: Sequence[SplitRow], codes: Sequence[str],
+                          ratios: Sequence[float]) -> list[str]:
+    """Classes a split cannot serve, one warning each (the empty ones in one line).
+
+    A class with no image gets a model output that is never trained; one with a single image
+    or a single lesion (or patient) lies in one split only, so it is either learned and never
+    tested, or tested and never learned; one with fewer lesions than splits misses a split.
+    ``skinedge train`` refuses classes with too few training images (``data.min_images_per_class``).
+
+    Args:
+        rows: The split's rows.
+        codes: The class vocabulary, in order.
+        ratios: train/val/test fractions; a split with ratio 0 is meant to be empty.
+
+    Returns:
+        Messages naming the class, its images and lesions and the splits it misses.
+    """
+    wanted = [s for s, ratio in zip(SPLITS, ratios) if ratio > 0]
+    images: dict[str, list[str]] = defaultdict(list)
+    groups: dict[str, set[str]] = defaultdict(set)
+    splits: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        images[r.label].append(r.image)
+        groups[r.label].add(r.group)
+        splits[r.label][r.split] += 1
+    warnings = []
+    empty = [c for c in codes if not images[c]]
+    if empty:
+        warnings.append(
+            f"{len(empty)} class(es) have no images: {', '.join(empty)}; the model gets an output "
+            "for each that is never trained (expected for ISIC 2019's 'unk'; otherwise check the "
+            "labels, or the vocabulary chosen with --classes)")
+    fix = "add images of it and split again, or leave it out of the labels"
+    for code in codes:
+        if not images[code]:
+            continue
+        missing = [s for s in wanted if not splits[code][s]]
+        present = ", ".join(s for s in SPLITS if splits[code][s])
+        if len(images[code]) == 1:
+            warnings.append(f"class {code!r} has only 1 image ({images[code][0]}), in {present}: "
+                            f"it cannot be both learned and tested; {fix}")
+        elif len(groups[code]) == 1:
+            warnings.append(f"class {code!r} has {len(images[code])} images of one lesion/patient "
+                            f"({next(iter(groups[code]))}), all in {present}: it cannot be both "
+                            f"learned and tested; {fix}")
+        elif missing:
+            warnings.append(f"class {code!r} has {len(groups[code])} lesions/patients "
+                            f"({len(images[code])} images): too few for every split, none in "
+                            f"{', '.join(missing)}; {fix}")
+    return warnings
 
 
 def check_ratios(ratios: Sequence[float]) -> None:

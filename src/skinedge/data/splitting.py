@@ -13,12 +13,24 @@ from skinedge.data.splits import check_ratios
 
 def split_folder(data: Path, out: Path, *, layout=None, classes=None, ratios=(0.7, 0.15, 0.15),
                  seed=0, skip_bad=False, check_images=True, max_pixels=DEFAULT_MAX_PIXELS,
-                 progress=None) -> tuple[Manifest, Path | None]:
+                 progress=None, allow_outside_root=False,
+                 label_hint="fix the row") -> tuple[Manifest, Path | None]:
+    """Split ``data`` into the manifest ``out``; (manifest, skipped-rows report or None).
+
+    Classes the split cannot serve (empty, one image or lesion, too few lesions for every
+    split) are listed by ``manifest.class_warnings()`` and saved in the manifest.
+    """
     check_ratios(ratios)  # before the minutes spent decoding every image
+    # When the folder has bad rows, every one of them is listed next to the manifest.
+    problems_report = out.parent / f"{out.stem}.problems.csv"
     dataset = read_dataset(data, layout=layout, classes=classes, check_images=check_images,
-                           skip_bad=skip_bad, max_pixels=max_pixels, progress=progress)
-    manifest = make_manifest(dataset, ratios=ratios, seed=seed)
+                           skip_bad=skip_bad, max_pixels=max_pixels, progress=progress,
+                           allow_outside_root=allow_outside_root, label_hint=label_hint,
+                           problems_report=problems_report)
+    manifest = make_manifest(dataset, ratios=ratios, seed=seed,
+                             allow_outside_root=allow_outside_root)
     manifest.save(out)
+    problems_report.unlink(missing_ok=True)  # a failed earlier run's list no longer applies
     skipped = None
     if dataset.skipped:
         skipped = write_problem_report(dataset.skipped, out.parent / f"{out.stem}.skipped.csv")

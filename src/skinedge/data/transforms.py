@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
+from skinedge.data.images import exif_orientation
+
 
 class PreprocessConfig(BaseModel):
     """Deterministic preprocessing, applied at training and inference time alike.
@@ -85,12 +87,13 @@ def equalize_luminance(image: Image.Image) -> Image.Image:
 
 
 class _Normalize:
-    """Colour constancy and equalisation as one picklable transform."""
+    """EXIF orientation, colour constancy and equalisation as one picklable transform."""
 
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
 
     def __call__(self, image: Image.Image) -> Image.Image:
+        image = upright(image)
         if self.cfg.color_constancy == "shades_of_gray":
             image = shades_of_gray(image, self.cfg.shades_of_gray_p)
         if self.cfg.equalize:
@@ -148,13 +151,26 @@ def resize_for_eval(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return image
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: turned by its EXIF orientation tag, if it has one.
+
+    Images from :func:`skinedge.data.images.load_rgb` are upright already (the tag is gone);
+    this catches a PIL image a caller opened itself (``Image.open`` keeps a phone photo
+    sideways, and ``convert("RGB")`` keeps the tag).
+    """
+    if exif_orientation(image) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def preprocess_image(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """The evaluation pipeline without torch: PIL RGB image -> float32 array (3, S, S).
 
-    Colour constancy and equalisation, :func:`resize_for_eval`, scaling to 0-1 and per-channel
-    normalisation; bit for bit what torchvision's ``ToTensor`` and ``Normalize`` give.
+    EXIF orientation (:func:`upright`), colour constancy and equalisation,
+    :func:`resize_for_eval`, scaling to 0-1 and per-channel normalisation; bit for bit what
+    torchvision's ``ToTensor`` and ``Normalize`` give.
     """
-    image = resize_for_eval(_Normalize(cfg)(image.convert("RGB")), cfg)
+    image = resize_for_eval(_Normalize(cfg)(upright(image).convert("RGB")), cfg)
     x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
     mean = np.asarray(cfg.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(cfg.std, dtype=np.float32)[:, None, None]
@@ -205,4 +221,4 @@ def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
 
 def display_image(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """The eval pipeline's geometry without normalisation: uint8 (S, S, 3), for overlays."""
-    return np.asarray(resize_for_eval(image, cfg).convert("RGB"), dtype=np.uint8)
+    return np.asarray(resize_for_eval(upright(image), cfg).convert("RGB"), dtype=np.uint8)

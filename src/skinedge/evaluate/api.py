@@ -19,9 +19,15 @@ from skinedge.data import (
     read_dataset,
     write_problem_report,
 )
+from skinedge.data.classes import VOCABULARIES, get_vocabulary
 from skinedge.data.manifest import check_classes
+from skinedge.data.reading import Dataset, count_labels, vocabulary_of
 from skinedge.errors import ConfigError, DataError
-from skinedge.evaluate.metrics import bootstrap_intervals, compute_metrics
+from skinedge.evaluate.metrics import (
+    bootstrap_intervals,
+    compute_metrics,
+    melanoma_detection_metrics,
+)
 from skinedge.evaluate.predict import predict_probs
 from skinedge.evaluate.report import write_report
 from skinedge.models import load_checkpoint
@@ -33,12 +39,15 @@ from skinedge.utils.io import atomic_write_text
 class EvaluationResult:
     metrics: dict
     images: list[str]
-    probs: np.ndarray  # (N, C)
-    targets: np.ndarray  # (N,)
+    probs: np.ndarray  # (N, C), the model's classes
+    targets: np.ndarray  # (N,), indices into label_classes
     source: str  # "manifest.json:test" or the folder
     skipped: list[DataProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings about what the figures mean
     files: dict[str, Path] = field(default_factory=dict)
+    #: Classes of ``targets``: the model's, or ``["benign", "mel"]`` for melanoma detection.
+    label_classes: list[str] = field(default_factory=list)
+    task: str = "classification"  # or "melanoma-detection"
 
 
 def evaluate_checkpoint(
@@ -56,6 +65,7 @@ def evaluate_checkpoint(
     tta: str = "none",
     out_dir: Path | str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    allow_outside_root: bool = False,
 ) -> EvaluationResult:
     """Evaluate a checkpoint on a manifest split or on every image of a labelled folder.
 
@@ -64,13 +74,17 @@ def evaluate_checkpoint(
         manifest: Split manifest; evaluates ``split`` of it.
         split: ``train``, ``val``, ``test`` or ``all`` (with ``manifest``).
         data: A dataset folder in any supported layout, evaluated whole (instead of a manifest);
-            its labels must belong to the model's class vocabulary.
+            its labels must belong to the model's class vocabulary, or be melanoma vs benign
+            (ISIC 2020 style) for a model with a melanoma class: that is scored as melanoma
+            detection (see :func:`~skinedge.evaluate.metrics.melanoma_detection_metrics`).
         layout: Layout of ``data`` when detection is not wanted.
         skip_bad: Leave bad rows of ``data`` out, with a report, instead of failing.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``.
         tta: Test-time augmentation, ``none`` or ``flips`` (see :func:`predict_probs`).
         out_dir: When given, writes ``metrics.json``, ``metrics.md``,
-            ``metrics_confusion.png``, ``predictions.csv`` (and ``skipped.csv``) there.
+            ``metrics_confusion.png``, ``predictions.csv`` (and ``skipped.csv``) there; when
+            ``data`` has bad rows, ``problems.csv`` lists every one.
+        allow_outside_root: Accept image paths of ``data`` that lead outside the folder.
 
     Raises:
         ConfigError: neither or both of manifest/data.
@@ -81,11 +95,12 @@ def evaluate_checkpoint(
     if threads:
         torch.set_num_threads(threads)
     model, card = load_checkpoint(checkpoint)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, option="--device")
     model.to(torch_device, memory_format=torch.channels_last)
     transform = build_eval_transform(card.preprocess)
     skipped: list[DataProblem] = []
     notes: list[str] = []
+    label_classes, task = list(card.classes), "classification"
     if manifest is not None:
         man = load_manifest(manifest)
         check_classes(man, card.classes, manifest)
@@ -96,38 +111,115 @@ def evaluate_checkpoint(
                 f"the model was trained on split {card.data.split_hash[:12]}, not on this "
                 f"manifest's {man.split_hash[:12]}: its {split} images may include training images")
     else:
-        ds = read_dataset(data, layout=layout, classes=card.vocabulary, skip_bad=skip_bad)
+        ds, task = _read_folder(
+            Path(data), card, checkpoint, layout=layout, skip_bad=skip_bad,
+            allow_outside_root=allow_outside_root,
+            problems_report=Path(out_dir) / "problems.csv" if out_dir is not None else None)
         skipped = ds.skipped
+        label_classes = list(ds.vocabulary.codes)
         dataset = LesionDataset(ds.root, [r.image for r in ds.records],
-                                [card.classes.index(r.label) for r in ds.records], transform)
+                                [label_classes.index(r.label) for r in ds.records], transform)
         source = str(data)
+        if task == "melanoma-detection":
+            notes.append(
+                f"{data} is labelled melanoma vs benign, not with the model's classes: scored "
+                f"as melanoma detection, P({card.positive_class}) for the AUC and sensitivity "
+                f"at fixed specificity, '{card.positive_class} is the top-1 class' for "
+                "sensitivity and specificity")
     if not len(dataset):
         raise DataError(f"{source}: no images to evaluate")
     probs, targets = predict_probs(model, dataset, batch_size=batch_size,
                                    num_workers=num_workers, device=torch_device, tta=tta,
                                    progress=progress)
-    metrics = compute_metrics(targets, probs, card.classes, melanoma_class=card.positive_class)
-    metrics["confidence_intervals"] = bootstrap_intervals(
-        targets, probs, card.classes, melanoma_class=card.positive_class)
-    result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped, notes)
+    if task == "melanoma-detection":
+        metrics = melanoma_detection_metrics(targets, probs, card.classes,
+                                             melanoma_class=card.positive_class)
+        mel = card.classes.index(card.positive_class)
+        metrics["confidence_intervals"] = bootstrap_intervals(
+            targets, np.stack([1.0 - probs[:, mel], probs[:, mel]], axis=1), label_classes,
+            melanoma_class="mel", y_pred=(probs.argmax(axis=1) == mel).astype(np.int64))
+        class_names = dict(VOCABULARIES["melanoma"].names)
+    else:
+        metrics = compute_metrics(targets, probs, card.classes, melanoma_class=card.positive_class)
+        metrics["confidence_intervals"] = bootstrap_intervals(
+            targets, probs, card.classes, melanoma_class=card.positive_class)
+        class_names = card.class_names
+    result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped, notes,
+                              label_classes=label_classes, task=task)
     if out_dir is not None:
         out = Path(out_dir)
         result.files = write_report(
             {**metrics, "checkpoint": str(checkpoint), "source": source, "tta": tta,
              "notes": notes},
             out, title=f"Evaluation of {Path(checkpoint)} on {source}",
-            class_names=card.class_names)
-        result.files["predictions"] = _write_predictions(result, card.classes, out / "predictions.csv")
+            class_names=class_names)
+        result.files["predictions"] = _write_predictions(result, card.classes,
+                                                         out / "predictions.csv")
         if skipped:
             result.files["skipped"] = write_problem_report(skipped, out / "skipped.csv")
+        if data is not None:  # a failed earlier run's list of problems no longer applies
+            (out / "problems.csv").unlink(missing_ok=True)
     return result
 
 
+def _read_folder(
+    data: Path, card, checkpoint, *, layout: str | None, skip_bad: bool,
+    allow_outside_root: bool, problems_report: Path | None,
+) -> tuple[Dataset, str]:
+    """Read ``data`` for the model of ``card``: (dataset, task).
+
+    A folder labelled with another vocabulary than the model's is caught from its labels file
+    alone, before any image is decoded, with one message instead of a line per row.
+    Melanoma-vs-benign labels (ISIC 2020) on a model with a melanoma class are read with the
+    ``melanoma`` vocabulary, for melanoma detection.
+
+    Raises:
+        DataError: labels the model has no output for (unless ``skip_bad``).
+        DataValidationError: bad rows or images.
+    """
+    model_vocab = get_vocabulary(card.vocabulary)
+    labels = count_labels(data, layout=layout, allow_outside_root=allow_outside_root)
+    # Labels some vocabulary knows but the model's does not (typos stay per-row problems).
+    foreign = {label: n for label, n in labels.items() if model_vocab.normalize(label) is None
+               and any(v.normalize(label) is not None for v in VOCABULARIES.values())}
+    try:
+        folder_vocab = vocabulary_of(labels) if labels else model_vocab
+    except DataError:  # no label known anywhere: every row is reported below
+        folder_vocab = model_vocab
+    task, classes = "classification", card.vocabulary
+    if foreign and folder_vocab.name == "melanoma":
+        positive = card.positive_class
+        if positive not in card.classes:
+            raise DataError(
+                f"{data} is labelled melanoma vs benign, but {checkpoint} has no melanoma class "
+                f"to score (its classes: {', '.join(card.classes)}); evaluate it on a folder "
+                "labelled with those classes")
+        task, classes = "melanoma-detection", "melanoma"
+    elif foreign and not skip_bad:
+        rows = sum(foreign.values())
+        listed = ", ".join(f"{label!r} ({n} row(s))" for label, n in sorted(foreign.items()))
+        what = (f"the {folder_vocab.name} classes" if folder_vocab is not model_vocab
+                else "labels of another class vocabulary")
+        raise DataError(
+            f"{data} is labelled with {what}, but {checkpoint} "
+            f"predicts the {model_vocab.name} classes ({', '.join(model_vocab.codes)}): "
+            f"{rows} row(s) carry labels it has no output for: {listed}. Evaluate it on a "
+            "folder labelled with the model's classes, or rerun with --skip-bad to score only "
+            "the rows it can (the others are listed in skipped.csv)")
+    dataset = read_dataset(
+        data, layout=layout, classes=classes, skip_bad=skip_bad,
+        allow_outside_root=allow_outside_root, problems_report=problems_report,
+        label_hint="fix the row (the model can only be scored on its own classes)")
+    return dataset, task
+
+
 def _write_predictions(result: EvaluationResult, classes: list[str], path: Path) -> Path:
+    """One row per image: its label, the model's top-1 class and every class probability."""
+    labels = result.label_classes or classes
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["image", "label", "predicted", *[f"p_{c}" for c in classes]])
     for image, target, row in zip(result.images, result.targets, result.probs):
-        writer.writerow([image, classes[target], classes[int(row.argmax())],
+        writer.writerow([image, labels[target], classes[int(row.argmax())],
                          *[f"{p:.6f}" for p in row]])
     return atomic_write_text(path, buffer.getvalue())

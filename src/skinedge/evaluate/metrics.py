@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-__all__ = ["compute_metrics"]
+__all__ = ["compute_metrics", "melanoma_detection_metrics"]
 
 #: How far a row of ``probs`` may sum from 1 (float16/float32 softmax outputs drift a little).
 ROW_SUM_TOLERANCE = 1e-3
@@ -35,10 +35,12 @@ def compute_metrics(
     melanoma_class: str | None = "mel",
     specificities: Sequence[float] = (0.8, 0.9),
     ece_bins: int = 15,
+    y_pred: np.ndarray | None = None,
 ) -> dict:
     """Scores predicted class probabilities against true labels.
 
-    Predictions are the arg-max of ``probs`` (ties go to the first class).
+    Predictions are the arg-max of ``probs`` (ties go to the first class), unless ``y_pred``
+    gives them.
 
     Args:
         y_true: (N,) integer class indices into ``classes``.
@@ -47,6 +49,9 @@ def compute_metrics(
         melanoma_class: code of the melanoma class for the melanoma metrics; ``None`` to skip.
         specificities: target specificities in (0, 1] for the melanoma operating points.
         ece_bins: number of equal-width confidence bins on [0, 1] for the ECE.
+        y_pred: (N,) predicted class indices, when the decision is not the arg-max of ``probs``
+            (see :func:`melanoma_detection_metrics`); accuracy, recall, precision and the
+            confusion matrix use them, the AUCs and the ECE use ``probs``.
 
     Returns:
         A JSON-serialisable dict (plain ints/floats/lists, ``None`` where undefined) with keys
@@ -71,7 +76,7 @@ def compute_metrics(
         raise ValueError(f"ece_bins must be a positive integer, got {ece_bins!r}.")
 
     n, n_classes = probs.shape
-    y_pred = probs.argmax(axis=1)
+    y_pred = probs.argmax(axis=1) if y_pred is None else _validate_predictions(y_pred, n, n_classes)
     cm = confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
     support = cm.sum(axis=1)
     present = support > 0
@@ -250,6 +255,64 @@ def _validate_inputs(
     return y_true.astype(np.int64), probs, classes
 
 
+def _validate_predictions(y_pred: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """Checks that ``y_pred`` holds ``n`` class indices in ``range(n_classes)``."""
+    y_pred = np.asarray(y_pred)
+    if y_pred.shape != (n,) or not np.issubdtype(y_pred.dtype, np.integer):
+        raise ValueError(f"y_pred must hold {n} integer class indices, got shape {y_pred.shape} "
+                         f"and dtype {y_pred.dtype}.")
+    if ((y_pred < 0) | (y_pred >= n_classes)).any():
+        raise ValueError(f"y_pred has class indices outside [0, {n_classes - 1}].")
+    return y_pred.astype(np.int64)
+
+
+def melanoma_detection_metrics(
+    is_melanoma: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    melanoma_class: str = "mel",
+    specificities: Sequence[float] = (0.8, 0.9),
+) -> dict:
+    """Scores a multi-class model on a melanoma-vs-benign set (ISIC 2020 style labels).
+
+    The score is the model's P(melanoma): AUC and sensitivity at fixed specificity. The
+    decision is what the app shows, "melanoma is the top-1 class": accuracy, the confusion
+    matrix, sensitivity (recall of ``mel``) and specificity (recall of ``benign``). The ECE is
+    the calibration of P(melanoma) as a two-class probability.
+
+    Args:
+        is_melanoma: (N,) 1 for melanoma, 0 for benign.
+        probs: (N, C) the model's class probabilities, columns in ``classes`` order.
+        classes: The model's C class codes; must include ``melanoma_class``.
+        melanoma_class: Code of the melanoma class among ``classes``.
+        specificities: Target specificities for the sensitivity operating points.
+
+    Returns:
+        The :func:`compute_metrics` dict over the classes ``["benign", "mel"]``, plus
+        ``task: "melanoma-detection"``, ``sensitivity`` and ``specificity`` (of the top-1
+        decision; None when the set lacks melanomas or benign lesions).
+
+    Raises:
+        ValueError: ``melanoma_class`` is not among ``classes``, or the inputs are invalid.
+    """
+    y_true, probs, classes = _validate_inputs(is_melanoma, probs, classes)
+    if melanoma_class not in classes:
+        raise ValueError(f"the model's classes {classes} have no {melanoma_class!r} to score.")
+    if ((y_true != 0) & (y_true != 1)).any():
+        raise ValueError("is_melanoma must hold 0 (benign) or 1 (melanoma).")
+    mel = classes.index(melanoma_class)
+    p_mel = probs[:, mel]
+    binary = np.stack([1.0 - p_mel, p_mel], axis=1)
+    top1 = (probs.argmax(axis=1) == mel).astype(np.int64)
+    metrics = compute_metrics(y_true, binary, ["benign", "mel"], melanoma_class="mel",
+                              specificities=specificities, y_pred=top1)
+    metrics.update(task="melanoma-detection",
+                   sensitivity=metrics["per_class"]["mel"]["recall"],
+                   specificity=metrics["per_class"]["benign"]["recall"])
+    return metrics
+
+
 def _validate_specificities(specificities: Sequence[float]) -> list[float]:
     """Checks that every target specificity lies in (0, 1] and the keys are distinct."""
     values = [float(s) for s in specificities]
@@ -271,6 +334,7 @@ def bootstrap_intervals(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    y_pred: np.ndarray | None = None,
 ) -> dict:
     """Percentile bootstrap confidence intervals of the headline metrics.
 
@@ -285,6 +349,8 @@ def bootstrap_intervals(
         n_boot: bootstrap resamples.
         level: central coverage of the interval.
         seed: resampling seed (the intervals are reproducible).
+        y_pred: (N,) predicted class indices when not the arg-max of ``probs`` (as in
+            :func:`compute_metrics`).
 
     Returns:
         ``{"level", "n_boot", "accuracy": [lo, hi], "balanced_accuracy": [lo, hi],
@@ -293,7 +359,7 @@ def bootstrap_intervals(
     y_true, probs, classes = _validate_inputs(y_true, probs, classes)
     rng = np.random.default_rng(seed)
     n, n_classes = probs.shape
-    y_pred = probs.argmax(axis=1)
+    y_pred = probs.argmax(axis=1) if y_pred is None else _validate_predictions(y_pred, n, n_classes)
     correct = y_pred == y_true
     mel = classes.index(melanoma_class) if melanoma_class in classes else None
     is_mel = y_true == mel if mel is not None else None

@@ -62,9 +62,18 @@ def render_markdown(
     ]
     for key, sensitivity in metrics["melanoma_sensitivity_at_spec"].items():
         summary.append((f"Melanoma sensitivity at {_as_percent(key)} specificity", sensitivity))
+    detection = metrics.get("task") == "melanoma-detection"
+    if detection:
+        summary += [("Sensitivity (melanoma is the top-1 class)", metrics["sensitivity"]),
+                    ("Specificity (melanoma is not the top-1 class)", metrics["specificity"])]
     summary.append(("Expected calibration error (top-1)", metrics["ece"]))
 
     lines = [f"# {title}", "", "## Summary", ""]
+    if detection:
+        lines += ["Melanoma detection: a multi-class model on melanoma-vs-benign labels. AUC and "
+                  "sensitivity at fixed specificity score P(melanoma); accuracy, sensitivity, "
+                  "specificity and the confusion matrix score \"melanoma is the top-1 class\".",
+                  ""]
     intervals = metrics.get("confidence_intervals")
     if intervals:
         keyed = {"Accuracy": "accuracy", "Balanced accuracy (mean recall)": "balanced_accuracy",
