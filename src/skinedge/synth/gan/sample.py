@@ -1,8 +1,10 @@
 """Sampling a trained GAN: seeded candidates with discriminator scores, and sample grids.
 
 Each image's latent comes from its own seed and the generator's noise is fixed
-(``noise_mode="const"``), so an image depends on its seed alone: the same seed gives the same
-pixels in any batch, on resume, or a year later for an audit.
+(``noise_mode="const"``), so an image depends on its seed alone. Candidates are generated in
+fixed blocks of ``batch_size`` consecutive seeds, and a resumed run regenerates a missing image
+in its own block: CPU kernels may round differently for another batch size, and the same block
+gives the same pixels on resume, or a year later for an audit.
 """
 
 from __future__ import annotations
@@ -160,17 +162,20 @@ def sample_candidates(
         label = gan.classes.index(code)
         seeds = [image_seed(seed, label, i) for i in range(n)]
         paths = [out_dir / "images" / code / f"{code}-{s}.png" for s in seeds]
-        todo = [i for i, p in enumerate(paths) if not p.is_file()]
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+        missing = {i for i, p in enumerate(paths) if not p.is_file()}
+        done = n - len(missing)
+        for block in sorted({i // batch_size for i in missing}):
+            chunk = range(block * batch_size, min(n, (block + 1) * batch_size))
             images = generate(gan.generator, label, [seeds[i] for i in chunk],
                               truncation_psi=truncation_psi, batch_size=batch_size)
             for i, image in zip(chunk, images):
-                buffer = io.BytesIO()
-                Image.fromarray(image).save(buffer, format="PNG")
-                atomic_write_bytes(paths[i], buffer.getvalue())
+                if i in missing:
+                    buffer = io.BytesIO()
+                    Image.fromarray(image).save(buffer, format="PNG")
+                    atomic_write_bytes(paths[i], buffer.getvalue())
+                    done += 1
             if progress:
-                progress(f"generating {code}", n - len(todo) + start + len(chunk), n)
+                progress(f"generating {code}", done, n)
         images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]) if n else None
         scores = discriminator_scores(gan.discriminator, label, images) if n else []
         rows += [(p.relative_to(out_dir).as_posix(), code, s, float(d))
