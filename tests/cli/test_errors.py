@@ -163,3 +163,178 @@ def test_the_teacher_hint_only_for_a_missing_teacher(tmp_path, extra, hint) -> N
                                  "--config", str(config), *extra])
     assert result.exit_code == 2, result.output
     assert ("name the teacher with --teacher" in text(result)) is hint
+
+
+# Config and CLI mistakes found by a user (issue 18): each is a named error with a fix, exit 2,
+# raised before anything is written.
+
+def _set(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def _tiny_train(tmp_path: Path, manifest: Path, *extra: str):
+    from tests.conftest import TINY
+
+    return runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--manifest",
+                               str(manifest), *_set(*TINY, "epochs=1"), *extra])
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    ("tpu", ["device='tpu' is not a device", "device=auto | cpu | cuda | cuda:N"]),
+    ("cuda:x", ["device='cuda:x' is not a device", "device=auto | cpu | cuda | cuda:N"]),
+    ("cuda", ["device='cuda': no CUDA GPU is visible (torch.cuda.is_available() is False)",
+              "use device=cpu or auto"]),
+    ("cuda:1", ["device='cuda:1': no CUDA GPU is visible", "use device=cpu or auto"]),
+])
+def test_a_bad_or_absent_device_is_named_with_the_valid_words(device, expected, tiny_manifest,
+                                                             tmp_path) -> None:
+    import torch
+
+    if device.startswith("cuda") and ":x" not in device and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    result = _tiny_train(tmp_path, tiny_manifest, "--set", f"device={device}")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert all(part in text(result) for part in expected), text(result)
+    assert not (tmp_path / "run").exists()
+
+
+def test_mps_off_apple_silicon_is_named_not_a_traceback(tiny_manifest, tmp_path) -> None:
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("MPS is available here")
+    result = _tiny_train(tmp_path, tiny_manifest, "--set", "device=mps")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "device='mps': MPS is not available here" in text(result)
+    assert "use device=cpu or auto" in text(result)
+
+
+def test_gan_sample_checks_its_device_option_first(tmp_path) -> None:
+    result = runner.invoke(app, ["gan", "sample", str(tmp_path / "gan"), "--out",
+                                 str(tmp_path / "c"), "--count", "df=1", "--device", "tpu"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "--device 'tpu' is not a device; use --device auto | cpu | cuda" in text(result)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_gpu_index_past_the_last_one_is_named(monkeypatch, tmp_path) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    result = runner.invoke(app, ["gan", "sample", str(tmp_path / "gan"), "--out",
+                                 str(tmp_path / "c"), "--count", "df=1", "--device", "cuda:3"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert ("--device 'cuda:3': only cuda:0 is visible; use --device cuda, a visible cuda:N, "
+            "or auto") in text(result)
+
+
+def test_the_device_module_does_not_import_torch() -> None:
+    code = ("import sys; from skinedge.utils.device import check_device_word; "
+            "check_device_word('cuda:1'); assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("pretrained", "expected"), [
+    ("imagnet", ["model.pretrained='imagnet' is neither a known word nor an existing file",
+                 "did you mean model.pretrained=imagenet?",
+                 "imagenet (packaged ImageNet weights), none (random init)"]),
+    ("weights.pt", ["pretrained weights file weights.pt not found",
+                    "model.pretrained takes imagenet (packaged ImageNet weights), none"]),
+])
+def test_a_misspelt_pretrained_lists_the_valid_words(pretrained, expected, tiny_manifest,
+                                                     tmp_path) -> None:
+    result = _tiny_train(tmp_path, tiny_manifest, "--set", f"model.pretrained={pretrained}")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert all(part in text(result) for part in expected), text(result)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--target", "onnx", "--verify-images", "-5"],
+     "--verify-images -5: a number of validation images to check the artifact on (0: no "
+     "verification); give --verify-images 0 or more"),
+    (["--target", "onnx", "--precision", "int8", "--calibration-images", "0"],
+     "--calibration-images 0: a number of training images to calibrate INT8 on, and INT8 needs "
+     "at least one; give --calibration-images 1 or more"),
+    (["--target", "onnx", "--calibration-images", "-3"],
+     "--calibration-images -3: a number of training images; give --calibration-images 0 or more"),
+    (["--target", "onnx", "--threads", "-1"], "--threads -1: a number of runtime threads"),
+])
+def test_export_refuses_meaningless_counts_before_writing(args, expected, tiny_checkpoint,
+                                                          tmp_path) -> None:
+    out = tmp_path / "exports"
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "--out", str(out), *args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"error: {expected}" in text(result), text(result)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--export", "onnx:fp8"], "bad --export 'onnx:fp8': 'fp8' is not a precision (they are "
+                               "fp32, fp16, int8); target onnx exports fp32, int8"),
+    (["--export", "onnx:fp16"], "bad --export 'onnx:fp16': target onnx exports fp32, int8, "
+                                "not fp16"),
+    (["--export", "onnx,openvino:fp32:qac"],
+     "bad --export 'openvino:fp32:qac': a quantizer (qac) only applies to int8, not fp32"),
+    (["--export", "tflite:int8:nope"],
+     "bad --export 'tflite:int8:nope': target tflite has no quantizer 'nope'; choose one of "
+     "pt2e, aeq, or leave it out for pt2e"),
+    (["--export", "all:int8"], "bad --export 'all:int8': all exports every target"),
+    (["--export", "onnx:int8", "--calibration-images", "0"],
+     "--calibration-images 0: a number of training images to calibrate the INT8 exports on"),
+    (["--iterations", "0"], "--iterations 0: a number of timed runs per model; give "
+                            "--iterations 1 or more"),
+    (["--limit", "0"], "--limit 0: a number of test images to measure on"),
+    (["--warmup", "-1"], "--warmup -1: a number of untimed runs"),
+    (["--threads", "-2"], "--threads -2: a number of threads per runtime"),
+])
+def test_bench_checks_every_option_before_measuring(args, expected, tiny_checkpoint,
+                                                    tmp_path) -> None:
+    out = tmp_path / "bench"
+    result = runner.invoke(app, ["bench", str(tiny_checkpoint), "--out", str(out), *args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"error: {expected}" in text(result), text(result)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["train"], ["gan", "train"], ["compress", "distill"]])
+@pytest.mark.parametrize("folder", ["absent", "empty"])
+def test_resume_without_a_run_says_so(command, folder, tmp_path) -> None:
+    out = tmp_path / folder
+    if folder == "empty":
+        out.mkdir()
+    result = runner.invoke(app, [*command, "--out", str(out), "--resume"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    said = (f"the run folder {out} does not exist, so there is no run to resume" if
+            folder == "absent" else f"{out} holds no run to resume (no config.yaml")
+    assert f"error: --resume: {said}" in text(result), text(result)
+    assert "start a new run there without --resume" in text(result)
+    assert "data.manifest" not in text(result)
+    assert out.exists() == (folder == "empty")
+
+
+def test_tensorrt_refusal_keeps_the_command_on_the_first_line(tiny_checkpoint, tmp_path) -> None:
+    """Bench rows keep a message's first line: it must say what to run (the script), and the
+    whole message still shows the trtexec command."""
+    import json
+
+    from skinedge.export import TARGETS
+    from skinedge.runtimes.tensorrt import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are here: the engine is built instead")
+    if TARGETS["tensorrt"].missing_backend("fp32"):
+        pytest.skip("onnx not installed")
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "--target", "tensorrt",
+                                 "--precision", "fp32", "--out", str(tmp_path),
+                                 "--verify-images", "0"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    report = json.loads((tmp_path / "test_efficientnet_fp32.tensorrt.export.json").read_text())
+    reason = report["verification"]["reason"]
+    first_line = reason.splitlines()[0]
+    assert "TensorRT engine not built" in first_line
+    assert first_line.endswith("in the folder holding both, run "
+                               "`sh test_efficientnet_fp32.trtexec.sh`.")
+    assert "\n  trtexec --onnx=test_efficientnet_fp32.trt.onnx" in reason

@@ -53,7 +53,7 @@ def test_imagenet_classifier_has_small_fresh_head() -> None:
 
 
 def test_no_offline_weights_names_the_pretrained_option() -> None:
-    with pytest.raises(ValueError, match="--pretrained"):
+    with pytest.raises(ValueError, match="model.pretrained"):
         create_classifier("efficientnet_b4", 7, pretrained="imagenet")
 
 

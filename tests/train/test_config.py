@@ -53,7 +53,14 @@ def test_overrides_create_sections() -> None:
 def test_bad_override_names_the_field(override: str, field: str) -> None:
     with pytest.raises(ValueError, match="invalid training config") as info:
         load_train_config(None, [override])
-    assert f"\n{field}\n" in str(info.value)
+    assert f"\n  {field}: " in str(info.value)
+    assert "errors.pydantic.dev" not in str(info.value)
+
+
+def test_an_unknown_key_lists_the_keys_of_its_section() -> None:
+    with pytest.raises(ValueError) as info:
+        load_train_config(None, ["optim.lrr=1"])
+    assert "optim.lrr: unknown key; optim takes optimizer, lr, weight_decay" in str(info.value)
 
 
 def test_override_without_equals_or_into_a_value_raises() -> None:

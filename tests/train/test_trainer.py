@@ -178,3 +178,63 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(two_epoch_run, tiny_manif
     _, out, _ = two_epoch_run
     with pytest.raises(ValueError, match="already holds a training run.*--resume"):
         train_classifier(make_config(tiny_manifest, "epochs=2"), out)
+
+
+# --------------------------------------------------------------------------- too-small classes
+
+
+@pytest.fixture
+def one_df_image_in_train(make_labels_folder, tmp_path) -> Path:
+    """mel and nv: three lesions of two images; df: three single-image lesions, so 1/1/1."""
+    from skinedge.data import make_manifest, read_dataset
+
+    folder = make_labels_folder(per_class=6, codes=("mel", "nv", "df"))
+    labels = (folder / "labels.csv").read_text().splitlines()
+    kept = [row for row in labels if not row.startswith("images/df_")
+            or row.split(",")[0] in {"images/df_000.jpg", "images/df_002.jpg", "images/df_004.jpg"}]
+    (folder / "labels.csv").write_text("\n".join(kept) + "\n")
+    manifest = make_manifest(read_dataset(folder, check_images=False))
+    assert manifest.counts()["train"]["df"] == 1
+    return manifest.save(tmp_path / "manifest.json")
+
+
+def _train_cli(manifest: Path, out: Path, *overrides: str):
+    from typer.testing import CliRunner
+
+    from skinedge.cli.main import app
+
+    sets = [word for item in [*FAST, "epochs=1", "max_batches_per_epoch=1", *overrides]
+            for word in ("--set", item)]
+    return CliRunner().invoke(app, ["train", "--manifest", str(manifest), "--out", str(out), *sets])
+
+
+def test_a_class_with_one_training_image_is_refused(one_df_image_in_train, tmp_path) -> None:
+    result = _train_cli(one_df_image_in_train, tmp_path / "run")
+
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert "Traceback" not in output
+    assert (f"error: {one_df_image_in_train}: the train split has fewer than 2 images of "
+            "class(es) df (1)") in output
+    # Classes the dataset never has (bcc, akiec, bkl, vasc of isic2018) are not counted.
+    assert "bcc" not in output
+    assert "skinedge data split" in output
+    assert "--set data.min_images_per_class=0" in output and "skinedge train" in output
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_min_images_per_class_zero_trains_anyway(one_df_image_in_train, tmp_path) -> None:
+    result = _train_cli(one_df_image_in_train, tmp_path / "run", "data.min_images_per_class=0")
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_a_higher_minimum_names_every_small_class(tiny_manifest) -> None:
+    # tiny_manifest: 3 lesions of 2 images per class in train.
+    from skinedge.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        train_classifier(make_config(tiny_manifest, "data.min_images_per_class=7"), "unused")
+
+    assert "fewer than 7 images of class(es) mel (6), nv (6), bcc (6)" in str(info.value)

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from skinedge.cli.common import ConfigOpt, SetOpt, load_run_config, parse_int_list, print_log
+from skinedge.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    check_count,
+    load_run_config,
+    parse_int_list,
+    print_log,
+)
 from skinedge.errors import ConfigError
 
 app = typer.Typer(help="Distillation into one student, INT8 quantization, and the report that "
@@ -113,6 +120,10 @@ def quantize(
     from skinedge.pipelines.quantize import quantize_checkpoint
     from skinedge.utils.provenance import now, record_command
 
+    check_count(calibration_images, "--calibration-images", 1,
+                "a number of training images to calibrate INT8 on, and INT8 needs at least one")
+    check_count(threads, "--threads", 1, "a number of runtime threads for verification "
+                "(leave it out for the backend's default)")
     started = now()
     with make_progress() as progress:
         outcome = quantize_checkpoint(

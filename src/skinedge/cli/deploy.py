@@ -8,26 +8,43 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from skinedge.cli.common import parse_int_list, print_error, print_log
+from skinedge.cli.common import check_count, parse_int_list, print_error, print_log
 from skinedge.errors import ConfigError
 
 app = typer.Typer()
 
 
 def _parse_targets(values: list[str]) -> list[tuple[str, str | None, str | None]]:
-    """``onnx``, ``onnx:int8``, ``openvino:int8:qac``, ``all`` -> [(target, precision, quantizer)]."""
+    """``onnx``, ``onnx:int8``, ``openvino:int8:qac``, ``all`` -> [(target, precision, quantizer)].
+
+    Every spec is checked (target registered, precision and quantizer offered by it) before
+    anything is exported or measured.
+
+    Raises:
+        ConfigError: a spec that is not TARGET[:PRECISION[:QUANTIZER]] or ``all``, or names
+            what its target does not offer; the message names the spec.
+    """
     from skinedge.export import TARGETS
+    from skinedge.export.records import check_export_choice
 
     pairs: list[tuple[str, str | None, str | None]] = []
     for value in values:
         for item in value.split(","):
             name, precision, quantizer, *extra = [*item.strip().split(":"), None, None]
+            form = (f"write TARGET[:PRECISION[:QUANTIZER]] with TARGET one of "
+                    f"{', '.join(sorted(TARGETS))}, or all")
             if name == "all":
+                if precision or quantizer or any(extra[:-2]):
+                    raise ConfigError(f"bad --export {item!r}: all exports every target at "
+                                      f"every precision and takes no :PRECISION; {form}")
                 pairs += [(t.name, p, None) for t in TARGETS.values() for p in t.precisions]
                 continue
             if name not in TARGETS or any(extra[:-2]):
-                raise ConfigError(f"bad --export {item!r}: TARGET[:PRECISION[:QUANTIZER]] with "
-                                 f"TARGET one of {sorted(TARGETS)}, or all")
+                raise ConfigError(f"bad --export {item!r}: {form}")
+            try:
+                check_export_choice(name, precision or None, quantizer or None)
+            except ConfigError as exc:
+                raise ConfigError(f"bad --export {item!r}: {exc}") from exc
             pairs.append((name, precision or None, quantizer or None))
     return pairs
 
@@ -51,21 +68,30 @@ def export(
     overflow_fix: Annotated[str, typer.Option(
         help="ONNX/OpenVINO INT8: auto (enable on x86 CPUs without VNNI, whose int8 kernels "
              "saturate), enable, first_layer_only or disable.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="Runtime threads for verification.")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="Runtime threads for verification (0 or unset: the backend's default).")] = None,
 ) -> None:
     """Export a checkpoint; the artifact carries its model card and is verified against the
     checkpoint on validation images right after export (non-zero exit if it drifts)."""
     from skinedge.cli.progress import console
     from skinedge.export import ExportError, ExportOptions, export_checkpoint
+    from skinedge.export.records import check_export_choice
 
+    # Refused before anything is loaded or written to --out.
+    options = ExportOptions(quantizer=quantizer, max_drop=max_drop, overflow_fix=overflow_fix)
+    calibrates = check_export_choice(target, precision, quantizer) == "int8" and quantizer != "qat"
+    check_count(verify_images, "--verify-images", 0,
+                "a number of validation images to check the artifact on (0: no verification)")
+    check_count(calibration_images, "--calibration-images", 1 if calibrates else 0,
+                "a number of training images"
+                + (" to calibrate INT8 on, and INT8 needs at least one" if calibrates else ""))
+    check_count(threads, "--threads", 0, "a number of runtime threads (0: the backend's default)")
     try:
         result = export_checkpoint(
             checkpoint, target, precision=precision, out_dir=out, manifest=manifest,
             calibration_images=calibration_images, verify_images=verify_images,
-            verify=verify_images > 0, threads=threads,
-            options=ExportOptions(quantizer=quantizer, max_drop=max_drop,
-                                  overflow_fix=overflow_fix),
-            log=print_log)
+            verify=verify_images > 0, threads=threads or None,
+            options=options, log=print_log)
     except ExportError as exc:  # what was written anyway (TensorRT: the ONNX and the script)
         for path in exc.files:
             console.print(f"wrote {path}")
@@ -111,6 +137,18 @@ def bench(
     from skinedge.cli.progress import console
     from skinedge.utils.provenance import command_line
 
+    # Every option checked before anything is exported or measured.
+    exports = _parse_targets(export_targets or [])
+    check_count(limit, "--limit", 1, "a number of test images to measure on")
+    check_count(iterations, "--iterations", 1, "a number of timed runs per model")
+    check_count(warmup, "--warmup", 0, "a number of untimed runs before timing (0: none)")
+    check_count(threads, "--threads", 0, "a number of threads per runtime (0: the backend's "
+                "default)")
+    calibrates = any(p == "int8" and q != "qat" for _, p, q in exports)
+    check_count(calibration_images, "--calibration-images", 1 if calibrates else 0,
+                "a number of training images"
+                + (" to calibrate the INT8 exports on, and INT8 needs at least one"
+                   if calibrates else ""))
     gates = load_gates(gate) if gate else None
     settings = BenchSettings(threads=1 if threads is None else (threads or None),
                              warmup=warmup, iterations=iterations)
@@ -120,7 +158,7 @@ def bench(
     if cpus:
         settings.cpus = parse_int_list(cpus, "--cpus")
     result = run_bench(list(models or []), reference=reference,
-                       exports=_parse_targets(export_targets or []), manifest=manifest,
+                       exports=exports, manifest=manifest,
                        split=split, data=data, limit=limit, out_dir=out, settings=settings,
                        calibration_images=calibration_images, log=print_log)
     checks = check_gates(gates, result.rows) if gates else None

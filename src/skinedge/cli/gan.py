@@ -51,15 +51,17 @@ def gan_sample(
         help="CLASS=N candidates to generate, e.g. --count df=300 (repeatable).")],
     seed: Annotated[int, typer.Option(help="Base seed; each image's seed is in candidates.csv.")] = 0,
     truncation: Annotated[float, typer.Option(help="Truncation psi (1 = none).")] = 1.0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Generate seeded candidate images per class, each scored by the discriminator."""
     from skinedge.cli.progress import StageProgress, console, make_progress
     from skinedge.synth.gan import sample_candidates
+    from skinedge.utils.device import resolve_device
     from skinedge.utils.provenance import now, record_command
 
     started = now()
     counts = parse_counts(count)
+    device = str(resolve_device(device, option="--device"))
     with make_progress() as progress:
         path = sample_candidates(run, counts, out, seed=seed, truncation_psi=truncation,
                                  device=device, progress=StageProgress(progress))
@@ -163,16 +165,18 @@ def gan_quality(
     features: Annotated[str, typer.Option(
         help="imagenet (packaged EfficientNet-Lite0 weights) or a classifier checkpoint.")] = "imagenet",
     seed: Annotated[int, typer.Option(help="Base seed of the generated images.")] = 1,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Per-class FID, KID, precision and recall against the real train images, on features of
     an offline network (named in the report; not Inception)."""
     from skinedge.cli.progress import StageProgress, console, make_progress
     from skinedge.data import load_manifest
     from skinedge.synth.gan.quality import evaluate_gan
+    from skinedge.utils.device import resolve_device
     from skinedge.utils.provenance import now, record_command
 
     started = now()
+    device = str(resolve_device(device, option="--device"))
     with make_progress() as progress:
         evaluate_gan(run, load_manifest(manifest), out, per_class=per_class,
                      features=features, seed=seed, device=device,

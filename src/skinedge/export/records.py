@@ -37,6 +37,52 @@ def known_quantizers() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*words, QAT]))
 
 
+def check_export_choice(target: str, precision: str | None = None,
+                        quantizer: str | None = None) -> str:
+    """Refuse a target, precision or quantizer that no registered target offers, before any
+    export or measurement starts (``export_checkpoint`` checks the same once it runs).
+
+    Args:
+        target: A registered target's name (``onnx``).
+        precision: One of the target's precisions; None: its default (int8 for ``qat``).
+        quantizer: One of the target's INT8 methods (or ``qat``); None: its default.
+
+    Returns:
+        The precision the export will have (the target's default when ``precision`` is None).
+
+    Raises:
+        ConfigError: an unknown target, a precision the target does not export, a quantizer it
+            does not offer, or a quantizer with a precision other than int8; the message lists
+            what the target takes.
+    """
+    from skinedge.export import targets  # noqa: F401  (registers the built-in targets)
+    from skinedge.export.base import PRECISIONS, TARGETS
+
+    spec = TARGETS.get(target)
+    if spec is None:
+        raise ConfigError(f"unknown export target {target!r}; choose one of "
+                          f"{', '.join(sorted(TARGETS))}")
+    # A QAT checkpoint is exported at int8, the precision it was trained at.
+    chosen = precision or ("int8" if quantizer == QAT else spec.default_precision)
+    if chosen not in PRECISIONS:
+        raise ConfigError(f"{chosen!r} is not a precision (they are {', '.join(PRECISIONS)}); "
+                          f"target {target} exports {', '.join(spec.precisions)}")
+    if chosen not in spec.precisions:
+        raise ConfigError(f"target {target} exports {', '.join(spec.precisions)}, not {chosen}")
+    if quantizer is not None:
+        qat = "qat only for a checkpoint made by `skinedge compress quantize --mode qat`"
+        if quantizer not in (*spec.quantizers, QAT):
+            if spec.quantizers:
+                raise ConfigError(f"target {target} has no quantizer {quantizer!r}; choose one "
+                                  f"of {', '.join(spec.quantizers)}, or leave it out for "
+                                  f"{spec.quantizers[0]} ({qat})")
+            raise ConfigError(f"target {target} has no quantizer {quantizer!r}: it has one INT8 "
+                              f"method, so leave the quantizer out ({qat})")
+        if chosen != "int8":
+            raise ConfigError(f"a quantizer ({quantizer}) only applies to int8, not {chosen}")
+    return chosen
+
+
 def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False) -> None:
     if value not in allowed and not (optional and value is None):
         raise ConfigError(f"{name} {value!r}: choose one of {', '.join(allowed)}")

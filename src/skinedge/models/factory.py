@@ -9,6 +9,7 @@ from torch import nn
 
 from skinedge.errors import ConfigError
 from skinedge.models.pretrained import (
+    check_pretrained,
     load_imagenet_weights,
     load_weights_file,
     offline_weights_path,
@@ -39,7 +40,8 @@ def create_classifier(
         (model, provenance string of the weights for the model card).
 
     Raises:
-        ConfigError: unknown architecture, or no offline weights for it.
+        ConfigError: unknown architecture, no offline weights for it, or a ``pretrained``
+            that is neither ``imagenet``, ``none`` nor a file.
         MissingBackendError: the package holding its offline weights is not installed.
         NotFoundError, ModelError: a ``pretrained`` weights file that is missing, or whose
             backbone does not fit the architecture.
@@ -51,6 +53,7 @@ def create_classifier(
             f"unknown architecture {arch!r}; see `timm.list_models()` "
             "(e.g. tf_efficientnet_lite0, efficientnet_b4, mobilenetv3_large_100)"
         )
+    check_pretrained(pretrained)  # a typo such as "imagnet" fails before a model is built
     fresh_head = False
     if pretrained == "imagenet":
         offline_weights_path(arch)  # fail before building a model that has no offline weights

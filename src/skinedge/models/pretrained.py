@@ -41,6 +41,39 @@ OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
 }
 
 
+#: What ``model.pretrained`` takes besides a weights file's path.
+PRETRAINED_WORDS = "imagenet (packaged ImageNet weights), none (random init)"
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def check_pretrained(pretrained: str) -> None:
+    """Refuse a ``model.pretrained`` that is neither ``imagenet``, ``none`` nor a weights file,
+    before any model is built.
+
+    Raises:
+        ConfigError: a word that is no path (``imagnet``); the message lists the valid words.
+        NotFoundError: a path (it has a folder or a weights suffix) that does not exist.
+    """
+    if pretrained in ("imagenet", "none"):
+        return
+    path = Path(pretrained)
+    if path.is_file():
+        return
+    if path.suffix.lower() not in _WEIGHT_SUFFIXES and len(path.parts) == 1:
+        import difflib
+
+        close = difflib.get_close_matches(pretrained.lower(), ["imagenet", "none"], n=1)
+        hint = f"did you mean model.pretrained={close[0]}? " if close else ""
+        raise ConfigError(
+            f"model.pretrained={pretrained!r} is neither a known word nor an existing file; "
+            f"{hint}it takes {PRETRAINED_WORDS} or the path of a .safetensors, .pt or .pth "
+            "weights file")
+    raise NotFoundError(
+        f"pretrained weights file {path} not found; model.pretrained takes {PRETRAINED_WORDS} "
+        "or the path of an existing .safetensors, .pt or .pth file")
+
+
 def offline_weights_path(arch: str) -> Path:
     """Path of the packaged ImageNet weights for ``arch``.
 
@@ -51,8 +84,8 @@ def offline_weights_path(arch: str) -> Path:
     if arch not in OFFLINE_WEIGHTS:
         raise ConfigError(
             f"no offline ImageNet weights for {arch!r} (packaged: {', '.join(OFFLINE_WEIGHTS)}); "
-            "pass a local weights file with --pretrained PATH, or train from scratch with "
-            "--pretrained none"
+            "set model.pretrained to a local weights file (model.pretrained=PATH), or train "
+            "from scratch with model.pretrained=none"
         )
     spec = OFFLINE_WEIGHTS[arch]
     try:
@@ -132,7 +165,9 @@ def load_weights_file(model: nn.Module, path: Path) -> tuple[str, bool]:
     """
     path = Path(path)
     if not path.is_file():
-        raise NotFoundError(f"pretrained weights file {path} not found")
+        raise NotFoundError(
+            f"pretrained weights file {path} not found; model.pretrained takes {PRETRAINED_WORDS} "
+            "or the path of an existing .safetensors, .pt or .pth file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

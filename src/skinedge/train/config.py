@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skinedge.data.transforms import AugmentConfig, PreprocessConfig
 from skinedge.errors import ConfigError
 from skinedge.utils.config import load_config
+from skinedge.utils.device import check_device_word
 
 
 class _Section(BaseModel):
@@ -22,6 +23,12 @@ class DataSection(_Section):
     licence: str | None = None  # data licence for the model card; read from the folder's README when None
     # Synthetic set from `skinedge gan select`: its images join the train split only.
     synthetic: Path | None = None
+    # Refuse to train when a class has fewer real images than this in the train split: with
+    # none it is never learned (yet scored on val/test), with one it is memorised and its
+    # inverse class weight dwarfs the rest. 2 refuses exactly those mistakes and still trains
+    # the smallest honest splits (2 lesions of 2 images in train); 0 allows anything. Classes
+    # with no image anywhere in the manifest (ISIC 2019's 'unk') are not counted.
+    min_images_per_class: int = Field(2, ge=0)
 
 
 class ModelSection(_Section):
@@ -74,6 +81,12 @@ class TrainConfig(_Section):
     amp: bool = True  # mixed precision, on CUDA only
     seed: int = 0
     max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke tests and quick trials
+
+    @field_validator("device")
+    @classmethod
+    def _device_word(cls, word: str) -> str:
+        """A misspelt device is refused with the config, before any data is read."""
+        return check_device_word(word)
 
 
 def load_data_manifest(cfg: TrainConfig):

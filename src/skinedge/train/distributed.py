@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from skinedge.utils.device import check_device_word
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -34,7 +36,11 @@ def init_distributed(device: str) -> DistContext:
 
     Args:
         device: The config's device setting (``auto``, ``cpu``, ``cuda``, ``cuda:1``).
+
+    Raises:
+        ConfigError: ``device`` is not a device word (checked before joining any group).
     """
+    check_device_word(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()

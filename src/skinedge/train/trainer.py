@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -263,6 +264,8 @@ def _save_epoch(run: _Run, epoch: int, record: dict[str, Any], metrics: dict[str
 def _datasets(cfg: TrainConfig, manifest: Manifest
               ) -> tuple[SyntheticSet | None, LesionDataset, LesionDataset]:
     """(synthetic set or None, train split with its synthetic images, val split)."""
+    refuse_small_classes(manifest, cfg.data.min_images_per_class,
+                         cfg.data.manifest or "the manifest")
     synthetic = (load_synthetic_set(cfg.data.synthetic, manifest)
                  if cfg.data.synthetic is not None else None)
     train_set = augmented_train_set(manifest, synthetic,
@@ -271,6 +274,30 @@ def _datasets(cfg: TrainConfig, manifest: Manifest
     if not len(train_set) or not len(val_set):
         raise DataError(f"{cfg.data.manifest}: the train and val splits must both have images")
     return synthetic, train_set, val_set
+
+
+def refuse_small_classes(manifest: Manifest, minimum: int, where: object) -> None:
+    """Refuse a train split with fewer than ``minimum`` real images of a class.
+
+    Classes without any image in the manifest are left out: the split already warned about
+    them, and no val/test figure depends on them.
+
+    Raises:
+        DataError: naming ``where`` (the manifest), the classes, their counts and the option.
+    """
+    if minimum <= 0:
+        return
+    present = {r.label for r in manifest.rows}
+    train = Counter(r.label for r in manifest.subset("train"))
+    small = [c for c in manifest.vocabulary.codes if c in present and train[c] < minimum]
+    if small:
+        counts = ", ".join(f"{c} ({train[c]})" for c in small)
+        raise DataError(
+            f"{where}: the train split has fewer than {minimum} images of class(es) {counts}: a "
+            "model cannot learn a class from so few, and its val/test figures for it are noise. "
+            "Add images of these classes and make a new split with `skinedge data split`, or "
+            "train anyway with `--set data.min_images_per_class=0` (an option of `skinedge "
+            "train`; in a config file, data: min_images_per_class: 0)")
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, objective: Objective | None,

@@ -53,7 +53,43 @@ def validate_config(config_class: type[ConfigT], doc: Any, what: str) -> ConfigT
     try:
         return config_class.model_validate(doc)
     except ValidationError as exc:
-        raise ConfigError(f"invalid {what}:\n{exc}") from exc
+        raise ConfigError(f"invalid {what}:\n{describe_errors(exc, config_class)}") from exc
+
+
+def describe_errors(exc: ValidationError, config_class: type[BaseModel]) -> str:
+    """One line per bad field: its dotted key, what is wrong, the value given, and for an
+    unknown key the keys its section does take (pydantic's own text names the class and a URL,
+    neither of which helps a user)."""
+    lines = []
+    for error in exc.errors():
+        path = [str(part) for part in error["loc"]]
+        key = ".".join(path)
+        if error["type"] == "extra_forbidden":
+            known = _section_keys(config_class, path[:-1])
+            where = ".".join(path[:-1]) or "the top level"
+            lines.append(f"  {key}: unknown key" + (f"; {where} takes {', '.join(known)}"
+                                                    if known else ""))
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        shown = "" if error["type"] == "value_error" or isinstance(value, dict | list) \
+            else f" (got {value!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _section_keys(config_class: type[BaseModel], path: list[str]) -> list[str]:
+    """The keys of the (nested) config section at ``path``; [] when it is not a model."""
+    section: Any = config_class
+    for part in path:
+        field = section.model_fields.get(part) if isinstance(section, type) and \
+            issubclass(section, BaseModel) else None
+        if field is None:
+            return []
+        section = field.annotation
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return list(section.model_fields)
+    return []
 
 
 def read_yaml_mapping(path: Path | str, what: str, example: str) -> dict[str, Any]:

@@ -101,9 +101,11 @@ def export_tensorrt(job: ExportJob) -> Exported:
     embed_card(onnx_path, job.card_for(artifact_info(onnx_job, "onnx", details)))
     reason = unavailable_reason()
     if reason is not None:
+        # Summaries (bench rows) keep a message's first line only: it names the script to run.
         raise TensorRTUnavailable(
-            f"TensorRT engine not built: {reason}. Wrote the TensorRT-ready ONNX and the trtexec "
-            f"command; on the target device run:\n  {command}", [onnx_path, script])
+            f"TensorRT engine not built: {reason}. Wrote the TensorRT-ready ONNX and "
+            f"{script.name}; on the target device, in the folder holding both, run "
+            f"`sh {script.name}`.\nThe script runs:\n  {command}", [onnx_path, script])
     details.update(build_engine(onnx_path, engine, job.precision))
     details["trtexec"] = command
     card = job.card_for(artifact_info(job, "tensorrt", details, extra_versions=("tensorrt",)))

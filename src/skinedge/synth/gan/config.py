@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skinedge.synth.gan.augment import POLICIES
+from skinedge.utils.device import check_device_word
 
 
 class _Section(BaseModel):
@@ -71,6 +72,11 @@ class GANConfig(_Section):
     seed: int = 0
     threads: int | None = Field(None, ge=1)
     device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_word(cls, word: str) -> str:
+        return check_device_word(word)
 
     @field_validator("resolution")
     @classmethod
