@@ -58,3 +58,11 @@ class UnsupportedHereError(SkinedgeError, RuntimeError):
     """Valid input that this machine cannot run: Core ML off macOS, TensorRT without a GPU."""
 
     http_status = 501
+
+
+class WriteError(SkinedgeError, OSError):
+    """An output could not be written for a reason the user must fix: the disk is full (or the
+    quota used up), the folder is not writable or on a read-only file system. The message
+    names the file and the folder; the previous output, if any, is left as it was."""
+
+    http_status = 507  # Insufficient Storage: the server's disk, not the client's request

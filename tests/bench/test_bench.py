@@ -184,3 +184,157 @@ def test_a_requested_export_that_fails_makes_bench_exit_1_with_its_hint(
     assert "pip install 'skinedge[tflite]'" in output
     rows = {r["label"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
     assert rows["tflite-int8"]["status"] == "failed" and rows["torch-fp32"]["status"] == "ok"
+
+
+def _bench_cli(tiny_checkpoint, model, out):
+    from skinedge.cli.main import app
+
+    return CliRunner().invoke(app, ["bench", str(tiny_checkpoint), str(model), "--out", str(out),
+                                    "--iterations", "3", "--warmup", "1", "--limit", "8"])
+
+
+@pytest.mark.slow
+def test_a_given_artifact_that_differs_from_its_report_stops_bench(tiny_checkpoint, artifacts,
+                                                                   tmp_path) -> None:
+    """Flipped weight bytes still run (with wrong answers): the export report's sha256 stops
+    the benchmark before anything is measured, exit 2 with the file, the report and the fix."""
+    import shutil
+
+    import onnx as onnx_lib
+
+    folder = tmp_path / "exports"
+    shutil.copytree(artifacts[0].parent, folder)
+    model = folder / artifacts[0].name
+    weights = max(onnx_lib.load(str(model)).graph.initializer, key=lambda t: len(t.raw_data))
+    data = bytearray(model.read_bytes())
+    start = data.find(weights.raw_data)
+    end = start + min(len(weights.raw_data), 20_000)
+    data[start:end] = bytes(b ^ 0xFF for b in data[start:end])
+    model.write_bytes(bytes(data))
+    result = _bench_cli(tiny_checkpoint, model, tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    output = "".join(result.output.split())  # rich wraps long paths anywhere
+    assert "error:" in output and model.name in output and ".onnx.export.json" in output
+    assert "sha256differs" in output and "exportitagain" in output
+    assert not (tmp_path / "b" / "bench.json").exists()
+
+
+@pytest.mark.slow
+def test_a_given_truncated_openvino_bin_stops_bench(tiny_checkpoint, artifacts, tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "exports"
+    shutil.copytree(artifacts[1].parent, folder)
+    for report in folder.glob("*.export.json"):  # copied without its report: still refused
+        report.unlink()
+    xml = folder / artifacts[1].name
+    weights = xml.with_suffix(".bin")
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    result = _bench_cli(tiny_checkpoint, xml, tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    output = "".join(result.output.split())
+    assert "error:" in output and weights.name in output and "truncated" in output
+
+
+@pytest.mark.slow
+def test_a_given_artifact_its_runtime_refuses_stops_bench(tiny_checkpoint, tmp_path) -> None:
+    """A file that parses but that its runtime cannot load is an error, not a `failed` row."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from skinedge.runtimes import read_artifact_card
+
+    graph = helper.make_graph([helper.make_node("NoSuchOperator", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    helper.set_model_props(model, {"skinedge.card": read_artifact_card(tiny_checkpoint).to_json()})
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, str(path))
+    result = _bench_cli(tiny_checkpoint, path, tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    output = "".join(result.output.split())
+    assert "error:" in output and "odd.onnx" in output and "ONNXRuntimecouldnotreadit" in output
+
+
+def _folder_with_an_outside_image(make_labels_folder, *extra_rows: str):
+    """A labels.csv folder (2 images per class) with a row naming ``../outside.jpg`` (a copy
+    of one of its images, beside the folder) and ``extra_rows``."""
+    import shutil
+
+    folder = make_labels_folder(per_class=2)
+    shutil.copy(folder / "images" / "mel_000.jpg", folder.parent / "outside.jpg")
+    with open(folder / "labels.csv", "a") as f:
+        f.writelines(f"{row}\n" for row in ("../outside.jpg,L_out,mel", *extra_rows))
+    return folder
+
+
+def test_bench_on_a_folder_with_bad_rows_lists_them_in_its_out_folder(
+        tiny_checkpoint, make_labels_folder, tmp_path) -> None:
+    """Before anything is measured; the fix names bench's own options (it has no --skip-bad)."""
+    from skinedge.data.records import DataValidationError
+
+    folder = _folder_with_an_outside_image(make_labels_folder, "images/nv_000.jpg,L_x,melanomma")
+    out = tmp_path / "bench"
+    with pytest.raises(DataValidationError) as caught:
+        run_bench([tiny_checkpoint], data=folder, out_dir=out, settings=FAST)
+    message = str(caught.value)
+    report = out / "problems.csv"
+    assert f"Every problem is listed in {report}" in message
+    assert "--skip-bad" not in message and "--manifest" in message
+    assert "[outside-root]" in message and "--allow-outside-root" in message
+    assert "'melanomma'" in message
+    listed = report.read_text()
+    assert "outside-root" in listed and "unknown-label" in listed
+    assert not list(out.glob("*.npy"))
+
+
+def test_bench_reads_outside_images_of_a_folder_it_is_told_to_trust(
+        tiny_checkpoint, make_labels_folder) -> None:
+    from skinedge.bench.harness import load_test_arrays
+    from skinedge.data.records import DataValidationError
+    from skinedge.models.checkpoint import load_card
+
+    folder = _folder_with_an_outside_image(make_labels_folder)
+    card = load_card(tiny_checkpoint)
+    with pytest.raises(DataValidationError, match="outside-root"):
+        load_test_arrays(card, data=folder, problems_report=folder.parent / "problems.csv")
+    arrays = load_test_arrays(card, data=folder, allow_outside_root=True)
+    assert len(arrays) == 15  # 7 classes x 2 images, and the one outside the folder
+
+
+@pytest.mark.slow
+def test_a_bench_that_reads_its_folder_removes_an_earlier_problems_report(
+        tiny_checkpoint, make_labels_folder, tmp_path) -> None:
+    folder = _folder_with_an_outside_image(make_labels_folder)
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "problems.csv").write_text("source,kind,message\nold,old,old\n")
+    result = run_bench([tiny_checkpoint], data=folder, out_dir=out, settings=FAST,
+                       allow_outside_root=True)
+    assert result.test["images"] == 15 and result.rows[0].status == "ok"
+    assert not (out / "problems.csv").exists()
+
+
+def test_bench_into_a_folder_it_cannot_write_stops_before_measuring(
+        tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """(A read-only --out through the CLI: tests/reliability/test_faults.py.)"""
+    import errno
+    import tempfile
+
+    from skinedge.errors import WriteError
+
+    out = tmp_path / "bench"
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("dir") == out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(out / ".x.tmp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(WriteError, match=f"{out} is not writable"):
+        run_bench([tiny_checkpoint], out_dir=out, settings=FAST)
+    assert list(out.iterdir()) == []

@@ -106,9 +106,8 @@ def test_ensemble_detects_a_swapped_member(teacher, tmp_path):
 
     copy = tmp_path / "ensemble"
     shutil.copytree(teacher, copy)
-    card = json.loads((copy / "card.json").read_text())
-    card["members"][1]["weights_sha256"] = card["members"][0]["weights_sha256"]
-    (copy / "card.json").write_text(json.dumps(card))
+    shutil.rmtree(copy / "members/01")  # the second member's folder replaced by the first's
+    shutil.copytree(copy / "members/00", copy / "members/01")
     with pytest.raises(ValueError, match="members/01"):
         load_checkpoint(copy)
 

@@ -173,7 +173,8 @@ def test_drift_beyond_tolerance_fails_and_moves_the_artifact(tiny_checkpoint, tm
                           tolerance=Tolerance(max_prob_diff=0.0, max_flip_rate=0.0))
     assert (tmp_path / "rejected" / "test_efficientnet_int8.onnx").is_file()
     assert not (tmp_path / "test_efficientnet_int8.onnx").exists()
-    report = json.loads((tmp_path / "test_efficientnet_int8.onnx.export.json").read_text())
+    report = json.loads(
+        (tmp_path / "rejected" / "test_efficientnet_int8.onnx.export.json").read_text())
     assert report["verification"]["status"] == "failed"
 
 

@@ -83,3 +83,129 @@ def test_folder_without_card_is_not_a_checkpoint(tmp_path) -> None:
         load_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="runs/NAME/best"):
         load_card(tmp_path)
+
+
+# Card integrity: the fields that decide predictions are sealed by a sha256 in the card.
+
+def _edit_card(directory, edit) -> None:
+    import json
+
+    file = directory / "card.json"
+    doc = json.loads(file.read_text())
+    edit(doc)
+    file.write_text(json.dumps(doc, indent=2))
+
+
+def _swap_first_classes(doc) -> None:
+    doc["classes"][0], doc["classes"][1] = doc["classes"][1], doc["classes"][0]
+
+
+@pytest.mark.parametrize("edit", [
+    _swap_first_classes,
+    lambda doc: doc["preprocess"].update(input_size=64),
+    lambda doc: doc["preprocess"].update(mean=[0.485, 0.456, 0.406]),
+    lambda doc: doc.update(positive_class="nv"),
+    lambda doc: doc.update(architecture="mobilenetv3_small_050"),
+    lambda doc: doc.update(architecture="no_such_net"),
+    lambda doc: doc.update(classes=doc["classes"][:-1]),
+], ids=["swapped-classes", "input-size", "mean", "positive-class", "other-architecture",
+        "unknown-architecture", "class-removed"])
+def test_an_edited_card_is_refused_naming_the_file_and_the_fix(saved, edit) -> None:
+    from skinedge.errors import ModelError
+
+    _, directory = saved
+    _edit_card(directory, edit)
+    for load in (load_card, load_checkpoint):
+        with pytest.raises(ModelError) as caught:
+            load(directory)
+        message = str(caught.value)
+        assert str(directory / "card.json") in message
+        assert "'integrity' hash does not match" in message and "classes" in message
+        assert "restore card.json from the training run" in message
+
+
+def test_fields_outside_the_hash_may_be_edited(saved) -> None:
+    _, directory = saved
+    _edit_card(directory, lambda doc: (doc["metrics"].update(note="checked by hand"),
+                                       doc["data"].update(licence="CC BY 4.0")))
+    card = load_checkpoint(directory)[1]
+    assert card.metrics == {"note": "checked by hand"} and card.data.licence == "CC BY 4.0"
+    assert card.integrity == card.compute_integrity()
+
+
+def test_a_card_written_before_a_field_with_a_default_existed_still_passes(saved) -> None:
+    """A card sealed before a field was added to it (or to preprocess) lacks that field; with
+    the default that keeps the old behaviour, it hashes as it did. A changed value does not."""
+    from skinedge.errors import ModelError
+
+    _, directory = saved
+    _edit_card(directory, lambda doc: (doc["preprocess"].pop("equalize"),
+                                       doc["preprocess"].pop("shades_of_gray_p")))
+    card = load_checkpoint(directory)[1]
+    assert card.preprocess.equalize is False and card.integrity == card.compute_integrity()
+
+    _edit_card(directory, lambda doc: doc["preprocess"].update(equalize=True))
+    with pytest.raises(ModelError, match="card.json"):
+        load_checkpoint(directory)
+
+
+def test_a_card_sealed_again_after_an_architecture_edit_is_still_checked_against_weights(
+        saved) -> None:
+    """seal_card_file makes an edit deliberate; weights that do not fit stay a ModelError."""
+    from skinedge.errors import ModelError
+    from skinedge.models.card import seal_card_file
+
+    _, directory = saved
+    card_file = directory / "card.json"
+    cases = [({"architecture": "mobilenetv3_small_050"}, "do not fit the mobilenetv3_small_050"),
+             ({"architecture": "no_such_net"}, "unknown architecture 'no_such_net'"),
+             ({"classes": CLASSES[:-1]}, "with 6 classes")]
+    original = card_file.read_text()
+    for update, expected in cases:
+        card_file.write_text(original)
+        _edit_card(directory, lambda doc, update=update: doc.update(update))
+        seal_card_file(directory)
+        with pytest.raises(ModelError) as caught:
+            load_checkpoint(directory)
+        assert expected in str(caught.value) and str(directory) in str(caught.value)
+        assert "restore the checkpoint folder from the training run" in str(caught.value)
+
+
+def test_a_truncated_card_is_a_model_error_naming_the_file(saved) -> None:
+    from skinedge.errors import ModelError
+
+    _, directory = saved
+    card_file = directory / "card.json"
+    card_file.write_text(card_file.read_text()[:200])
+    with pytest.raises(ModelError, match="not a valid model card") as caught:
+        load_checkpoint(directory)
+    assert str(card_file) in str(caught.value) and "restore it" in str(caught.value)
+    card_file.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ModelError, match="not UTF-8") as caught:
+        load_card(directory)
+    assert str(card_file) in str(caught.value)
+
+
+def test_a_card_written_before_integrity_checks_loads_with_a_warning(saved) -> None:
+    _, directory = saved
+    _edit_card(directory, lambda doc: doc.pop("integrity"))
+    with pytest.warns(UserWarning, match="written before integrity checks") as caught:
+        card = load_card(directory)
+    assert card.integrity is None
+    assert str(directory / "card.json") in str(caught[0].message)
+    assert "seal_card_file" in str(caught[0].message)
+
+
+def test_ensemble_cards_are_sealed_over_their_members(saved, tmp_path) -> None:
+    from skinedge.errors import ModelError
+    from skinedge.models import create_ensemble
+
+    model, directory = saved
+    second = save_checkpoint(tmp_path / "second", model, make_card())
+    ensemble = create_ensemble([directory, second], tmp_path / "ensemble")
+    card = load_card(ensemble)
+    assert card.integrity == card.compute_integrity()
+    _edit_card(ensemble, lambda doc: doc["members"].reverse())
+    with pytest.raises(ModelError, match="'integrity' hash does not match") as caught:
+        load_checkpoint(ensemble)
+    assert "recreate the ensemble with `skinedge ensemble create`" in str(caught.value)

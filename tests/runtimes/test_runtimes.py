@@ -137,3 +137,61 @@ def test_onnx_card_reads_with_onnxruntime_alone(tiny_checkpoint, tmp_path, monke
                         lambda name, *a: None if name == "onnx" else real(name, *a))
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` fails, as in that install
     assert read_artifact_card(tmp_path / "card.onnx") == card
+
+
+def _identity_onnx(path: Path, card_json: str, op: str = "Identity") -> Path:
+    """A tiny ONNX graph (one node) that carries ``card_json`` as its skinedge card."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    helper.set_model_props(model, {"skinedge.card": card_json})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_edited_embedded_card_is_refused_naming_the_artifact(tiny_checkpoint, tmp_path) -> None:
+    import json
+
+    from skinedge.errors import ModelError
+
+    pytest.importorskip("onnxruntime")
+    card = read_artifact_card(tiny_checkpoint)
+    doc = json.loads(card.to_json())
+    doc["classes"] = doc["classes"][::-1]  # melanoma AUC would be read off another output
+    path = _identity_onnx(tmp_path / "edited.onnx", json.dumps(doc))
+    for read in (read_artifact_card, load_runtime):
+        with pytest.raises(ModelError) as caught:
+            read(path)
+        assert str(path) in str(caught.value)
+        assert "'integrity' hash does not match" in str(caught.value)
+        assert "export it again with `skinedge export`" in str(caught.value)
+
+
+def test_a_truncated_onnx_file_is_a_model_error_naming_it(tiny_checkpoint, tmp_path) -> None:
+    from skinedge.errors import ModelError
+
+    pytest.importorskip("onnxruntime")
+    path = _identity_onnx(tmp_path / "cut.onnx", read_artifact_card(tiny_checkpoint).to_json())
+    path.write_bytes(path.read_bytes()[:-40])
+    for read in (read_artifact_card, load_runtime):
+        with pytest.raises(ModelError) as caught:
+            read(path)
+        assert str(path) in str(caught.value) and "could not read it" in str(caught.value)
+        assert "export it again" in str(caught.value)
+
+
+def test_an_onnx_file_onnxruntime_cannot_load_is_a_model_error(tiny_checkpoint, tmp_path) -> None:
+    from skinedge.errors import ModelError
+
+    pytest.importorskip("onnxruntime")
+    path = _identity_onnx(tmp_path / "odd.onnx", read_artifact_card(tiny_checkpoint).to_json(),
+                          op="NoSuchOperator")
+    read_artifact_card(path)  # the file parses: only the runtime refuses it
+    with pytest.raises(ModelError, match="ONNX Runtime could not read it") as caught:
+        load_runtime(path)
+    assert str(path) in str(caught.value)

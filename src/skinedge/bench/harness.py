@@ -26,7 +26,7 @@ import numpy as np
 from skinedge.bench.rows import DROP_FIELDS, SCORE_FIELDS, WORKER_FIELDS, BenchRow
 from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import ModelCard
-from skinedge.utils.io import path_size
+from skinedge.utils.io import check_writable, path_size, writing
 
 
 @dataclass
@@ -138,9 +138,26 @@ def _given_row(label: str, path: Path, card: ModelCard) -> BenchRow:
     return row
 
 
+#: The last line of a --data folder's validation error (bench has no --skip-bad).
+DATA_HINT = ("Fix these rows or files of the folder (or remove them from its labels file), or "
+             "benchmark on a manifest split with --manifest instead.")
+
+
 def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", data=None,
-                     limit: int | None = None, log=None):
-    """The test images, preprocessed with ``card.preprocess``."""
+                     limit: int | None = None, log=None, layout: str | None = None,
+                     allow_outside_root: bool = False,
+                     problems_report: Path | str | None = None):
+    """The test images, preprocessed with ``card.preprocess``.
+
+    Args:
+        layout: Layout of ``data`` (detected when None).
+        allow_outside_root: Take image paths of ``data`` that lead outside the folder.
+        problems_report: Where every bad row of ``data`` is listed (CSV) when there are any.
+
+    Raises:
+        DataValidationError: bad rows or images in ``data`` (every one listed in
+            ``problems_report``).
+    """
     from skinedge.data.arrays import load_arrays, manifest_arrays
     from skinedge.data.manifest import check_classes, load_manifest
     from skinedge.data.reading import read_dataset
@@ -153,7 +170,11 @@ def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", dat
         _log(log, f"preprocessing {manifest}:{split}")
         return manifest_arrays(man, split, card.preprocess, limit=limit,
                                source=f"{manifest}:{split}")
-    ds = read_dataset(data, classes=card.vocabulary)
+    ds = read_dataset(data, layout=layout, classes=card.vocabulary,
+                      allow_outside_root=allow_outside_root,
+                      problems_report=problems_report,
+                      label_hint="fix the row (the model can only be scored on its own classes)",
+                      hint=DATA_HINT)
     records = ds.records[:limit] if limit else ds.records
     _log(log, f"preprocessing {len(records)} images of {data}")
     return load_arrays(ds.root, [r.image for r in records],
@@ -192,9 +213,13 @@ def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
             "melanoma_auc": m["melanoma_auc"]}
 
 
+_MODEL_ERROR = "ModelError: "  # how the worker reports a ModelError (bench/worker.py)
+
+
 def _measure_rows(rows: list[BenchRow], ref_card: ModelCard, test, inputs: dict[str, Path],
                   out: Path, settings: BenchSettings, *, manifest, split, data, limit, log,
-                  cards: dict[Path, ModelCard] | None = None
+                  cards: dict[Path, ModelCard] | None = None, layout: str | None = None,
+                  allow_outside_root: bool = False
                   ) -> tuple[list[BenchRow], dict[str, np.ndarray], dict | None]:
     """Run the worker for every row with a model; returns the rows with their measurements,
     every measured row's probabilities by label, and the reference's scores."""
@@ -219,14 +244,21 @@ def _measure_rows(rows: list[BenchRow], ref_card: ModelCard, test, inputs: dict[
         key = hashlib.sha256(card.preprocess.model_dump_json().encode()).hexdigest()[:12]
         if key not in inputs:
             arrays = test if card.preprocess == ref_card.preprocess else load_test_arrays(
-                card, manifest=manifest, split=split, data=data, limit=limit)
+                card, manifest=manifest, split=split, data=data, limit=limit, layout=layout,
+                allow_outside_root=allow_outside_root, problems_report=out / "problems.csv")
             inputs[key] = out / f"inputs-{key}.npy"
-            np.save(inputs[key], arrays.x)
+            with writing(inputs[key]):  # a full disk: np.save's OSError carries no errno
+                np.save(inputs[key], arrays.x)
         _log(log, f"measuring {row.label} ({settings.threads or 'default'} threads)")
         probs_path = out / f"probs-{row.label.replace('/', '_')}.npy"
         measured = run_worker(model, inputs[key], probs_path, settings)
         if "error" in measured:
-            measured_rows.append(replace(row, status="failed", reason=measured["error"]))
+            error = measured["error"]
+            if model in (cards or {}) and error.startswith(_MODEL_ERROR):
+                # A model the user gave that its runtime refuses (unreadable, damaged): the
+                # input is wrong, so the run stops with the message instead of a failed row.
+                raise ModelError(error[len(_MODEL_ERROR):])
+            measured_rows.append(replace(row, status="failed", reason=error))
             continue
         probs_by_label[row.label] = np.load(probs_path)
         scores = _scores(probs_by_label[row.label], test.labels, ref_card)
@@ -251,6 +283,8 @@ def run_bench(
     settings: BenchSettings | None = None,
     calibration_images: int = 300,
     log: Callable[[str], None] | None = None,
+    layout: str | None = None,
+    allow_outside_root: bool = False,
 ) -> BenchResult:
     """Benchmark a reference checkpoint and artifacts (given, or exported first) on one test set.
 
@@ -262,15 +296,27 @@ def run_bench(
         manifest/split or data: the test images (a manifest split, or a labelled folder);
             default: the reference's recorded manifest, ``test`` split.
         limit: Use only the first N test images (quick checks; the report says so).
+        layout: Layout of ``data`` (see ``skinedge.data.layouts.LAYOUTS``); detected when None.
+        allow_outside_root: Take image paths of ``data`` that lead outside the folder (a
+            folder the user trusts); by default each is a problem.
+
+    Raises:
+        ModelError: a given model that is damaged, before anything is measured: an artifact
+            whose files differ from the sha256 in the export report beside it, one its backend
+            cannot parse, an OpenVINO ``.bin`` shorter than its ``.xml`` says, an edited card
+            (:func:`skinedge.runtimes.registry.verify_artifact`); or one whose runtime refuses
+            it when its worker loads it. Exports made here that fail are rows, not errors.
+        WriteError: ``out_dir`` is not writable or its disk is full: checked before anything
+            is exported or measured (and met while writing, as when the disk fills up).
+        DataValidationError: bad rows of ``data``, all listed in ``out_dir/problems.csv``.
     """
-    from skinedge.runtimes import read_artifact_card
+    from skinedge.runtimes import read_artifact_card, verify_artifact
     from skinedge.runtimes.base import artifact_label
 
     settings = settings or BenchSettings()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(Path(out_dir))  # not after minutes of exporting and measuring
     models = [Path(m) for m in models]
-    cards = {m: read_artifact_card(m) for m in models}
+    cards = {m: verify_artifact(m) for m in models}
     if reference is None:
         checkpoints = [m for m in models if cards[m].artifact is None]
         if checkpoints:
@@ -300,12 +346,17 @@ def run_bench(
         rows.append(replace(row, label=_unique(row.label, taken, Path(row.model or "."))))
         taken.add(rows[-1].label)
     test = load_test_arrays(ref_card, manifest=manifest, split=split, data=data, limit=limit,
-                            log=log)
+                            log=log, layout=layout, allow_outside_root=allow_outside_root,
+                            problems_report=out / "problems.csv")
+    if data is not None:  # a failed earlier run's list of problems no longer applies
+        (out / "problems.csv").unlink(missing_ok=True)
     inputs: dict[str, Path] = {}
     try:
         rows, probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
                                                 manifest=manifest, split=split, data=data,
-                                                limit=limit, log=log, cards=cards)
+                                                limit=limit, log=log, cards=cards,
+                                                layout=layout,
+                                                allow_outside_root=allow_outside_root)
     finally:
         for path in inputs.values():
             path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay

@@ -9,7 +9,12 @@ from pathlib import Path
 from skinedge.bench.gates import GateCheck
 from skinedge.bench.harness import BenchResult
 from skinedge.bench.rows import BenchRow
-from skinedge.utils.io import atomic_write_text, package_versions
+from skinedge.utils.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    atomic_write_texts,
+    package_versions,
+)
 
 COLUMNS = [  # (BenchRow field, header, format)
     ("label", "model", "{}"), ("status", "status", "{}"), ("size_mb", "size MB", "{:.1f}"),
@@ -89,6 +94,11 @@ def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
 
 
 def write_junit(path: Path, result: BenchResult, checks: list[GateCheck]) -> Path:
+    return atomic_write_text(path, render_junit(result, checks))
+
+
+def render_junit(result: BenchResult, checks: list[GateCheck]) -> str:
+    """The gate's checks as a JUnit XML test suite (one test case per check)."""
     suite = ET.Element("testsuite", name="skinedge-bench", tests=str(len(checks)),
                        failures=str(sum(not c.passed for c in checks)))
     for c in checks:
@@ -96,11 +106,20 @@ def write_junit(path: Path, result: BenchResult, checks: list[GateCheck]) -> Pat
         if not c.passed:
             ET.SubElement(case, "failure", message=c.message).text = c.message
     ET.indent(suite)
-    return atomic_write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True))
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
 def plot(result: BenchResult, path: Path) -> Path | None:
-    """Balanced accuracy against p50 latency, one labelled point per model that ran."""
+    """Balanced accuracy against p50 latency, one labelled point per model that ran, written
+    to ``path`` (atomically); None (and nothing written) when no model ran."""
+    png = render_plot(result)
+    return None if png is None else atomic_write_bytes(path, png)
+
+
+def render_plot(result: BenchResult) -> bytes | None:
+    """:func:`plot`'s chart as PNG bytes; None when no model ran."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,12 +145,10 @@ def plot(result: BenchResult, path: Path) -> Path | None:
     ax.set_title(f"{result.test['source']} ({result.test['images']} images)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return png.getvalue()
 
 
 def backend_packages() -> tuple[str, ...]:
@@ -148,7 +165,13 @@ def backend_packages() -> tuple[str, ...]:
 
 def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None = None,
                   command: str | None = None) -> dict[str, Path]:
-    """bench.json, bench.md, junit.xml (when gated) and bench.png into ``out``."""
+    """bench.json, bench.md, junit.xml (when gated) and bench.png into ``out``, as one set: every
+    file is rendered and written to a temporary first, and renamed into place only when all
+    are written, so a failed write (a full disk) leaves the previous set as it was.
+
+    Raises:
+        WriteError: a full disk, or an ``out`` folder that is not writable.
+    """
     import datetime as dt
     from dataclasses import asdict
 
@@ -158,10 +181,12 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
            "settings": asdict(result.settings), "command": command,
            "versions": package_versions(backend_packages()),
            "gate": None if checks is None else [c.__dict__ for c in checks]}
-    files = {"json": atomic_write_text(out / "bench.json", json.dumps(doc, indent=2, default=str)),
-             "markdown": atomic_write_text(out / "bench.md", render_markdown(result, checks, command))}
+    contents: dict[str, tuple[Path, str | bytes]] = {
+        "json": (out / "bench.json", json.dumps(doc, indent=2, default=str)),
+        "markdown": (out / "bench.md", render_markdown(result, checks, command))}
     if checks is not None:
-        files["junit"] = write_junit(out / "junit.xml", result, checks)
-    if (png := plot(result, out / "bench.png")) is not None:
-        files["chart"] = png
-    return files
+        contents["junit"] = (out / "junit.xml", render_junit(result, checks))
+    if (png := render_plot(result)) is not None:
+        contents["chart"] = (out / "bench.png", png)
+    atomic_write_texts(dict(contents.values()))
+    return {kind: path for kind, (path, _) in contents.items()}

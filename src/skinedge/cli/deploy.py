@@ -117,6 +117,9 @@ def bench(
     manifest: Annotated[Path | None, typer.Option(help="Split manifest (default: the reference's).")] = None,
     split: Annotated[str, typer.Option(help="Manifest split to measure accuracy on.")] = "test",
     data: Annotated[Path | None, typer.Option(help="A labelled folder instead of a manifest split.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Layout of --data; detected when omitted.")] = None,
+    allow_outside_root: Annotated[bool, typer.Option(
+        "--allow-outside-root", help="Accept image paths of --data that lead outside the folder (a folder you trust).")] = False,
     limit: Annotated[int | None, typer.Option(help="Only the first N test images (quick checks).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.json/.md/.png, junit.xml, exports/.")] = Path("bench"),
     threads: Annotated[int | None, typer.Option(help="Threads per runtime (default 1; 0: backend default).")] = None,
@@ -160,7 +163,8 @@ def bench(
     result = run_bench(list(models or []), reference=reference,
                        exports=exports, manifest=manifest,
                        split=split, data=data, limit=limit, out_dir=out, settings=settings,
-                       calibration_images=calibration_images, log=print_log)
+                       calibration_images=calibration_images, log=print_log,
+                       layout=layout, allow_outside_root=allow_outside_root)
     checks = check_gates(gates, result.rows) if gates else None
     files = write_outputs(result, out, checks, command_line())
     print_table(result)

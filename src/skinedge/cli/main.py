@@ -7,7 +7,8 @@ commands, so ``skinedge --help`` stays fast.
 
 Errors: a :class:`skinedge.errors.SkinedgeError` that escapes a command (a bad option, config,
 file, image or model) is printed as ``error: <message>`` and exits with its ``exit_code``, in one
-place: :class:`SkinedgeGroup`. Anything else is a bug in skinedge and keeps its traceback.
+place: :class:`SkinedgeGroup`; so is an ``OSError`` of a full disk or a read-only file system,
+whichever writer met it. Anything else is a bug in skinedge and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from skinedge.cli import (
 )
 from skinedge.cli.common import print_error
 from skinedge.errors import MissingBackendError, SkinedgeError
+from skinedge.utils.io import DISK_ERRNOS, write_error
 
 #: Top-level modules of the ``train`` extra: the core package (the runtime) installs none of them.
 TRAIN_EXTRA_MODULES = frozenset({
@@ -59,6 +61,15 @@ class SkinedgeGroup(TyperGroup):
             print_error(f"this command needs the training stack, and {exc.name} is not "
                         "installed: pip install 'skinedge[train]'")
             raise typer.Exit(MissingBackendError.exit_code) from exc
+        except OSError as exc:
+            # A full disk or a read-only file system, met by a writer that does not raise
+            # WriteError itself (a backend's own file writer): the user's to fix, never a bug.
+            # Other OSErrors (a denied read, EIO, a missing file) keep their traceback.
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            error = write_error(exc.filename, exc)
+            print_error(str(error))
+            raise typer.Exit(error.exit_code) from exc
 
 
 app = typer.Typer(

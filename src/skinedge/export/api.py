@@ -1,10 +1,11 @@
 """``export_checkpoint``: checkpoint -> artifact with its card, verified against the checkpoint.
 
 Steps: load the checkpoint; for INT8, preprocess calibration images from the manifest's
-*training* split; run the target's exporter in a scratch folder; move the files into place;
-reload the artifact through its runtime and compare it with PyTorch on *validation* images.
-An artifact that drifts beyond its target's tolerance is moved to ``rejected/`` and the export
-fails; ``<stem>.export.json`` records the verification either way.
+*training* split; run the target's exporter in a scratch folder; reload the artifact there
+through its runtime and compare it with PyTorch on *validation* images; move the files into
+place. An artifact that drifts beyond its target's tolerance goes to ``rejected/`` instead (an
+earlier export in the folder stays as it was) and the export fails;
+``<stem>.<target>.export.json`` beside the artifact records the verification either way.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from skinedge.export.records import (
 )
 from skinedge.models.card import ModelCard
 from skinedge.utils.backends import MissingBackendError
-from skinedge.utils.io import atomic_write_text, path_size
+from skinedge.utils.io import atomic_write_text, path_size, sha256_tree, writing
 
 if TYPE_CHECKING:
     from skinedge.data.arrays import ImageArrays
@@ -103,7 +104,11 @@ def export_checkpoint(
     Raises:
         MissingBackendError: the target's extra is not installed (the message names it).
         ExportError: conversion failed, the target cannot be built here (TensorRT: its ONNX and
-            trtexec command are written anyway), or verification failed.
+            trtexec command are written anyway), or verification failed (the artifact and
+            its report are then under ``out_dir/rejected/``; an earlier export of the same
+            name in ``out_dir`` is left as it was).
+        WriteError: a full disk, or an ``out_dir`` that is not writable (nothing is left
+            half-written, an earlier export stays as it was).
     """
     from skinedge.compress.quantize import quantization_warnings
     from skinedge.models.checkpoint import load_card, load_checkpoint
@@ -141,53 +146,60 @@ def export_checkpoint(
         calibration_images=calibration_images,
         verify_images=verify_images if verify and cannot_run is None else 0, log=log)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     variant = spec.variant(quantizer)
     stem = f"{card.architecture}_{precision}" + (f"_{variant}" if variant else "")
     workdir = out / f".{stem}.{target}.tmp"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir()
-    job = ExportJob(model=model, card=card, source=str(checkpoint.resolve()), precision=precision,
-                    workdir=workdir, stem=stem, calibration=calibration, options=options,
-                    control=control)
     report = out / f"{stem}.{target}.export.json"
     started = time.perf_counter()
-    _log(log, f"exporting {checkpoint} to {target} {precision}")
     try:
-        exported = spec.export(job)
-    except ExportError as exc:
-        kept = [_move(f, out) for f in getattr(exc, "files", [])]
-        _write_report(report, target, precision, checkpoint, None, kept,
-                      VerificationResult("not built", str(exc)), notes,
-                      time.perf_counter() - started)
+        # A full disk or an --out folder that is not writable: WriteError naming the artifact
+        # and its folder (the exporters' own errors often name neither). The scratch folder
+        # goes afterwards: the full-disk check needs what was written into it.
+        with writing(out / f"{stem}{spec.suffix}"):
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            job = ExportJob(model=model, card=card, source=str(checkpoint.resolve()),
+                            precision=precision, workdir=workdir, stem=stem,
+                            calibration=calibration, options=options, control=control)
+            _log(log, f"exporting {checkpoint} to {target} {precision}")
+            try:
+                exported = spec.export(job)
+            except ExportError as exc:
+                kept = [_move(f, out) for f in getattr(exc, "files", [])]
+                _write_report(report, target, precision, checkpoint, None, kept,
+                              VerificationResult("not built", str(exc)), notes,
+                              time.perf_counter() - started)
+                exc.files = kept
+                exc.report = report
+                raise
+            seconds = time.perf_counter() - started
+            # Verified where it was made: an earlier export in out/ and its report stay in
+            # place until this one has passed (a failed one goes to rejected/ with its report).
+            if cannot_run:
+                check = VerificationResult("skipped", cannot_run, images=0)
+            elif verification is None:
+                check = VerificationResult("skipped", "verification turned off", images=0)
+            else:
+                check = _verify(exported.path, model, verification,
+                                tolerance or spec.tolerance(precision), threads, log)
+            folder = out / "rejected" if check.status == "failed" else out
+            folder.mkdir(exist_ok=True)
+            report = folder / report.name
+            # The files below replace any earlier export's there: its report no longer
+            # describes them (load_runtime would refuse them against its hashes), so it goes
+            # first; a kill before the new report is written leaves an artifact without one.
+            report.unlink(missing_ok=True)
+            files = [_move(f, folder) for f in exported.files]
+            path = folder / exported.path.name
+            _write_report(report, target, precision, checkpoint, exported.card, files, check,
+                          notes, seconds)
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        exc.files = kept
-        exc.report = report
-        raise
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    files = [_move(f, out) for f in exported.files]
-    shutil.rmtree(workdir, ignore_errors=True)
-    path = out / exported.path.name
-    seconds = time.perf_counter() - started
-    if cannot_run:
-        check = VerificationResult("skipped", cannot_run, images=0)
-    elif verification is None:
-        check = VerificationResult("skipped", "verification turned off", images=0)
-    else:
-        check = _verify(path, model, verification, tolerance or spec.tolerance(precision),
-                        threads, log)
-    if check.status == "failed":
-        rejected = out / "rejected"
-        rejected.mkdir(exist_ok=True)
-        files = [_move(f, rejected) for f in files]
-        path = rejected / path.name
-    _write_report(report, target, precision, checkpoint, exported.card, files, check, notes, seconds)
     result = ExportResult(target, precision, path, files, exported.card, check, report, notes)
     if check.status == "failed":
         raise VerificationFailed(f"{target} {precision} export failed verification: "
-                                 f"{check.reason} (artifact moved to {rejected}; details in "
+                                 f"{check.reason} (artifact moved to {folder}; details in "
                                  f"{report})", result)
     return result
 
@@ -309,7 +321,9 @@ def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
                   notes: list[str], seconds: float) -> None:
     doc = {
         "target": target, "precision": precision, "checkpoint": str(checkpoint),
-        "files": [{"path": str(f), "bytes": path_size(f)} for f in files],
+        # load_runtime checks an artifact against these hashes when this report lies beside it
+        "files": [{"path": str(f), "bytes": path_size(f), "sha256": sha256_tree(f)}
+                  for f in files],
         "export_seconds": round(seconds, 2), "verification": verification.to_dict(),
         "notes": notes,
         "card": None if card is None else json.loads(card.to_json()),

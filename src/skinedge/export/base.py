@@ -86,8 +86,10 @@ class ExportJob:
     batch_size: int = 1
 
     def card_for(self, artifact: ArtifactInfo) -> ModelCard:
-        """The source card with the artifact's section and precision."""
-        return self.card.model_copy(update={"artifact": artifact, "precision": self.precision})
+        """The source card with the artifact's section and precision, sealed
+        (:meth:`ModelCard.sealed`): every exporter embeds this card."""
+        return self.card.model_copy(
+            update={"artifact": artifact, "precision": self.precision}).sealed()
 
     @property
     def calibration_info(self) -> dict[str, Any] | None:

@@ -1,8 +1,17 @@
-"""The model card that travels with every checkpoint and (later) every exported artifact."""
+"""The model card that travels with every checkpoint and (later) every exported artifact.
+
+A card is sealed (:meth:`ModelCard.sealed`): ``integrity`` is the sha256 of the fields that
+decide predictions (:data:`INTEGRITY_FIELDS`), so an edited label order, input size or
+normalisation is refused on load (:func:`check_card_integrity`) instead of silently changing
+results. Metrics, notes, data provenance and versions sit outside the hash and may be edited.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skinedge.data.transforms import PreprocessConfig
 from skinedge.errors import ModelError, NotFoundError
+from skinedge.utils.io import atomic_write_text
 
 CARD_SCHEMA = "skinedge.model-card/1"
 CARD = "card.json"  # the card's file name in a checkpoint folder
+
+#: The fields ``integrity`` covers: everything that decides what a model predicts and how its
+#: outputs are read (for ensembles the members' paths, architectures and weight hashes; for
+#: artifacts the target, precision and the input/output tensor specs).
+INTEGRITY_FIELDS = (
+    "architecture", "classes", "class_names", "vocabulary", "positive_class", "preprocess",
+    "drop_rate", "precision", "weights_sha256", "members", "training.quantization",
+    "artifact.target", "artifact.precision", "artifact.input", "artifact.output",
+)
 
 
 class DataInfo(BaseModel):
@@ -100,10 +119,41 @@ class ModelCard(BaseModel):
         "Decision support for trained clinicians on dermoscopic images of skin lesions; "
         "not a diagnosis, not validated for clinical use."
     )
+    # sha256 over INTEGRITY_FIELDS (see compute_integrity); None in cards written before it.
+    integrity: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def compute_integrity(self) -> str:
+        """sha256 of a canonical JSON (sorted keys, no spaces) of :data:`INTEGRITY_FIELDS`,
+        taken from the card's own JSON form, so a card hashes the same before and after a
+        save and load.
+
+        Values equal to their field's default are left out of the hash, so that a field added
+        to the card (or to ``PreprocessConfig``) later, with a default that keeps today's
+        behaviour, does not invalidate every card sealed before it. Changing a value, to or
+        from its default, still changes the hash."""
+        doc = json.loads(self.model_dump_json(by_alias=True, exclude_defaults=True))
+        members = None if doc.get("members") is None else [
+            {key: m.get(key) for key in ("path", "architecture", "weights_sha256")}
+            for m in doc["members"]]
+        art = doc.get("artifact")
+        fields = {key: doc.get(key) for key in (
+            "architecture", "classes", "class_names", "vocabulary", "positive_class",
+            "preprocess", "drop_rate", "precision", "weights_sha256")}
+        fields.update({
+            "members": members, "quantization": doc.get("training", {}).get("quantization"),
+            "artifact": None if art is None else {
+                key: art.get(key) for key in ("target", "precision", "input", "output")},
+        })
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def sealed(self) -> ModelCard:
+        """A copy with ``integrity`` set: what every writer of a card stores."""
+        return self.model_copy(update={"integrity": self.compute_integrity()})
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, by_alias=True)
@@ -111,6 +161,42 @@ class ModelCard(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
         return cls.model_validate_json(text)
+
+
+def check_card_integrity(card: ModelCard, where: Path | str, *,
+                         fix: str = "restore card.json from the training run") -> ModelCard:
+    """Return ``card`` if its ``integrity`` matches its fields; ``where`` names its file.
+
+    A card with no ``integrity`` (written before integrity checks existed) is accepted with a
+    ``UserWarning`` that names the file and how to seal it (:func:`seal_card_file` for a
+    checkpoint; exporting again for an artifact).
+
+    Raises:
+        ModelError: a field that decides predictions was changed after the card was written.
+    """
+    if card.integrity is None:
+        warnings.warn(f"{where}: model card written before integrity checks (no 'integrity' "
+                      f"field), so edits to its classes or preprocessing cannot be detected; "
+                      f"re-save it: a checkpoint, after checking it, with python -c \"from "
+                      f"skinedge.models.card import seal_card_file; seal_card_file('{where}')\"; "
+                      f"an artifact by exporting it again with `skinedge export`", UserWarning,
+                      stacklevel=2)
+        return card
+    if card.integrity != card.compute_integrity():
+        raise ModelError(f"{where}: the model card was changed after it was written: its "
+                         f"'integrity' hash does not match the fields that decide predictions "
+                         f"({', '.join(INTEGRITY_FIELDS)}); {fix}. Cards are not meant to be "
+                         f"edited: only fields outside the hash (metrics, data, versions, "
+                         f"intended_use, training other than its quantization) may be")
+    return card
+
+
+def seal_card_file(path: Path | str) -> Path:
+    """Seal the card of a checkpoint folder in place (one written before integrity checks, or
+    one edited on purpose): its current fields become the ones checked on load."""
+    file = checkpoint_dir(Path(path)) / CARD
+    card = _parse_card(file)
+    return atomic_write_text(file, card.sealed().to_json())
 
 
 def checkpoint_dir(path: Path) -> Path:
@@ -132,13 +218,27 @@ def checkpoint_dir(path: Path) -> Path:
 def load_card(path: Path | str) -> ModelCard:
     """The model card of a checkpoint folder (or of a file inside it).
 
+    The card's ``integrity`` is checked (:func:`check_card_integrity`); a card without one
+    (written before the check existed) loads with a warning.
+
     Raises:
         NotFoundError: not a checkpoint folder.
-        ModelError: the card is not valid JSON or not a model card.
+        ModelError: the card is not valid JSON, not a model card, or was edited in a field
+            that decides predictions.
     """
     file = checkpoint_dir(Path(path)) / CARD
+    card = _parse_card(file)
+    fix = ("recreate the ensemble with `skinedge ensemble create`" if card.members
+           else "restore card.json from the training run")
+    return check_card_integrity(card, file, fix=fix)
+
+
+def _parse_card(file: Path) -> ModelCard:
     try:
         return ModelCard.from_json(file.read_text())
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{file}: not a model card (not UTF-8 text: {exc.reason}); restore it "
+                         "from the training run") from exc
     except ValidationError as exc:
         raise ModelError(f"{file}: not a valid model card ({exc.error_count()} problem(s)):\n"
                          f"{exc}\nrestore it from the training run") from exc

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from skinedge.errors import ModelError
+from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import CARD, ModelCard, checkpoint_dir, load_card  # noqa: F401
-from skinedge.utils.io import fsync_path, sha256_file
+from skinedge.utils.io import fsync_path, sha256_file, writing
 
 WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.pt"
@@ -25,22 +25,36 @@ TRAINER_STATE = "trainer_state.pt"
 def save_checkpoint(
     directory: Path, model: nn.Module, card: ModelCard, trainer_state: dict[str, Any] | None = None
 ) -> Path:
-    """Write weights, card (with the weights' sha256) and optional trainer state atomically."""
+    """Write weights, card (with the weights' sha256, sealed: :meth:`ModelCard.sealed`) and
+    optional trainer state atomically.
+
+    Raises:
+        WriteError: a full disk or a folder that is not writable (the previous checkpoint is
+            left as it was, and no half-written temporary folder).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS))
-    card = card.model_copy(update={"weights_sha256": sha256_file(tmp / WEIGHTS)})
-    (tmp / CARD).write_text(card.to_json())
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-    for file in tmp.iterdir():
-        fsync_path(file)
+    try:
+        # A full disk or a folder that is not writable: WriteError naming the checkpoint (the
+        # full-disk check needs the partial file, so tmp is removed after the conversion).
+        with writing(directory):
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            state = {k: v.detach().contiguous().cpu()
+                     for k, v in _unwrap(model).state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS))
+            card = card.model_copy(update={"weights_sha256": sha256_file(tmp / WEIGHTS)}).sealed()
+            (tmp / CARD).write_text(card.to_json())
+            if trainer_state is not None:
+                torch.save(trainer_state, tmp / TRAINER_STATE)
+            for file in tmp.iterdir():
+                fsync_path(file)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays (nor its space)
+        raise
     old = directory.parent / f".{directory.name}.old"
     if not directory.exists() and old.exists():
         old.rename(directory)  # an earlier kill between the renames below: restore first
@@ -62,8 +76,9 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
 
     Raises:
         NotFoundError: not a checkpoint folder.
-        ModelError: an invalid card, weights whose hash differs from the card's (a corrupted or
-            swapped file), or weights that do not fit the card's architecture.
+        ModelError: an invalid or edited card (see :func:`load_card`), weights whose hash
+            differs from the card's (a corrupted or swapped file), an architecture timm does
+            not know, or weights that do not fit the card's architecture.
     """
     from skinedge.models.factory import create_classifier
 
@@ -72,8 +87,12 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
         from skinedge.models.ensemble import load_ensemble
 
         return load_ensemble(checkpoint_dir(Path(path)), card), card
-    model, _ = create_classifier(card.architecture, card.num_classes, pretrained="none",
-                                 drop_rate=card.drop_rate)
+    try:
+        model, _ = create_classifier(card.architecture, card.num_classes, pretrained="none",
+                                     drop_rate=card.drop_rate)
+    except ConfigError as exc:  # the name comes from the card, not from an option
+        raise ModelError(f"{checkpoint_dir(Path(path)) / CARD}: {exc}; restore the checkpoint "
+                         "folder from the training run") from exc
     quantization = card.training.get("quantization")
     if quantization and quantization.get("nncf_config"):
         from skinedge.models.quantized import restore_quantizers

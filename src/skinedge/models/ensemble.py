@@ -90,7 +90,7 @@ def create_ensemble(members: Sequence[Path | str], out: Path | str) -> Path:
         "architecture": ARCHITECTURE, "members": entries, "metrics": {}, "training": {},
         "weights_sha256": ensemble_hash([e.weights_sha256 or "" for e in entries]),
         "pretrained": "members", "drop_rate": 0.0,
-    })
+    }).sealed()
     atomic_write_text(tmp / CARD, card.to_json())
     fsync_path(tmp)
     tmp.rename(out)

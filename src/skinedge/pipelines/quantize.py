@@ -198,4 +198,4 @@ def _record_drop(checkpoint: Path, against_fp32: dict) -> None:
     card = load_card(checkpoint)
     training = dict(card.training)
     training["quantization"] = {**training.get("quantization", {}), "against_fp32": against_fp32}
-    atomic_write_text(Path(checkpoint) / CARD, card.model_copy(update={"training": training}).to_json())
+    atomic_write_text(Path(checkpoint) / CARD, card.model_copy(update={"training": training}).sealed().to_json())

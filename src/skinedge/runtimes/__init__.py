@@ -19,6 +19,7 @@ from skinedge.utils.lazy import lazy_exports
 _EXPORTS = {
     "Runtime": "base", "artifact_label": "base", "softmax": "base",
     "load_runtime": "registry", "read_artifact_card": "registry",
+    "check_artifact_files": "registry", "verify_artifact": "registry",
     "register_runtime": "registry", "runtime_class": "registry",
 }
 

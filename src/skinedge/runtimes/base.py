@@ -9,7 +9,8 @@ chunks).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,8 +20,8 @@ from pydantic import ValidationError
 
 from skinedge.data.images import load_rgb
 from skinedge.data.transforms import preprocess_image
-from skinedge.errors import DataError, ModelError
-from skinedge.models.card import ModelCard, TensorSpec
+from skinedge.errors import DataError, ModelError, SkinedgeError
+from skinedge.models.card import ModelCard, TensorSpec, check_card_integrity
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,12 +41,36 @@ def artifact_label(card: ModelCard) -> str:
 
 
 def card_from_json(text: str | bytes, path: Path | str) -> ModelCard:
-    """Parse the card stored in an artifact; a damaged one is a :class:`ModelError` naming it."""
+    """Parse the card stored in an artifact and check its ``integrity``
+    (:func:`~skinedge.models.card.check_card_integrity`: a card without one, exported before
+    the check existed, loads with a warning).
+
+    Raises:
+        ModelError: a damaged card, or one edited in a field that decides predictions; the
+            message names ``path``.
+    """
     try:
-        return ModelCard.from_json(text)
+        card = ModelCard.from_json(text)
     except ValidationError as exc:
         raise ModelError(f"{path}: its skinedge model card is not valid ({exc.error_count()} "
                          f"problems, first: {exc.errors()[0]['msg']}); export it again") from exc
+    return check_card_integrity(card, path, fix="export it again with `skinedge export`")
+
+
+@contextmanager
+def unreadable_artifact(path: Path | str, backend: str) -> Iterator[None]:
+    """Turn a backend's failure to read ``path`` (a truncated or corrupted file: protobuf,
+    flatbuffer or IR errors) into a :class:`ModelError` naming the file; skinedge's own errors
+    (:class:`~skinedge.errors.MissingBackendError` among them) pass through unchanged."""
+    try:
+        yield
+    except SkinedgeError:
+        raise
+    except Exception as exc:  # each backend raises its own types for a damaged file
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelError(f"{path}: {backend} could not read it ({type(exc).__name__}: {detail}); "
+                         "the file is truncated, corrupted or not this format: export it "
+                         "again with `skinedge export`") from exc
 
 
 #: The metadata key under which ONNX, TFLite and Core ML artifacts carry their card.
@@ -103,6 +128,14 @@ class Runtime(ABC):
     def handles(cls, path: Path) -> bool:
         """Whether ``path`` (an existing file or folder) is this backend's format."""
         return path.suffix in cls.suffixes
+
+    @classmethod
+    def artifact_files(cls, path: Path) -> list[Path]:
+        """The files (or package folders) the artifact at ``path`` is made of, which
+        :func:`~skinedge.runtimes.registry.check_artifact_files` checks against the export
+        report beside them; a backend whose model spans files (OpenVINO's ``.bin``, TensorRT's
+        card sidecar) adds them."""
+        return [Path(path)]
 
     @classmethod
     def open(cls, path: Path, threads: int | None = None) -> Runtime:

@@ -13,7 +13,7 @@ import numpy as np
 
 from skinedge.errors import UnsupportedHereError
 from skinedge.models.card import ModelCard
-from skinedge.runtimes.base import CARD_KEY, Runtime, embedded_card
+from skinedge.runtimes.base import CARD_KEY, Runtime, embedded_card, unreadable_artifact
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
@@ -51,7 +51,8 @@ class CoreMLRuntime(Runtime):
     def read_card(path: Path) -> ModelCard:
         """The card from the package's metadata (loads the spec only: works on Linux)."""
         ct = require("coremltools", EXTRA)
-        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        with unreadable_artifact(path, "coremltools"):
+            spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
         data = dict(spec.description.metadata.userDefined).get(CARD_KEY)
         return embedded_card(data, path, f"its '{CARD_KEY}' metadata")
 

@@ -17,6 +17,7 @@ from skinedge.runtimes.base import (
     dequantize_output,
     embedded_card,
     quantize_input,
+    unreadable_artifact,
 )
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
@@ -71,14 +72,16 @@ class LiteRTRuntime(Runtime):
     def __init__(self, path: Path, card: ModelCard, threads: int | None = None):
         super().__init__(path, card, threads)
         litert = require("ai_edge_litert.interpreter", self.extra)
-        self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with unreadable_artifact(path, "LiteRT"):
+            self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
 
     @staticmethod
     def read_card(path: Path) -> ModelCard:
-        data = read_metadata(Path(path).read_bytes(), CARD_KEY)
+        with unreadable_artifact(path, "LiteRT's flatbuffer schema"):
+            data = read_metadata(Path(path).read_bytes(), CARD_KEY)
         return embedded_card(data, path, f"its '{CARD_KEY}' metadata")
 
     def _run(self, x: np.ndarray) -> np.ndarray:

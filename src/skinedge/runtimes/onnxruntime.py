@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from skinedge.models.card import ModelCard
-from skinedge.runtimes.base import CARD_KEY, Runtime, embedded_card
+from skinedge.runtimes.base import CARD_KEY, Runtime, embedded_card, unreadable_artifact
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
@@ -21,24 +21,31 @@ EXTRA = "runtime-onnx"
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
     """The model's ``metadata_props``: with ``onnx`` when installed (reads the file only), else
-    through an ONNX Runtime session."""
+    through an ONNX Runtime session.
+
+    Raises:
+        ModelError: a file that does not parse (truncated, corrupted); the message names it.
+    """
     if importlib.util.find_spec("onnx") is not None:
         import onnx
 
-        model = onnx.load(str(path), load_external_data=False)
+        with unreadable_artifact(path, "onnx"):
+            model = onnx.load(str(path), load_external_data=False)
         return {prop.key: prop.value for prop in model.metadata_props}
     return dict(_session(path).get_modelmeta().custom_metadata_map)
 
 
 def _session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session, all graph optimisations on."""
+    """An ONNX Runtime CPU session, all graph optimisations on; a file ONNX Runtime cannot
+    load is a :class:`~skinedge.errors.ModelError` naming it."""
     ort = require("onnxruntime", EXTRA)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with unreadable_artifact(path, "ONNX Runtime"):
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 @register_runtime

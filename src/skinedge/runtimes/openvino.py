@@ -1,7 +1,8 @@
 """OpenVINO on IR files (``.xml`` + ``.bin``; the ``runtime-openvino`` extra).
 
 The card lives in the IR's ``rt_info`` at :data:`RT_INFO_PATH`
-(``<rt_info><skinedge><card value=...>``), read from the XML without OpenVINO.
+(``<rt_info><skinedge><card value=...>``), read from the XML without OpenVINO; the weights are
+the ``.bin`` beside it, which must hold every constant the XML points into.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from skinedge.errors import ModelError
 from skinedge.models.card import ModelCard
-from skinedge.runtimes.base import Runtime, embedded_card
+from skinedge.runtimes.base import Runtime, embedded_card, unreadable_artifact
 from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
@@ -39,19 +40,52 @@ class OpenVINORuntime(Runtime):
         if card.artifact.precision == "fp32":
             # CPUs with bf16/AMX would otherwise run an FP32 IR in bf16 by default.
             config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = ov.Core().compile_model(str(path), device, config)
-        self.request = self.compiled.create_infer_request()
+        with unreadable_artifact(path, "OpenVINO"):
+            self.compiled = ov.Core().compile_model(str(path), device, config)
+            self.request = self.compiled.create_infer_request()
+
+    @classmethod
+    def artifact_files(cls, path: Path) -> list[Path]:
+        return [Path(path), Path(path).with_suffix(".bin")]
 
     @staticmethod
     def read_card(path: Path) -> ModelCard:
-        """The card from the IR's XML (no OpenVINO needed)."""
+        """The card from the IR's XML (no OpenVINO needed), after checking that the ``.bin``
+        beside it is long enough for every constant the XML points into (a truncated or
+        missing ``.bin`` is refused here, not when the model is compiled)."""
         try:
             root = ET.parse(path).getroot()
         except ET.ParseError as exc:
-            raise ModelError(f"{path}: not an OpenVINO IR ({exc})") from exc
+            raise ModelError(f"{path}: not an OpenVINO IR ({exc}); export it again with "
+                             "`skinedge export`") from exc
         node = root.find("rt_info/" + "/".join(RT_INFO_PATH))
-        return embedded_card(None if node is None else node.attrib.get("value"), path,
+        card = embedded_card(None if node is None else node.attrib.get("value"), path,
                              "its rt_info")
+        _check_weights_file(path, root)
+        return card
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.request.infer({0: x})[self.compiled.output(0)]
+
+
+def _check_weights_file(xml: Path, root: ET.Element) -> None:
+    """Raise a ModelError when the ``.bin`` is missing or shorter than the XML's constants."""
+    needed = 0
+    for layer in root.iter("layer"):
+        data = layer.find("data")
+        if layer.attrib.get("type") != "Const" or data is None:
+            continue
+        offset, size = data.attrib.get("offset"), data.attrib.get("size")
+        if offset is not None and size is not None and offset.isdigit() and size.isdigit():
+            needed = max(needed, int(offset) + int(size))
+    if needed == 0:
+        return
+    weights = Path(xml).with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelError(f"{weights}: missing; the OpenVINO IR {xml} keeps its weights there: "
+                         "copy the .bin with the .xml, or export it again with `skinedge export`")
+    have = weights.stat().st_size
+    if have < needed:
+        raise ModelError(f"{weights}: {have} bytes, but {xml} reads weights up to byte {needed}: "
+                         "the file is truncated; copy it again, or export it again with "
+                         "`skinedge export`")

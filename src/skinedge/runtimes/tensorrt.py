@@ -69,6 +69,10 @@ class TensorRTRuntime(Runtime):
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
 
+    @classmethod
+    def artifact_files(cls, path: Path) -> list[Path]:
+        return [Path(path), card_path(path)]
+
     @staticmethod
     def read_card(path: Path) -> ModelCard:
         """The card from the sidecar that ``skinedge export`` wrote beside the engine."""
@@ -77,7 +81,7 @@ class TensorRTRuntime(Runtime):
             raise ModelError(f"{path}: no {sidecar.name} beside it: the engine's labels and "
                              f"preprocessing are unknown; keep the card that `skinedge export` "
                              f"wrote")
-        return card_from_json(sidecar.read_text(), sidecar)
+        return card_from_json(sidecar.read_bytes(), sidecar)  # bad UTF-8: a ModelError too
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch

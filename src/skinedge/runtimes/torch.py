@@ -44,6 +44,10 @@ class TorchRuntime(Runtime):
 
     read_card = staticmethod(load_card)  # the checkpoint's card.json, read without torch
 
+    @classmethod
+    def artifact_files(cls, path: Path) -> list[Path]:
+        return []  # a checkpoint has no export report: its card holds the weights' sha256
+
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch
 

@@ -12,7 +12,7 @@ from skinedge.data import Manifest
 from skinedge.models import DataInfo, ModelCard
 from skinedge.train.config import TrainConfig
 from skinedge.utils.config import dump_config
-from skinedge.utils.io import atomic_write_text, package_versions
+from skinedge.utils.io import atomic_write_text, package_versions, writing
 
 _LICENCE = re.compile(r"CC[ -]BY(?:-[A-Z]{2})*(?:-[A-Z]{2})? \d\.\d")
 
@@ -58,8 +58,14 @@ def detect_licence(root: Path) -> str:
 
 
 def write_run_files(out_dir: Path, cfg: TrainConfig) -> None:
-    """``config.yaml`` (the resolved config) and ``versions.json`` (package versions)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """``config.yaml`` (the resolved config) and ``versions.json`` (package versions).
+
+    Raises:
+        WriteError: ``out_dir`` cannot be made or written (a parent folder that is not
+            writable, a full disk).
+    """
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(out_dir / "versions.json", json.dumps(package_versions(), indent=2))
 
@@ -79,7 +85,8 @@ class ScalarLog:
         except ImportError:
             self.writer = None
         else:
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            with writing(out_dir / "tensorboard"):  # made at once, maybe with out_dir
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
         """Every number of ``record`` but ``epoch`` (and booleans), at step ``record["epoch"]``."""

@@ -1,36 +1,206 @@
-"""Small file helpers: atomic writes, hashing, version stamps."""
+"""Small file helpers: atomic writes, hashing, version stamps.
+
+A write that fails for a reason the user must fix (a full disk, a folder that is not writable)
+raises :class:`skinedge.errors.WriteError` naming the file and the folder: see :func:`writing`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import hashlib
 import importlib.metadata
 import os
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from skinedge.errors import SkinedgeError, WriteError
+
+#: errno values of a full disk or a read-only file system: only a write meets them, and the
+#: user (not skinedge) must act, whichever writer met them.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
 
 
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    Readers see the old file or the new one, never half of one; a failed write leaves no
-    temporary file behind.
+    Readers see the old file or the new one, never half of one. A failed write leaves no
+    temporary file behind; one left by a killed writer (``.NAME.XXXXXXXX.PID.tmp`` whose
+    process is gone) is removed by the next write of ``path``.
+
+    Raises:
+        WriteError: a full disk, a folder that is not writable (see :func:`writing`).
     """
     path = Path(path)
+    with writing(path):
+        tmp = _stage(path, write)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _discard(tmp)
+            raise
+    _sync_folder(path.parent)
+    return path
+
+
+def atomic_write_texts(files: Mapping[Path | str, str | bytes]) -> list[Path]:
+    """Write several files as one set (a run's reports; text as UTF-8, bytes as they are):
+    every temporary first, then the renames, so a failed write (a full disk) leaves every
+    previous file as it was.
+
+    Raises:
+        WriteError: as :func:`atomic_write`.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            with writing(path):
+                data = text.encode() if isinstance(text, str) else text
+                staged.append((_stage(Path(path), lambda f, d=data: f.write(d)), Path(path)))
+        for tmp, path in staged:
+            with writing(path):
+                os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            _discard(tmp)
+        raise
+    for folder in dict.fromkeys(path.parent for _, path in staged):
+        _sync_folder(folder)
+    return [path for _, path in staged]
+
+
+def _stage(path: Path, write: Callable[[IO[bytes]], Any]) -> str:
+    """A synced temporary beside ``path`` holding what ``write`` wrote; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_dead_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=f".{os.getpid()}.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
         raise
-    return path
+    return tmp
+
+
+def _discard(tmp: str) -> None:
+    with contextlib.suppress(OSError):
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the file system can sync a folder)."""
+    with contextlib.suppress(OSError):
+        fsync_path(folder)
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Temporaries of ``path`` left by writers that were killed mid-write (their process is
+    gone); those of a running writer are kept."""
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        random, _, pid = tmp.name[len(prefix):-len(".tmp")].rpartition(".")
+        if random and "." not in random and pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) is no probe on Windows: keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or a pid this system cannot have
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn a write of ``path`` that fails for a reason the user must fix into
+    :class:`WriteError`: a full disk or quota (also when a backend's writer says so in its own
+    words, as safetensors, ``torch.save`` and ``np.save`` do), a folder that is not writable,
+    a read-only file system. Anything else propagates unchanged (a bug stays a bug)."""
+    try:
+        yield
+    except SkinedgeError:
+        raise
+    except Exception as exc:
+        error = write_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def check_writable(folder: Path | str) -> Path:
+    """Make ``folder`` (with its parents) and check that a file can be created in it and that
+    its disk is not full: before a long job (a benchmark) that writes its outputs there.
+
+    Raises:
+        WriteError: the folder is not writable, on a read-only file system, or on a full disk.
+    """
+    folder = Path(folder)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".skinedge-write-check.",
+                                     suffix=f".{os.getpid()}.tmp")
+        os.close(fd)
+        os.unlink(probe)
+        if _out_of_space(folder):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return folder
+
+
+def write_error(path: Path | str | None, exc: BaseException) -> WriteError | None:
+    """The :class:`WriteError` for ``exc`` met while writing ``path``; None when ``exc`` is
+    not a full disk, a denied write or a read-only file system."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    target = Path(path) if path is not None else None
+    if code is None and target is not None and _out_of_space(target.parent):
+        code = errno.ENOSPC  # a backend's own words ("unexpected pos", "requested and written")
+    if code not in DISK_ERRNOS | _DENIED:
+        return None
+    # The folder that refused: where the failing entry (a temporary, a scratch folder) was
+    # being made; for a full disk, the output's own folder (the same disk).
+    where = Path(exc.filename) if isinstance(exc, OSError) and exc.filename else target
+    if code in (errno.ENOSPC, errno.EDQUOT) and target is not None:
+        where = target
+    folder = str(where.parent) if where is not None else "the output folder"
+    what = f"cannot write {target}" if target is not None else "cannot write the output"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        full = "no space left" if code == errno.ENOSPC else "your disk quota is used up"
+        message = (f"{what}: {full} on the disk holding {folder}; free some space there, or "
+                   "write the output to another folder")
+    elif code == errno.EROFS:
+        message = (f"{what}: {folder} is on a read-only file system; write the output to "
+                   "another folder")
+    else:
+        message = (f"{what}: {folder} is not writable (permission denied); change its "
+                   "permissions, or write the output to another folder")
+    error = WriteError(message)
+    error.errno = code
+    return error
+
+
+def _out_of_space(folder: Path) -> bool:
+    """Whether the disk holding ``folder`` is (all but) full."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except (AttributeError, OSError):  # no statvfs on Windows
+        return False
+    return st.f_blocks > 0 and st.f_bavail * st.f_frsize < 1 << 16
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
@@ -55,6 +225,18 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: Path | str) -> str:
+    """sha256 of a folder (``.mlpackage``): over each file's relative POSIX path and sha256, in
+    sorted order, so it names the same content on every machine; a file: :func:`sha256_file`."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 
