@@ -73,6 +73,23 @@ def test_outputs_json_markdown_junit_chart(bench) -> None:
     assert files["chart"].stat().st_size > 1000
 
 
+def test_report_of_a_run_where_no_model_ran_removes_the_old_chart(tmp_path) -> None:
+    from skinedge.bench.harness import BenchResult
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench.png").write_bytes(b"an earlier run's chart")
+    rows = [BenchRow("torch-fp32", None, status="failed", reason="could not load",
+                     reference=True)]
+    result = BenchResult(rows, "torch-fp32", {"source": "test", "images": 0}, FAST)
+
+    files = write_outputs(result, out, None, command="skinedge bench ...")
+
+    assert "chart" not in files
+    assert not (out / "bench.png").exists()
+    assert json.loads(files["json"].read_text())["rows"][0]["status"] == "failed"
+
+
 @pytest.mark.slow
 def test_gate_passes_and_fails_with_readable_reasons(bench, tmp_path) -> None:
     result, _ = bench

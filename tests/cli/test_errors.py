@@ -271,6 +271,48 @@ def test_export_refuses_meaningless_counts_before_writing(args, expected, tiny_c
     assert not out.exists()
 
 
+@pytest.fixture
+def recorded_export(monkeypatch) -> list[dict]:
+    """``export_checkpoint`` replaced by a recorder: the CLI's checks alone are tested."""
+    import skinedge.export
+
+    calls: list[dict] = []
+
+    def record(checkpoint, target, **kwargs):
+        calls.append({"target": target, **kwargs})
+        raise ConfigError("recorded")  # stop here: the options were accepted
+
+    monkeypatch.setattr(skinedge.export, "export_checkpoint", record)
+    return calls
+
+
+def _qat_copy(checkpoint: Path, tmp_path: Path) -> Path:
+    """``checkpoint`` with a card saying INT8, as `skinedge compress quantize --mode qat`
+    writes (sealed again, so it loads)."""
+    import shutil
+
+    from skinedge.models.card import CARD, ModelCard, checkpoint_dir
+
+    folder = shutil.copytree(checkpoint_dir(checkpoint), tmp_path / "qat")
+    card = ModelCard.from_json((folder / CARD).read_text())
+    (folder / CARD).write_text(card.model_copy(update={"precision": "int8"}).sealed().to_json())
+    return folder
+
+
+@pytest.mark.parametrize("target", ["coreml", "qat-onnx"])
+def test_export_takes_no_calibration_images_where_int8_is_not_calibrated(
+        target, tiny_checkpoint, recorded_export, tmp_path) -> None:
+    checkpoint = tiny_checkpoint
+    if target == "qat-onnx":
+        checkpoint, target = _qat_copy(tiny_checkpoint, tmp_path), "onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "--target", target, "--precision",
+                                 "int8", "--calibration-images", "0", "--out",
+                                 str(tmp_path / "exports")])
+    assert "--calibration-images" not in text(result), text(result)
+    assert "error: recorded" in text(result), text(result)
+    assert [(c["target"], c["calibration_images"]) for c in recorded_export] == [(target, 0)]
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--export", "onnx:fp8"], "bad --export 'onnx:fp8': 'fp8' is not a precision (they are "
                                "fp32, fp16, int8); target onnx exports fp32, int8"),

@@ -232,6 +232,37 @@ def test_duplicate_rows_are_both_reported(folder):
     assert "image images/mel_000.jpg is listed more than once; keep one row" in str(info.value)
 
 
+def test_same_image_spelled_two_ways_is_a_duplicate(folder):
+    first = _line_of(folder, "images/mel_000.jpg")
+    second = _add_row(folder, "./images/mel_000.jpg", dx="mel", lesion="L_mel_000")
+
+    with pytest.raises(DataValidationError) as info:
+        read_dataset(folder)
+
+    assert [(p.source, p.kind) for p in info.value.problems] == [
+        (first, "duplicate-id"), (second, "duplicate-id")]
+    assert "image images/mel_000.jpg is listed more than once; keep one row" in str(info.value)
+
+
+def test_split_of_a_folder_with_dotted_paths_loads_back(folder, tmp_path):
+    """``./images/x.jpg`` and ``images/x.jpg`` are one image: split stores the normal form and
+    drops the pair, so the manifest it writes is one ``load_manifest`` accepts."""
+    _add_row(folder, "./images/mel_000.jpg", dx="mel", lesion="L_mel_000")
+    make_image((150, 100, 80), (48, 64), seed=5).save(folder / "images/extra.jpg")
+    _add_row(folder, "./images//extra.jpg", dx="nv")
+    out = tmp_path / "manifest.json"
+
+    result = CliRunner().invoke(app, [
+        "data", "split", str(folder), "--out", str(out), "--skip-bad"])
+
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out)
+    images = [r.image for r in manifest.rows]
+    assert "images/extra.jpg" in images
+    assert "images/mel_000.jpg" not in images
+    assert not any(image.startswith("./") or "//" in image for image in images)
+
+
 def test_one_hot_row_with_two_classes(tmp_path):
     columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     rows = []

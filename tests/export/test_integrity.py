@@ -88,7 +88,7 @@ def test_a_truncated_onnx_is_refused_with_or_without_its_report(exported, tmp_pa
     assert str(report) in str(caught.value)
     report.unlink()
     for check in (load_runtime, read_artifact_card):
-        with pytest.raises(ModelError, match="could not read it") as caught:
+        with pytest.raises(ModelError, match="could not load it") as caught:
             check(onnx)
         assert str(onnx) in str(caught.value) and "export it again" in str(caught.value)
 
@@ -118,6 +118,23 @@ def test_an_unreadable_report_of_the_artifact_is_named(exported, tmp_path) -> No
     with pytest.raises(ModelError, match="not a readable export report") as caught:
         load_runtime(onnx)
     assert str(report) in str(caught.value)
+
+
+def test_an_unreadable_report_of_another_target_with_the_same_stem_is_passed_by(
+        exported, tmp_path) -> None:
+    """arch_fp32.onnx.export.json belongs to arch_fp32.onnx, not to arch_fp32.xml (whose
+    report is arch_fp32.openvino.export.json), and the other way round."""
+    folder, onnx, xml, report = copy_of(exported, tmp_path)
+    assert onnx.stem == xml.stem and report.name == f"{onnx.stem}.onnx.export.json"
+    report.write_text(report.read_text()[:100])
+    load_runtime(xml).close()  # its own report is intact: it loads, checked against it
+    ov_report = folder / f"{xml.stem}.openvino.export.json"
+    ov_report.write_text("{not json")
+    with pytest.raises(ModelError, match="not a readable export report") as caught:
+        load_runtime(xml)
+    assert str(ov_report) in str(caught.value)
+    report.write_text(json.dumps({"files": []}))
+    load_runtime(onnx).close()  # the OpenVINO report is not the ONNX artifact's
 
 
 def test_exporting_again_over_an_old_export_replaces_its_report(tiny_checkpoint, exported,

@@ -234,3 +234,6 @@ def test_cli_export_verifies_and_tensorrt_refusal_exits_nonzero(tiny_checkpoint,
     assert refused.exit_code == 1
     assert "trtexec --onnx=test_efficientnet_fp16.trt.onnx" in refused.output
     assert "--fp16" in (tmp_path / "test_efficientnet_fp16.trtexec.sh").read_text()
+    # The ONNX holds fp32 weights (the engine is built fp16): its card says so, at both levels.
+    card = read_artifact_card(tmp_path / "test_efficientnet_fp16.trt.onnx")
+    assert card.precision == card.artifact.precision == "fp32"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -188,12 +190,61 @@ def test_a_truncated_card_is_a_model_error_naming_the_file(saved) -> None:
 
 def test_a_card_written_before_integrity_checks_loads_with_a_warning(saved) -> None:
     _, directory = saved
-    _edit_card(directory, lambda doc: doc.pop("integrity"))
+    _edit_card(directory, lambda doc: (doc.pop("integrity"),
+                                       doc.update(schema="skinedge.model-card/1")))
     with pytest.warns(UserWarning, match="written before integrity checks") as caught:
         card = load_card(directory)
     assert card.integrity is None
     assert str(directory / "card.json") in str(caught[0].message)
     assert "seal_card_file" in str(caught[0].message)
+
+
+def test_a_sealed_card_with_its_integrity_deleted_is_refused(saved) -> None:
+    from skinedge.errors import ModelError
+
+    _, directory = saved
+    assert json.loads((directory / "card.json").read_text())["schema"] == "skinedge.model-card/2"
+    _edit_card(directory, lambda doc: doc.pop("integrity"))
+    for load in (load_card, load_checkpoint):
+        with pytest.raises(ModelError, match="has no 'integrity' hash") as caught:
+            load(directory)
+        assert str(directory / "card.json") in str(caught.value)
+        assert "restore card.json from the training run" in str(caught.value)
+
+
+def test_a_card_of_an_unknown_schema_is_refused(saved) -> None:
+    from skinedge.errors import ModelError
+
+    _, directory = saved
+    _edit_card(directory, lambda doc: doc.update(schema="skinedge.model-card/9"))
+    with pytest.raises(ModelError, match="unknown model card schema 'skinedge.model-card/9'") \
+            as caught:
+        load_card(directory)
+    assert str(directory / "card.json") in str(caught.value)
+
+
+def test_an_unsealed_v1_card_sealed_with_seal_card_file_becomes_v2(saved) -> None:
+    from skinedge.models.card import seal_card_file
+
+    _, directory = saved
+    _edit_card(directory, lambda doc: (doc.pop("integrity"),
+                                       doc.update(schema="skinedge.model-card/1")))
+    seal_card_file(directory)
+    doc = json.loads((directory / "card.json").read_text())
+    assert doc["schema"] == "skinedge.model-card/2" and doc["integrity"]
+    load_checkpoint(directory)
+
+
+def test_positive_class_set_from_its_default_to_null_is_refused(saved) -> None:
+    """Absent (the default "mel") and an explicit null hash differently."""
+    from skinedge.errors import ModelError
+
+    _, directory = saved
+    assert load_card(directory).positive_class == "mel"
+    _edit_card(directory, lambda doc: doc.update(positive_class=None))
+    with pytest.raises(ModelError, match="'integrity' hash does not match") as caught:
+        load_card(directory)
+    assert str(directory / "card.json") in str(caught.value)
 
 
 def test_ensemble_cards_are_sealed_over_their_members(saved, tmp_path) -> None:

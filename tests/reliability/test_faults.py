@@ -554,18 +554,80 @@ def test_a_dead_writers_temporary_goes_and_a_live_ones_stays(tmp_path) -> None:
     import subprocess
     import sys
 
-    from skinedge.utils.io import atomic_write_text
+    from skinedge.utils.io import _host, atomic_write_text
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead = tmp_path / f".report.json.abcd1234.{gone.stdout.strip()}.tmp"
-    live = tmp_path / f".report.json.efgh5678.{os.getpid()}.tmp"  # a write in progress
-    other = tmp_path / f".report.json.gz.ijkl9012.{gone.stdout.strip()}.tmp"  # another file's
-    for path in (dead, live, other):
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = _host()
+    dead = tmp_path / f".report.json.abcd1234.{host}.{gone}.tmp"
+    live = tmp_path / f".report.json.efgh5678.{host}.{os.getpid()}.tmp"  # a write in progress
+    other = tmp_path / f".report.json.gz.ijkl9012.{host}.{gone}.tmp"  # another file's
+    remote = tmp_path / f".report.json.mnop3456.not-{host}.{gone}.tmp"  # another machine's
+    for path in (dead, live, other, remote):
         path.write_text("half")
     atomic_write_text(tmp_path / "report.json", "{}")
     assert (tmp_path / "report.json").read_text() == "{}"
-    assert not dead.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and other.exists() and remote.exists()
+
+
+def test_a_temporary_whose_pid_is_too_big_does_not_break_writes(tmp_path) -> None:
+    from skinedge.utils.io import _host, atomic_write_text
+
+    huge = tmp_path / f".report.json.abcd1234.{_host()}.{10 ** 30}.tmp"
+    huge.write_text("half")
+    for text in ("{}", "[]"):  # every later write of the path, not only the first
+        atomic_write_text(tmp_path / "report.json", text)
+        assert (tmp_path / "report.json").read_text() == text
+    assert huge.exists()  # not a pid of this system: not ours to remove
+
+
+def test_only_write_failures_are_blamed_on_a_nearly_full_disk(tmp_path, monkeypatch) -> None:
+    """On a disk with under 64 KiB free, a bug (ValueError, an unrelated RuntimeError) stays
+    itself; an errno-less OSError or a writer's "write failed" becomes the full-disk error."""
+    from skinedge.utils import io
+
+    monkeypatch.setattr(io, "_out_of_space", lambda folder: True)
+    out = tmp_path / "model.onnx"
+    for bug in (ValueError("bad shape"), RuntimeError("CUDA kernel missing"), KeyError("x")):
+        with pytest.raises(type(bug)):
+            with io.writing(out):
+                raise bug
+    for failure in (OSError("requested 10 and written 3"),
+                    RuntimeError("PytorchStreamWriter failed writing file data/0")):
+        with pytest.raises(io.WriteError, match=f"cannot write {out}: {NO_SPACE}"):
+            with io.writing(out):
+                raise failure
+
+
+def test_a_full_scratch_disk_names_the_scratch_folder(tmp_path, monkeypatch) -> None:
+    """ENOSPC on a file of another disk (a scratch folder) names that folder, not the output's."""
+    from skinedge.utils import io
+
+    out, scratch = tmp_path / "out" / "model.onnx", Path("/scratch/skinedge-x/model.onnx")
+    monkeypatch.setattr(io, "_device", lambda path: 2 if str(path).startswith("/scratch") else 1)
+    with pytest.raises(io.WriteError) as caught:
+        with io.writing(out):
+            raise enospc(scratch)
+    assert f"{NO_SPACE} holding /scratch/skinedge-x" in str(caught.value)
+    monkeypatch.setattr(io, "_device", lambda path: 1)  # the same disk: the output's folder
+    with pytest.raises(io.WriteError) as caught:
+        with io.writing(out):
+            raise enospc(scratch)
+    assert f"{NO_SPACE} holding {out.parent}" in str(caught.value)
+
+
+def test_macos_finder_files_do_not_change_a_folders_hash(tmp_path) -> None:
+    from skinedge.utils.io import sha256_tree
+
+    package = tmp_path / "model.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Data" / "weights.bin").write_bytes(b"weights")
+    before = sha256_tree(package)
+    (package / ".DS_Store").write_bytes(b"finder")
+    (package / "Data" / "._weights.bin").write_bytes(b"appledouble")
+    assert sha256_tree(package) == before
+    (package / "Data" / "weights.bin").write_bytes(b"changed")
+    assert sha256_tree(package) != before
 
 
 def test_a_set_of_files_is_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:

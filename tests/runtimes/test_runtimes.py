@@ -181,7 +181,7 @@ def test_a_truncated_onnx_file_is_a_model_error_naming_it(tiny_checkpoint, tmp_p
     for read in (read_artifact_card, load_runtime):
         with pytest.raises(ModelError) as caught:
             read(path)
-        assert str(path) in str(caught.value) and "could not read it" in str(caught.value)
+        assert str(path) in str(caught.value) and "could not load it" in str(caught.value)
         assert "export it again" in str(caught.value)
 
 
@@ -192,6 +192,9 @@ def test_an_onnx_file_onnxruntime_cannot_load_is_a_model_error(tiny_checkpoint, 
     path = _identity_onnx(tmp_path / "odd.onnx", read_artifact_card(tiny_checkpoint).to_json(),
                           op="NoSuchOperator")
     read_artifact_card(path)  # the file parses: only the runtime refuses it
-    with pytest.raises(ModelError, match="ONNX Runtime could not read it") as caught:
+    with pytest.raises(ModelError, match="ONNX Runtime could not load it") as caught:
         load_runtime(path)
     assert str(path) in str(caught.value)
+    # Not a damaged file: the message names the other cause and its check, not only "corrupted".
+    assert "use an operation this ONNX Runtime version lacks" in str(caught.value)
+    assert "check the installed ONNX Runtime version" in str(caught.value)

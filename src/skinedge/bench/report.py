@@ -10,8 +10,6 @@ from skinedge.bench.gates import GateCheck
 from skinedge.bench.harness import BenchResult
 from skinedge.bench.rows import BenchRow
 from skinedge.utils.io import (
-    atomic_write_bytes,
-    atomic_write_text,
     atomic_write_texts,
     package_versions,
 )
@@ -93,10 +91,6 @@ def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
     return "\n".join(lines) + "\n"
 
 
-def write_junit(path: Path, result: BenchResult, checks: list[GateCheck]) -> Path:
-    return atomic_write_text(path, render_junit(result, checks))
-
-
 def render_junit(result: BenchResult, checks: list[GateCheck]) -> str:
     """The gate's checks as a JUnit XML test suite (one test case per check)."""
     suite = ET.Element("testsuite", name="skinedge-bench", tests=str(len(checks)),
@@ -109,15 +103,9 @@ def render_junit(result: BenchResult, checks: list[GateCheck]) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
-def plot(result: BenchResult, path: Path) -> Path | None:
-    """Balanced accuracy against p50 latency, one labelled point per model that ran, written
-    to ``path`` (atomically); None (and nothing written) when no model ran."""
-    png = render_plot(result)
-    return None if png is None else atomic_write_bytes(path, png)
-
-
 def render_plot(result: BenchResult) -> bytes | None:
-    """:func:`plot`'s chart as PNG bytes; None when no model ran."""
+    """Balanced accuracy against p50 latency, one labelled point per model that ran, as PNG
+    bytes; None when no model ran."""
     import io
 
     import matplotlib
@@ -167,7 +155,8 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
                   command: str | None = None) -> dict[str, Path]:
     """bench.json, bench.md, junit.xml (when gated) and bench.png into ``out``, as one set: every
     file is rendered and written to a temporary first, and renamed into place only when all
-    are written, so a failed write (a full disk) leaves the previous set as it was.
+    are written, so a failed write (a full disk) leaves the previous set as it was. When no
+    model ran there is no chart, and an earlier run's bench.png is removed.
 
     Raises:
         WriteError: a full disk, or an ``out`` folder that is not writable.
@@ -189,4 +178,6 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
     if (png := render_plot(result)) is not None:
         contents["chart"] = (out / "bench.png", png)
     atomic_write_texts(dict(contents.values()))
+    if png is None:  # no model ran: a chart of an earlier run would not match bench.json
+        (out / "bench.png").unlink(missing_ok=True)
     return {kind: path for kind, (path, _) in contents.items()}

@@ -99,6 +99,6 @@ def load_run_config(out: Path, config: Path | None, overrides: list[str] | None,
     if resume:
         check_run_to_resume(out)
     items = [*(overrides or []), *(f"{k}={v}" for k, v in shortcuts.items() if v is not None)]
-    if resume and config is None and (out / "config.yaml").is_file():
+    if resume and config is None:  # check_run_to_resume found it
         config = out / "config.yaml"
     return load_train_config(config, items, config_class=config_class or TrainConfig)

@@ -75,11 +75,16 @@ def export(
     checkpoint on validation images right after export (non-zero exit if it drifts)."""
     from skinedge.cli.progress import console
     from skinedge.export import ExportError, ExportOptions, export_checkpoint
-    from skinedge.export.records import check_export_choice
+    from skinedge.export.records import calibrates_int8
 
     # Refused before anything is loaded or written to --out.
     options = ExportOptions(quantizer=quantizer, max_drop=max_drop, overflow_fix=overflow_fix)
-    calibrates = check_export_choice(target, precision, quantizer) == "int8" and quantizer != "qat"
+    calibrates = calibrates_int8(target, precision, quantizer)
+    if calibrates and calibration_images < 1:  # a QAT checkpoint is exported uncalibrated
+        from skinedge.models.card import load_card
+
+        calibrates = calibrates_int8(target, precision, quantizer,
+                                     source_precision=load_card(checkpoint).precision)
     check_count(verify_images, "--verify-images", 0,
                 "a number of validation images to check the artifact on (0: no verification)")
     check_count(calibration_images, "--calibration-images", 1 if calibrates else 0,
@@ -138,6 +143,7 @@ def bench(
     from skinedge.bench.profiles import load_profile
     from skinedge.bench.report import print_table, write_outputs
     from skinedge.cli.progress import console
+    from skinedge.export.records import calibrates_int8
     from skinedge.utils.provenance import command_line
 
     # Every option checked before anything is exported or measured.
@@ -147,7 +153,7 @@ def bench(
     check_count(warmup, "--warmup", 0, "a number of untimed runs before timing (0: none)")
     check_count(threads, "--threads", 0, "a number of threads per runtime (0: the backend's "
                 "default)")
-    calibrates = any(p == "int8" and q != "qat" for _, p, q in exports)
+    calibrates = any(calibrates_int8(t, p, q) for t, p, q in exports)
     check_count(calibration_images, "--calibration-images", 1 if calibrates else 0,
                 "a number of training images"
                 + (" to calibrate the INT8 exports on, and INT8 needs at least one"

@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from skinedge.data.classes import ClassVocabulary, get_vocabulary
-from skinedge.data.paths import OPT_IN, OutsideRootError, resolve_inside
+from skinedge.data.paths import OPT_IN, OutsideRootError, normalize_image_path, resolve_inside
 from skinedge.data.reading import Dataset
 from skinedge.data.records import Record
 from skinedge.data.splits import SPLITS, check_ratios, sparse_class_warnings, split_groups
@@ -295,7 +294,7 @@ class _Problems:
 
 def _invalid(path: Path, problems: _Problems) -> DataError:
     return DataError(f"{path}: not a valid manifest:\n" + "\n".join(problems.lines())
-                     + "\nUndo the hand edits, or make a new split with `skinedge data split`.")
+                     + "\nRestore the manifest, or make a new split with `skinedge data split`.")
 
 
 def _json_kind(value: object) -> str:
@@ -348,7 +347,7 @@ def _row_problems(manifest: Manifest, allow_outside_root: bool) -> _Problems:
         if codes is not None and r.label not in codes:
             problems.add(f"label not in the {manifest.classes} classes", f"{name}: {r.label!r}",
                          hint=f"valid labels are {', '.join(codes)}")
-        seen[posixpath.normpath(r.image)].append(i)
+        seen[normalize_image_path(r.image)].append(i)
         try:
             resolve_inside(manifest.root, r.image, allow_outside=allow_outside_root)
         except OutsideRootError as exc:

@@ -9,12 +9,40 @@ the dataset root, unless the caller opts in (``--allow-outside-root``).
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 from skinedge.errors import DataError
 
 #: What to tell a user whose folder really does keep images elsewhere.
 OPT_IN = "--allow-outside-root"
+#: How an ``outside-root`` problem names the opt-in, for commands that take :data:`OPT_IN`;
+#: a command without it rewords the problem with :func:`reword_opt_in`.
+RERUN_OPT_IN = f"rerun with {OPT_IN}"
+
+
+def reword_opt_in(message: str, opt_in: str) -> str:
+    """``message`` (an ``outside-root`` problem) naming ``opt_in`` instead of
+    :data:`RERUN_OPT_IN`, for a command that has no ``--allow-outside-root`` of its own
+    (quickstart: ``split it with `skinedge data split --allow-outside-root```)."""
+    return message.replace(RERUN_OPT_IN, opt_in)
+
+
+def normalize_image_path(image: str) -> str:
+    """The one spelling of an image path that records, manifests and duplicate checks use.
+
+    ``./images/a.jpg``, ``images//a.jpg`` and ``images/x/../a.jpg`` all become
+    ``images/a.jpg``, so the same file listed twice is caught as a duplicate however it was
+    written. Only the text is normalised; nothing is resolved on disk (see
+    :func:`resolve_inside` for that).
+
+    Args:
+        image: Path as written in a labels file or manifest.
+
+    Returns:
+        The path with ``.``, repeated separators and ``x/..`` segments collapsed.
+    """
+    return posixpath.normpath(image)
 
 
 class ImagePathError(DataError):
@@ -40,7 +68,7 @@ class OutsideRootError(ImagePathError):
         super().__init__(
             root, image,
             f"path {image!r} resolves to {resolved}, outside the dataset folder {root}; move "
-            f"the image into the folder (or, for a folder you trust, rerun with {OPT_IN})")
+            f"the image into the folder (or, for a folder you trust, {RERUN_OPT_IN})")
 
 
 def resolve_inside(root: Path | str, image: str, *, allow_outside: bool = False) -> Path:
@@ -48,8 +76,9 @@ def resolve_inside(root: Path | str, image: str, *, allow_outside: bool = False)
 
     Args:
         root: Dataset folder.
-        image: Path as written in the labels file or manifest (relative; ``..`` and absolute
-            paths are refused unless ``allow_outside``).
+        image: Path as written in the labels file or manifest. Relative paths, ``..`` segments,
+            absolute paths and symlinks are all accepted when they resolve inside ``root``;
+            whatever resolves outside it is refused unless ``allow_outside``.
         allow_outside: Accept paths outside ``root`` (the user opted in).
 
     Returns:

@@ -23,6 +23,7 @@ from skinedge.data.images import (
     load_rgb_oriented,
 )
 from skinedge.data.layouts import detect_layout, read_layout
+from skinedge.data.paths import normalize_image_path
 from skinedge.data.records import (
     DataProblem,
     DataValidationError,
@@ -116,7 +117,7 @@ def read_dataset(
                 f"label {r.label!r} is not one of {list(vocab.codes)} ({vocab.name}); "
                 f"{label_hint}"))
         else:
-            good.append(Record(r.image, r.group, code, r.source))
+            good.append(Record(normalize_image_path(r.image), r.group, code, r.source))
 
     seen = Counter(r.image for r in good)
     dupes = {img for img, n in seen.items() if n > 1}

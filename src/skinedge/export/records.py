@@ -83,6 +83,30 @@ def check_export_choice(target: str, precision: str | None = None,
     return chosen
 
 
+def calibrates_int8(target: str, precision: str | None = None, quantizer: str | None = None,
+                    *, source_precision: str | None = None) -> bool:
+    """Whether an export calibrates INT8 on training images (and so needs at least one).
+
+    Only INT8 through a target whose INT8 is calibrated (``ExportTarget.int8_calibrated``;
+    Core ML quantizes weights alone) calibrates; a quantization-aware trained checkpoint
+    (quantizer ``qat``, or a card of precision ``int8``) is exported as it is, uncalibrated.
+
+    Args:
+        target: A registered target's name.
+        precision: As for :func:`check_export_choice` (None: the target's default).
+        quantizer: As for :func:`check_export_choice`.
+        source_precision: The checkpoint card's ``precision`` when known (``int8``: QAT).
+
+    Raises:
+        ConfigError: what :func:`check_export_choice` refuses.
+    """
+    from skinedge.export.base import TARGETS
+
+    chosen = check_export_choice(target, precision, quantizer)
+    return (chosen == "int8" and TARGETS[target].int8_calibrated and quantizer != QAT
+            and source_precision != "int8")
+
+
 def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False) -> None:
     if value not in allowed and not (optional and value is None):
         raise ConfigError(f"{name} {value!r}: choose one of {', '.join(allowed)}")

@@ -21,16 +21,21 @@ from skinedge.data.transforms import PreprocessConfig
 from skinedge.errors import ModelError, NotFoundError
 from skinedge.utils.io import atomic_write_text
 
-CARD_SCHEMA = "skinedge.model-card/1"
+CARD_SCHEMA = "skinedge.model-card/2"  # what every writer stores: a sealed card
+#: Cards written before ``integrity`` existed: they load with a warning when it is missing.
+CARD_SCHEMA_UNSEALED = "skinedge.model-card/1"
+CARD_SCHEMAS = (CARD_SCHEMA_UNSEALED, CARD_SCHEMA)
 CARD = "card.json"  # the card's file name in a checkpoint folder
 
-#: The fields ``integrity`` covers: everything that decides what a model predicts and how its
+#: The fields ``integrity`` covers (``a.b``: key ``b`` of the object ``a``, or of each item of
+#: the list ``a``): everything that decides what a model predicts and how its
 #: outputs are read (for ensembles the members' paths, architectures and weight hashes; for
 #: artifacts the target, precision and the input/output tensor specs).
 INTEGRITY_FIELDS = (
     "architecture", "classes", "class_names", "vocabulary", "positive_class", "preprocess",
     "drop_rate", "precision", "weights_sha256", "members", "training.quantization",
     "artifact.target", "artifact.precision", "artifact.input", "artifact.output",
+    "members.path", "members.architecture", "members.weights_sha256",
 )
 
 
@@ -134,26 +139,17 @@ class ModelCard(BaseModel):
         Values equal to their field's default are left out of the hash, so that a field added
         to the card (or to ``PreprocessConfig``) later, with a default that keeps today's
         behaviour, does not invalidate every card sealed before it. Changing a value, to or
-        from its default, still changes the hash."""
+        from its default, still changes the hash; so does setting a field to an explicit null
+        where it was absent (its default), since only keys present in the JSON are hashed."""
         doc = json.loads(self.model_dump_json(by_alias=True, exclude_defaults=True))
-        members = None if doc.get("members") is None else [
-            {key: m.get(key) for key in ("path", "architecture", "weights_sha256")}
-            for m in doc["members"]]
-        art = doc.get("artifact")
-        fields = {key: doc.get(key) for key in (
-            "architecture", "classes", "class_names", "vocabulary", "positive_class",
-            "preprocess", "drop_rate", "precision", "weights_sha256")}
-        fields.update({
-            "members": members, "quantization": doc.get("training", {}).get("quantization"),
-            "artifact": None if art is None else {
-                key: art.get(key) for key in ("target", "precision", "input", "output")},
-        })
+        fields = _select_fields(doc, INTEGRITY_FIELDS)
         text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def sealed(self) -> ModelCard:
         """A copy with ``integrity`` set: what every writer of a card stores."""
-        return self.model_copy(update={"integrity": self.compute_integrity()})
+        return self.model_copy(update={"schema_": CARD_SCHEMA,
+                                       "integrity": self.compute_integrity()})
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, by_alias=True)
@@ -163,17 +159,56 @@ class ModelCard(BaseModel):
         return cls.model_validate_json(text)
 
 
+def _select_fields(doc: dict, fields: tuple[str, ...] | list[str]) -> dict:
+    """The keys of ``doc`` named in ``fields`` that are present in it (``a.b`` selects key
+    ``b`` inside the object ``a``, or inside each item of the list ``a``); an absent key stays
+    absent, so it hashes differently from an explicit null."""
+    selected: dict[str, Any] = {}
+    nested: dict[str, list[str]] = {}
+    for field in fields:
+        head, _, rest = field.partition(".")
+        if rest:
+            nested.setdefault(head, []).append(rest)
+        elif head in doc:
+            selected[head] = doc[head]
+    for head, keys in nested.items():
+        if head not in doc:
+            continue
+        value = doc[head]
+        if isinstance(value, list):
+            selected[head] = [_select_fields(item, keys) if isinstance(item, dict) else item
+                              for item in value]
+        elif isinstance(value, dict):
+            inner = _select_fields(value, keys)
+            if inner:  # e.g. training with an epoch but no quantization: hashes as no training
+                selected[head] = inner
+        else:
+            selected[head] = value
+    return selected
+
+
 def check_card_integrity(card: ModelCard, where: Path | str, *,
                          fix: str = "restore card.json from the training run") -> ModelCard:
     """Return ``card`` if its ``integrity`` matches its fields; ``where`` names its file.
 
-    A card with no ``integrity`` (written before integrity checks existed) is accepted with a
-    ``UserWarning`` that names the file and how to seal it (:func:`seal_card_file` for a
-    checkpoint; exporting again for an artifact).
+    A card of schema :data:`CARD_SCHEMA_UNSEALED` with no ``integrity`` (written before
+    integrity checks existed) is accepted with a ``UserWarning`` that names the file and how
+    to seal it (:func:`seal_card_file` for a checkpoint; exporting again for an artifact).
 
     Raises:
-        ModelError: a field that decides predictions was changed after the card was written.
+        ModelError: an unknown ``schema``; a :data:`CARD_SCHEMA` card without ``integrity``
+            (it was deleted); a field that decides predictions was changed after the card
+            was written.
     """
+    if card.schema_ not in CARD_SCHEMAS:
+        raise ModelError(f"{where}: unknown model card schema {card.schema_!r} (this skinedge "
+                         f"reads {' and '.join(repr(s) for s in CARD_SCHEMAS)}); {fix}, or "
+                         "upgrade skinedge if a newer version wrote it")
+    if card.integrity is None and card.schema_ == CARD_SCHEMA:
+        raise ModelError(f"{where}: the model card has no 'integrity' hash, which every "
+                         f"{CARD_SCHEMA!r} card carries: it was removed after the card was "
+                         f"written, so edits to its classes or preprocessing cannot be "
+                         f"detected; {fix}")
     if card.integrity is None:
         warnings.warn(f"{where}: model card written before integrity checks (no 'integrity' "
                       f"field), so edits to its classes or preprocessing cannot be detected; "
@@ -187,7 +222,7 @@ def check_card_integrity(card: ModelCard, where: Path | str, *,
                          f"'integrity' hash does not match the fields that decide predictions "
                          f"({', '.join(INTEGRITY_FIELDS)}); {fix}. Cards are not meant to be "
                          f"edited: only fields outside the hash (metrics, data, versions, "
-                         f"intended_use, training other than its quantization) may be")
+                         f"intended_use, training other than its quantization) may be edited")
     return card
 
 

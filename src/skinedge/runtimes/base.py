@@ -59,8 +59,10 @@ def card_from_json(text: str | bytes, path: Path | str) -> ModelCard:
 
 @contextmanager
 def unreadable_artifact(path: Path | str, backend: str) -> Iterator[None]:
-    """Turn a backend's failure to read ``path`` (a truncated or corrupted file: protobuf,
-    flatbuffer or IR errors) into a :class:`ModelError` naming the file; skinedge's own errors
+    """Turn a backend's failure to read or compile ``path`` (a truncated or corrupted file:
+    protobuf, flatbuffer or IR errors; or an operation or kernel this backend version lacks,
+    found when the model is compiled) into a :class:`ModelError` naming the file and both
+    causes; skinedge's own errors
     (:class:`~skinedge.errors.MissingBackendError` among them) pass through unchanged."""
     try:
         yield
@@ -68,9 +70,10 @@ def unreadable_artifact(path: Path | str, backend: str) -> Iterator[None]:
         raise
     except Exception as exc:  # each backend raises its own types for a damaged file
         detail = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ModelError(f"{path}: {backend} could not read it ({type(exc).__name__}: {detail}); "
-                         "the file is truncated, corrupted or not this format: export it "
-                         "again with `skinedge export`") from exc
+        raise ModelError(f"{path}: {backend} could not load it ({type(exc).__name__}: {detail}); "
+                         f"the file may be truncated or corrupted, or use an operation this "
+                         f"{backend} version lacks: export it again with `skinedge export`, or "
+                         f"check the installed {backend} version") from exc
 
 
 #: The metadata key under which ONNX, TFLite and Core ML artifacts carry their card.
@@ -97,6 +100,10 @@ class Runtime(ABC):
         suffixes: File suffixes it loads (``.onnx``); a backend with none overrides :meth:`handles`.
         extra: The pip extra that installs it (``runtime-onnx``).
         requires: Modules that extra provides, checked without importing them.
+        exports: Export target -> the endings of the artifact file names it writes that this
+            backend loads (``{"openvino": (".xml",)}``): ``skinedge export`` names its report
+            ``<stem>.<target>.export.json`` for the artifact ``<stem><ending>``, so an
+            unreadable report is blamed on exactly its own artifact.
         needs: What the machine must have beyond the packages: ``gpu`` (a CUDA GPU),
             ``macos``; tests that predict with the backend carry these words as markers.
         path: The artifact (or checkpoint folder).
@@ -108,6 +115,7 @@ class Runtime(ABC):
     suffixes: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    exports: ClassVar[dict[str, tuple[str, ...]]] = {}
     needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: Path, card: ModelCard, threads: int | None = None):

@@ -34,6 +34,7 @@ class CoreMLRuntime(Runtime):
 
     backend = "coreml"
     suffixes = (".mlpackage",)
+    exports = {"coreml": (".mlpackage",)}
     extra = EXTRA
     requires = ("coremltools",)
     needs = ("macos",)

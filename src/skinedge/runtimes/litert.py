@@ -66,6 +66,7 @@ class LiteRTRuntime(Runtime):
 
     backend = "litert"
     suffixes = (".tflite",)
+    exports = {"tflite": (".tflite",)}
     extra = EXTRA
     requires = ("ai_edge_litert",)
 
@@ -80,7 +81,7 @@ class LiteRTRuntime(Runtime):
 
     @staticmethod
     def read_card(path: Path) -> ModelCard:
-        with unreadable_artifact(path, "LiteRT's flatbuffer schema"):
+        with unreadable_artifact(path, "ai-edge-litert"):
             data = read_metadata(Path(path).read_bytes(), CARD_KEY)
         return embedded_card(data, path, f"its '{CARD_KEY}' metadata")
 

@@ -54,6 +54,7 @@ class OnnxRuntime(Runtime):
 
     backend = "onnxruntime"
     suffixes = (".onnx",)
+    exports = {"onnx": (".onnx",), "tensorrt": (".trt.onnx",)}  # the TensorRT-ready ONNX
     extra = EXTRA
     requires = ("onnxruntime",)
 

@@ -27,6 +27,7 @@ class OpenVINORuntime(Runtime):
 
     backend = "openvino"
     suffixes = (".xml",)
+    exports = {"openvino": (".xml",)}
     extra = "runtime-openvino"
     requires = ("openvino",)
 

@@ -93,15 +93,16 @@ def read_artifact_card(path: Path | str) -> ModelCard:
     return runtime_class(path).read_card(Path(path))
 
 
-def export_reports(path: Path | str) -> list[Path]:
+def export_reports(path: Path | str, cls: type[Runtime] | None = None) -> list[Path]:
     """The export reports (``*.export.json``) that list the artifact ``path``: beside it, or
     one folder up for an artifact that failed verification (moved to ``rejected/``).
 
     Raises:
-        ModelError: an unreadable report named after the artifact (``<stem>.*.export.json``);
-            other unreadable reports in the folder belong to other artifacts and are passed by.
+        ModelError: an unreadable report of the artifact (:func:`owns_report`); other
+            unreadable reports in the folder belong to other artifacts and are passed by.
     """
     path = Path(path)
+    cls = cls or runtime_class(path)
     folders = [path.parent] + ([path.parent.parent] if path.parent.name == "rejected" else [])
     found = []
     for folder in folders:
@@ -111,12 +112,25 @@ def export_reports(path: Path | str) -> list[Path]:
             try:
                 files = _report_files(report)
             except ModelError:
-                if report.name.startswith(f"{path.stem}."):
+                if owns_report(report, path, cls):
                     raise
                 continue
             if _listed(files, report, path) is not None:
                 found.append(report)
     return found
+
+
+def owns_report(report: Path, path: Path, cls: type[Runtime]) -> bool:
+    """Whether ``report`` is the one ``skinedge export`` wrote for the artifact ``path``:
+    named ``<stem>.<target>.export.json`` where ``path`` is named ``<stem><ending>`` for an
+    ending ``cls.exports`` lists under ``target`` (``arch_fp32.xml``:
+    ``arch_fp32.openvino.export.json``, not ``arch_fp32.onnx.export.json``). For a runtime
+    without ``exports``: a report named ``<file name>.*``."""
+    if not cls.exports:
+        return report.name.startswith(f"{path.name}.") and report.name.endswith(REPORT_SUFFIX)
+    return any(report.name == f"{path.name[:-len(ending)]}.{target}{REPORT_SUFFIX}"
+               for target, endings in cls.exports.items() for ending in endings
+               if path.name.endswith(ending) and len(path.name) > len(ending))
 
 
 def _report_files(report: Path) -> list[dict]:
@@ -158,7 +172,7 @@ def check_artifact_files(path: Path | str, cls: type[Runtime] | None = None) -> 
     parts = cls.artifact_files(path)
     if not parts:  # a checkpoint folder: its card holds the weights' sha256
         return []
-    reports = export_reports(path)
+    reports = export_reports(path, cls)
     hashes: dict[Path, str] = {}
     for report in reports:
         files = _report_files(report)

@@ -45,6 +45,7 @@ class TensorRTRuntime(Runtime):
 
     backend = "tensorrt"
     suffixes = (".engine", ".plan")
+    exports = {"tensorrt": (".engine",)}
     extra = EXTRA
     requires = ("tensorrt", "torch")
     needs = ("gpu",)

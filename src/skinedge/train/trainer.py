@@ -296,8 +296,9 @@ def refuse_small_classes(manifest: Manifest, minimum: int, where: object) -> Non
             f"{where}: the train split has fewer than {minimum} images of class(es) {counts}: a "
             "model cannot learn a class from so few, and its val/test figures for it are noise. "
             "Add images of these classes and make a new split with `skinedge data split`, or "
-            "train anyway with `--set data.min_images_per_class=0` (an option of `skinedge "
-            "train`; in a config file, data: min_images_per_class: 0)")
+            "train anyway with `--set data.min_images_per_class=0` (or the same key in the "
+            "config file; for `skinedge experiment ablation`, add data.min_images_per_class=0 "
+            "to train_overrides in its YAML)")
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, objective: Objective | None,

@@ -13,6 +13,8 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -30,8 +32,9 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``.
 
     Readers see the old file or the new one, never half of one. A failed write leaves no
-    temporary file behind; one left by a killed writer (``.NAME.XXXXXXXX.PID.tmp`` whose
-    process is gone) is removed by the next write of ``path``.
+    temporary file behind; one left by a killed writer (``.NAME.XXXXXXXX.HOST.PID.tmp`` whose
+    process is gone) is removed by the next write of ``path`` on the same host (a pid means
+    nothing on another machine sharing the folder, so those are left alone).
 
     Raises:
         WriteError: a full disk, a folder that is not writable (see :func:`writing`).
@@ -79,7 +82,7 @@ def _stage(path: Path, write: Callable[[IO[bytes]], Any]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                               suffix=f".{os.getpid()}.tmp")
+                               suffix=f".{_host()}.{os.getpid()}.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -102,26 +105,39 @@ def _sync_folder(folder: Path) -> None:
         fsync_path(folder)
 
 
+def _host() -> str:
+    """This machine's name as it goes into a temporary's name (no dots: the name is split on
+    them)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 def _remove_dead_temporaries(path: Path) -> None:
-    """Temporaries of ``path`` left by writers that were killed mid-write (their process is
-    gone); those of a running writer are kept."""
+    """Temporaries of ``path`` left by writers on this host that were killed mid-write (their
+    process is gone); those of a running writer, of another host (a shared folder: its pids
+    cannot be probed from here) and any name not in the ``.NAME.RANDOM.HOST.PID.tmp`` form
+    are kept."""
     prefix = f".{path.name}."
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        random, _, pid = tmp.name[len(prefix):-len(".tmp")].rpartition(".")
-        if random and "." not in random and pid.isdigit() and not _running(int(pid)):
+        parts = tmp.name[len(prefix):-len(".tmp")].rsplit(".", 2)
+        if len(parts) != 3:
+            continue
+        random, host, pid = parts
+        if (random and "." not in random and host == _host() and pid.isdigit()
+                and not _running(int(pid))):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` may be running; True (keep the file) whenever unsure."""
     if os.name != "posix":  # os.kill(pid, 0) is no probe on Windows: keep the file
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process, or a pid this system cannot have
-        return True
+    except (OSError, OverflowError, ValueError):  # another user's process, or a pid this
+        return True  # system cannot have (too big for a C int): not ours to remove
     return True
 
 
@@ -166,15 +182,20 @@ def write_error(path: Path | str | None, exc: BaseException) -> WriteError | Non
     not a full disk, a denied write or a read-only file system."""
     code = exc.errno if isinstance(exc, OSError) else None
     target = Path(path) if path is not None else None
-    if code is None and target is not None and _out_of_space(target.parent):
+    if (code is None and target is not None and _backend_write_failure(exc)
+            and _out_of_space(target.parent)):
         code = errno.ENOSPC  # a backend's own words ("unexpected pos", "requested and written")
     if code not in DISK_ERRNOS | _DENIED:
         return None
     # The folder that refused: where the failing entry (a temporary, a scratch folder) was
-    # being made; for a full disk, the output's own folder (the same disk).
-    where = Path(exc.filename) if isinstance(exc, OSError) and exc.filename else target
+    # being made; for a full disk, the output's own folder (the same disk), unless the failing
+    # file is on another disk (a scratch folder under $TMPDIR): then that file's folder.
+    failed = Path(exc.filename) if isinstance(exc, OSError) and exc.filename else None
+    where = failed or target
     if code in (errno.ENOSPC, errno.EDQUOT) and target is not None:
-        where = target
+        elsewhere = failed is not None and None not in (
+            _device(failed), _device(target)) and _device(failed) != _device(target)
+        where = failed if elsewhere else target
     folder = str(where.parent) if where is not None else "the output folder"
     what = f"cannot write {target}" if target is not None else "cannot write the output"
     if code in (errno.ENOSPC, errno.EDQUOT):
@@ -190,6 +211,34 @@ def write_error(path: Path | str | None, exc: BaseException) -> WriteError | Non
     error = WriteError(message)
     error.errno = code
     return error
+
+
+#: Words of a backend's writer failing without an errno (torch.save: "unexpected pos ...",
+#: "file write failed"; numpy: "requested and written"), lower case.
+_WRITE_WORDS = ("writ", "unexpected pos", "no space", "storagefull", "serializ")
+
+
+def _backend_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` can be a writer's own report of a full disk (so a full disk explains
+    it): an OSError without errno, safetensors' SafetensorError, or a RuntimeError that talks
+    about writing. Any other exception (a bug) is never blamed on the disk."""
+    if isinstance(exc, OSError):
+        return exc.errno is None
+    if type(exc).__name__ == "SafetensorError":
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        word in str(exc).lower() for word in _WRITE_WORDS)
+
+
+def _device(path: Path) -> int | None:
+    """The st_dev of the disk holding ``path`` (its nearest existing folder); None if unknown."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return folder.stat().st_dev
+    except OSError:
+        return None
 
 
 def _out_of_space(folder: Path) -> bool:
@@ -230,14 +279,20 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 
 def sha256_tree(path: Path | str) -> str:
     """sha256 of a folder (``.mlpackage``): over each file's relative POSIX path and sha256, in
-    sorted order, so it names the same content on every machine; a file: :func:`sha256_file`."""
+    sorted order, so it names the same content on every machine; a file: :func:`sha256_file`.
+    macOS Finder metadata (``.DS_Store``, ``._*`` AppleDouble files), added when a folder is
+    copied on a Mac or to a non-Apple disk, is left out: it is not the model."""
     path = Path(path)
     if not path.is_dir():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+    for file in sorted(f for f in path.rglob("*") if f.is_file() and not _finder_metadata(f)):
         digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
+
+
+def _finder_metadata(file: Path) -> bool:
+    return file.name == ".DS_Store" or file.name.startswith("._")
 
 
 _VERSIONED = ("skinedge", "torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn")

@@ -98,7 +98,9 @@ def export_tensorrt(job: ExportJob) -> Exported:
                               "(TensorRT 10; the engine only runs with that TensorRT and GPU).\n"
                               f'cd "$(dirname "$0")"\n{command}\n')
     # The ONNX carries the card too: whoever builds the engine on the device keeps the labels.
-    embed_card(onnx_path, job.card_for(artifact_info(onnx_job, "onnx", details)))
+    # Its card is onnx_job's: top-level precision and artifact.precision both say what the
+    # ONNX holds (fp32 for an fp16 engine), not what the engine will be built as.
+    embed_card(onnx_path, onnx_job.card_for(artifact_info(onnx_job, "onnx", details)))
     reason = unavailable_reason()
     if reason is not None:
         # Summaries (bench rows) keep a message's first line only: it names the script to run.
