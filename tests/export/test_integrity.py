@@ -172,3 +172,42 @@ def test_an_export_that_fails_verification_keeps_the_previous_one(tiny_checkpoin
     assert caught.value.report == rejected / report.name
     assert json.loads(caught.value.report.read_text())["verification"]["status"] == "failed"
     load_runtime(rejected / onnx.name).close()  # checked against the rejected report
+
+
+def test_an_export_that_cannot_be_made_keeps_the_previous_one(tiny_checkpoint, exported,
+                                                              tmp_path, monkeypatch) -> None:
+    """A conversion that fails ("not built") does not replace a verified earlier export's
+    report (load_runtime checks the artifact against it) nor its files: the attempt's report
+    and what it wrote anyway go to rejected/. With no verified export standing, as before."""
+    import dataclasses
+
+    from skinedge.export import TARGETS, ExportError, export_checkpoint
+
+    def refuse(job):
+        partial = job.workdir / f"{job.stem}.onnx"
+        partial.write_bytes(b"half an onnx")
+        error = ExportError("onnx conversion failed")
+        error.files = [partial]
+        raise error
+
+    folder, onnx, _, report = copy_of(exported, tmp_path)
+    monkeypatch.setitem(TARGETS, "onnx", dataclasses.replace(TARGETS["onnx"], export=refuse))
+    before = {p.name: sha256_file(p) for p in folder.iterdir()}
+    with pytest.raises(ExportError, match="conversion failed") as caught:
+        export_checkpoint(tiny_checkpoint, "onnx", out_dir=folder, verify_images=0)
+    rejected = folder / "rejected"
+    assert caught.value.report == rejected / report.name
+    assert {p.name: sha256_file(p) for p in folder.iterdir() if p != rejected} == before
+    load_runtime(onnx).close()  # still matches its own report, which still lists it
+    assert sorted(p.name for p in rejected.iterdir()) == [onnx.name, report.name]
+    assert caught.value.files == [rejected / onnx.name]
+    doc = json.loads(caught.value.report.read_text())
+    assert doc["verification"]["status"] == "not built"
+    assert doc["files"][0]["path"] == str(rejected / onnx.name)
+
+    onnx.unlink()  # the earlier export no longer stands: the report is replaced, as before
+    with pytest.raises(ExportError, match="conversion failed") as caught:
+        export_checkpoint(tiny_checkpoint, "onnx", out_dir=folder, verify_images=0)
+    assert caught.value.report == report
+    assert json.loads(report.read_text())["verification"]["status"] == "not built"
+    assert onnx.read_bytes() == b"half an onnx"

@@ -146,7 +146,8 @@ def test_tensorrt_without_gpu_refuses_but_writes_onnx_and_trtexec(tiny_checkpoin
     error = exports(tiny_checkpoint, "tensorrt", "int8")
     assert isinstance(error, ExportError)
     assert "trtexec" in str(error) and "tensorrt" in str(error)
-    onnx_path, script = error.files
+    onnx_path, script, sidecar = error.files
+    assert sidecar.name == "test_efficientnet_int8.card.json"
     assert "--stronglyTyped" in script.read_text() and "--int8" not in script.read_text()
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
@@ -237,3 +238,43 @@ def test_cli_export_verifies_and_tensorrt_refusal_exits_nonzero(tiny_checkpoint,
     # The ONNX holds fp32 weights (the engine is built fp16): its card says so, at both levels.
     card = read_artifact_card(tmp_path / "test_efficientnet_fp16.trt.onnx")
     assert card.precision == card.artifact.precision == "fp32"
+
+
+@pytest.mark.slow
+def test_tensorrt_without_gpu_writes_the_card_the_built_engine_needs(tiny_checkpoint,
+                                                                    tmp_path) -> None:
+    """The engine that the trtexec script builds on the device loads only with its sidecar
+    card: export writes it (sealed, listed in the report) under the name the runtime looks
+    for beside the engine the script saves."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from skinedge.cli.main import app
+    from skinedge.models.checkpoint import load_card
+    from skinedge.runtimes import verify_artifact
+    from skinedge.runtimes.tensorrt import card_path, unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are here: the engine is built instead")
+    if TARGETS["tensorrt"].missing_backend("fp16"):
+        pytest.skip("onnx not installed")
+    refused = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", "tensorrt",
+                                       "--precision", "fp16", "--out", str(tmp_path)])
+    assert refused.exit_code == 1, refused.output
+    script = tmp_path / "test_efficientnet_fp16.trtexec.sh"
+    sidecar = tmp_path / "test_efficientnet_fp16.card.json"
+    assert sidecar.is_file() and sidecar.name in refused.output
+    engine = tmp_path / re.search(r"--saveEngine=(\S+)", script.read_text()).group(1)
+    assert card_path(engine) == sidecar
+    engine.write_bytes(b"")  # where trtexec saves the engine on the device
+    card = verify_artifact(engine)  # the sidecar, checked against the report's sha256 and sealed
+    assert card.integrity == card.compute_integrity()
+    assert card.precision == card.artifact.precision == "fp16"
+    assert card.artifact.target == "tensorrt"
+    size = load_card(tiny_checkpoint).preprocess.input_size
+    assert card.artifact.input.shape == [1, 3, size, size]
+    assert card.artifact.output.shape == [1, card.num_classes]
+    assert card.artifact.details["trtexec"] in script.read_text()
+    report = json.loads((tmp_path / "test_efficientnet_fp16.tensorrt.export.json").read_text())
+    assert sidecar.name in [f["path"].rsplit("/", 1)[-1] for f in report["files"]]

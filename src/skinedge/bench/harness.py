@@ -348,8 +348,6 @@ def run_bench(
     test = load_test_arrays(ref_card, manifest=manifest, split=split, data=data, limit=limit,
                             log=log, layout=layout, allow_outside_root=allow_outside_root,
                             problems_report=out / "problems.csv")
-    if data is not None:  # a failed earlier run's list of problems no longer applies
-        (out / "problems.csv").unlink(missing_ok=True)
     inputs: dict[str, Path] = {}
     try:
         rows, probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,

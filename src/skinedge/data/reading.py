@@ -94,6 +94,8 @@ def read_dataset(
             trusts the folder); by default each is an ``outside-root`` problem, never opened.
         problems_report: Where to write every problem as CSV when this raises; None writes it
             to the system temp folder (named after the dataset folder), so it is never lost.
+            When the folder reads without raising, a report left there by an earlier failed
+            run no longer applies and is removed.
         label_hint: What an ``unknown-label`` row should do, worded for the caller's command
             (the split command adds its ``--classes``).
         hint: Last line of the error (what to do), worded for the caller's command; the
@@ -141,6 +143,8 @@ def read_dataset(
         raise DataValidationError(problems, hint=hint, report=report)
     if not good:
         raise DataError(f"{root}: no usable images found")
+    if problems_report is not None:
+        Path(problems_report).unlink(missing_ok=True)
     return Dataset(root, layout_name, vocab, good, problems, rotated)
 
 

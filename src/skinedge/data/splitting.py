@@ -30,7 +30,6 @@ def split_folder(data: Path, out: Path, *, layout=None, classes=None, ratios=(0.
     manifest = make_manifest(dataset, ratios=ratios, seed=seed,
                              allow_outside_root=allow_outside_root)
     manifest.save(out)
-    problems_report.unlink(missing_ok=True)  # a failed earlier run's list no longer applies
     skipped = None
     if dataset.skipped:
         skipped = write_problem_report(dataset.skipped, out.parent / f"{out.stem}.skipped.csv")

@@ -157,8 +157,6 @@ def evaluate_checkpoint(
                                                          out / "predictions.csv")
         if skipped:
             result.files["skipped"] = write_problem_report(skipped, out / "skipped.csv")
-        if data is not None:  # a failed earlier run's list of problems no longer applies
-            (out / "problems.csv").unlink(missing_ok=True)
     return result
 
 

@@ -103,10 +103,13 @@ def export_checkpoint(
 
     Raises:
         MissingBackendError: the target's extra is not installed (the message names it).
-        ExportError: conversion failed, the target cannot be built here (TensorRT: its ONNX and
-            trtexec command are written anyway), or verification failed (the artifact and
-            its report are then under ``out_dir/rejected/``; an earlier export of the same
-            name in ``out_dir`` is left as it was).
+        ExportError: conversion failed, the target cannot be built here (TensorRT: its ONNX,
+            trtexec script and the engine's card are written anyway), or verification failed
+            (the artifact and its report are then under ``out_dir/rejected/``; an earlier
+            export of the same name in ``out_dir`` is left as it was). When conversion fails or
+            the target cannot be built here, an earlier export of the same name and target in
+            ``out_dir`` whose verification passed or was skipped is left as it was too: the
+            attempt's report (``exc.report``) and its files go to ``out_dir/rejected/``.
         WriteError: a full disk, or an ``out_dir`` that is not writable (nothing is left
             half-written, an earlier export stays as it was).
     """
@@ -166,7 +169,17 @@ def export_checkpoint(
             try:
                 exported = spec.export(job)
             except ExportError as exc:
-                kept = [_move(f, out) for f in getattr(exc, "files", [])]
+                # An earlier good export of this stem and target keeps its files and report
+                # (load_runtime checks it against them): this attempt's report, and what it
+                # wrote anyway, go to rejected/ instead of replacing them.
+                folder = out
+                if _earlier_export_stands(report):
+                    folder = out / "rejected"
+                    folder.mkdir(exist_ok=True)
+                    _log(log, f"{report} (an earlier verified export) is kept; this attempt's "
+                              f"report goes to {folder / report.name}")
+                    report = folder / report.name
+                kept = [_move(f, folder) for f in getattr(exc, "files", [])]
                 _write_report(report, target, precision, checkpoint, None, kept,
                               VerificationResult("not built", str(exc)), notes,
                               time.perf_counter() - started)
@@ -263,6 +276,18 @@ def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Pa
                                 for i in range(0, len(tuning), 64)])
         control = AccuracyControl(tuning.x, float_top1=logits.argmax(1).numpy())
     return calibration, control, verification
+
+
+def _earlier_export_stands(report: Path) -> bool:
+    """Whether ``report`` is an earlier export's whose verification passed or was skipped and
+    whose listed files are all still beside it (files are moved flat into its folder)."""
+    try:
+        doc = json.loads(report.read_text())
+        files = [report.parent / Path(f["path"]).name for f in doc["files"]]
+        status = doc["verification"]["status"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return False  # none, or unreadable: nothing there for load_runtime to check against
+    return status in ("passed", "skipped") and bool(files) and all(f.exists() for f in files)
 
 
 def _move(path: Path, folder: Path) -> Path:

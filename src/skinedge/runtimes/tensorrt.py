@@ -61,9 +61,11 @@ class TensorRTRuntime(Runtime):
         self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
             built = card.artifact.details
+            origin = (f"was built with TensorRT {built['tensorrt']} on {built.get('gpu')}"
+                      if built.get("tensorrt") else
+                      f"was built on its device by {built.get('built_by', 'trtexec')}")
             raise ModelError(f"{path}: TensorRT {trt.__version__} could not load the engine; it "
-                             f"was built with TensorRT {built.get('tensorrt')} on "
-                             f"{built.get('gpu')}: rebuild it on this device")
+                             f"{origin}: rebuild it on this device")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT

@@ -53,8 +53,11 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
 
 def atomic_write_texts(files: Mapping[Path | str, str | bytes]) -> list[Path]:
     """Write several files as one set (a run's reports; text as UTF-8, bytes as they are):
-    every temporary first, then the renames, so a failed write (a full disk) leaves every
-    previous file as it was.
+    every temporary first, then the renames. Renames start only after every temporary is
+    written, so a failed write (a full disk) leaves every previous file as it was. The renames
+    themselves are one per file, not one for the set: a failure between them (rare: each
+    temporary is beside its file, on the same filesystem) leaves the files renamed so far new
+    and the rest as they were.
 
     Raises:
         WriteError: as :func:`atomic_write`.

@@ -3,8 +3,8 @@
 Engines are tied to the TensorRT version and the GPU they were built on, so both go into the
 card (a sidecar ``.card.json``: a serialized engine has no metadata field). Without the
 ``tensorrt`` package or a CUDA GPU the export refuses, but still writes what the target device
-needs: the TensorRT-ready ONNX (INT8: int8 Q/DQ, as TensorRT's explicit quantization wants) and
-the exact ``trtexec`` command to build the engine there.
+needs: the TensorRT-ready ONNX (INT8: int8 Q/DQ, as TensorRT's explicit quantization wants),
+the exact ``trtexec`` command to build the engine there, and the engine's sealed sidecar card.
 
 Follows TensorRT 10's documented API: networks are always explicit-batch (``create_network(0)``),
 INT8 from Q/DQ uses a strongly typed network with no precision flags, FP16 sets
@@ -33,7 +33,8 @@ WORKSPACE_MIB = 1024
 
 
 class TensorRTUnavailable(ExportError):
-    """TensorRT or a CUDA GPU is missing here; ``files`` are the ONNX and the trtexec script."""
+    """TensorRT or a CUDA GPU is missing here; ``files`` are the ONNX, the trtexec script and
+    the sealed card sidecar of the engine the script builds (``<stem>.card.json``)."""
 
     def __init__(self, message: str, files: list[Path]):
         super().__init__(message)
@@ -101,16 +102,25 @@ def export_tensorrt(job: ExportJob) -> Exported:
     # Its card is onnx_job's: top-level precision and artifact.precision both say what the
     # ONNX holds (fp32 for an fp16 engine), not what the engine will be built as.
     embed_card(onnx_path, onnx_job.card_for(artifact_info(onnx_job, "onnx", details)))
+    sidecar = card_path(engine)  # the script saves engine.name: the runtime reads this beside it
     reason = unavailable_reason()
     if reason is not None:
+        # The engine built by the script needs its card beside it (the runtime reads nothing
+        # else): the same sealed card as a built engine's, less what only the build knows
+        # (TensorRT version and GPU), so it describes the engine the script builds.
+        details.update(trtexec=command, portable=False, built_by=script.name)
+        card = job.card_for(artifact_info(job, "tensorrt", details,
+                                          extra_versions=("tensorrt",)))
+        atomic_write_text(sidecar, card.to_json())
         # Summaries (bench rows) keep a message's first line only: it names the script to run.
         raise TensorRTUnavailable(
-            f"TensorRT engine not built: {reason}. Wrote the TensorRT-ready ONNX and "
-            f"{script.name}; on the target device, in the folder holding both, run "
-            f"`sh {script.name}`.\nThe script runs:\n  {command}", [onnx_path, script])
+            f"TensorRT engine not built: {reason}. Wrote the TensorRT-ready ONNX, "
+            f"{script.name} and the engine's card {sidecar.name}; on the target device, in the "
+            f"folder holding them, run `sh {script.name}` (it writes {engine.name}; keep "
+            f"{sidecar.name} beside it).\nThe script runs:\n  {command}",
+            [onnx_path, script, sidecar])
     details.update(build_engine(onnx_path, engine, job.precision))
     details["trtexec"] = command
     card = job.card_for(artifact_info(job, "tensorrt", details, extra_versions=("tensorrt",)))
-    sidecar = card_path(engine)
     atomic_write_text(sidecar, card.to_json())
     return Exported(engine, [engine, sidecar, onnx_path, script], card)
