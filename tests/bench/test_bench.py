@@ -73,20 +73,22 @@ def test_outputs_json_markdown_junit_chart(bench) -> None:
     assert files["chart"].stat().st_size > 1000
 
 
-def test_report_of_a_run_where_no_model_ran_removes_the_old_chart(tmp_path) -> None:
+def test_report_removes_what_an_earlier_run_left_and_this_one_does_not_write(tmp_path) -> None:
+    """No model ran (no chart) and no gate (no junit.xml): an earlier run's files go."""
     from skinedge.bench.harness import BenchResult
 
     out = tmp_path / "bench"
     out.mkdir()
     (out / "bench.png").write_bytes(b"an earlier run's chart")
+    (out / "junit.xml").write_text("<testsuite name='an earlier gate'/>")
     rows = [BenchRow("torch-fp32", None, status="failed", reason="could not load",
                      reference=True)]
     result = BenchResult(rows, "torch-fp32", {"source": "test", "images": 0}, FAST)
 
     files = write_outputs(result, out, None, command="skinedge bench ...")
 
-    assert "chart" not in files
-    assert not (out / "bench.png").exists()
+    assert "chart" not in files and "junit" not in files
+    assert not (out / "bench.png").exists() and not (out / "junit.xml").exists()
     assert json.loads(files["json"].read_text())["rows"][0]["status"] == "failed"
 
 

@@ -155,8 +155,9 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
                   command: str | None = None) -> dict[str, Path]:
     """bench.json, bench.md, junit.xml (when gated) and bench.png into ``out``, as one set: every
     file is rendered and written to a temporary first, and renamed into place only when all
-    are written, so a failed write (a full disk) leaves the previous set as it was. When no
-    model ran there is no chart, and an earlier run's bench.png is removed.
+    are written, so a failed write (a full disk) leaves the previous set as it was. A file this
+    run does not write (no gate: no junit.xml; no model ran: no chart) is removed when an
+    earlier run left one, so the folder never mixes two runs.
 
     Raises:
         WriteError: a full disk, or an ``out`` folder that is not writable.
@@ -178,6 +179,7 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
     if (png := render_plot(result)) is not None:
         contents["chart"] = (out / "bench.png", png)
     atomic_write_texts(dict(contents.values()))
-    if png is None:  # no model ran: a chart of an earlier run would not match bench.json
-        (out / "bench.png").unlink(missing_ok=True)
+    for kind, name in (("junit", "junit.xml"), ("chart", "bench.png")):
+        if kind not in contents:  # an earlier run's would not match this bench.json
+            (out / name).unlink(missing_ok=True)
     return {kind: path for kind, (path, _) in contents.items()}

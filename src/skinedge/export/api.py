@@ -27,6 +27,7 @@ from skinedge.export.records import (
     Calibration,
     ExportOptions,
     VerificationResult,
+    calibrates_int8,
 )
 from skinedge.models.card import ModelCard
 from skinedge.utils.backends import MissingBackendError
@@ -248,7 +249,8 @@ def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Pa
     from skinedge.data.arrays import manifest_arrays
     from skinedge.data.manifest import load_manifest
 
-    calibrate = precision == "int8" and spec.int8_calibrated and options.quantizer != "qat"
+    calibrate = calibrates_int8(spec.name, precision, options.quantizer,
+                                source_precision=card.precision)  # the CLI's rule, too
     if not calibrate and verify_images <= 0:
         return None, None, None
     manifest_path = resolve_manifest(manifest, card, checkpoint)
