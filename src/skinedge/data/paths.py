@@ -16,16 +16,9 @@ from skinedge.errors import DataError
 
 #: What to tell a user whose folder really does keep images elsewhere.
 OPT_IN = "--allow-outside-root"
-#: How an ``outside-root`` problem names the opt-in, for commands that take :data:`OPT_IN`;
-#: a command without it rewords the problem with :func:`reword_opt_in`.
-RERUN_OPT_IN = f"rerun with {OPT_IN}"
-
-
-def reword_opt_in(message: str, opt_in: str) -> str:
-    """``message`` (an ``outside-root`` problem) naming ``opt_in`` instead of
-    :data:`RERUN_OPT_IN`, for a command that has no ``--allow-outside-root`` of its own
-    (quickstart: ``split it with `skinedge data split --allow-outside-root```)."""
-    return message.replace(RERUN_OPT_IN, opt_in)
+#: The last line of an error with ``outside-root`` rows, for commands that take :data:`OPT_IN`;
+#: a command without it passes its own wording (``read_dataset(outside_root_hint=...)``).
+OUTSIDE_ROOT_HINT = f"For a folder you trust, rerun with {OPT_IN} to read images outside it."
 
 
 def normalize_image_path(image: str) -> str:
@@ -68,7 +61,7 @@ class OutsideRootError(ImagePathError):
         super().__init__(
             root, image,
             f"path {image!r} resolves to {resolved}, outside the dataset folder {root}; move "
-            f"the image into the folder (or, for a folder you trust, {RERUN_OPT_IN})")
+            "the image into the folder")
 
 
 def resolve_inside(root: Path | str, image: str, *, allow_outside: bool = False) -> Path:

@@ -23,7 +23,7 @@ from skinedge.data.images import (
     load_rgb_oriented,
 )
 from skinedge.data.layouts import detect_layout, read_layout
-from skinedge.data.paths import normalize_image_path
+from skinedge.data.paths import OUTSIDE_ROOT_HINT, normalize_image_path
 from skinedge.data.records import (
     DataProblem,
     DataValidationError,
@@ -73,6 +73,7 @@ def read_dataset(
     problems_report: Path | str | None = None,
     label_hint: str = "fix the row",
     hint: str = "",
+    outside_root_hint: str = OUTSIDE_ROOT_HINT,
 ) -> Dataset:
     """Read, validate and label a dataset folder.
 
@@ -100,6 +101,8 @@ def read_dataset(
             (the split command adds its ``--classes``).
         hint: Last line of the error (what to do), worded for the caller's command; the
             default suggests fixing the rows or ``--skip-bad``.
+        outside_root_hint: A further line when rows lead outside the folder: how the
+            caller's command opts in (default: rerun with ``--allow-outside-root``).
 
     Raises:
         DataValidationError: some rows are bad and ``skip_bad`` is False; a few are listed,
@@ -140,7 +143,8 @@ def read_dataset(
 
     if problems and not skip_bad:
         report = _write_report(problems, root, problems_report)
-        raise DataValidationError(problems, hint=hint, report=report)
+        raise DataValidationError(problems, hint=hint, report=report,
+                                  kind_hints={"outside-root": outside_root_hint})
     if not good:
         raise DataError(f"{root}: no usable images found")
     if problems_report is not None:

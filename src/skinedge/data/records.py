@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +54,14 @@ class DataValidationError(DataError):
 
     Args:
         problems: Every offending row or file.
-        hint: Last line, what to do; the default suggests fixing the rows or ``--skip-bad``.
+        hint: What to do; the default suggests fixing the rows or ``--skip-bad``.
         report: CSV already written with :func:`write_problem_report`, or None.
+        kind_hints: kind -> a further line of what to do, shown when a problem of that kind
+            is present (``outside-root``: how the command opts in).
     """
 
     def __init__(self, problems: Sequence[DataProblem], *, hint: str = "",
-                 report: Path | None = None):
+                 report: Path | None = None, kind_hints: Mapping[str, str] | None = None):
         self.problems = list(problems)
         self.report = Path(report) if report is not None else None
         lines = [f"{len(self.problems)} problem(s) in the dataset:"]
@@ -74,6 +76,8 @@ class DataValidationError(DataError):
             or "Fix these rows or files, or rerun with --skip-bad to leave them out "
             "(a report of what was skipped is written next to the outputs)."
         )
+        kinds = {p.kind for p in self.problems}
+        lines += [line for kind, line in (kind_hints or {}).items() if kind in kinds]
         super().__init__("\n".join(lines))
 
 

@@ -7,7 +7,6 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from skinedge.data.records import DataValidationError
 from skinedge.errors import ConfigError, DataError, NotFoundError
 from skinedge.pipelines.reporting import Reporter
 from skinedge.utils.provenance import now, record_command
@@ -17,9 +16,9 @@ DEFAULT_DATASET = "ham10000-sample"
 #: The last line of a data error: quickstart has no --skip-bad or --allow-outside-root.
 DATA_HINT = ("Fix these rows or files, or split the folder yourself with `skinedge data split "
              "--skip-bad` and train on its manifest with `skinedge train`.")
-#: How an image outside the folder is let in, worded for quickstart.
-OUTSIDE_ROOT_OPT_IN = ("split it yourself with `skinedge data split --allow-outside-root` and "
-                       "train with `skinedge train`")
+#: How images outside the folder are let in, worded for quickstart.
+OUTSIDE_ROOT_HINT = ("For a folder you trust, split it yourself with `skinedge data split "
+                     "--allow-outside-root` and train with `skinedge train`.")
 
 
 def default_config() -> Path:
@@ -83,10 +82,8 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
         reporter.note(f"reusing {manifest_path}")
     else:
         with reporter.counter("checking images") as progress:
-            try:
-                manifest, skipped = split_folder(folder, manifest_path, progress=progress)
-            except DataValidationError as exc:
-                raise _for_quickstart(exc) from None
+            manifest, skipped = split_folder(folder, manifest_path, progress=progress,
+                                             hint=DATA_HINT, outside_root_hint=OUTSIDE_ROOT_HINT)
         if skipped:
             reporter.note(f"skipped rows listed in {skipped}")
     reporter.note(str({s: sum(c.values()) for s, c in manifest.counts().items()}))
@@ -120,24 +117,6 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
         f"reports:      {evaluation.files['markdown']}\n"
         f"explanations: {len(written)} PNGs in {out / 'explanations'}"
     )
-
-
-def _for_quickstart(exc: DataValidationError) -> DataValidationError:
-    """``exc`` worded for quickstart: its fixes name commands and options that exist (the
-    split's own error suggests ``--skip-bad`` and ``--allow-outside-root``, which quickstart
-    does not take); its report, if any, is rewritten to match."""
-    from skinedge.data.paths import reword_opt_in
-    from skinedge.data.records import DataProblem, write_problem_report
-
-    problems = [DataProblem(p.source, p.kind, reword_opt_in(p.message, OUTSIDE_ROOT_OPT_IN))
-                for p in exc.problems]
-    report = exc.report
-    if report is not None:
-        try:
-            report = write_problem_report(problems, report)
-        except OSError:  # unwritable now: the message lists every row instead
-            report = None
-    return DataValidationError(problems, hint=DATA_HINT, report=report)
 
 
 def _first_start(record: Path) -> str:
