@@ -275,7 +275,7 @@ def test_a_given_artifact_its_runtime_refuses_stops_bench(tiny_checkpoint, tmp_p
     result = _bench_cli(tiny_checkpoint, path, tmp_path / "b")
     assert result.exit_code == 2, result.output
     output = "".join(result.output.split())
-    assert "error:" in output and "odd.onnx" in output and "ONNXRuntimecouldnotreadit" in output
+    assert "error:" in output and "odd.onnx" in output and "ONNXRuntimecouldnotloadit" in output
 
 
 def _folder_with_an_outside_image(make_labels_folder, *extra_rows: str):
