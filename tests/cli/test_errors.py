@@ -377,6 +377,7 @@ def test_tensorrt_refusal_keeps_the_command_on_the_first_line(tiny_checkpoint, t
     reason = report["verification"]["reason"]
     first_line = reason.splitlines()[0]
     assert "TensorRT engine not built" in first_line
-    assert first_line.endswith("in the folder holding both, run "
-                               "`sh test_efficientnet_fp32.trtexec.sh`.")
+    assert ("in the folder holding them, run `sh test_efficientnet_fp32.trtexec.sh` (it writes "
+            "test_efficientnet_fp32.engine; keep test_efficientnet_fp32.card.json beside it)."
+            ) in first_line
     assert "\n  trtexec --onnx=test_efficientnet_fp32.trt.onnx" in reason
