@@ -114,27 +114,26 @@ def _given_row(label: str, path: Path, card: ModelCard) -> BenchRow:
     """A given model's row; an artifact's verification comes from the report ``skinedge export``
     wrote beside it: one that failed it (kept under ``rejected/``) is "failed parity"."""
     from skinedge.export.records import VerificationResult
+    from skinedge.runtimes.registry import export_reports
 
     row = BenchRow(label, path)
     if card.artifact is None:
         return row
-    name = f"{path.stem}.{card.artifact.target}.export.json"
-    for report in (path.parent / name, path.parent.parent / name):
-        if report.is_file():
-            try:
-                doc = json.loads(report.read_text()).get("verification")
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-                raise ModelError(f"{report}: not a readable export report ({exc}); export "
-                                 "the artifact again") from exc
-            if doc is None:
-                return row
-            try:
-                check = VerificationResult.from_dict(doc)
-            except (TypeError, ValueError) as exc:
-                raise ModelError(f"{report}: unreadable verification section: {exc}") from exc
-            if check.status == "failed":
-                return replace(row, status="failed parity", reason=check.reason, export=check)
-            return replace(row, export=check)
+    for report in export_reports(path)[:1]:  # the report listing it (matched by its files)
+        try:
+            doc = json.loads(report.read_text()).get("verification")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            raise ModelError(f"{report}: not a readable export report ({exc}); export "
+                             "the artifact again") from exc
+        if doc is None:
+            return row
+        try:
+            check = VerificationResult.from_dict(doc)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{report}: unreadable verification section: {exc}") from exc
+        if check.status == "failed":
+            return replace(row, status="failed parity", reason=check.reason, export=check)
+        return replace(row, export=check)
     return row
 
 
@@ -326,7 +325,7 @@ def run_bench(
         else:
             raise ConfigError("nothing to benchmark: give a checkpoint, artifacts, or --export")
     reference = Path(reference)
-    ref_card = read_artifact_card(reference)
+    ref_card = cards.get(reference) or read_artifact_card(reference)
     if ref_card.artifact is not None:
         raise ConfigError(f"{reference}: the reference must be a checkpoint folder (PyTorch), "
                          f"not an exported artifact")

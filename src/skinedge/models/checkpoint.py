@@ -99,7 +99,7 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
 
         model = restore_quantizers(model, quantization["nncf_config"])
     try:
-        model.load_state_dict(load_checkpoint_weights(path), strict=True)
+        model.load_state_dict(load_checkpoint_weights(path, card), strict=True)
     except RuntimeError as exc:  # missing/unexpected keys or shapes: card and weights disagree
         details = "; ".join(line.strip() for line in str(exc).splitlines()[1:3])
         raise ModelError(f"{checkpoint_dir(Path(path)) / WEIGHTS}: the weights do not fit the "
@@ -110,13 +110,15 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelCard]:
     return model, card
 
 
-def load_checkpoint_weights(path: Path | str) -> dict[str, torch.Tensor]:
-    """The state dict of a checkpoint folder, checked against the card's hash."""
+def load_checkpoint_weights(path: Path | str, card: ModelCard | None = None,
+                            ) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint folder, checked against the hash in its card (``card``
+    when the caller has read it already, else the folder's ``card.json``)."""
     from safetensors.torch import load_file
 
     directory = checkpoint_dir(Path(path))
     weights = directory / WEIGHTS
-    expected = load_card(directory).weights_sha256
+    expected = (card or load_card(directory)).weights_sha256
     if expected and sha256_file(weights) != expected:
         raise ModelError(
             f"{weights}: sha256 differs from the one in {CARD}; the file was changed or "

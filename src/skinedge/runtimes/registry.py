@@ -101,7 +101,11 @@ def export_reports(path: Path | str, cls: type[Runtime] | None = None) -> list[P
         ModelError: an unreadable report of the artifact (:func:`owns_report`); other
             unreadable reports in the folder belong to other artifacts and are passed by.
     """
-    path = Path(path)
+    return [report for report, _ in _reports_listing(Path(path), cls)]
+
+
+def _reports_listing(path: Path, cls: type[Runtime] | None) -> list[tuple[Path, list[dict]]]:
+    """:func:`export_reports` with each report's ``files`` section, read once."""
     cls = cls or runtime_class(path)
     folders = [path.parent] + ([path.parent.parent] if path.parent.name == "rejected" else [])
     found = []
@@ -116,7 +120,7 @@ def export_reports(path: Path | str, cls: type[Runtime] | None = None) -> list[P
                     raise
                 continue
             if _listed(files, report, path) is not None:
-                found.append(report)
+                found.append((report, files))
     return found
 
 
@@ -172,10 +176,9 @@ def check_artifact_files(path: Path | str, cls: type[Runtime] | None = None) -> 
     parts = cls.artifact_files(path)
     if not parts:  # a checkpoint folder: its card holds the weights' sha256
         return []
-    reports = export_reports(path, cls)
+    reports = _reports_listing(path, cls)
     hashes: dict[Path, str] = {}
-    for report in reports:
-        files = _report_files(report)
+    for report, files in reports:
         for file in parts:
             entry = _listed(files, report, file)
             if entry is None or not entry.get("sha256"):  # reports before hashes: nothing to check
@@ -190,7 +193,7 @@ def check_artifact_files(path: Path | str, cls: type[Runtime] | None = None) -> 
                                  f"export: the file was changed, truncated or corrupted since; "
                                  f"export it again with `skinedge export` (or restore the file "
                                  f"together with its report)")
-    return reports
+    return [report for report, _ in reports]
 
 
 def verify_artifact(path: Path | str) -> ModelCard:

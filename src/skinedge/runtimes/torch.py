@@ -45,6 +45,12 @@ class TorchRuntime(Runtime):
     read_card = staticmethod(load_card)  # the checkpoint's card.json, read without torch
 
     @classmethod
+    def open(cls, path: Path, threads: int | None = None) -> Runtime:
+        """Load once: :func:`~skinedge.models.checkpoint.load_checkpoint` reads and checks the
+        card itself."""
+        return cls(path, None, threads)
+
+    @classmethod
     def artifact_files(cls, path: Path) -> list[Path]:
         return []  # a checkpoint has no export report: its card holds the weights' sha256
 
