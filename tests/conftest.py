@@ -196,3 +196,17 @@ def teacher(tiny_checkpoint, tmp_path_factory) -> Path:
                                    f"data.manifest={manifest_of(tiny_checkpoint)}"])
     second = train_classifier(cfg, root / "seed1").best_dir
     return create_ensemble([tiny_checkpoint, second], root / "ensemble")
+
+
+@pytest.fixture
+def split_raises(monkeypatch):
+    """Make the library call behind `skinedge data split` raise the given exception."""
+    import skinedge.data.splitting
+
+    def install(exc: BaseException) -> None:
+        def split_folder(*args, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(skinedge.data.splitting, "split_folder", split_folder)
+
+    return install

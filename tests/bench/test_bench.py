@@ -219,17 +219,12 @@ def test_a_given_artifact_that_differs_from_its_report_stops_bench(tiny_checkpoi
     the benchmark before anything is measured, exit 2 with the file, the report and the fix."""
     import shutil
 
-    import onnx as onnx_lib
+    from tests.reliability.inputs import flip_onnx_weights
 
     folder = tmp_path / "exports"
     shutil.copytree(artifacts[0].parent, folder)
     model = folder / artifacts[0].name
-    weights = max(onnx_lib.load(str(model)).graph.initializer, key=lambda t: len(t.raw_data))
-    data = bytearray(model.read_bytes())
-    start = data.find(weights.raw_data)
-    end = start + min(len(weights.raw_data), 20_000)
-    data[start:end] = bytes(b ^ 0xFF for b in data[start:end])
-    model.write_bytes(bytes(data))
+    flip_onnx_weights(model)
     result = _bench_cli(tiny_checkpoint, model, tmp_path / "b")
     assert result.exit_code == 2, result.output
     output = "".join(result.output.split())  # rich wraps long paths anywhere

@@ -32,20 +32,6 @@ def text(result) -> str:
     return " ".join(result.output.split())
 
 
-@pytest.fixture
-def split_raises(monkeypatch):
-    """Make the library call behind `skinedge data split` raise the given exception."""
-    import skinedge.data.splitting
-
-    def install(exc: BaseException) -> None:
-        def split_folder(*args, **kwargs):
-            raise exc
-
-        monkeypatch.setattr(skinedge.data.splitting, "split_folder", split_folder)
-
-    return install
-
-
 def split(tmp_path: Path):
     return runner.invoke(app, ["data", "split", str(tmp_path), "--out", str(tmp_path / "m.json")])
 

@@ -60,15 +60,10 @@ def test_sha256_tree_hashes_a_folder_by_content_and_names(tmp_path) -> None:
 
 def test_a_corrupted_onnx_is_refused_against_its_report(exported, tmp_path) -> None:
     """20 kB of flipped weight bytes still parse: only the report's sha256 catches them."""
-    import onnx as onnx_lib
+    from tests.reliability.inputs import flip_onnx_weights
 
     _, onnx, _, report = copy_of(exported, tmp_path)
-    weights = max(onnx_lib.load(str(onnx)).graph.initializer, key=lambda t: len(t.raw_data))
-    data = bytearray(onnx.read_bytes())
-    start = data.find(weights.raw_data)
-    end = start + min(len(weights.raw_data), 20_000)
-    data[start:end] = bytes(b ^ 0xFF for b in data[start:end])
-    onnx.write_bytes(bytes(data))
+    flip_onnx_weights(onnx)
     read_artifact_card(onnx)  # still a valid ONNX file with its card
     for check in (load_runtime, verify_artifact):
         with pytest.raises(ModelError) as caught:

@@ -161,6 +161,16 @@ def flip_bytes(path: Path, start: int, count: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def flip_onnx_weights(path: Path, count: int = 20_000) -> None:
+    """Invert up to ``count`` bytes of an ONNX file's largest weight tensor: the file still
+    parses and runs, with wrong answers (only a hash of the file can tell)."""
+    import onnx
+
+    weights = max(onnx.load(str(path)).graph.initializer, key=lambda t: len(t.raw_data))
+    data = path.read_bytes()
+    flip_bytes(path, data.find(weights.raw_data), min(len(weights.raw_data), count))
+
+
 def truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])

@@ -269,16 +269,17 @@ def _path_traversal(w: Workspace) -> list[str]:
             "--allow-outside-root"]
 
 
+def _image_outside(w: Workspace) -> Path:
+    """A good image beside the dataset folder, not in it."""
+    return Path(shutil.copy(w.image, w.tmp / "elsewhere.jpg"))
+
+
 def _absolute_outside(w: Workspace) -> list[str]:
-    outside = w.tmp / "elsewhere.jpg"
-    shutil.copy(w.image, outside)
-    return [inputs.add_row(w.data, str(outside)), "outside the dataset folder"]
+    return [inputs.add_row(w.data, str(_image_outside(w))), "outside the dataset folder"]
 
 
 def _symlink_outside(w: Workspace) -> list[str]:
-    outside = w.tmp / "elsewhere.jpg"
-    shutil.copy(w.image, outside)
-    (w.data / "images/link.jpg").symlink_to(outside)
+    (w.data / "images/link.jpg").symlink_to(_image_outside(w))
     return [inputs.add_row(w.data, "images/link.jpg"), "outside the dataset folder"]
 
 
@@ -414,13 +415,12 @@ def _weights_of_another_architecture(w: Workspace) -> list[str]:
     from skinedge.models import create_classifier
     from skinedge.models.card import ModelCard
     from skinedge.models.checkpoint import save_checkpoint
+    from skinedge.utils.io import sha256_file
 
     card = ModelCard.from_json((w.checkpoint / "card.json").read_text())
     other, _ = create_classifier("test_resnet", card.num_classes, pretrained="none")
     save_checkpoint(w.tmp / "other", other, card.model_copy(update={"architecture": "test_resnet"}))
     shutil.copy(w.tmp / "other/model.safetensors", w.checkpoint / "model.safetensors")
-    from skinedge.utils.io import sha256_file
-
     resealed = card.model_copy(update={
         "weights_sha256": sha256_file(w.checkpoint / "model.safetensors")})
     (w.checkpoint / "card.json").write_text(resealed.sealed().to_json())
@@ -550,7 +550,7 @@ def test_bench_damaged_artifact(ws, exported, damage):
     if damage == "truncated":
         inputs.truncate(exported)
     else:
-        inputs.flip_bytes(exported, exported.stat().st_size // 2, 20_000)
+        inputs.flip_onnx_weights(exported)
     out = ws.tmp / "bench"
 
     run_case(["bench", exported, "--reference", ws.checkpoint, "--manifest", ws.manifest,

@@ -470,23 +470,14 @@ def test_bench_kill_mid_write_keeps_the_reports_and_the_rerun_cleans_up(
     assert hidden(out) == []
 
 
-def test_bench_full_disk_is_a_clear_error_and_keeps_the_reports(
-        run, benched, tmp_path, monkeypatch, bench_reuses) -> None:
+@pytest.mark.parametrize("report", ["bench.json", "bench.md"])  # the first and a later one
+def test_bench_full_disk_is_a_clear_error_and_keeps_the_set(
+        run, benched, tmp_path, monkeypatch, bench_reuses, report) -> None:
     out = copy_of(benched[1], tmp_path / "bench")
     before = snapshot(out)
-    fail_atomic_writes(monkeypatch, ".bench.json.")
+    fail_atomic_writes(monkeypatch, f".{report}.")
     result = cli(*bench_args(run, out))
-    assert_clear_error(result, out / "bench.json", NO_SPACE)
-    assert snapshot(out) == before
-
-
-def test_bench_full_disk_on_the_second_report_keeps_the_set(
-        run, benched, tmp_path, monkeypatch, bench_reuses) -> None:
-    out = copy_of(benched[1], tmp_path / "bench")
-    before = snapshot(out)
-    fail_atomic_writes(monkeypatch, ".bench.md.")
-    result = cli(*bench_args(run, out))
-    assert_clear_error(result, out / "bench.md", NO_SPACE)
+    assert_clear_error(result, out / report, NO_SPACE)
     assert snapshot(out) == before
 
 
@@ -511,19 +502,6 @@ def test_bench_into_a_read_only_folder(run, benched, tmp_path, read_only) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # The CLI's handler: a full disk or a read-only file system from any writer is a message.
-
-@pytest.fixture
-def split_raises(monkeypatch):
-    import skinedge.data.splitting
-
-    def install(exc: BaseException) -> None:
-        def split_folder(*args, **kwargs):
-            raise exc
-
-        monkeypatch.setattr(skinedge.data.splitting, "split_folder", split_folder)
-
-    return install
-
 
 @pytest.mark.parametrize(("code", "phrase"), [
     (errno.ENOSPC, NO_SPACE), (errno.EDQUOT, "disk quota is used up"), (errno.EROFS, "read-only file system"),
