@@ -9,7 +9,7 @@ from skinedge.utils.lazy import lazy_exports
 _EXPORTS = {
     "VOCABULARIES": "classes", "ClassVocabulary": "classes", "get_vocabulary": "classes",
     "LesionDataset": "dataset",
-    "ImageError": "images", "load_rgb": "images",
+    "ImageError": "images", "load_rgb": "images", "strip_metadata": "images",
     "LAYOUTS": "layouts", "detect_layout": "layouts",
     "Manifest": "manifest", "ManifestMismatchError": "manifest", "ManifestRow": "manifest",
     "load_manifest": "manifest", "make_manifest": "manifest",

@@ -6,10 +6,16 @@ colour modes whose conversion to 8-bit RGB is a guess (CMYK without a profile, 1
 grayscale, transparency). The message names the file and says what to do. Phone photos store
 their pixels sideways with an EXIF orientation tag; :func:`load_rgb` turns them upright, as
 every photo viewer shows them.
+
+The same checks hold for an upload: :func:`load_rgb` also takes the file's ``bytes`` (the
+message then names it by ``name``). :func:`strip_metadata` writes the upright pixels back as a
+PNG with nothing else in it (no EXIF, GPS, XMP, ICC profile or text), for storing what a
+clinician uploaded without what the camera said about the patient.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -20,6 +26,13 @@ from skinedge.errors import DataError
 DEFAULT_MAX_PIXELS = 64_000_000
 #: Shortest side accepted, in pixels: below it an image is a thumbnail or an icon, not a lesion.
 DEFAULT_MIN_SIDE = 32
+#: How :func:`load_rgb` names image bytes in its messages when the caller gives no ``name``.
+DEFAULT_UPLOAD_NAME = "upload"
+#: zlib level of :func:`strip_metadata`'s PNG. Measured on a noisy 2000x1500 dermoscopy photo:
+#: level 1 takes 0.3 s and 4.8 MB, level 3 0.5 s and 4.7 MB, Pillow's default 6 1.4 s and 4.1 MB.
+STRIP_PNG_COMPRESS_LEVEL = 1
+
+ImageSource = Path | str | bytes | bytearray | memoryview
 
 _CONVERT_HINT = {
     "CMYK": "it is CMYK (print colour), whose conversion to screen RGB depends on a colour "
@@ -45,28 +58,33 @@ class ImageError(DataError):
 
 
 def load_rgb(
-    path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
+    source: ImageSource, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
 ) -> Image.Image:
     """Open an image fully decoded as 8-bit RGB, turned upright by its EXIF orientation.
 
     Accepted as is: RGB, and RGBA / palette images whose alpha is fully opaque (alpha dropped).
 
     Args:
-        path: Image file.
-        max_pixels: Refuse images larger than this (decompression-bomb guard).
+        source: Image file, or the contents of one (``bytes``, e.g. an uploaded file).
+        name: How messages name the image; default the path, or ``"upload"`` for bytes.
+        max_pixels: Refuse images larger than this (decompression-bomb guard, checked on the
+            header before anything is decoded).
         min_side: Refuse images whose shorter side is below this many pixels.
 
     Returns:
         A loaded PIL image in mode ``RGB`` (no orientation tag left: it is upright).
 
     Raises:
-        ImageError: missing, unreadable, truncated, too large, too small, or a mode listed above.
+        ImageError: missing (a path only), empty, unreadable, truncated, too large, too small,
+            or a mode listed above.
     """
-    return load_rgb_oriented(path, max_pixels=max_pixels, min_side=min_side)[0]
+    return load_rgb_oriented(source, name=name, max_pixels=max_pixels, min_side=min_side)[0]
 
 
 def load_rgb_oriented(
-    path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
+    source: ImageSource, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
 ) -> tuple[Image.Image, int]:
     """:func:`load_rgb`, also saying which EXIF orientation was applied.
 
@@ -77,19 +95,30 @@ def load_rgb_oriented(
     Raises:
         ImageError: as :func:`load_rgb`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(path, "missing-file", "file not found; check the path or the labels row")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        path = name or DEFAULT_UPLOAD_NAME
+        if not data:
+            raise ImageError(path, "unreadable-image",
+                             "is empty (0 bytes); choose the image file and upload it again")
+        fp = io.BytesIO(data)
+        fixes = _UPLOAD_FIXES
+    else:
+        fp = Path(source)
+        path = name or fp
+        if not fp.is_file():
+            raise ImageError(path, "missing-file",
+                             "file not found; check the path or the labels row")
+        fixes = _FILE_FIXES
     try:
         # The size is read from the header: a bomb is refused before anything is decoded.
-        with Image.open(path) as im:
+        with Image.open(fp) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise ImageError(
                     path, "too-large",
                     f"{width}x{height} = {width * height:,} pixels is over the limit of "
-                    f"{max_pixels:,} (decompression-bomb guard); downscale it, or for a file "
-                    "you trust raise the limit (`skinedge data split --max-pixels`)",
+                    f"{max_pixels:,} (decompression-bomb guard); {fixes['too-large']}",
                 )
             if min(width, height) < min_side:
                 raise ImageError(
@@ -113,14 +142,58 @@ def load_rgb_oriented(
                                             "downscale it") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(
-            path, "unreadable-image", "not an image PIL can read; replace the file"
+            path, "unreadable-image", f"not an image PIL can read; {fixes['not-an-image']}"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
             path, "unreadable-image",
-            f"cannot be decoded ({exc}); the file is truncated or corrupt, copy it again",
+            f"cannot be decoded ({exc}); {fixes['truncated']}",
         ) from exc
     return image, orientation
+
+
+# What to do, for a file on disk and for uploaded bytes (an upload has no CLI option to raise).
+_FILE_FIXES = {
+    "too-large": "downscale it, or for a file you trust raise the limit "
+                 "(`skinedge data split --max-pixels`)",
+    "not-an-image": "replace the file",
+    "truncated": "the file is truncated or corrupt, copy it again",
+}
+_UPLOAD_FIXES = {
+    "too-large": "downscale it and upload it again",
+    "not-an-image": "upload a JPEG or PNG photo of the lesion",
+    "truncated": "the upload is truncated or corrupt, upload the file again",
+}
+
+
+def strip_metadata(image: Image.Image) -> bytes:
+    """PNG bytes of the image's pixels and nothing else.
+
+    No EXIF (camera, GPS, date, orientation), XMP, ICC profile, text chunks or dpi: a fresh image
+    is built from the pixels, so nothing in ``image.info`` can travel with them. An EXIF
+    orientation still on ``image`` is applied first (:func:`load_rgb` has applied it already),
+    so the PNG is upright without the tag.
+
+    Args:
+        image: An ``RGB`` image (as :func:`load_rgb` returns), or ``RGBA`` / ``L``.
+
+    Returns:
+        PNG file contents (zlib level :data:`STRIP_PNG_COMPRESS_LEVEL`); decoding them gives
+        exactly the upright pixels.
+
+    Raises:
+        ValueError: a mode PNG would not store as is (CMYK, palette, 16-bit ...); convert with
+            :func:`load_rgb` first.
+    """
+    if image.mode not in ("RGB", "RGBA", "L"):
+        raise ValueError(f"strip_metadata takes an RGB, RGBA or L image; got mode {image.mode} "
+                         "(read it with load_rgb first)")
+    if exif_orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
+    clean = Image.frombytes(image.mode, image.size, image.tobytes())
+    buffer = io.BytesIO()
+    clean.save(buffer, format="PNG", compress_level=STRIP_PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
 
 
 def exif_orientation(im: Image.Image) -> int:
@@ -137,7 +210,7 @@ def _is_16_bit(im: Image.Image) -> bool:
     return any(";16" in mode for mode in raw_modes)
 
 
-def _to_rgb(path: Path, im: Image.Image) -> Image.Image:
+def _to_rgb(path: Path | str, im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im.copy()
     if im.mode in ("RGBA", "P", "PA"):
