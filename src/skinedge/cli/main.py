@@ -27,6 +27,7 @@ from skinedge.cli import (
     experiment,
     gan,
     quickstart,
+    serve,
     train,
 )
 from skinedge.cli.common import print_error
@@ -78,13 +79,15 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
 # Root commands, in the order `skinedge --help` lists them, then the groups.
-for module in (train, evaluate, quickstart, deploy):
+for module in (train, evaluate, quickstart, deploy, serve):
     app.add_typer(module.app)
 app.add_typer(data.app, name="data")
 app.add_typer(ensemble.app, name="ensemble")
 app.add_typer(compress.app, name="compress")
 app.add_typer(experiment.app, name="experiment")
 app.add_typer(gan.app, name="gan")
+app.add_typer(serve.users, name="users")
+app.add_typer(serve.feedback, name="feedback")
 
 
 def main() -> None:

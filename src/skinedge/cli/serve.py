@@ -1,0 +1,184 @@
+"""``skinedge serve``, ``skinedge users`` and ``skinedge feedback``: the clinician service, its
+accounts, and its store of reviewed cases."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skinedge.errors import ConfigError
+
+app = typer.Typer()
+users = typer.Typer(help="Clinician and admin accounts of the service (API tokens).",
+                    no_args_is_help=True)
+feedback = typer.Typer(help="The service's store of cases: export reviewed cases for "
+                       "training, purge old ones, rotate the encryption key, check it.",
+                       no_args_is_help=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="Service YAML (keys as in ServeSettings; SKINEDGE_* variables too).")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    help="The service's data folder (database, encrypted images, key); default skinedge-service.")]
+DatabaseOpt = Annotated[str | None, typer.Option(
+    help="SQLAlchemy URL of the database (postgresql://...); default DATA_DIR/skinedge.db.")]
+
+
+def _store(config: Path | None, data_dir: Path | None, database_url: str | None):
+    from skinedge.service.app import open_store
+    from skinedge.service.settings import load_settings
+
+    return open_store(load_settings(config, data_dir=data_dir, database_url=database_url))
+
+
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Option(help="Exported artifact to serve (.xml, .tflite, .onnx, ...).")] = None,
+    explain: Annotated[Path | None, typer.Option(help="Checkpoint the artifact was exported from, for Grad-CAM.")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1; TLS belongs to a reverse proxy).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).")] = None,
+) -> None:
+    """The clinician service: API under /api/v1 and the web page at /, on an exported model."""
+    import uvicorn
+
+    from skinedge.cli.progress import console
+    from skinedge.service.app import SETTINGS_ENV, create_app, open_store
+    from skinedge.service.models import ServedModel
+    from skinedge.service.settings import load_settings
+
+    settings = load_settings(config, model=model, explain=explain, data_dir=data_dir,
+                             database_url=database_url, host=host, port=port, workers=workers)
+    if settings.model is None:
+        raise ConfigError("give --model ARTIFACT: the exported model to serve "
+                          "(e.g. exports/tf_efficientnet_lite0_int8.xml)")
+    open_store(settings).close()  # creates or migrates the database once, before any worker
+    served = ServedModel(settings)  # a bad artifact or checkpoint stops here, with its message
+    console.print(f"serving {settings.model} ({served.label}) on "
+                  f"http://{settings.host}:{settings.port}; cases in {settings.data_dir}")
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, served), host=settings.host, port=settings.port,
+                    log_level="info")
+        return
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    if settings.store_key is not None:  # model_dump_json hides secrets
+        doc = json.loads(os.environ[SETTINGS_ENV])
+        doc["store_key"] = settings.store_key.get_secret_value()
+        os.environ[SETTINGS_ENV] = json.dumps(doc)
+    uvicorn.run("skinedge.service.app:create_app_from_environment", factory=True,
+                host=settings.host, port=settings.port, workers=settings.workers,
+                log_level="info")
+
+
+@users.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="Login name, e.g. dr-okafor.")],
+    role: Annotated[str, typer.Option(help="clinician or admin.")] = "clinician",
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseOpt = None,
+) -> None:
+    """Create an account; its API token is printed once (only a hash is kept)."""
+    from skinedge.cli.progress import console
+
+    store = _store(config, data_dir, database_url)
+    try:
+        token = store.add_user(name, role)
+    finally:
+        store.close()
+    console.print(f"{role} {name} added; the token (shown once, give it to {name} privately):")
+    typer.echo(token)
+
+
+@users.command("revoke")
+def users_revoke(
+    name: Annotated[str, typer.Argument(help="Login name.")],
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseOpt = None,
+) -> None:
+    """Revoke an account's token at once; its cases stay."""
+    from skinedge.cli.progress import console
+
+    store = _store(config, data_dir, database_url)
+    try:
+        store.revoke_user(name)
+    finally:
+        store.close()
+    console.print(f"{name}'s token is revoked")
+
+
+@users.command("list")
+def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None,
+               database_url: DatabaseOpt = None) -> None:
+    """The accounts, with their roles and when they were made or revoked."""
+    store = _store(config, data_dir, database_url)
+    try:
+        for user in store.users():
+            revoked = f"  revoked {user['revoked_at']:%Y-%m-%d}" if user["revoked_at"] else ""
+            typer.echo(f"{user['name']}\t{user['role']}\tcreated "
+                       f"{user['created_at']:%Y-%m-%d}{revoked}")
+    finally:
+        store.close()
+
+
+@feedback.command("purge")
+def feedback_purge(
+    older_than_days: Annotated[int | None, typer.Option(help="Erase cases created more than this many days ago (default: retention_days of the config).")] = None,
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseOpt = None,
+) -> None:
+    """Apply the retention policy: erase old cases (images, overlays, notes), keep the audit."""
+    from skinedge.cli.progress import console
+    from skinedge.service.settings import load_settings
+
+    settings = load_settings(config, data_dir=data_dir, database_url=database_url)
+    days = older_than_days or settings.retention_days
+    if days is None:
+        raise ConfigError("give --older-than-days N, or set retention_days in the config")
+    if days < 1:
+        raise ConfigError(f"--older-than-days {days}: give a whole number of days, 1 or more")
+    store = _store(config, data_dir, database_url)
+    try:
+        erased = store.purge(days)
+        swept = store.sweep_orphans()
+    finally:
+        store.close()
+    console.print(f"erased {erased} case(s) older than {days} days"
+                  + (f"; removed {swept} unreferenced encrypted file(s)" if swept else ""))
+
+
+@feedback.command("rotate-key")
+def feedback_rotate_key(config: ConfigOpt = None, data_dir: DataDirOpt = None,
+                        database_url: DatabaseOpt = None) -> None:
+    """Re-encrypt every stored image and field with a new key (stop the service first)."""
+    from skinedge.cli.progress import console
+
+    store = _store(config, data_dir, database_url)
+    try:
+        count = store.rotate_keys()
+    finally:
+        store.close()
+    console.print(f"re-encrypted {count} value(s) with a new key in {store.key_file}; back "
+                  "the key file up (the old key is gone from it)")
+
+
+@feedback.command("check")
+def feedback_check(config: ConfigOpt = None, data_dir: DataDirOpt = None,
+                   database_url: DatabaseOpt = None) -> None:
+    """Check the database (SQLite's integrity_check) and that every stored file decrypts."""
+    from skinedge.cli.progress import console
+
+    store = _store(config, data_dir, database_url)
+    try:
+        result = store.integrity_check()
+        unreadable = store.check_files()
+    finally:
+        store.close()
+    if result != "ok" or unreadable:
+        console.print(f"database: {result}; unreadable files: {len(unreadable)}")
+        for line in unreadable[:20]:
+            console.print(f"  {line}")
+        raise typer.Exit(1)
+    console.print("database ok; every stored file decrypts")

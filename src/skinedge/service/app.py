@@ -1,0 +1,171 @@
+"""``create_app(settings)``: the clinician service as a FastAPI app.
+
+Nothing is loaded when the app is made: the lifespan opens (and migrates) the store, loads the
+model once through :func:`skinedge.runtimes.load_runtime`, and the Grad-CAM checkpoint when
+``settings.explain`` names one. ``uvicorn`` runs it (``skinedge serve``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
+
+from skinedge import __version__
+from skinedge.errors import SkinedgeError
+from skinedge.service import schemas
+from skinedge.service.auth import RateLimiter
+from skinedge.service.middleware import Guard, Metrics
+from skinedge.service.models import ServedModel
+from skinedge.service.routes import router
+from skinedge.service.settings import ServeSettings
+from skinedge.service.store import Store
+
+STATIC = Path(__file__).parent / "static"
+#: ``skinedge serve`` hands its settings to each uvicorn worker in this variable (JSON).
+SETTINGS_ENV = "SKINEDGE_SERVE_SETTINGS_JSON"
+
+log = logging.getLogger("skinedge.service")
+
+
+def open_store(settings: ServeSettings) -> Store:
+    return Store.open(settings.sqlalchemy_url, settings.data_dir, key_file=settings.key_file,
+                      store_key=settings.store_key.get_secret_value()
+                      if settings.store_key else None)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: ServeSettings = app.state.settings
+    store = await run_in_threadpool(open_store, settings)
+    store.hold_shared_lock()
+    swept = await run_in_threadpool(store.sweep_orphans)
+    if swept:
+        log.info("removed %d encrypted files no case names (left by an interrupted write)", swept)
+    app.state.store = store
+    try:
+        if getattr(app.state, "model", None) is None:
+            app.state.model = await run_in_threadpool(ServedModel, settings)
+        log.info("serving %s (%s)", settings.model, app.state.model.label)
+        yield
+    finally:
+        store.close()
+
+
+def create_app(settings: ServeSettings, model: ServedModel | None = None) -> FastAPI:
+    """The service for ``settings``; see :mod:`skinedge.service.settings`.
+
+    Args:
+        settings: What to serve and where to keep cases.
+        model: The model already loaded (``skinedge serve`` loads it first, so that a bad
+            artifact is an error message, not a failed worker); None loads it in the lifespan.
+    """
+    app = FastAPI(
+        title="skinedge clinician service",
+        version=__version__,
+        summary="Skin-lesion classification with Grad-CAM, clinician review and a feedback "
+                "store. Decision support, not a diagnosis.",
+        lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # Swagger UI loads from a CDN: the page works offline
+        openapi_url="/api/v1/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.model = model
+    app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.metrics = Metrics()
+    # Uploads stay in memory up to the size limit: a spooled temporary file would put patient
+    # images on disk unencrypted.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,
+                                         settings.max_upload_bytes + (1 << 16))
+    app.include_router(router)
+    _add_pages(app)
+    _add_error_handlers(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
+    # Outermost: the size limit comes before any parsing, the headers on every answer.
+    app.add_middleware(Guard, max_upload_mb=settings.max_upload_mb, metrics=app.state.metrics)
+    return app
+
+
+def _add_pages(app: FastAPI) -> None:
+    @app.get("/healthz", response_model=schemas.Health, tags=["operations"])
+    def healthz() -> schemas.Health:
+        """The process answers."""
+        return schemas.Health(status="ok")
+
+    @app.get("/readyz", response_model=schemas.Ready, tags=["operations"],
+             responses={503: {"model": schemas.Ready}})
+    def readyz(request: Request) -> Response:
+        """The model is loaded and the database answers."""
+        model = getattr(request.app.state, "model", None)
+        store = getattr(request.app.state, "store", None)
+        if model is None or store is None or not store.ping():
+            return JSONResponse({"status": "not ready", "model": None}, status_code=503)
+        return JSONResponse({"status": "ready", "model": model.label})
+
+    @app.get("/metrics", response_class=Response, tags=["operations"],
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics of this worker (no patient data)."""
+        return Response(generate_latest(request.app.state.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=FileResponse, include_in_schema=False)
+    def index() -> Response:
+        page = STATIC / "index.html"
+        if not page.is_file():
+            return JSONResponse({"detail": "the web page is not installed"}, status_code=404)
+        return FileResponse(page, media_type="text/html")
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SkinedgeError)
+    async def skinedge_error(request: Request, exc: SkinedgeError) -> JSONResponse:
+        # The message names what was wrong; it never holds image bytes or patient fields
+        # (uploads are named "the uploaded image").
+        log.info("%s %s -> %d %s", request.method, _route(request), exc.http_status,
+                 type(exc).__name__)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"] if part != "body") or "request"
+            problems.append(f"{where}: {error['msg']}")
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+
+def _route(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def create_app_from_environment() -> FastAPI:
+    """For uvicorn's ``--factory`` in each worker: the settings ``skinedge serve`` resolved."""
+    return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))

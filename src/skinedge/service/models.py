@@ -1,0 +1,101 @@
+"""The model behind the service: an exported artifact through ``load_runtime`` (any format),
+and optionally the checkpoint it came from for Grad-CAM. Loaded once, in the app's lifespan."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from skinedge.errors import ConfigError, ModelError
+from skinedge.runtimes import load_runtime
+from skinedge.service.settings import MALIGNANT_CODES, ServeSettings
+from skinedge.service.store import Prediction
+
+
+class ServedModel:
+    """One loaded artifact; :meth:`predict` and :meth:`overlay` are safe from many threads
+    (backends such as the TFLite interpreter are not, so each runs under its own lock)."""
+
+    def __init__(self, settings: ServeSettings):
+        if settings.model is None:
+            raise ConfigError("no model to serve: give --model ARTIFACT (or `model:` in the "
+                              "config, or SKINEDGE_MODEL)")
+        self.settings = settings
+        self.runtime = load_runtime(settings.model, threads=settings.threads)
+        self.card = self.runtime.card
+        # The card's seal covers every field that decides predictions: it names the model.
+        self.card_sha256 = self.card.integrity or hashlib.sha256(
+            self.card.model_dump_json().encode()).hexdigest()
+        self.classes = list(self.card.classes)
+        self._lock = threading.Lock()
+        self.explainer = None
+        if settings.explain is not None:
+            self.explainer = _explainer_for(settings.explain, self.card)
+
+    @property
+    def label(self) -> str:
+        return self.runtime.label
+
+    def predict(self, image: Image.Image) -> Prediction:
+        start = time.perf_counter()
+        with self._lock:
+            probs = self.runtime.predict([image])[0]
+        latency_ms = (time.perf_counter() - start) * 1000
+        probabilities = [float(p) for p in probs]
+        top = self.classes[max(range(len(probabilities)), key=probabilities.__getitem__)]
+        malignant_p = sum(p for c, p in zip(self.classes, probabilities) if c in MALIGNANT_CODES)
+        return Prediction(
+            classes=self.classes, probabilities=probabilities, prediction=top,
+            malignant=top in MALIGNANT_CODES or malignant_p >= self.settings.malignant_threshold,
+            malignant_probability=malignant_p, model_label=self.label,
+            model_architecture=self.card.architecture, card_sha256=self.card_sha256,
+            latency_ms=latency_ms)
+
+    def overlay(self, image_png: bytes, target_class: str | None = None) -> bytes:
+        """The Grad-CAM overlay (PNG) of a stored image."""
+        with Image.open(io.BytesIO(image_png)) as im:
+            image = im.convert("RGB")
+        return self.explainer.overlay_png(image, target_class)
+
+    def class_name(self, code: str) -> str:
+        name = self.card.class_names.get(code, code)
+        return name[:1].upper() + name[1:]
+
+    def describe(self) -> dict:
+        return {
+            "name": Path(self.settings.model).name,
+            "architecture": self.card.architecture,
+            "label": self.label,
+            "classes": [{"code": c, "name": self.class_name(c), "malignant": c in MALIGNANT_CODES}
+                        for c in self.classes],
+            "card_sha256": self.card_sha256,
+            "created": self.card.created,
+            "intended_use": self.card.intended_use,
+            "explain": self.explainer is not None,
+            "input_size": self.card.preprocess.input_size,
+            "malignant_threshold": self.settings.malignant_threshold,
+        }
+
+
+def _explainer_for(checkpoint: Path, card) -> object:
+    """An Explainer over ``checkpoint``, refused unless its weights are the artifact's source:
+    a heatmap from another model would explain an answer the clinician was not given."""
+    from skinedge.explain import Explainer
+
+    explainer = Explainer(checkpoint)
+    source = card.artifact.source_weights_sha256 if card.artifact else card.weights_sha256
+    own = explainer.card.weights_sha256
+    if source and own and source != own:
+        raise ModelError(
+            f"{checkpoint}: its weights (sha256 {own[:12]}) are not the ones the served model "
+            f"was exported from ({source[:12]}); give --explain the checkpoint that "
+            "`skinedge export` read (the card's artifact.source_checkpoint)")
+    if list(explainer.card.classes) != list(card.classes):
+        raise ModelError(f"{checkpoint}: its classes {explainer.card.classes} differ from the "
+                         f"served model's {card.classes}")
+    return explainer
