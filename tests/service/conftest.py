@@ -100,21 +100,22 @@ class LiveServer:
     log: Path
     process: subprocess.Popen
     command: list[str]
+    env: dict[str, str]
 
     def auth(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.token}"}
 
     def restart(self) -> None:
         """Start the same server again (after a kill), on the same port and data folder."""
-        self.process = _spawn(self.command, self.log, self.url)
+        self.process = _spawn(self.command, self.log, self.url, self.env)
 
 
-def _spawn(command: list[str], log: Path, url: str) -> subprocess.Popen:
+def _spawn(command: list[str], log: Path, url: str, env: dict[str, str]) -> subprocess.Popen:
     import httpx
 
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -142,11 +143,10 @@ def start_live_server(root: Path, model: Path, explain: Path | None, *,
                *(["--explain", str(explain)] if explain else []), *extra]
     url = f"http://127.0.0.1:{port}"
     log = root / "server.log"
-    if env:
-        os.environ.update(env)
-    process = _spawn(command, log, url)
+    env = {**os.environ, **(env or {})}
+    process = _spawn(command, log, url, env)
     return LiveServer(url, accounts.token, accounts.other_token, accounts.admin_token,
-                      data_dir, log, process, command)
+                      data_dir, log, process, command, env)
 
 
 def stop(server: LiveServer) -> None:

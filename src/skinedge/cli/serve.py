@@ -134,7 +134,7 @@ def feedback_purge(
     from skinedge.service.settings import load_settings
 
     settings = load_settings(config, data_dir=data_dir, database_url=database_url)
-    days = older_than_days or settings.retention_days
+    days = older_than_days if older_than_days is not None else settings.retention_days
     if days is None:
         raise ConfigError("give --older-than-days N, or set retention_days in the config")
     if days < 1:
@@ -182,3 +182,49 @@ def feedback_check(config: ConfigOpt = None, data_dir: DataDirOpt = None,
             console.print(f"  {line}")
         raise typer.Exit(1)
     console.print("database ok; every stored file decrypts")
+
+
+@feedback.command("export")
+def feedback_export(
+    store_dir: Annotated[Path, typer.Argument(metavar="STORE", help="The service's data folder (as --data-dir of serve).")],
+    out: Annotated[Path, typer.Option(help="Folder to write: images/, labels.csv, README.txt.")],
+    include_unreviewed: Annotated[bool, typer.Option(help="Also cases nobody reviewed, labelled with the model's answer.")] = False,
+    config: ConfigOpt = None, database_url: DatabaseOpt = None,
+) -> None:
+    """Reviewed cases as a labels.csv dataset folder that `skinedge data split` and
+    `skinedge train` read as they are (grouped by a patient pseudonym)."""
+    from skinedge.cli.progress import CountProgress, console, make_progress
+    from skinedge.service.store.export import export_reviewed
+
+    if not store_dir.is_dir():
+        raise ConfigError(f"STORE {store_dir}: no such folder; give the data folder of "
+                          "`skinedge serve` (its --data-dir, default skinedge-service)")
+    store = _store(config, store_dir, database_url)
+    try:
+        with make_progress() as progress:
+            summary = export_reviewed(store, out, include_unreviewed=include_unreviewed,
+                                      progress=CountProgress(progress, "exporting"))
+    finally:
+        store.close()
+    counts = ", ".join(f"{code} {n}" for code, n in sorted(summary.per_class.items()))
+    console.print(f"wrote {summary.written} case(s) to {summary.folder} ({counts}); "
+                  f"{summary.skipped_unreviewed} unreviewed left out")
+
+
+@feedback.command("dicom")
+def feedback_dicom(
+    case_id: Annotated[str, typer.Argument(help="The case id (c_...).")],
+    out: Annotated[Path, typer.Option(help="File to write (.dcm), or a folder for CASE_ID.dcm.")],
+    user: Annotated[str, typer.Option(help="The clinician who owns the case (only they may export it).")],
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseOpt = None,
+) -> None:
+    """A reviewed case as a DICOM Structured Report, for the hospital archive."""
+    from skinedge.cli.progress import console
+    from skinedge.service.store.dicom import actor_named, case_to_sr
+
+    store = _store(config, data_dir, database_url)
+    try:
+        path = case_to_sr(store, actor_named(store, user), case_id, out)
+    finally:
+        store.close()
+    console.print(f"wrote {path}")

@@ -78,6 +78,7 @@ class ServedModel:
             "intended_use": self.card.intended_use,
             "explain": self.explainer is not None,
             "input_size": self.card.preprocess.input_size,
+            "resize_mode": self.card.preprocess.resize_mode,
             "malignant_threshold": self.settings.malignant_threshold,
         }
 

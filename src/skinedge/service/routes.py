@@ -17,7 +17,7 @@ from skinedge.service.settings import MALIGNANT_CODES
 from skinedge.service.store import CaseView, Store
 
 PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
-_ERRORS = {status: {"model": schemas.Problem} for status in (401, 404, 422, 429)}
+_ERRORS = {status: {"model": schemas.Problem} for status in (400, 401, 404, 422, 429)}
 
 router = APIRouter(prefix="/api/v1", responses=_ERRORS)
 

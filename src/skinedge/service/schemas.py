@@ -33,6 +33,8 @@ class ModelInfo(BaseModel):
     intended_use: str
     explain: bool = Field(description="Whether Grad-CAM overlays are available.")
     input_size: int
+    resize_mode: str = Field(description="How the model sees the image: crop (centre square) "
+                             "or squash; the overlay covers the same region.")
     malignant_threshold: float
 
 

@@ -568,7 +568,6 @@
     const list = $("history-list");
     list.replaceChildren(...data.items.map((item) => {
       const top = (item.probabilities || []).find((p) => p.code === item.prediction);
-      const where = [item.patient_ref, item.body_site].filter(Boolean).join(" · ");
       const corrected = item.review && item.review.action === "correct"
         ? `→ ${className(item.review.label)}` : null;
       const button = el("button", {
@@ -580,8 +579,9 @@
          top ? el("span", { className: "history-pct" }, percent(top.probability)) : null,
          item.malignant ? el("span", { className: "tag-malignant" }, "malignant") : null),
       el("span", { className: "history-sub" },
-         formatDate(item.created_at), where ? ` · ${where}` : "",
-         corrected ? el("span", { className: "history-corrected" }, ` ${corrected}`) : null),
+         ...[formatDate(item.created_at), item.patient_ref, item.body_site]
+           .filter(Boolean).map((part) => el("span", { className: "history-part" }, part)),
+         corrected ? el("span", { className: "history-corrected" }, corrected) : null),
       el("span", { className: `status-badge status-${item.status}`, "data-testid": "history-status-badge" },
          STATUS_LABELS[item.status] || item.status));
       button.addEventListener("click", () => openFromHistory(item.id));

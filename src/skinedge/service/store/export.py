@@ -121,7 +121,7 @@ def export_reviewed(store: Store, out: Path | str, *, include_unreviewed: bool =
             another export into ``out`` is running; no case to export.
         WriteError: the disk is full or the folder not writable.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # "." or "feedback/" name a folder with a parent to rename in
     replacing = _check_target(out)
     rows, skipped = _read_cases(store, include_unreviewed)
     partial = out.parent / f".{out.name}.partial"
