@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -281,6 +282,13 @@ def replace_section(text: str, name: str, lines: list[str]) -> str:
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def kept_sections(text: str) -> list[str]:
+    """The ``<!-- section: NAME -->`` blocks of ``text`` (GAN, service bench, ...), each with
+    a blank line after it: a full rewrite renders none of them, so it carries them over."""
+    found = re.finditer(r"<!-- section: (\S+) -->.*?<!-- end section: \1 -->", text, re.S)
+    return [line for match in found for line in (match.group(0), "")]
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -335,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         parts += render_bench(folder, args.out.parent)
     for folder in args.compression:
         parts += render_compression(folder)
+    parts += kept_sections(args.out.read_text() if args.out.is_file() else "")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
     print(f"wrote {args.out}")

@@ -138,10 +138,14 @@ def test_model_card_me_health_ready_and_metrics(api):
                                                                           "role": "clinician"}
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json() == {"status": "ready", "model": "onnx-fp32"}
-    upload(api, jpeg())
+    case = upload(api, jpeg()).json()
+    api.get(f"/api/v1/cases/{case['id']}", headers=api.accounts.auth())
+    api.request("BREW", "/api/v1/me")
     metrics = api.get("/metrics").text
     assert "skinedge_cases_created_total 1.0" in metrics
-    assert 'route="/api/v1/cases"' in metrics and "c_" not in metrics  # templates, not ids
+    assert 'route="/api/v1/cases"' in metrics and 'route="/api/v1/cases/{case_id}"' in metrics
+    assert case["id"] not in metrics  # route templates, never ids
+    assert 'method="other"' in metrics and "BREW" not in metrics
 
 
 @pytest.mark.parametrize("data, status, words", [
@@ -204,17 +208,49 @@ def test_upload_over_the_limit_is_413(make_settings):
     ({"action": "correct", "label": "zebra"}, "not one of the model's classes"),
     ({"action": "approve"}, "action"),
     ({"action": "verify", "extra": 1}, "extra"),
+    ({"action": "correct", "label": "nv\u0000"}, "label"),
 ])
 def test_bad_reviews_are_422_with_the_field(api, body, words):
     case = upload(api, jpeg()).json()
     response = api.post(f"/api/v1/cases/{case['id']}/review", headers=api.accounts.auth(),
                         json=body)
-    assert response.status_code in (400, 422), response.text
+    assert response.status_code == 422, response.text
     assert words in response.json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["/api/v1/cases/c_nope", "/api/v1/cases/../../etc",
-                                  "/api/v1/cases/" + "x" * 500])
+def test_verify_with_another_label_is_refused_not_dropped(api):
+    case = upload(api, jpeg()).json()
+    other = next(c for c in ("nv", "mel") if c != case["prediction"])
+    response = api.post(f"/api/v1/cases/{case['id']}/review", headers=api.accounts.auth(),
+                        json={"action": "verify", "label": other})
+    assert response.status_code == 422 and "send action 'correct'" in response.json()["detail"]
+    assert api.get(f"/api/v1/cases/{case['id']}", headers=api.accounts.auth()).json()[
+        "status"] == "unreviewed"
+
+
+def test_label_filter_takes_class_codes_only(api):
+    response = api.get("/api/v1/cases?label=%00", headers=api.accounts.auth())
+    assert response.status_code == 422 and "label" in response.json()["detail"]
+
+
+def test_other_image_formats_are_refused_unread(api):
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 80, 60)).save(out, "PCX")
+    response = upload(api, out.getvalue())
+    assert response.status_code == 422 and "JPEG, PNG" in response.json()["detail"]
+
+
+def test_a_lost_file_is_a_503_without_server_paths(api):
+    case = upload(api, jpeg()).json()
+    for path in (api.settings.data_dir / "blobs").glob("*/b_*"):
+        path.unlink()
+    response = api.get(f"/api/v1/cases/{case['id']}/image", headers=api.accounts.auth())
+    assert response.status_code == 503
+    assert str(api.settings.data_dir) not in response.text and "administrator" in response.text
+
+
+@pytest.mark.parametrize("path", ["/api/v1/cases/c_nope", "/api/v1/cases/c_..",
+                                  "/api/v1/cases/c_%2E%2E%2Fetc", "/api/v1/cases/" + "x" * 500])
 def test_unknown_case_ids_are_404(api, path):
     assert api.get(path, headers=api.accounts.auth()).status_code == 404
 

@@ -29,8 +29,18 @@ def test_users_add_list_revoke(tmp_path):
     listed = run("users", "list", "--data-dir", data)
     assert "dr-okafor\tclinician" in listed.stdout and "ops\tadmin" in listed.stdout
     again = run("users", "add", "dr-okafor", "--data-dir", data)
-    assert again.exit_code == 2 and "exists" in again.output and "users revoke dr-okafor" \
-        in again.output
+    assert again.exit_code == 2 and "exists" in again.output \
+        and "users rotate-token dr-okafor" in again.output
+    rotated = run("users", "rotate-token", "dr-okafor", "--data-dir", data)
+    new_token = rotated.stdout.strip().splitlines()[-1]
+    assert rotated.exit_code == 0 and new_token.startswith("sk_") and new_token != token
+    from skinedge.service.app import open_store
+    from skinedge.service.settings import ServeSettings
+
+    store = open_store(ServeSettings(data_dir=data))
+    assert store.actor_for_token(token, None) is None
+    assert store.actor_for_token(new_token, None).name == "dr-okafor"
+    store.close()
     assert run("users", "revoke", "dr-okafor", "--data-dir", data).exit_code == 0
     missing = run("users", "revoke", "dr-nobody", "--data-dir", data)
     assert missing.exit_code == 2 and "users list" in missing.output
@@ -94,6 +104,13 @@ def test_feedback_export_check_rotate_purge_and_dicom(api, tmp_path):
     busy = run("feedback", "rotate-key", "--data-dir", data)  # the TestClient app holds it
     assert busy.exit_code == 2 and "stop it before rotating" in busy.output
 
+    erased = run("feedback", "erase", second["id"], "--data-dir", data)
+    assert erased.exit_code == 0 and f"erased {second['id']}" in erased.output
+    assert api.get(f"/api/v1/cases/{second['id']}", headers=api.accounts.auth()).status_code \
+        == 404
+    unknown = run("feedback", "erase", "c_nope", "--data-dir", data)
+    assert unknown.exit_code == 2 and "c_nope" in unknown.output
+
     no_days = run("feedback", "purge", "--data-dir", data)
     assert no_days.exit_code == 2 and "--older-than-days" in no_days.output
     kept = run("feedback", "purge", "--older-than-days", "30", "--data-dir", data)
@@ -128,3 +145,28 @@ def test_feedback_mistakes_name_the_option(tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
     result = run(*args)
     assert result.exit_code == 2 and words in result.output
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers_shares_one_store(served_onnx, tiny_checkpoint, tmp_path):
+    """--workers 2: uvicorn's worker processes build the app from the settings serve resolved
+    (SKINEDGE_SERVE_SETTINGS_JSON), each loads the model, and both write one database."""
+    import httpx
+
+    from tests.service.conftest import start_live_server, stop
+
+    server = start_live_server(tmp_path, served_onnx, tiny_checkpoint, extra=["--workers", "2"])
+    try:
+        ids = []
+        with httpx.Client(base_url=server.url, headers=server.auth(), timeout=60) as client:
+            for colour in ((200, 60, 60), (60, 200, 60), (60, 60, 200), (120, 120, 40)):
+                created = client.post("/api/v1/cases",
+                                      files={"image": ("a.jpg", jpeg(colour), "image/jpeg")})
+                assert created.status_code == 201, created.text
+                ids.append(created.json()["id"])
+            listed = client.get("/api/v1/cases").json()
+        assert sorted(c["id"] for c in listed["items"]) == sorted(ids)
+    finally:
+        stop(server)
+    log = server.log.read_text()
+    assert log.count("Application startup complete") == 2, log[-3000:]

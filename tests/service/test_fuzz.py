@@ -41,12 +41,15 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(served_onnx, tin
              "--header", f"Authorization: Bearer {server.token}",
              "--checks", CHECKS, "--max-time", "60", "--seed", "14",
              "--phases", "examples,coverage,fuzzing,stateful", "--workers", "2",
+             # A Grad-CAM overlay on a busy 2-core machine can take seconds: a network
+             # timeout is not what this test looks for.
+             "--request-timeout", "60",
              "--report", "junit", "--report-junit-path", str(report)],
-            capture_output=True, text=True, timeout=400)
+            capture_output=True, text=True, timeout=400, cwd=tmp_path)  # its cache stays there
     finally:
         stop(server)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    assert result.returncode == 0, output[-12000:]
     assert "passed" in output.lower() and report.is_file()
     log = server.log.read_text()
     assert "Traceback" not in log, log[-4000:]

@@ -24,23 +24,23 @@ def exif_jpeg(colour=(150, 80, 70)) -> bytes:
     return jpeg(colour, exif=exif.tobytes())
 
 
-def protected_operations(api) -> list[tuple[str, str]]:
-    """(method, path) of every operation of the spec that declares bearer auth."""
+def api_operations(api) -> list[tuple[str, str, bool]]:
+    """(method, path, declares bearer auth) of every /api/v1 operation of the spec."""
     spec = api.get("/api/v1/openapi.json").json()
-    found = []
-    for path, item in spec["paths"].items():
-        for method, operation in item.items():
-            if operation.get("security"):
-                found.append((method.upper(), path.replace("{case_id}", "c_0")))
-    return found
+    return [(method.upper(), path.replace("{case_id}", "c_0"), bool(operation.get("security")))
+            for path, item in spec["paths"].items() if path.startswith("/api/v1/")
+            and not path.endswith("openapi.json") for method, operation in item.items()]
 
 
 def test_every_patient_data_endpoint_needs_a_token(api):
-    operations = protected_operations(api)
-    assert {p for _, p in operations} >= {"/api/v1/cases", "/api/v1/cases/c_0",
-                                          "/api/v1/cases/c_0/image", "/api/v1/cases/c_0/overlay",
-                                          "/api/v1/cases/c_0/review", "/api/v1/audit"}
-    for method, path in operations:
+    operations = api_operations(api)
+    assert [(m, p) for m, p, secured in operations if not secured] == []
+    assert {(m, p) for m, p, _ in operations} >= {
+        ("POST", "/api/v1/cases"), ("GET", "/api/v1/cases"), ("GET", "/api/v1/cases/c_0"),
+        ("DELETE", "/api/v1/cases/c_0"), ("GET", "/api/v1/cases/c_0/image"),
+        ("GET", "/api/v1/cases/c_0/overlay"), ("POST", "/api/v1/cases/c_0/review"),
+        ("GET", "/api/v1/audit")}
+    for method, path, _ in operations:
         for headers in ({}, {"Authorization": "Bearer sk_made-up"},
                         {"Authorization": "Basic ZHI6YQ=="}):
             response = api.request(method, path, headers=headers)
@@ -59,6 +59,9 @@ def test_another_clinicians_case_is_not_found(api):
         assert response.status_code == 404, (method, suffix, response.text)
         assert response.json()["detail"] == f"no case '{case['id']}' among yours"
     assert api.get("/api/v1/cases", headers=other).json()["total"] == 0
+    audit = api.get("/api/v1/audit", headers=api.accounts.auth(api.accounts.admin_token)).json()
+    refused = [r for r in audit["items"] if r["actor"] == "dr-b" and r["case_id"] == case["id"]]
+    assert len(refused) == 5 and {r["outcome"] for r in refused} == {"not-found"}
     mine = api.get(f"/api/v1/cases/{case['id']}", headers=api.accounts.auth()).json()
     assert mine["status"] == "unreviewed"  # dr-b's review attempt changed nothing
 
@@ -161,3 +164,31 @@ def test_server_log_holds_no_image_bytes_or_patient_fields(live_server):
     for needle in (SECRET_REF.encode(), SECRET_NOTE.encode(), SECRET_EXIF.encode(),
                    b"left forearm", b"\xff\xd8\xff", b"\x89PNG"):
         assert needle not in log, f"the server log holds {needle!r}"
+
+
+def test_a_large_upload_stays_in_memory(api, monkeypatch):
+    """Starlette spools uploads over 1 MB to a temporary file: an unencrypted patient image
+    on disk. The app raises the spool size to its upload limit, so it never rolls over."""
+    import io
+    import tempfile
+
+    import numpy as np
+    import starlette.formparsers
+    from PIL import Image
+
+    rolled = []
+
+    class Watched(tempfile.SpooledTemporaryFile):
+        def rollover(self):
+            rolled.append(self._max_size)
+            super().rollover()
+
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", Watched)
+    pixels = np.random.default_rng(0).integers(0, 255, (900, 1200, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "PNG")
+    assert len(out.getvalue()) > 2 * 1024 * 1024
+    response = api.post("/api/v1/cases", headers=api.accounts.auth(),
+                        files={"image": ("big.png", out.getvalue(), "image/png")})
+    assert response.status_code == 201, response.text
+    assert rolled == []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinedge.errors import ConfigError, NotFoundError
+from skinedge.errors import DataError, NotFoundError
 from skinedge.service.store import Prediction, Store
 
 CLASSES = ["mel", "nv", "bcc", "akiec", "bkl", "df", "vasc"]
@@ -68,7 +68,7 @@ def test_cases_reviews_and_ownership(store):
     reviewed = store.review_case(a, case.id, "correct", "nv", "benign pattern")
     assert (reviewed.status, reviewed.review_label, reviewed.review_note, reviewed.reviewer) == (
         "corrected", "nv", "benign pattern", "dr-a")
-    with pytest.raises(ConfigError, match="not one of the model's classes"):
+    with pytest.raises(DataError, match="not one of the model.s classes"):
         store.review_case(a, case.id, "correct", "zebra")
     views, total = store.list_cases(a, label="nv")
     assert total == 1 and views[0].id == case.id
@@ -91,7 +91,7 @@ def test_same_image_is_stored_once_per_clinician(store):
 def test_erasure_keeps_an_audit_row_without_patient_data(store):
     a, _ = actors(store)
     case = store.create_case(a, png(3), 64, 48, prediction(), patient_ref="SECRET-REF")
-    store.case_overlay(a, case.id, lambda image: png(99))
+    store.case_overlay(a, case.id, lambda image, view: png(99))
     store.erase_case(a, case.id)
     assert store.files.ids() == []
     rows, _ = store.audit_page(per_page=500)
@@ -144,19 +144,20 @@ def test_rotation_refuses_to_run_under_a_live_server(store, tmp_path):
 
 
 def test_retention_purge_erases_old_cases_only(store):
-    a, _ = actors(store)
-    old = store.create_case(a, png(6), 64, 48, prediction())
-    new = store.create_case(a, png(7), 64, 48, prediction())
     from skinedge.service.store.db import now
 
-    later = now() + timedelta(days=40)
-    assert store.purge(30, at=later) == 2
-    assert store.purge(30) == 0
-    store2_old = store.create_case(a, png(8), 64, 48, prediction())
-    assert store.purge(30, at=now() + timedelta(days=31)) == 1
+    a, _ = actors(store)
+    old = store.create_case(a, png(6), 64, 48, prediction())
+    young = store.create_case(a, png(7), 64, 48, prediction())
+    with store.transaction() as session:  # make `young` 40 days younger than `old`
+        from skinedge.service.store.schema import Case
+
+        session.get(Case, young.id).created_at = now() + timedelta(days=40)
+    assert store.purge(30, at=now() + timedelta(days=41)) == 1  # old is 41 days, young 1 day
+    assert [v.id for v in store.list_cases(a)[0]] == [young.id]
     with pytest.raises(NotFoundError):
-        store.get_case(a, store2_old.id)
-    assert {old.id, new.id}.isdisjoint(v.id for v in store.list_cases(a)[0])
+        store.get_case(a, old.id)
+    assert store.files.ids() == [young.image_id]
 
 
 def test_orphan_files_from_a_killed_write_are_swept(store):
@@ -212,3 +213,95 @@ def test_key_file_readable_by_others_is_refused(tmp_path):
     (tmp_path / "d" / "store.key").chmod(0o644)
     with pytest.raises(StoreKeyError, match="chmod 600"):
         Store.open(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "d")
+
+
+def test_erasing_two_cases_of_one_image_at_once_removes_it(store):
+    """Two erasures of cases that share a stored image, at the same moment: the image must
+    go (each erasure counts the image's other users after the other one is done)."""
+    import threading
+
+    a, _ = actors(store)
+    for round_ in range(3):
+        cases = [store.create_case(a, png(20 + round_), 64, 48, prediction()) for _ in range(2)]
+        assert cases[0].image_id == cases[1].image_id
+        barrier = threading.Barrier(2)
+
+        def erase(case_id, barrier=barrier):
+            barrier.wait()
+            store.erase_case(a, case_id)
+
+        threads = [threading.Thread(target=erase, args=(c.id,)) for c in cases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with store.reading() as session:
+            from sqlalchemy import func, select
+
+            from skinedge.service.store.schema import Blob
+
+            assert session.scalar(select(func.count()).select_from(Blob)) == 0
+        assert store.files.ids() == []
+
+
+def test_overlays_computed_at_once_keep_one(store):
+    import threading
+
+    a, _ = actors(store)
+    case = store.create_case(a, png(30), 64, 48, prediction())
+    barrier = threading.Barrier(3)
+    results = []
+
+    def overlay(n):
+        def compute(image, view):
+            barrier.wait()  # all three compute before any stores
+            return png(100 + n)
+
+        results.append(store.case_overlay(a, case.id, compute))
+
+    threads = [threading.Thread(target=overlay, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3
+    assert len(store.files.ids()) == 2  # the image and one overlay
+    kept = store.case_overlay(a, case.id, lambda image, view: pytest.fail("recomputed"))
+    assert kept in results
+    store.erase_case(a, case.id)
+    assert store.files.ids() == []
+
+
+def test_a_store_with_data_never_gets_a_new_key(store, tmp_path):
+    from skinedge.service.store import StoreKeyError
+
+    a, _ = actors(store)
+    store.create_case(a, png(40), 64, 48, prediction())
+    with pytest.raises(StoreKeyError, match="restore the key file"):
+        Store.open(store.url, store.data_dir, key_file=tmp_path / "typo.key")
+    assert not (tmp_path / "typo.key").exists()
+
+
+def test_rotation_after_an_interrupted_one_merges_the_same_image(store):
+    """A rotation killed before its end, the server then storing the same image again under
+    the new key, and the rotation run again: it finishes, keeping one copy."""
+    from skinedge.service.store.crypto import KeyRing, new_key, write_key_file
+
+    a, _ = actors(store)
+    first = store.create_case(a, png(50), 64, 48, prediction())
+    old = KeyRing.from_file(store.key_file, create=False)
+    write_key_file(store.key_file, [new_key(), *(_b64(k) for k in old.keys)])  # killed here
+    server = Store.open(store.url, store.data_dir)
+    second = server.create_case(a, png(50), 64, 48, prediction())
+    server.close()
+    assert second.image_id != first.image_id  # new key, new digest: stored again
+    store.keys = KeyRing.from_file(store.key_file, create=False)
+    store.rotate_keys()
+    assert store.case_image(a, first.id) == store.case_image(a, second.id) == png(50)
+    assert len(store.files.ids()) == 1
+
+
+def _b64(key: bytes) -> str:
+    import base64
+
+    return base64.b64encode(key).decode()

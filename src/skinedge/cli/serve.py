@@ -62,10 +62,14 @@ def serve(
     served = ServedModel(settings)  # a bad artifact or checkpoint stops here, with its message
     console.print(f"serving {settings.model} ({served.label}) on "
                   f"http://{settings.host}:{settings.port}; cases in {settings.data_dir}")
+    # Behind a reverse proxy, uvicorn takes the client's address from X-Forwarded-For, but only
+    # on connections from forwarded_allow_ips (default 127.0.0.1 in uvicorn).
+    proxy = {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
     if settings.workers == 1:
         uvicorn.run(create_app(settings, served), host=settings.host, port=settings.port,
-                    log_level="info")
+                    log_level="info", **proxy)
         return
+    del served  # each worker loads its own
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     if settings.store_key is not None:  # model_dump_json hides secrets
         doc = json.loads(os.environ[SETTINGS_ENV])
@@ -73,7 +77,7 @@ def serve(
         os.environ[SETTINGS_ENV] = json.dumps(doc)
     uvicorn.run("skinedge.service.app:create_app_from_environment", factory=True,
                 host=settings.host, port=settings.port, workers=settings.workers,
-                log_level="info")
+                log_level="info", **proxy)
 
 
 @users.command("add")
@@ -228,3 +232,40 @@ def feedback_dicom(
     finally:
         store.close()
     console.print(f"wrote {path}")
+
+
+@users.command("rotate-token")
+def users_rotate_token(
+    name: Annotated[str, typer.Argument(help="Login name.")],
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseOpt = None,
+) -> None:
+    """A new token for an account (a lost or leaked one stops working at once); the account
+    keeps its cases."""
+    from skinedge.cli.progress import console
+
+    store = _store(config, data_dir, database_url)
+    try:
+        token = store.rotate_token(name)
+    finally:
+        store.close()
+    console.print(f"{name}'s new token (shown once; the old one no longer works):")
+    typer.echo(token)
+
+
+@feedback.command("erase")
+def feedback_erase(
+    case_ids: Annotated[list[str], typer.Argument(metavar="CASE_ID...", help="Case ids (c_...).")],
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseOpt = None,
+) -> None:
+    """Erase cases by id for an administrator serving an erasure request (GDPR art. 17), also
+    those of a revoked account; audited as the system."""
+    from skinedge.cli.progress import console
+    from skinedge.service.store.db import SYSTEM
+
+    store = _store(config, data_dir, database_url)
+    try:
+        for case_id in case_ids:
+            store.erase_case(SYSTEM, case_id, action="case.erase-admin")
+            console.print(f"erased {case_id}")
+    finally:
+        store.close()

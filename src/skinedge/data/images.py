@@ -24,6 +24,9 @@ from skinedge.errors import DataError
 
 #: Largest image accepted, in pixels (an 8000x6000 dermatoscope frame is 48 MP).
 DEFAULT_MAX_PIXELS = 64_000_000
+#: Formats an upload may be in: photos and scans. Pillow would also open EPS (through
+#: Ghostscript), PSD, FITS and more from untrusted bytes; those are refused unread.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 #: Shortest side accepted, in pixels: below it an image is a thumbnail or an icon, not a lesion.
 DEFAULT_MIN_SIDE = 32
 #: How :func:`load_rgb` names image bytes in its messages when the caller gives no ``name``.
@@ -103,6 +106,7 @@ def load_rgb_oriented(
                              "is empty (0 bytes); choose the image file and upload it again")
         fp = io.BytesIO(data)
         fixes = _UPLOAD_FIXES
+        formats = UPLOAD_FORMATS
     else:
         fp = Path(source)
         path = name or fp
@@ -110,9 +114,10 @@ def load_rgb_oriented(
             raise ImageError(path, "missing-file",
                              "file not found; check the path or the labels row")
         fixes = _FILE_FIXES
+        formats = None
     try:
         # The size is read from the header: a bomb is refused before anything is decoded.
-        with Image.open(fp) as im:
+        with Image.open(fp, formats=formats) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise ImageError(
@@ -161,7 +166,8 @@ _FILE_FIXES = {
 }
 _UPLOAD_FIXES = {
     "too-large": "downscale it and upload it again",
-    "not-an-image": "upload a JPEG or PNG photo of the lesion",
+    "not-an-image": "upload a JPEG or PNG photo of the lesion (JPEG, PNG, WebP, TIFF, BMP and "
+                    "GIF are read)",
     "truncated": "the upload is truncated or corrupt, upload the file again",
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,9 @@ STATIC = Path(__file__).parent / "static"
 SETTINGS_ENV = "SKINEDGE_SERVE_SETTINGS_JSON"
 
 log = logging.getLogger("skinedge.service")
+
+SERVER_PROBLEM = ("the server cannot answer this now: its store or configuration needs an "
+                  "administrator (the details are in the server's log)")
 
 
 def open_store(settings: ServeSettings) -> Store:
@@ -85,6 +89,8 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     app.state.model = model
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics = Metrics()
+    app.state.upload_slots = threading.BoundedSemaphore(
+        settings.max_concurrent_uploads or os.cpu_count() or 1)
     # Uploads stay in memory up to the size limit: a spooled temporary file would put patient
     # images on disk unencrypted.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,
@@ -105,8 +111,8 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
 
 def _add_pages(app: FastAPI) -> None:
     @app.get("/healthz", response_model=schemas.Health, tags=["operations"])
-    def healthz() -> schemas.Health:
-        """The process answers."""
+    async def healthz() -> schemas.Health:
+        """The process answers (on the event loop: not queued behind uploads)."""
         return schemas.Health(status="ok")
 
     @app.get("/readyz", response_model=schemas.Ready, tags=["operations"],
@@ -142,9 +148,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def skinedge_error(request: Request, exc: SkinedgeError) -> JSONResponse:
         # The message names what was wrong; it never holds image bytes or patient fields
         # (uploads are named "the uploaded image").
+        if exc.http_status >= 500:  # the server's problem: details for its log, not the client
+            log.error("%s %s -> %d: %s", request.method, _route(request), exc.http_status, exc)
+            return JSONResponse({"detail": SERVER_PROBLEM}, status_code=exc.http_status)
         log.info("%s %s -> %d %s", request.method, _route(request), exc.http_status,
                  type(exc).__name__)
         return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s -> 500 (a bug in skinedge)", request.method, _route(request))
+        return JSONResponse({"detail": "internal error; it is in the server's log"},
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

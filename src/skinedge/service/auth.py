@@ -19,6 +19,9 @@ class RateLimiter:
     """A token bucket per key: ``per_minute`` requests, refilled evenly. Per process: with
     ``--workers N`` each worker keeps its own buckets."""
 
+    #: Buckets kept before the full ones (idle long enough to refill) are forgotten.
+    MAX_BUCKETS = 10_000
+
     def __init__(self, per_minute: int):
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
@@ -29,6 +32,8 @@ class RateLimiter:
         """0 when allowed now; else seconds until the next request would be."""
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) > self.MAX_BUCKETS:
+                self._forget_full(now)
             tokens, last = self._buckets.get(key, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
             if tokens >= 1:
@@ -37,13 +42,18 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return (1 - tokens) / self.rate
 
+    def _forget_full(self, now: float) -> None:
+        full = [key for key, (tokens, last) in self._buckets.items()
+                if tokens + (now - last) * self.rate >= self.capacity]
+        for key in full:
+            del self._buckets[key]
+
 
 def client_address(request: Request) -> str | None:
-    if request.app.state.settings.trust_proxy:
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64]
-    return request.client.host if request.client else None
+    """The client's address: the connection's, or behind a trusted reverse proxy the one
+    uvicorn took from X-Forwarded-For (``forwarded_allow_ips``; the header is never read here,
+    so a client cannot write its own)."""
+    return request.client.host[:64] if request.client else None
 
 
 def current_actor(

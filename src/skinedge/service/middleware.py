@@ -26,6 +26,9 @@ SECURITY_HEADERS = [
 ]
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     """The service's Prometheus metrics, in a registry of its own per app."""
 
@@ -93,8 +96,10 @@ class Guard:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], template, str(status["code"])).inc()
-            self.metrics.latency.labels(scope["method"], template).observe(
+            # Labels from a fixed set: a client's invented method must not add a time series.
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.requests.labels(method, template, str(status["code"])).inc()
+            self.metrics.latency.labels(method, template).observe(
                 time.perf_counter() - start)
 
     async def _too_large(self, send: Any) -> None:

@@ -17,7 +17,12 @@ from skinedge.service.settings import MALIGNANT_CODES
 from skinedge.service.store import CaseView, Store
 
 PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
-_ERRORS = {status: {"model": schemas.Problem} for status in (400, 401, 404, 422, 429)}
+_ERRORS = {status: {"model": schemas.Problem} for status in (400, 401, 404, 413, 422, 429, 503)}
+#: A class code as the model card writes them (mel, akiec, benign).
+CLASS_CODE = r"^[a-z0-9_]{1,32}$"
+
+#: Seconds an upload waits for a free slot (max_concurrent_uploads) before a 503.
+UPLOAD_WAIT_S = 60
 
 router = APIRouter(prefix="/api/v1", responses=_ERRORS)
 
@@ -62,8 +67,7 @@ def model_info(actor: CurrentActor, request: Request) -> schemas.ModelInfo:
     return schemas.ModelInfo(**_model(request).describe())
 
 
-@router.post("/cases", status_code=201, response_model=schemas.Case,
-             responses={413: {"model": schemas.Problem}})
+@router.post("/cases", status_code=201, response_model=schemas.Case)
 def create_case(
     actor: CurrentActor,
     request: Request,
@@ -79,15 +83,26 @@ def create_case(
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"the image is larger than this server's limit of "
                                  f"{settings.max_upload_mb:g} MB; send a smaller one")
-    # The client's file name is never used: it may name the patient.
-    picture, _orientation = load_rgb_oriented(data, name="the uploaded image",
-                                              max_pixels=settings.max_pixels)
     model = _model(request)
-    prediction = model.predict(picture)
+    # A decoded photo can take hundreds of MB: only so many are held at once.
+    if not request.app.state.upload_slots.acquire(timeout=UPLOAD_WAIT_S):
+        raise HTTPException(503, "the server is busy with other images; try again shortly",
+                            headers={"Retry-After": "5"})
+    try:
+        # The client's file name is never used: it may name the patient.
+        picture, _orientation = load_rgb_oriented(data, name="the uploaded image",
+                                                  max_pixels=settings.max_pixels)
+        del data
+        prediction = model.predict(picture)
+        stored = strip_metadata(picture)
+        width, height = picture.size
+        del picture
+    finally:
+        request.app.state.upload_slots.release()
     request.app.state.metrics.inference.observe(prediction.latency_ms / 1000)
-    view = _store(request).create_case(
-        actor, strip_metadata(picture), picture.width, picture.height, prediction,
-        patient_ref=patient_ref or None, body_site=body_site or None)
+    view = _store(request).create_case(actor, stored, width, height, prediction,
+                                       patient_ref=patient_ref or None,
+                                       body_site=body_site or None)
     request.app.state.metrics.cases.inc()
     return case_out(view, model)
 
@@ -99,8 +114,8 @@ def list_cases(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Literal["unreviewed", "verified", "corrected"] | None = None,
-    label: Annotated[str | None, Query(max_length=32, description="Class code: the reviewed "
-                                       "label, or the prediction while unreviewed.")] = None,
+    label: Annotated[str | None, Query(pattern=CLASS_CODE, description="Class code: the "
+                                       "reviewed label, or the prediction while unreviewed.")] = None,
     malignant: bool | None = None,
 ) -> schemas.CasePage:
     """The signed-in clinician's cases, newest first."""
@@ -126,13 +141,22 @@ def case_image(actor: CurrentActor, request: Request, case_id: str) -> Response:
 @router.get("/cases/{case_id}/overlay", response_class=Response,
             responses={**PNG, 409: {"model": schemas.Problem}})
 def case_overlay(actor: CurrentActor, request: Request, case_id: str) -> Response:
-    """The Grad-CAM heatmap of the predicted class over the image (computed once, kept)."""
+    """The Grad-CAM heatmap of the class the case was given, over the image (computed once,
+    kept)."""
     model = _model(request)
     if model.explainer is None:
         raise HTTPException(409, "this server has no Grad-CAM checkpoint; start it with "
                                  "`skinedge serve --explain CHECKPOINT` (the checkpoint the "
                                  "served model was exported from)")
-    png = _store(request).case_overlay(actor, _case_id(case_id), model.overlay)
+
+    def compute(image_png: bytes, case: CaseView) -> bytes:
+        if case.card_sha256 != model.card_sha256:
+            raise HTTPException(409, f"this case was classified by another model "
+                                     f"({case.model_label}, card {case.card_sha256[:12]}); "
+                                     "the served model's heatmap would not explain its answer")
+        return model.overlay(image_png, case.prediction)
+
+    png = _store(request).case_overlay(actor, _case_id(case_id), compute)
     return Response(png, media_type="image/png")
 
 

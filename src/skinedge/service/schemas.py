@@ -93,8 +93,8 @@ class ReviewIn(BaseModel):
     model_config = {"extra": "forbid"}
 
     action: Literal["verify", "correct"]
-    label: str | None = Field(None, max_length=32, description="The right class code; "
-                              "required to correct.")
+    label: str | None = Field(None, pattern=r"^[a-z0-9_]{1,32}$", description="The right "
+                              "class code; required to correct.")
     note: str | None = Field(None, max_length=2000)
 
     @model_validator(mode="after")

@@ -51,8 +51,12 @@ class ServeSettings(BaseSettings):
                                        "erases cases older than this; none keeps them.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call "
                                     "the API from another site; empty: none (same origin only).")
-    trust_proxy: bool = Field(False, description="Take the client address from X-Forwarded-For "
-                              "(only behind a reverse proxy that sets it).")
+    forwarded_allow_ips: str | None = Field(
+        None, description="Addresses of the reverse proxies whose X-Forwarded-For is believed "
+        "(uvicorn's --forwarded-allow-ips, e.g. 127.0.0.1); none: the connection's address.")
+    max_concurrent_uploads: int | None = Field(
+        None, ge=1, description="Uploads decoded and classified at once per worker (each holds "
+        "a decoded image in memory); others wait. Default: the CPU count.")
     threads: int | None = Field(None, ge=1, description="Inference threads per worker.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -250,7 +250,8 @@
       return;
     }
     const form = new FormData();
-    form.append("image", state.pendingFile, state.pendingFile.name || "photo.jpg");
+    // The file's own name may name the patient: it never leaves the device.
+    form.append("image", state.pendingFile, "upload");
     const patientRef = $("patient-ref").value.trim();
     const bodySite = $("body-site").value.trim();
     if (patientRef) form.append("patient_ref", patientRef);

@@ -6,8 +6,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from skinedge.errors import NotFoundError
+from skinedge.errors import SkinedgeError
 from skinedge.utils.io import atomic_write_bytes, fsync_path
+
+
+class StoreDamagedError(SkinedgeError):
+    """A file the database names is gone: the server's data, not the client's request."""
+
+    http_status = 503
 
 
 class BlobFiles:
@@ -29,8 +35,8 @@ class BlobFiles:
         try:
             return self.path(blob_id).read_bytes()
         except FileNotFoundError:
-            raise NotFoundError(f"the stored image {blob_id} is missing from {self.root}; "
-                                "restore the folder from its backup") from None
+            raise StoreDamagedError(f"the stored file {blob_id} is missing from {self.root}; "
+                                    "restore the folder from its backup") from None
 
     def delete(self, blob_id: str) -> None:
         path = self.path(blob_id)

@@ -17,7 +17,9 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from skinedge.errors import ConfigError
 from skinedge.utils.io import fsync_path
@@ -49,11 +51,12 @@ class KeyRing:
     def __init__(self, keys: list[bytes], source: str):
         if not keys:
             raise StoreKeyError(f"{source}: holds no key; delete it to make a new one, or restore it "
-                            "from your backup (without it the stored images cannot be read)")
+                                "from your backup (without it the stored images cannot be read)")
         self.keys = keys
         self.source = source
         self._by_id = {key_id(k): AESGCM(k) for k in keys}
         self.newest_id = key_id(keys[0])
+        self._purposes: dict[bytes, bytes] = {}
 
     @classmethod
     def parse(cls, text: str, source: str) -> KeyRing:
@@ -69,8 +72,8 @@ class KeyRing:
                 key = b""
             if len(key) != 32:
                 raise StoreKeyError(f"{source}: key {number} is not 32 bytes of base64; a key file "
-                                "holds one key per line as `skinedge feedback rotate-key` "
-                                "writes it")
+                                    "holds one key per line as `skinedge feedback rotate-key` "
+                                    "writes it")
             keys.append(key)
         return cls(keys, source)
 
@@ -81,13 +84,13 @@ class KeyRing:
         if not path.exists():
             if not create:
                 raise StoreKeyError(f"{path}: no key file; the store's images cannot be read "
-                                "without the key it was written with")
+                                    "without the key it was written with")
             path.parent.mkdir(parents=True, exist_ok=True)
             write_key_file(path, [new_key()])
         mode = path.stat().st_mode & 0o077
         if mode:
             raise StoreKeyError(f"{path}: the key file can be read by other users (mode "
-                            f"{oct(path.stat().st_mode & 0o777)}); run `chmod 600 {path}`")
+                                f"{oct(path.stat().st_mode & 0o777)}); run `chmod 600 {path}`")
         return cls.parse(path.read_text(), str(path))
 
     def encrypt(self, data: bytes, context: str) -> bytes:
@@ -103,21 +106,32 @@ class KeyRing:
         aead = self._by_id.get(kid)
         if aead is None:
             raise StoreKeyError(f"{context}: encrypted with a key that is not in {self.source}; "
-                            "restore the old key (rotate-key keeps it until every value is "
-                            "re-encrypted)")
+                                "restore the old key (rotate-key keeps it until every value is "
+                                "re-encrypted)")
         try:
             return aead.decrypt(nonce, blob[head + _ID + _NONCE:], context.encode())
         except InvalidTag:
             raise StoreKeyError(f"{context}: the encrypted value is damaged or was moved from "
-                            "another record") from None
+                                "another record") from None
 
     def is_current(self, blob: bytes) -> bool:
         return blob[len(MAGIC):len(MAGIC) + _ID] == self.newest_id
 
     def digest(self, data: bytes) -> str:
-        """Keyed content hash (HMAC-SHA256 with the newest key): finds duplicate images
-        without a plain hash that anyone holding the image could look up."""
-        return hmac.new(self.keys[0], b"skinedge-dedup" + data, hashlib.sha256).hexdigest()
+        """Keyed content hash (HMAC-SHA256): finds duplicate images without a plain hash that
+        anyone holding the image could look up."""
+        return hmac.new(self._derived(b"skinedge-dedup"), data, hashlib.sha256).hexdigest()
+
+    def pseudonym(self, value: str) -> str:
+        """16 hex digits standing for ``value`` (a patient reference) outside the store."""
+        return hmac.new(self._derived(b"skinedge-pseudonym"), value.encode(),
+                        hashlib.sha256).hexdigest()[:16]
+
+    def _derived(self, purpose: bytes) -> bytes:
+        if purpose not in self._purposes:
+            self._purposes[purpose] = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                                           info=purpose).derive(self.keys[0])
+        return self._purposes[purpose]
 
 
 def write_key_file(path: Path, keys: list[str]) -> None:

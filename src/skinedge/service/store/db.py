@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -22,14 +23,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from skinedge.errors import ConfigError, NotFoundError, SkinedgeError
-from skinedge.service.store.blobs import BlobFiles
+from skinedge.errors import ConfigError, DataError, NotFoundError, SkinedgeError
+from skinedge.service.store.blobs import BlobFiles, StoreDamagedError
 from skinedge.service.store.crypto import KeyRing, StoreKeyError, new_key, write_key_file
 from skinedge.service.store.schema import AuditEvent, Blob, Case, User
+
+log = logging.getLogger("skinedge.service.store")
 
 ROLES = ("clinician", "admin")
 STATUSES = ("unreviewed", "verified", "corrected")
@@ -114,7 +117,7 @@ def make_engine(url: str) -> Engine:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_connect)
-            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            event.listen(engine, "begin", _sqlite_begin)
         else:
             engine = create_engine(url, pool_pre_ping=True)
     except (ImportError, ValueError) as exc:
@@ -131,6 +134,13 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(connection: Any) -> None:
+    # Readers (token checks, readiness, listings of the audit log) take no lock up front;
+    # everything else writes at least its audit row, so it takes the write lock at once.
+    readonly = connection.get_execution_options().get("skinedge_readonly")
+    connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
 def _redact(url: str) -> str:
     """``url`` without its password."""
     head, sep, tail = url.partition("@")
@@ -138,6 +148,27 @@ def _redact(url: str) -> str:
         return url
     scheme, _, credentials = head.partition("//")
     return f"{scheme}//{credentials.split(':', 1)[0]}:***@{tail}"
+
+
+def _refuse_new_key_for_a_used_store(url: str, key_file: Path) -> None:
+    """A missing key file is made only for a store that holds nothing yet: for one with cases,
+    a new key would leave every stored image unreadable (a mistyped key_file, a lost key)."""
+    from sqlalchemy import inspect
+
+    engine = make_engine(url)
+    try:
+        if "cases" not in inspect(engine).get_table_names():
+            return
+        with engine.connect() as connection:
+            held = connection.execute(text("SELECT count(*) FROM blobs")).scalar()
+    except OperationalError:
+        return  # no database yet: Store.open says what is wrong with it
+    finally:
+        engine.dispose()
+    if held:
+        raise StoreKeyError(f"{key_file}: no key file, but the store holds {held} encrypted "
+                            "file(s) written with a key; restore the key file from its backup "
+                            "or give its path (key_file / SKINEDGE_STORE_KEY)")
 
 
 def migrate(engine: Engine) -> None:
@@ -172,6 +203,8 @@ class Store:
         self.files = BlobFiles(self.data_dir / "blobs")
         self.engine = make_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(self.engine.execution_options(skinedge_readonly=True),
+                                    expire_on_commit=False)
         self._lock_fd: int | None = None
 
     @classmethod
@@ -185,6 +218,8 @@ class Store:
             key_file = None
         else:
             key_file = Path(key_file or data_dir / "store.key")
+            if not key_file.exists():
+                _refuse_new_key_for_a_used_store(url, key_file)
             keys = KeyRing.from_file(key_file, create=create_key)
         store = cls(url, data_dir, keys, key_file)
         try:
@@ -197,7 +232,14 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        """A session that writes (and audits): committed at the end, rolled back on error."""
         with self._session.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only session (on SQLite it takes no write lock)."""
+        with self._reader() as session:
             yield session
 
     def hold_shared_lock(self) -> None:
@@ -226,7 +268,7 @@ class Store:
         self.engine.dispose()
 
     @staticmethod
-    def _audit(session: Session, actor: Actor, action: str, case_id: str | None = None,
+    def record(session: Session, actor: Actor, action: str, case_id: str | None = None,
                outcome: str = "ok", detail: str | None = None) -> None:
         session.add(AuditEvent(at=now(), actor_id=actor.id, actor=actor.name, action=action,
                                case_id=case_id, address=actor.address, outcome=outcome,
@@ -236,7 +278,7 @@ class Store:
               outcome: str = "ok", detail: str | None = None) -> None:
         """Record an event outside any other change (a refused request, a listing)."""
         with self.transaction() as session:
-            self._audit(session, actor, action, case_id, outcome, detail)
+            self.record(session, actor, action, case_id, outcome, detail)
 
     # Users.
 
@@ -252,10 +294,24 @@ class Store:
             with self.transaction() as session:
                 session.add(User(name=name, role=role, token_sha256=token_hash(token),
                                  created_at=now()))
-                self._audit(session, SYSTEM, "user.add", detail=f"{name} ({role})")
+                self.record(session, SYSTEM, "user.add", detail=f"{name} ({role})")
         except IntegrityError:
-            raise ConfigError(f"user {name!r} exists; `skinedge users revoke {name}` first "
-                              "to give them a new token") from None
+            raise ConfigError(f"user {name!r} exists; `skinedge users rotate-token {name}` "
+                              "gives them a new token and keeps their cases") from None
+        return token
+
+    def rotate_token(self, name: str) -> str:
+        """A new token for ``name`` (the old one stops working at once); their cases stay
+        theirs."""
+        token = "sk_" + secrets.token_urlsafe(32)
+        with self.transaction() as session:
+            user = session.scalar(select(User).where(User.name == name,
+                                                     User.revoked_at.is_(None)))
+            if user is None:
+                raise NotFoundError(f"no active user named {name!r}; `skinedge users list` "
+                                    "shows them")
+            user.token_sha256 = token_hash(token)
+            self.record(session, SYSTEM, "user.rotate-token", detail=name)
         return token
 
     def revoke_user(self, name: str) -> None:
@@ -267,7 +323,7 @@ class Store:
             # A revoked name keeps its row (cases point at it) but gives its name back.
             user.name = f"{name}~revoked~{secrets.token_hex(4)}"[:64]
             user.token_sha256 = f"revoked:{secrets.token_hex(24)}"
-            self._audit(session, SYSTEM, "user.revoke", detail=name)
+            self.record(session, SYSTEM, "user.revoke", detail=name)
 
     def users(self) -> list[dict[str, Any]]:
         with self.transaction() as session:
@@ -277,7 +333,7 @@ class Store:
 
     def actor_for_token(self, token: str, address: str | None) -> Actor | None:
         """The active user holding ``token``; None for an unknown or revoked one."""
-        with self._session() as session:
+        with self.reading() as session:
             user = session.scalar(select(User).where(User.token_sha256 == token_hash(token)))
             if user is None or user.revoked_at is not None:
                 return None
@@ -288,16 +344,22 @@ class Store:
     def create_case(self, actor: Actor, image_png: bytes, width: int, height: int,
                     prediction: Prediction, *, patient_ref: str | None = None,
                     body_site: str | None = None) -> CaseView:
-        """Store an uploaded image (PNG, metadata stripped) and the model's answer."""
+        """Store an uploaded image (PNG, metadata stripped) and the model's answer.
+
+        The encrypted file is written (and synced) before the row that names it is committed:
+        a kill in between leaves a file no row names, which :meth:`sweep_orphans` removes.
+        """
         case_id = "c_" + secrets.token_hex(16)
         digest = self.keys.digest(image_png)
-        for _attempt in range(2):
-            blob_id, written = self._image_blob(actor, digest, image_png)
+        reuse = True
+        for _attempt in range(3):
+            blob_id, written = self._image_blob(actor, digest, image_png, reuse=reuse)
             try:
                 with self.transaction() as session:
                     if written:
                         session.add(Blob(id=blob_id, owner_id=actor.id, kind="image",
-                                         digest=digest, size=len(image_png), created_at=now()))
+                                         digest=digest if reuse else _unique_digest(),
+                                         size=len(image_png), created_at=now()))
                     case = Case(
                         id=case_id, owner_id=actor.id, created_at=now(), image_id=blob_id,
                         width=width, height=height, classes=prediction.classes,
@@ -311,26 +373,35 @@ class Store:
                         body_site_enc=self._seal(body_site, "body_site", case_id),
                         status="unreviewed")
                     session.add(case)
-                    self._audit(session, actor, "case.create", case_id)
+                    self.record(session, actor, "case.create", case_id)
                     session.flush()
-                    return self._view(session, case)
+                    return self.view(session, case)
             except IntegrityError:
-                if not written:
-                    raise
-                self.files.delete(blob_id)  # the same image was stored meanwhile: use that one
+                # The same image was stored meanwhile (unique digest), or the stored copy we
+                # meant to share was erased meanwhile (foreign key): store this one on its own.
+                if written:
+                    self.files.delete(blob_id)
+                reuse = False
             except BaseException:
                 if written:
                     self.files.delete(blob_id)
                 raise
-        raise RuntimeError("image blob kept colliding")  # pragma: no cover
+        raise RuntimeError(f"case {case_id}: the image could not be stored in 3 attempts")
 
-    def _image_blob(self, actor: Actor, digest: str, image_png: bytes) -> tuple[str, bool]:
-        """The id of the owner's stored copy of this image, or of a new encrypted file."""
-        with self._session() as session:
-            existing = session.scalar(select(Blob.id).where(
-                Blob.owner_id == actor.id, Blob.kind == "image", Blob.digest == digest))
-        if existing is not None and self.files.exists(existing):
-            return existing, False
+    def _image_blob(self, actor: Actor, digest: str, image_png: bytes,
+                    reuse: bool = True) -> tuple[str, bool]:
+        """The id of the owner's stored copy of this image (its file rewritten if lost), or
+        of a new encrypted file; and whether a new blob row must be added."""
+        if reuse:
+            with self.reading() as session:
+                existing = session.scalar(select(Blob.id).where(
+                    Blob.owner_id == actor.id, Blob.kind == "image", Blob.digest == digest))
+            if existing is not None:
+                if not self.files.exists(existing):
+                    log.warning("blob %s had lost its file; rewritten from a new upload",
+                                existing)
+                    self.files.write(existing, self.keys.encrypt(image_png, f"blob {existing}"))
+                return existing, False
         blob_id = "b_" + secrets.token_hex(16)
         self.files.write(blob_id, self.keys.encrypt(image_png, f"blob {blob_id}"))
         return blob_id, True
@@ -339,27 +410,47 @@ class Store:
         return None if value is None else self.keys.encrypt(value.encode(),
                                                             f"cases.{column} {case_id}")
 
-    def _open(self, value: bytes | None, column: str, case_id: str) -> str | None:
-        return None if value is None else self._decrypt(value, f"cases.{column} {case_id}") \
+    def open_field(self, value: bytes | None, column: str, case_id: str) -> str | None:
+        """An encrypted column of a case (``patient_ref``, ``body_site``, ``review_note``)."""
+        return None if value is None else self.decrypt(value, f"cases.{column} {case_id}") \
             .decode()
 
-    def _decrypt(self, value: bytes, context: str) -> bytes:
+    def decrypt(self, value: bytes, context: str) -> bytes:
+        """``value`` decrypted; the key file is read again once when its key is not known
+        (rotated by another process since this one started)."""
         try:
             return self.keys.decrypt(value, context)
         except StoreKeyError:
             if self.key_file is None or not self.key_file.exists():
                 raise
-            self.keys = KeyRing.from_file(self.key_file, create=False)  # rotated meanwhile
+            self.keys = KeyRing.from_file(self.key_file, create=False)
             return self.keys.decrypt(value, context)
 
-    def _owned(self, session: Session, actor: Actor, case_id: str) -> Case:
+    def read_blob(self, blob_id: str) -> bytes:
+        """A stored file, decrypted."""
+        return self.decrypt(self.files.read(blob_id), f"blob {blob_id}")
+
+    @staticmethod
+    def owned(session: Session, actor: Actor, case_id: str) -> Case:
+        """The actor's case ``case_id``; someone else's answers exactly like a missing one."""
         case = session.get(Case, case_id)
         if case is None or case.owner_id != actor.id:
-            # Another clinician's case answers exactly like a missing one.
             raise NotFoundError(f"no case {case_id!r} among yours")
         return case
 
-    def _view(self, session: Session, case: Case) -> CaseView:
+    @contextmanager
+    def case_transaction(self, actor: Actor, action: str, case_id: str) -> Iterator[Session]:
+        """:meth:`transaction` for an action on one case; a refusal (not the actor's case)
+        is audited once the transaction has rolled back."""
+        try:
+            with self.transaction() as session:
+                yield session
+        except NotFoundError:
+            self.audit(actor, action, case_id, outcome="not-found")
+            raise
+
+    def view(self, session: Session, case: Case) -> CaseView:
+        """A case with its encrypted fields decrypted."""
         reviewer = session.get(User, case.reviewer_id).name if case.reviewer_id else None
         return CaseView(
             id=case.id, created_at=_aware(case.created_at), status=case.status,
@@ -368,58 +459,64 @@ class Store:
             malignant_probability=case.malignant_probability, model_label=case.model_label,
             model_architecture=case.model_architecture, card_sha256=case.card_sha256,
             latency_ms=case.latency_ms, width=case.width, height=case.height,
-            patient_ref=self._open(case.patient_ref_enc, "patient_ref", case.id),
-            body_site=self._open(case.body_site_enc, "body_site", case.id),
+            patient_ref=self.open_field(case.patient_ref_enc, "patient_ref", case.id),
+            body_site=self.open_field(case.body_site_enc, "body_site", case.id),
             review_action=case.review_action, review_label=case.review_label,
-            review_note=self._open(case.review_note_enc, "review_note", case.id),
+            review_note=self.open_field(case.review_note_enc, "review_note", case.id),
             reviewed_at=_aware(case.reviewed_at), reviewer=reviewer, image_id=case.image_id)
 
     def get_case(self, actor: Actor, case_id: str) -> CaseView:
-        with self.transaction() as session:
-            case = self._owned(session, actor, case_id)
-            self._audit(session, actor, "case.read", case_id)
-            return self._view(session, case)
+        with self.case_transaction(actor, "case.read", case_id) as session:
+            case = self.owned(session, actor, case_id)
+            self.record(session, actor, "case.read", case_id)
+            return self.view(session, case)
 
     def case_image(self, actor: Actor, case_id: str) -> bytes:
         """The stored image (PNG), decrypted."""
-        with self.transaction() as session:
-            case = self._owned(session, actor, case_id)
-            self._audit(session, actor, "case.image", case_id)
+        with self.case_transaction(actor, "case.image", case_id) as session:
+            case = self.owned(session, actor, case_id)
+            self.record(session, actor, "case.image", case_id)
             blob_id = case.image_id
-        return self._decrypt(self.files.read(blob_id), f"blob {blob_id}")
+        return self.read_blob(blob_id)
 
     def case_overlay(self, actor: Actor, case_id: str,
-                     compute: Callable[[bytes], bytes]) -> bytes:
-        """The case's Grad-CAM overlay (PNG): stored, or ``compute(image_png)`` once and kept."""
-        with self.transaction() as session:
-            case = self._owned(session, actor, case_id)
-            self._audit(session, actor, "case.overlay", case_id)
-            overlay_id, image_id = case.overlay_id, case.image_id
-        if overlay_id is not None and self.files.exists(overlay_id):
-            return self._decrypt(self.files.read(overlay_id), f"blob {overlay_id}")
-        overlay = compute(self._decrypt(self.files.read(image_id), f"blob {image_id}"))
+                     compute: Callable[[bytes, CaseView], bytes]) -> bytes:
+        """The case's Grad-CAM overlay (PNG): stored, or ``compute(image_png, case)`` once
+        and kept. Two requests at once may both compute; one overlay is kept."""
+        with self.case_transaction(actor, "case.overlay", case_id) as session:
+            case = self.owned(session, actor, case_id)
+            self.record(session, actor, "case.overlay", case_id)
+            overlay_id, image_id, view = case.overlay_id, case.image_id, self.view(session, case)
+        if overlay_id is not None:
+            return self.read_blob(overlay_id)
+        overlay = compute(self.read_blob(image_id), view)
         blob_id = "b_" + secrets.token_hex(16)
         self.files.write(blob_id, self.keys.encrypt(overlay, f"blob {blob_id}"))
+        kept = False
         try:
             with self.transaction() as session:
-                case = session.get(Case, case_id)
-                if case is None or case.overlay_id is not None:  # erased, or made meanwhile
-                    self.files.delete(blob_id)
-                    return overlay
                 session.add(Blob(id=blob_id, owner_id=actor.id, kind="overlay",
-                                 digest=secrets.token_hex(32), size=len(overlay),
-                                 created_at=now()))
+                                 digest=_unique_digest(), size=len(overlay), created_at=now()))
                 session.flush()
-                case.overlay_id = blob_id
-        except BaseException:
-            self.files.delete(blob_id)
-            raise
+                # Only where no overlay is set yet: a case erased or given an overlay by another
+                # request meanwhile is left alone, and this blob is dropped with the rollback.
+                updated = session.execute(
+                    update(Case).where(Case.id == case_id, Case.overlay_id.is_(None))
+                    .values(overlay_id=blob_id)).rowcount
+                if updated != 1:
+                    session.rollback()
+                    return overlay
+                kept = True
+        finally:
+            if not kept:
+                self.files.delete(blob_id)
         return overlay
 
     def list_cases(self, actor: Actor, *, page: int = 1, per_page: int = 20,
                    status: str | None = None, label: str | None = None,
                    malignant: bool | None = None) -> tuple[list[CaseView], int]:
-        """The actor's cases, newest first, and how many match in all."""
+        """The actor's cases, newest first, and how many match in all. Each case shown is
+        audited (a listing shows patient references and notes)."""
         query = select(Case).where(Case.owner_id == actor.id)
         if status is not None:
             query = query.where(Case.status == status)
@@ -432,37 +529,49 @@ class Store:
             total = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(Case.created_at.desc(), Case.id)
                                    .offset((page - 1) * per_page).limit(per_page)).all()
-            self._audit(session, actor, "case.list", detail=f"page {page}, {len(rows)} cases")
-            return [self._view(session, case) for case in rows], int(total or 0)
+            for case in rows:
+                self.record(session, actor, "case.list", case.id, detail=f"page {page}")
+            return [self.view(session, case) for case in rows], int(total or 0)
 
     def review_case(self, actor: Actor, case_id: str, action: str, label: str | None = None,
                     note: str | None = None) -> CaseView:
         """Verify the model's answer, or correct it to ``label``; a later review replaces it."""
-        with self.transaction() as session:
-            case = self._owned(session, actor, case_id)
+        with self.case_transaction(actor, f"case.{action}", case_id) as session:
+            case = self.owned(session, actor, case_id)
             if action == "verify":
+                if label is not None and label != case.prediction:
+                    raise DataError(f"verify confirms the model's answer {case.prediction!r}; "
+                                    f"to record {label!r}, send action 'correct'")
                 label = case.prediction
             elif label not in case.classes:
-                raise ConfigError(f"label {label!r} is not one of the model's classes: "
-                                  f"{', '.join(case.classes)}")
+                raise DataError(f"label {label!r} is not one of the model's classes: "
+                                f"{', '.join(case.classes)}")
             case.status = "verified" if action == "verify" else "corrected"
             case.review_action, case.review_label = action, label
             case.review_note_enc = self._seal(note or None, "review_note", case_id)
             case.reviewed_at, case.reviewer_id = now(), actor.id
-            self._audit(session, actor, f"case.{action}", case_id)
+            self.record(session, actor, f"case.{action}", case_id)
             session.flush()
-            return self._view(session, case)
+            return self.view(session, case)
 
     def erase_case(self, actor: Actor, case_id: str, *, action: str = "case.erase") -> None:
         """Erase a case (GDPR art. 17): its row, its image and overlay files (unless another
         of the owner's cases holds the same image) and its encrypted fields. The audit rows
-        stay; they hold no patient data."""
-        with self.transaction() as session:
-            case = self._owned(session, actor, case_id) if actor.id is not None \
-                else session.get(Case, case_id)
-            if case is None:
-                raise NotFoundError(f"no case {case_id!r}")
+        stay; they hold no patient data. ``SYSTEM`` may erase any case (retention, an
+        administrator serving a request)."""
+        with self.case_transaction(actor, action, case_id) as session:
+            if actor.id is not None:
+                case = self.owned(session, actor, case_id)
+            else:
+                case = session.get(Case, case_id)
+                if case is None:
+                    raise NotFoundError(f"no case {case_id!r}; `skinedge feedback` commands "
+                                        "take the id a case shows (c_...)")
             blobs = [b for b in (case.image_id, case.overlay_id) if b is not None]
+            # Lock the blob rows first: two erasures of cases sharing one image then count its
+            # remaining users one after the other (PostgreSQL's default isolation would let
+            # both count the other case and keep the image for ever).
+            session.execute(select(Blob.id).where(Blob.id.in_(blobs)).with_for_update())
             session.delete(case)
             session.flush()
             gone = [b for b in blobs if session.scalar(
@@ -470,12 +579,24 @@ class Store:
                     (Case.image_id == b) | (Case.overlay_id == b))) == 0]
             for blob_id in gone:
                 session.delete(session.get(Blob, blob_id))
-            self._audit(session, actor, action, case_id)
+            self.record(session, actor, action, case_id)
         for blob_id in gone:
             self.files.delete(blob_id)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into the database (whose freed pages secure_delete
+        zeroes) so erased or re-encrypted values do not linger in the -wal file."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except OperationalError as exc:  # busy: the next erasure or checkpoint folds it
+            log.info("WAL checkpoint postponed: %s", exc.orig)
 
     def audit_page(self, *, page: int = 1, per_page: int = 50) -> tuple[list[dict], int]:
-        with self._session() as session:
+        with self.reading() as session:
             total = session.scalar(select(func.count()).select_from(AuditEvent))
             rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())
                                    .offset((page - 1) * per_page).limit(per_page)).all()
@@ -488,7 +609,7 @@ class Store:
     def purge(self, older_than_days: int, *, at: datetime | None = None) -> int:
         """Erase every case created more than ``older_than_days`` ago; how many."""
         cutoff = (at or now()) - timedelta(days=older_than_days)
-        with self._session() as session:
+        with self.reading() as session:
             old = session.scalars(select(Case.id).where(Case.created_at < cutoff)).all()
         for case_id in old:
             self.erase_case(SYSTEM, case_id, action="case.purge")
@@ -497,7 +618,14 @@ class Store:
     def sweep_orphans(self, min_age_s: float = 3600) -> int:
         """Delete encrypted files no row names (left by a server killed between writing a
         file and committing its row, or between erasing a row and deleting its file)."""
-        with self._session() as session:
+        cutoff = now() - timedelta(seconds=min_age_s)
+        used = select(Case.image_id).union(
+            select(Case.overlay_id).where(Case.overlay_id.is_not(None)))
+        with self.transaction() as session:  # rows no case names (none in normal operation)
+            for blob in session.scalars(select(Blob).where(Blob.id.not_in(used),
+                                                           Blob.created_at < cutoff)):
+                session.delete(blob)
+        with self.reading() as session:
             known = set(session.scalars(select(Blob.id)).all())
         return self.files.sweep(known, min_age_s)
 
@@ -518,7 +646,7 @@ class Store:
             write_key_file(self.key_file, [fresh, *(_b64(k) for k in old.keys)])
             self.keys = KeyRing.from_file(self.key_file, create=False)
             rewritten = 0
-            with self._session() as session:
+            with self.reading() as session:
                 blob_ids = session.scalars(select(Blob.id)).all()
                 case_ids = session.scalars(select(Case.id)).all()
             total = len(blob_ids) + len(case_ids)
@@ -533,18 +661,36 @@ class Store:
             write_key_file(self.key_file, [fresh])
             self.keys = KeyRing.from_file(self.key_file, create=False)
             with self.transaction() as session:
-                self._audit(session, SYSTEM, "store.rotate-key", detail=f"{rewritten} values")
+                self.record(session, SYSTEM, "store.rotate-key", detail=f"{rewritten} values")
+        self._checkpoint()
         return rewritten
 
     def _rotate_blob(self, blob_id: str) -> int:
+        """Re-encrypt one file with the newest key and rehash an image's dedup digest; an image
+        whose new digest another blob already has (stored again after an interrupted
+        rotation) is merged into that one."""
         if not self.files.exists(blob_id):
             return 0
         sealed = self.files.read(blob_id)
         plain = self.keys.decrypt(sealed, f"blob {blob_id}")
+        merged = False
         with self.transaction() as session:
             blob = session.get(Blob, blob_id)
-            if blob is not None and blob.kind == "image":
-                blob.digest = self.keys.digest(plain)
+            if blob is not None and blob.kind == "image" and not blob.digest.startswith("u_"):
+                digest = self.keys.digest(plain)
+                twin = session.scalar(select(Blob.id).where(
+                    Blob.owner_id == blob.owner_id, Blob.kind == "image",
+                    Blob.digest == digest, Blob.id != blob_id))
+                if twin is None:
+                    blob.digest = digest
+                else:
+                    session.execute(update(Case).where(Case.image_id == blob_id)
+                                    .values(image_id=twin))
+                    session.delete(blob)
+                    merged = True
+        if merged:
+            self.files.delete(blob_id)
+            return 1
         if self.keys.is_current(sealed):
             return 0
         self.files.write(blob_id, self.keys.encrypt(plain, f"blob {blob_id}"))
@@ -554,6 +700,8 @@ class Store:
         count = 0
         with self.transaction() as session:
             case = session.get(Case, case_id)
+            if case is None:
+                return 0
             for column in ("patient_ref", "body_site", "review_note"):
                 sealed = getattr(case, f"{column}_enc")
                 if sealed is None or self.keys.is_current(sealed):
@@ -567,12 +715,12 @@ class Store:
     def check_files(self) -> list[str]:
         """``blob id: problem`` for every stored file that is missing or does not decrypt."""
         problems = []
-        with self._session() as session:
+        with self.reading() as session:
             blob_ids = session.scalars(select(Blob.id)).all()
         for blob_id in blob_ids:
             try:
-                self._decrypt(self.files.read(blob_id), f"blob {blob_id}")
-            except (NotFoundError, StoreKeyError) as exc:
+                self.decrypt(self.files.read(blob_id), f"blob {blob_id}")
+            except (StoreDamagedError, StoreKeyError) as exc:
                 problems.append(f"{blob_id}: {exc}")
         return problems
 
@@ -591,6 +739,11 @@ class Store:
             return True
         except OperationalError:
             return False
+
+
+def _unique_digest() -> str:
+    """A digest no other blob has: for overlays, and for an image stored on its own."""
+    return "u_" + secrets.token_hex(31)
 
 
 def token_hash(token: str) -> str:

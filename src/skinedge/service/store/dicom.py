@@ -93,13 +93,13 @@ def case_to_sr(store: Store, actor: Actor, case_id: str, out: Path | str) -> Pat
     if out.is_dir():
         out = out / f"{case_id}.dcm"
     with store.transaction() as session:
-        case = store._owned(session, actor, case_id)
+        case = store.owned(session, actor, case_id)
         if case.status == "unreviewed":
             raise ConfigError(f"case {case_id} is not reviewed yet: verify or correct it first "
                               "(the report records the clinician's review)")
-        view = store._view(session, case)
+        view = store.view(session, case)
         _check_patient_id(view)
-        store._audit(session, actor, "case.dicom", case_id)
+        store.record(session, actor, "case.dicom", case_id)
     document = _build_sr(hd, view)
     buffer = io.BytesIO()
     document.save_as(buffer, enforce_file_format=True)
@@ -112,7 +112,7 @@ def actor_named(store: Store, name: str) -> Actor:
     Raises:
         NotFoundError: no active user of that name.
     """
-    with store._session() as session:
+    with store.reading() as session:
         user = session.scalar(select(User).where(User.name == name))
         if user is None or user.revoked_at is not None:
             raise NotFoundError(f"no user named {name!r}; `skinedge users list` shows them")

@@ -232,13 +232,13 @@ def _read_cases(store: Store, include_unreviewed: bool) -> tuple[list[_Row], int
         counts = Counter(r.dx for r in rows)
         detail = (f"{len(rows)} cases ({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})"
                   f"; {skipped} unreviewed left out")
-        Store._audit(session, SYSTEM, "feedback.export", detail=detail[:200])
+        Store.record(session, SYSTEM, "feedback.export", detail=detail[:200])
     return rows, skipped
 
 
 def _row(store: Store, case: Case, size: int, reviewers: dict[int, str]) -> _Row:
     reviewed = case.status != "unreviewed"
-    patient_ref = store._open(case.patient_ref_enc, "patient_ref", case.id)
+    patient_ref = store.open_field(case.patient_ref_enc, "patient_ref", case.id)
     # verified: the clinician confirmed the model's answer; corrected: the clinician's label.
     dx = case.review_label if case.status == "corrected" else case.prediction
     return _Row(
@@ -257,7 +257,7 @@ def pseudonym(store: Store, patient_ref: str) -> str:
     """16 hex digits standing for ``patient_ref`` in an export: HMAC-SHA256 with the store's
     newest key (see :meth:`KeyRing.digest`), so nobody without the key can test a guessed
     reference against it. After ``rotate-key`` the same patient gets another pseudonym."""
-    return store.keys.digest(b"skinedge-patient\0" + patient_ref.strip().encode())[:16]
+    return store.keys.pseudonym(patient_ref.strip())
 
 
 def _write_images(store: Store, rows: list[_Row], folder: Path,
@@ -279,7 +279,7 @@ def _write_images(store: Store, rows: list[_Row], folder: Path,
         if path.is_file() and path.stat().st_size == row.size:
             reused += 1  # written whole by an earlier run (each file is renamed into place)
         else:
-            image = store._decrypt(store.files.read(row.blob_id), f"blob {row.blob_id}")
+            image = store.decrypt(store.files.read(row.blob_id), f"blob {row.blob_id}")
             atomic_write_bytes(path, image)
         if progress:
             progress(done, len(rows))
