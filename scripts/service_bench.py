@@ -7,8 +7,8 @@ Usage:
 
 In one run on this machine:
 
-(a) the bare runtime: ``load_runtime(model)`` with the same threads as the server (default:
-    the runtime's), one caller thread, each image decoded from its file's bytes (``load_rgb``)
+(a) the bare runtime: ``load_runtime(model, threads=--threads)`` (default: the runtime's own,
+    every core), one caller thread, each image decoded from its file's bytes (``load_rgb``)
     and predicted alone (``predict([image])``), as the service does per upload; the service
     runs one inference at a time (``ServedModel.predict`` holds a lock), so one caller is what
     it can use. Measured before and again after (b) and (c): the machine is shared, and the
@@ -50,6 +50,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from results import replace_section  # scripts/ is on sys.path when run as a script
+
+from skinedge.service.models import inference_threads
+from skinedge.service.settings import ServeSettings
 
 SECTION = "service-bench"
 TARGET_RATIO = 0.70
@@ -156,7 +159,7 @@ def measure_steps(model: Path, images: list[tuple[str, bytes]], work: Path,
     """CPU ms of each library step the service takes per case (upload + review), each timed
     alone in this process, one thread, on a scratch store: what is left of the server's CPU per
     case under load is the HTTP stack and the contention between its threads."""
-    from skinedge.data.images import load_rgb_oriented, strip_metadata
+    from skinedge.data.images import load_rgb_oriented, metadata_free
     from skinedge.service.app import open_store
     from skinedge.service.models import ServedModel
     from skinedge.service.settings import ServeSettings
@@ -179,18 +182,20 @@ def measure_steps(model: Path, images: list[tuple[str, bytes]], work: Path,
             steps[name] = (time.process_time() - began) / count * 1000 * calls_per_case
             return out
 
-        pictures = timed("decode and check the upload (`load_rgb_oriented`)",
-                         lambda i: load_rgb_oriented(sample[i][1], name=sample[i][0])[0])
+        read = timed("decode and check the upload (`load_rgb_oriented`)",
+                     lambda i: load_rgb_oriented(sample[i][1], name=sample[i][0]))
+        pictures = [picture for picture, _ in read]
         predictions = timed("inference with preprocessing (`ServedModel.predict`)",
                             lambda i: served.predict(pictures[i]))
-        pngs = timed("metadata-free PNG (`strip_metadata`)",
-                     lambda i: strip_metadata(pictures[i]))
+        kept = timed("drop the metadata (`metadata_free`: the JPEG's own bytes, or a PNG)",
+                     lambda i: metadata_free(sample[i][1], pictures[i], read[i][1]))
         timed("token lookup, twice (`Store.actor_for_token`)",
               lambda i: store.actor_for_token(token, "127.0.0.1"), calls_per_case=2)
         cases = timed("store the case: encrypt, write, audit, commit (`Store.create_case`)",
                       lambda i: store.create_case(
-                          actor, pngs[i], pictures[i].width, pictures[i].height,
-                          predictions[i], patient_ref=f"steps-{i}", body_site="back"))
+                          actor, kept[i][0], pictures[i].width, pictures[i].height,
+                          predictions[i], patient_ref=f"steps-{i}", body_site="back",
+                          media_type=kept[i][1]))
         timed("store the review (`Store.review_case`)",
               lambda i: store.review_case(actor, cases[i].id, "verify"))
         return steps
@@ -398,7 +403,8 @@ def render(doc: dict) -> list[str]:
         "mean of the two. One caller, because the service runs one inference at a time "
         "(`ServedModel.predict` holds a lock). Predict alone (images decoded beforehand): "
         f"{before['predict_only_per_s']:.1f} images/s, p50 {before['predict_only_p50_ms']:.1f} ms.",
-        f"- service: `skinedge serve --workers 1` ({threads} inference threads) as its own "
+        f"- service: `skinedge serve --workers 1` ({settings['service_threads']} inference "
+        "threads: its default is half the cores, the rest serve the other requests) as its own "
         f"process on 127.0.0.1; {settings['clients']} concurrent clients (one account and one "
         f"connection each) for {settings['seconds']:g} s, each posting a real image with "
         "patient_ref and body_site, then reviewing the case (verify and correct in turn); a "
@@ -504,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"command": me, "machine": machine(),
            "settings": {"seconds": args.seconds, "kill_seconds": args.kill_seconds,
                         "bare_seconds": args.bare_seconds, "clients": args.clients,
-                        "threads": args.threads}}
+                        "threads": args.threads,
+                        "service_threads": inference_threads(ServeSettings(threads=args.threads))}}
     model = args.model or make_model(args.work, data_root)
     doc["model"] = str(model)
     doc["model_note"] = ("given with --model" if args.model else

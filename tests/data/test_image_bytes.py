@@ -202,3 +202,56 @@ def test_strip_metadata_turns_a_sideways_image_upright():
 def test_strip_metadata_refuses_a_mode_png_would_change():
     with pytest.raises(ValueError, match="got mode CMYK"):
         strip_metadata(_photo().convert("CMYK"))
+
+
+def test_a_jpeg_keeps_its_own_pixels_without_its_metadata():
+    """An upright JPEG is kept as its own compressed bytes minus EXIF, XMP, ICC, comments and
+    JFIF: decoding gives exactly the pixels of the upload, and no metadata is left."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from skinedge.data.images import load_rgb_oriented, metadata_free, strip_jpeg_metadata
+
+    pixels = np.random.default_rng(5).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "SECRET-CAMERA"
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90, exif=exif.tobytes(),
+                                 icc_profile=b"\0" * 128, comment=b"SECRET-COMMENT")
+    data = out.getvalue()
+    image, orientation = load_rgb_oriented(data)
+    kept, media_type = metadata_free(data, image, orientation)
+    assert media_type == "image/jpeg" and len(kept) < len(data)
+    for secret in (b"SECRET-CAMERA", b"SECRET-COMMENT", b"Exif\0\0", b"ICC_PROFILE", b"JFIF"):
+        assert secret not in kept
+    decoded = Image.open(io.BytesIO(kept))
+    assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(image))
+    assert not decoded.getexif() and "icc_profile" not in decoded.info
+    assert strip_jpeg_metadata(b"\xff\xd8\xff\xe1\x00") is None  # cut inside a segment
+    assert strip_jpeg_metadata(b"\x89PNG") is None
+
+
+def test_a_turned_jpeg_or_another_format_is_stored_as_upright_png():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from skinedge.data.images import load_rgb_oriented, metadata_free
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.new("RGB", (80, 40), (200, 30, 30)).save(out, "JPEG", exif=exif.tobytes())
+    image, orientation = load_rgb_oriented(out.getvalue())
+    kept, media_type = metadata_free(out.getvalue(), image, orientation)
+    assert (orientation, media_type) == (6, "image/png")
+    assert Image.open(io.BytesIO(kept)).size == (40, 80)
+    webp = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 90, 30)).save(webp, "WEBP")
+    image, orientation = load_rgb_oriented(webp.getvalue())
+    assert metadata_free(webp.getvalue(), image, orientation)[1] == "image/png"
+    assert np.asarray(Image.open(io.BytesIO(metadata_free(webp.getvalue(), image, 1)[0]))).shape \
+        == (64, 64, 3)

@@ -84,7 +84,7 @@ def test_feedback_export_check_rotate_purge_and_dicom(api, tmp_path):
     assert exported.exit_code == 0, exported.output
     rows = list(csv.DictReader((out / "labels.csv").open()))
     assert {r["image"]: r["dx"] for r in rows} == {
-        f"images/{first['id']}.png": "nv", f"images/{second['id']}.png": second["prediction"]}
+        f"images/{first['id']}.jpg": "nv", f"images/{second['id']}.jpg": second["prediction"]}
     assert "P-1" not in (out / "labels.csv").read_text()
     from skinedge.data import read_dataset
 

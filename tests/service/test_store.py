@@ -83,7 +83,7 @@ def test_same_image_is_stored_once_per_clinician(store):
     assert first.image_id == second.image_id != theirs.image_id
     assert len(store.files.ids()) == 2
     store.erase_case(a, first.id)  # the second case still shows the image
-    assert store.case_image(a, second.id) == png(2)
+    assert store.case_image(a, second.id) == (png(2), "image/png")
     store.erase_case(a, second.id)
     assert sorted(store.files.ids()) == [theirs.image_id]
 
@@ -127,7 +127,7 @@ def test_key_rotation_rewrites_every_value_and_drops_the_old_key(store):
     fresh = Store.open(store.url, store.data_dir)  # a new process reads the new key only
     view = fresh.get_case(a, case.id)
     assert (view.patient_ref, view.body_site, view.review_note) == ("P-5", "back", "seborrhoeic")
-    assert fresh.case_image(a, case.id) == png(5)
+    assert fresh.case_image(a, case.id)[0] == png(5)
     again = fresh.create_case(a, png(5), 64, 48, prediction())  # dedup digests were rehashed
     assert again.image_id == case.image_id
     fresh.close()
@@ -297,7 +297,7 @@ def test_rotation_after_an_interrupted_one_merges_the_same_image(store):
     assert second.image_id != first.image_id  # new key, new digest: stored again
     store.keys = KeyRing.from_file(store.key_file, create=False)
     store.rotate_keys()
-    assert store.case_image(a, first.id) == store.case_image(a, second.id) == png(50)
+    assert store.case_image(a, first.id)[0] == store.case_image(a, second.id)[0] == png(50)
     assert len(store.files.ids()) == 1
 
 

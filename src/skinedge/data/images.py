@@ -202,6 +202,67 @@ def strip_metadata(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+#: JPEG segments that carry metadata, not pixels: APP1 (EXIF, XMP), APP2 (ICC, FlashPix),
+#: APP3-APP13 (maker notes, IPTC), APP15, and comments. APP0 (JFIF) goes too: it may hold a
+#: thumbnail. APP14 (Adobe) stays: it tells a decoder how the colours were transformed.
+_JPEG_METADATA = frozenset({0xE0, *range(0xE1, 0xEE), 0xEF, 0xFE})
+
+
+def strip_jpeg_metadata(data: bytes) -> bytes | None:
+    """The JPEG ``data`` with its metadata segments removed and its compressed pixels left
+    byte for byte (no re-encoding, no loss); None when ``data`` is not a JPEG whose header
+    this can walk (the caller then stores :func:`strip_metadata`'s PNG).
+
+    Segments before the first scan are walked; from the scan on, everything is kept as is and
+    the result is checked to carry no EXIF, ICC profile or XMP (a JPEG hiding metadata after
+    its first scan gives None).
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    kept, i = [b"\xff\xd8"], 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: compressed pixels (and later scans) from here
+            kept.append(data[i:])
+            break
+        if marker in (0x01, *range(0xD0, 0xDA)):  # markers without a length: not a header
+            return None
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2 or i + 2 + length > len(data):
+            return None
+        if marker not in _JPEG_METADATA:
+            kept.append(data[i:i + 2 + length])
+        i += 2 + length
+    else:
+        return None
+    stripped = b"".join(kept)
+    try:
+        with Image.open(io.BytesIO(stripped), formats=("JPEG",)) as im:
+            if im.getexif() or {"exif", "icc_profile", "xmp", "photoshop"} & set(im.info):
+                return None
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return stripped
+
+
+def metadata_free(data: bytes, image: Image.Image, orientation: int) -> tuple[bytes, str]:
+    """What to keep of an upload: ``(bytes, media type)`` of the upright image without
+    metadata. A JPEG that needed no turning keeps its own compressed pixels
+    (:func:`strip_jpeg_metadata`: lossless, and several times smaller than a PNG); anything
+    else is :func:`strip_metadata`'s PNG of ``image`` (as :func:`load_rgb_oriented` read it).
+    """
+    if orientation == 1:
+        stripped = strip_jpeg_metadata(data)
+        if stripped is not None:
+            return stripped, "image/jpeg"
+    return strip_metadata(image), "image/png"
+
+
 def exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation tag (1-8; 1 when absent or nonsense)."""
     try:

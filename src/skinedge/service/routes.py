@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 
-from skinedge.data.images import load_rgb_oriented, strip_metadata
+from skinedge.data.images import load_rgb_oriented, metadata_free
 from skinedge.errors import NotFoundError
 from skinedge.service import schemas
 from skinedge.service.auth import AdminActor, CurrentActor
@@ -90,19 +90,18 @@ def create_case(
                             headers={"Retry-After": "5"})
     try:
         # The client's file name is never used: it may name the patient.
-        picture, _orientation = load_rgb_oriented(data, name="the uploaded image",
-                                                  max_pixels=settings.max_pixels)
-        del data
+        picture, orientation = load_rgb_oriented(data, name="the uploaded image",
+                                                 max_pixels=settings.max_pixels)
         prediction = model.predict(picture)
-        stored = strip_metadata(picture)
+        stored, media_type = metadata_free(data, picture, orientation)
         width, height = picture.size
-        del picture
+        del picture, data
     finally:
         request.app.state.upload_slots.release()
     request.app.state.metrics.inference.observe(prediction.latency_ms / 1000)
     view = _store(request).create_case(actor, stored, width, height, prediction,
                                        patient_ref=patient_ref or None,
-                                       body_site=body_site or None)
+                                       body_site=body_site or None, media_type=media_type)
     request.app.state.metrics.cases.inc()
     return case_out(view, model)
 
@@ -131,11 +130,14 @@ def get_case(actor: CurrentActor, request: Request, case_id: str) -> schemas.Cas
     return case_out(_store(request).get_case(actor, _case_id(case_id)), _model(request))
 
 
-@router.get("/cases/{case_id}/image", response_class=Response, responses=PNG)
+@router.get("/cases/{case_id}/image", response_class=Response, responses={200: {
+    "content": {"image/jpeg": {}, "image/png": {}},
+    "description": "The upload's own JPEG without its metadata, or a PNG of the upright "
+                   "pixels."}})
 def case_image(actor: CurrentActor, request: Request, case_id: str) -> Response:
     """The stored image: upright, metadata stripped."""
-    return Response(_store(request).case_image(actor, _case_id(case_id)),
-                    media_type="image/png")
+    data, media_type = _store(request).case_image(actor, _case_id(case_id))
+    return Response(data, media_type=media_type)
 
 
 @router.get("/cases/{case_id}/overlay", response_class=Response,
@@ -149,12 +151,12 @@ def case_overlay(actor: CurrentActor, request: Request, case_id: str) -> Respons
                                  "`skinedge serve --explain CHECKPOINT` (the checkpoint the "
                                  "served model was exported from)")
 
-    def compute(image_png: bytes, case: CaseView) -> bytes:
+    def compute(image: bytes, case: CaseView) -> bytes:
         if case.card_sha256 != model.card_sha256:
             raise HTTPException(409, f"this case was classified by another model "
                                      f"({case.model_label}, card {case.card_sha256[:12]}); "
                                      "the served model's heatmap would not explain its answer")
-        return model.overlay(image_png, case.prediction)
+        return model.overlay(image, case.prediction)
 
     png = _store(request).case_overlay(actor, _case_id(case_id), compute)
     return Response(png, media_type="image/png")

@@ -57,7 +57,9 @@ class ServeSettings(BaseSettings):
     max_concurrent_uploads: int | None = Field(
         None, ge=1, description="Uploads decoded and classified at once per worker (each holds "
         "a decoded image in memory); others wait. Default: the CPU count.")
-    threads: int | None = Field(None, ge=1, description="Inference threads per worker.")
+    threads: int | None = Field(None, ge=1, description="Inference threads per worker; default "
+                                "half the CPU cores, leaving the rest to decode, encode, "
+                                "encrypt and store the images of other requests.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)

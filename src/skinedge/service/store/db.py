@@ -341,25 +341,27 @@ class Store:
 
     # Cases.
 
-    def create_case(self, actor: Actor, image_png: bytes, width: int, height: int,
+    def create_case(self, actor: Actor, image: bytes, width: int, height: int,
                     prediction: Prediction, *, patient_ref: str | None = None,
-                    body_site: str | None = None) -> CaseView:
-        """Store an uploaded image (PNG, metadata stripped) and the model's answer.
+                    body_site: str | None = None, media_type: str = "image/png") -> CaseView:
+        """Store an uploaded image (metadata stripped: ``media_type`` says whether it is a
+        PNG or the upload's own JPEG) and the model's answer.
 
         The encrypted file is written (and synced) before the row that names it is committed:
         a kill in between leaves a file no row names, which :meth:`sweep_orphans` removes.
         """
         case_id = "c_" + secrets.token_hex(16)
-        digest = self.keys.digest(image_png)
+        digest = self.keys.digest(image)
         reuse = True
         for _attempt in range(3):
-            blob_id, written = self._image_blob(actor, digest, image_png, reuse=reuse)
+            blob_id, written = self._image_blob(actor, digest, image, reuse=reuse)
             try:
                 with self.transaction() as session:
                     if written:
                         session.add(Blob(id=blob_id, owner_id=actor.id, kind="image",
                                          digest=digest if reuse else _unique_digest(),
-                                         size=len(image_png), created_at=now()))
+                                         size=len(image), media_type=media_type,
+                                         created_at=now()))
                     case = Case(
                         id=case_id, owner_id=actor.id, created_at=now(), image_id=blob_id,
                         width=width, height=height, classes=prediction.classes,
@@ -388,7 +390,7 @@ class Store:
                 raise
         raise RuntimeError(f"case {case_id}: the image could not be stored in 3 attempts")
 
-    def _image_blob(self, actor: Actor, digest: str, image_png: bytes,
+    def _image_blob(self, actor: Actor, digest: str, image: bytes,
                     reuse: bool = True) -> tuple[str, bool]:
         """The id of the owner's stored copy of this image (its file rewritten if lost), or
         of a new encrypted file; and whether a new blob row must be added."""
@@ -400,10 +402,10 @@ class Store:
                 if not self.files.exists(existing):
                     log.warning("blob %s had lost its file; rewritten from a new upload",
                                 existing)
-                    self.files.write(existing, self.keys.encrypt(image_png, f"blob {existing}"))
+                    self.files.write(existing, self.keys.encrypt(image, f"blob {existing}"))
                 return existing, False
         blob_id = "b_" + secrets.token_hex(16)
-        self.files.write(blob_id, self.keys.encrypt(image_png, f"blob {blob_id}"))
+        self.files.write(blob_id, self.keys.encrypt(image, f"blob {blob_id}"))
         return blob_id, True
 
     def _seal(self, value: str | None, column: str, case_id: str) -> bytes | None:
@@ -471,17 +473,18 @@ class Store:
             self.record(session, actor, "case.read", case_id)
             return self.view(session, case)
 
-    def case_image(self, actor: Actor, case_id: str) -> bytes:
-        """The stored image (PNG), decrypted."""
+    def case_image(self, actor: Actor, case_id: str) -> tuple[bytes, str]:
+        """The stored image, decrypted, and its media type (``image/jpeg`` or ``image/png``)."""
         with self.case_transaction(actor, "case.image", case_id) as session:
             case = self.owned(session, actor, case_id)
             self.record(session, actor, "case.image", case_id)
-            blob_id = case.image_id
-        return self.read_blob(blob_id)
+            blob = session.get(Blob, case.image_id)
+            blob_id, media_type = blob.id, blob.media_type
+        return self.read_blob(blob_id), media_type
 
     def case_overlay(self, actor: Actor, case_id: str,
                      compute: Callable[[bytes, CaseView], bytes]) -> bytes:
-        """The case's Grad-CAM overlay (PNG): stored, or ``compute(image_png, case)`` once
+        """The case's Grad-CAM overlay (PNG): stored, or ``compute(image, case)`` once
         and kept. Two requests at once may both compute; one overlay is kept."""
         with self.case_transaction(actor, "case.overlay", case_id) as session:
             case = self.owned(session, actor, case_id)

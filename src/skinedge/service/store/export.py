@@ -3,7 +3,8 @@ split`` reads (layout ``labels-csv``), for retraining on the clinic's own feedba
 
 The folder::
 
-    OUT/images/<case id>.png     the stored image (metadata-free PNG), decrypted
+    OUT/images/<case id>.jpg     the stored image, decrypted: the upload's own JPEG with its
+                                 metadata removed, or a PNG (<case id>.png) of the upright pixels
     OUT/labels.csv               image,lesion_id,patient_id,dx,status,reviewed_at,reviewer,
                                  model_label,prediction
     OUT/README.txt               what the folder is, where it came from, whose licence
@@ -86,6 +87,7 @@ class _Row:
     case_id: str
     blob_id: str
     size: int
+    suffix: str  # .jpg (the upload's own JPEG, metadata removed) or .png
     lesion_id: str
     patient_id: str
     dx: str
@@ -97,8 +99,12 @@ class _Row:
     model: tuple[str, str, str]
     classes: tuple[str, ...]
 
+    @property
+    def file_name(self) -> str:
+        return f"{self.case_id}{self.suffix}"
+
     def csv_row(self) -> list[str]:
-        return [f"images/{self.case_id}.png", self.lesion_id, self.patient_id, self.dx,
+        return [f"images/{self.file_name}", self.lesion_id, self.patient_id, self.dx,
                 self.status, self.reviewed_at, self.reviewer, self.model_label, self.prediction]
 
 
@@ -164,7 +170,7 @@ def _check_target(out: Path) -> bool:
                           "other files")
     foreign = [name for name in entries if name not in _OWN_ENTRIES]
     foreign += [f"images/{p.name}" for p in (out / "images").iterdir()
-                if not p.name.endswith(".png")] if (out / "images").is_dir() else []
+                if p.suffix not in (".png", ".jpg")] if (out / "images").is_dir() else []
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
                                           else "")
@@ -217,15 +223,15 @@ def _read_cases(store: Store, include_unreviewed: bool) -> tuple[list[_Row], int
     that fails halfway has still taken images out)."""
     with store.transaction() as session:
         found = session.execute(
-            select(Case, Blob.size).join(Blob, Blob.id == Case.image_id)
+            select(Case, Blob.size, Blob.media_type).join(Blob, Blob.id == Case.image_id)
             .order_by(Case.created_at, Case.id)).all()
         reviewers = {u.id: u.name for u in session.scalars(select(User))}
         rows, skipped = [], 0
-        for case, size in found:
+        for case, size, media_type in found:
             if case.status == "unreviewed" and not include_unreviewed:
                 skipped += 1
                 continue
-            rows.append(_row(store, case, size, reviewers))
+            rows.append(_row(store, case, size, media_type, reviewers))
         if not rows:
             raise ConfigError("no reviewed case in the store to export: verify or correct "
                               f"cases first ({skipped} unreviewed)")
@@ -236,13 +242,15 @@ def _read_cases(store: Store, include_unreviewed: bool) -> tuple[list[_Row], int
     return rows, skipped
 
 
-def _row(store: Store, case: Case, size: int, reviewers: dict[int, str]) -> _Row:
+def _row(store: Store, case: Case, size: int, media_type: str,
+         reviewers: dict[int, str]) -> _Row:
     reviewed = case.status != "unreviewed"
     patient_ref = store.open_field(case.patient_ref_enc, "patient_ref", case.id)
     # verified: the clinician confirmed the model's answer; corrected: the clinician's label.
     dx = case.review_label if case.status == "corrected" else case.prediction
     return _Row(
         case_id=case.id, blob_id=case.image_id, size=size,
+        suffix=".jpg" if media_type == "image/jpeg" else ".png",
         lesion_id="" if patient_ref else case.image_id,
         patient_id=pseudonym(store, patient_ref) if patient_ref else case.image_id,
         dx=dx, status=case.status,
@@ -266,7 +274,7 @@ def _write_images(store: Store, rows: list[_Row], folder: Path,
     kept. Files of cases no longer exported (erased since) are deleted."""
     with writing(folder):
         folder.mkdir(exist_ok=True)
-    wanted = {f"{r.case_id}.png" for r in rows}
+    wanted = {r.file_name for r in rows}
     for stale in folder.iterdir():
         if stale.name not in wanted:
             if stale.is_dir():
@@ -275,7 +283,7 @@ def _write_images(store: Store, rows: list[_Row], folder: Path,
                 stale.unlink()
     reused = 0
     for done, row in enumerate(rows, 1):
-        path = folder / f"{row.case_id}.png"
+        path = folder / row.file_name
         if path.is_file() and path.stat().st_size == row.size:
             reused += 1  # written whole by an earlier run (each file is renamed into place)
         else:
@@ -306,7 +314,7 @@ Clinician feedback exported from a skinedge service store
 =========================================================
 
 Exported from the store in {store.data_dir} at {_iso(exported_at)} by `skinedge feedback export`.
-{summary.written} cases: images/<case id>.png (the stored image: upright, metadata stripped)
+{summary.written} cases: images/<case id>.jpg or .png (the stored image: upright, metadata stripped)
 and labels.csv (layout labels-csv: `skinedge data split {summary.folder.name} --out ...`).
 Unreviewed cases left out: {summary.skipped_unreviewed}.
 
@@ -317,7 +325,7 @@ Class vocabulary: the classes of the model card that answered each case:
 {models}
 
 labels.csv columns:
-  image        images/<case id>.png
+  image        images/<case id>.jpg or .png
   lesion_id    the stored image's id (one id per identical image of one clinician); empty
                when the case has a patient reference, so that the split groups by patient_id
   patient_id   a pseudonym of the clinic's patient reference (keyed HMAC with the store's

@@ -53,6 +53,7 @@ class Blob(Base):
     kind: Mapped[str] = mapped_column(String(16))  # image | overlay
     digest: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(32), server_default="image/png")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
