@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -27,11 +28,17 @@ DatabaseOpt = Annotated[str | None, typer.Option(
     help="SQLAlchemy URL of the database (postgresql://...); default DATA_DIR/skinedge.db.")]
 
 
+@contextmanager
 def _store(config: Path | None, data_dir: Path | None, database_url: str | None):
+    """The service's store, as the config, SKINEDGE_* variables and options name it."""
     from skinedge.service.app import open_store
     from skinedge.service.settings import load_settings
 
-    return open_store(load_settings(config, data_dir=data_dir, database_url=database_url))
+    store = open_store(load_settings(config, data_dir=data_dir, database_url=database_url))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @app.command()
@@ -89,11 +96,8 @@ def users_add(
     """Create an account; its API token is printed once (only a hash is kept)."""
     from skinedge.cli.progress import console
 
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         token = store.add_user(name, role)
-    finally:
-        store.close()
     console.print(f"{role} {name} added; the token (shown once, give it to {name} privately):")
     typer.echo(token)
 
@@ -106,11 +110,8 @@ def users_revoke(
     """Revoke an account's token at once; its cases stay."""
     from skinedge.cli.progress import console
 
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         store.revoke_user(name)
-    finally:
-        store.close()
     console.print(f"{name}'s token is revoked")
 
 
@@ -118,14 +119,11 @@ def users_revoke(
 def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None,
                database_url: DatabaseOpt = None) -> None:
     """The accounts, with their roles and when they were made or revoked."""
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         for user in store.users():
             revoked = f"  revoked {user['revoked_at']:%Y-%m-%d}" if user["revoked_at"] else ""
             typer.echo(f"{user['name']}\t{user['role']}\tcreated "
                        f"{user['created_at']:%Y-%m-%d}{revoked}")
-    finally:
-        store.close()
 
 
 @feedback.command("purge")
@@ -143,12 +141,9 @@ def feedback_purge(
         raise ConfigError("give --older-than-days N, or set retention_days in the config")
     if days < 1:
         raise ConfigError(f"--older-than-days {days}: give a whole number of days, 1 or more")
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         erased = store.purge(days)
         swept = store.sweep_orphans()
-    finally:
-        store.close()
     console.print(f"erased {erased} case(s) older than {days} days"
                   + (f"; removed {swept} unreferenced encrypted file(s)" if swept else ""))
 
@@ -159,11 +154,8 @@ def feedback_rotate_key(config: ConfigOpt = None, data_dir: DataDirOpt = None,
     """Re-encrypt every stored image and field with a new key (stop the service first)."""
     from skinedge.cli.progress import console
 
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         count = store.rotate_keys()
-    finally:
-        store.close()
     console.print(f"re-encrypted {count} value(s) with a new key in {store.key_file}; back "
                   "the key file up (the old key is gone from it)")
 
@@ -174,12 +166,9 @@ def feedback_check(config: ConfigOpt = None, data_dir: DataDirOpt = None,
     """Check the database (SQLite's integrity_check) and that every stored file decrypts."""
     from skinedge.cli.progress import console
 
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         result = store.integrity_check()
         unreadable = store.check_files()
-    finally:
-        store.close()
     if result != "ok" or unreadable:
         console.print(f"database: {result}; unreadable files: {len(unreadable)}")
         for line in unreadable[:20]:
@@ -203,13 +192,10 @@ def feedback_export(
     if not store_dir.is_dir():
         raise ConfigError(f"STORE {store_dir}: no such folder; give the data folder of "
                           "`skinedge serve` (its --data-dir, default skinedge-service)")
-    store = _store(config, store_dir, database_url)
-    try:
+    with _store(config, store_dir, database_url) as store:
         with make_progress() as progress:
             summary = export_reviewed(store, out, include_unreviewed=include_unreviewed,
                                       progress=CountProgress(progress, "exporting"))
-    finally:
-        store.close()
     counts = ", ".join(f"{code} {n}" for code, n in sorted(summary.per_class.items()))
     console.print(f"wrote {summary.written} case(s) to {summary.folder} ({counts}); "
                   f"{summary.skipped_unreviewed} unreviewed left out")
@@ -226,11 +212,8 @@ def feedback_dicom(
     from skinedge.cli.progress import console
     from skinedge.service.store.dicom import actor_named, case_to_sr
 
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         path = case_to_sr(store, actor_named(store, user), case_id, out)
-    finally:
-        store.close()
     console.print(f"wrote {path}")
 
 
@@ -243,11 +226,8 @@ def users_rotate_token(
     keeps its cases."""
     from skinedge.cli.progress import console
 
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         token = store.rotate_token(name)
-    finally:
-        store.close()
     console.print(f"{name}'s new token (shown once; the old one no longer works):")
     typer.echo(token)
 
@@ -262,10 +242,7 @@ def feedback_erase(
     from skinedge.cli.progress import console
     from skinedge.service.store.db import SYSTEM
 
-    store = _store(config, data_dir, database_url)
-    try:
+    with _store(config, data_dir, database_url) as store:
         for case_id in case_ids:
             store.erase_case(SYSTEM, case_id, action="case.erase-admin")
             console.print(f"erased {case_id}")
-    finally:
-        store.close()
