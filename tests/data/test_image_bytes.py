@@ -255,3 +255,44 @@ def test_a_turned_jpeg_or_another_format_is_stored_as_upright_png():
     assert metadata_free(webp.getvalue(), image, orientation)[1] == "image/png"
     assert np.asarray(Image.open(io.BytesIO(metadata_free(webp.getvalue(), image, 1)[0]))).shape \
         == (64, 64, 3)
+
+
+def test_a_jpeg_with_anything_after_its_end_is_stored_as_png():
+    """Multi-picture JPEGs, HDR gain maps and motion photos append data (with metadata of
+    their own) after the end of the first image: such a file is not kept as JPEG bytes."""
+    import io
+
+    from PIL import Image
+
+    from skinedge.data.images import load_rgb_oriented, metadata_free, strip_jpeg_metadata
+
+    exif = Image.Exif()
+    exif[0x010F] = "SECRET-CAMERA"
+    first, second = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 90, 60)).save(first, "JPEG")
+    Image.new("RGB", (32, 24), (20, 90, 60)).save(second, "JPEG", exif=exif.tobytes())
+    data = first.getvalue() + second.getvalue() + b"ftypmp42-fake-video"
+    assert strip_jpeg_metadata(data) is None
+    image, orientation = load_rgb_oriented(data)
+    kept, media_type = metadata_free(data, image, orientation)
+    assert media_type == "image/png" and b"SECRET-CAMERA" not in kept
+
+
+def test_progressive_jpeg_loses_comments_between_scans():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from skinedge.data.images import strip_jpeg_metadata
+
+    pixels = np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", progressive=True, quality=85)
+    data = out.getvalue()
+    second_scan = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)
+    sneaky = data[:second_scan] + b"\xff\xfe\x00\x10SECRET-COMMENT" + data[second_scan:]
+    kept = strip_jpeg_metadata(sneaky)
+    assert kept is not None and b"SECRET-COMMENT" not in kept
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(kept))),
+                          np.asarray(Image.open(io.BytesIO(data))))

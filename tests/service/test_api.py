@@ -316,3 +316,36 @@ def test_openapi_spec_in_docs_is_current(api):
     assert spec.is_file(), "run `python scripts/openapi.py` to write docs/openapi.json"
     assert json.loads(spec.read_text()) == live, \
         "docs/openapi.json is stale: run `python scripts/openapi.py`"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, precision", [("openvino", "int8"), ("tflite", "fp32")])
+def test_other_exported_formats_serve_the_same_answers(target, precision, tiny_checkpoint,
+                                                       tmp_path):
+    """The deployment formats (OpenVINO INT8, TFLite) serve through the same app: the case's
+    probabilities are the artifact's own through load_runtime."""
+    from fastapi.testclient import TestClient
+
+    from skinedge.export import export_checkpoint
+    from skinedge.runtimes import load_runtime
+    from skinedge.service import ServeSettings, create_app
+    from tests.service.conftest import add_accounts
+
+    try:
+        artifact = export_checkpoint(tiny_checkpoint, target, precision=precision,
+                                     out_dir=tmp_path / "exports", verify_images=4,
+                                     calibration_images=16).path
+    except ImportError as exc:
+        pytest.skip(f"{target} is not installed: {exc}")
+    settings = ServeSettings(model=artifact, data_dir=tmp_path / "service",
+                             rate_limit_per_minute=10_000)
+    accounts = add_accounts(settings)
+    data = jpeg((170, 60, 70))
+    with TestClient(create_app(settings)) as client:
+        case = client.post("/api/v1/cases", headers=accounts.auth(),
+                           files={"image": ("a.jpg", data, "image/jpeg")}).json()
+    runtime = load_runtime(artifact)
+    expected = runtime.predict([Image.open(io.BytesIO(data))])[0]
+    by_code = {p["code"]: p["probability"] for p in case["probabilities"]}
+    assert case["model"]["label"] == f"{target}-{precision}"
+    assert np.allclose([by_code[c] for c in runtime.card.classes], expected, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,59 @@ def _b64(key: bytes) -> str:
     import base64
 
     return base64.b64encode(key).decode()
+
+
+def test_erasure_leaves_nothing_in_the_write_ahead_log(tmp_path):
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "d")
+    a, _ = actors(store)
+    case = store.create_case(a, png(60), 64, 48, prediction(), patient_ref="P-WAL")
+    store.erase_case(a, case.id)
+    wal = tmp_path / "s.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    store.close()
+
+
+def test_a_lost_overlay_file_is_computed_again(store):
+    a, _ = actors(store)
+    case = store.create_case(a, png(61), 64, 48, prediction())
+    first = store.case_overlay(a, case.id, lambda image, view: png(62))
+    overlay_file = next(b for b in store.files.ids() if b != case.image_id)
+    store.files.delete(overlay_file)
+    assert store.case_overlay(a, case.id, lambda image, view: png(63)) == png(63) != first
+    assert len(store.files.ids()) == 2 and overlay_file not in store.files.ids()
+    store.erase_case(a, case.id)
+    assert store.files.ids() == []
+
+
+def test_migration_0002_adds_the_media_type_to_an_existing_store(tmp_path):
+    """A store written at revision 0001 (PNG blobs only) upgrades in place."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from skinedge.service.store.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(
+        Path(__import__("skinedge.service.store.db", fromlist=["x"]).__file__).parent
+        / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text(
+            "INSERT INTO users (id, name, role, token_sha256, created_at) "
+            "VALUES (1, 'dr-a', 'clinician', 'x', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO blobs (id, owner_id, kind, digest, size, created_at) "
+            "VALUES ('b_" + "1" * 32 + "', 1, 'image', 'd', 3, '2026-01-01')"))
+    engine.dispose()
+    from skinedge.service.store.crypto import new_key, write_key_file
+
+    (tmp_path / "d").mkdir()
+    write_key_file(tmp_path / "d" / "store.key", [new_key()])  # the store's own key, kept
+    store = Store.open(url, tmp_path / "d")  # migrates to head
+    with store.reading() as session:
+        assert session.execute(text("SELECT media_type FROM blobs")).scalar() == "image/png"
+    store.close()

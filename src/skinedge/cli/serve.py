@@ -70,8 +70,9 @@ def serve(
     console.print(f"serving {settings.model} ({served.label}) on "
                   f"http://{settings.host}:{settings.port}; cases in {settings.data_dir}")
     # Behind a reverse proxy, uvicorn takes the client's address from X-Forwarded-For, but only
-    # on connections from forwarded_allow_ips (default 127.0.0.1 in uvicorn).
-    proxy = {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
+    # on connections from forwarded_allow_ips; without them no proxy header is believed.
+    proxy = {"proxy_headers": settings.forwarded_allow_ips is not None,
+             "forwarded_allow_ips": settings.forwarded_allow_ips}
     if settings.workers == 1:
         uvicorn.run(create_app(settings, served), host=settings.host, port=settings.port,
                     log_level="info", **proxy)

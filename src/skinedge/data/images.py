@@ -210,37 +210,62 @@ _JPEG_METADATA = frozenset({0xE0, *range(0xE1, 0xEE), 0xEF, 0xFE})
 
 def strip_jpeg_metadata(data: bytes) -> bytes | None:
     """The JPEG ``data`` with its metadata segments removed and its compressed pixels left
-    byte for byte (no re-encoding, no loss); None when ``data`` is not a JPEG whose header
-    this can walk (the caller then stores :func:`strip_metadata`'s PNG).
+    byte for byte (no re-encoding, no loss); None when ``data`` is not one JPEG this can walk
+    from start to end (the caller then stores :func:`strip_metadata`'s PNG).
 
-    Segments before the first scan are walked; from the scan on, everything is kept as is and
-    the result is checked to carry no EXIF, ICC profile or XMP (a JPEG hiding metadata after
-    its first scan gives None).
+    Every segment is walked, those between the scans of a progressive JPEG too, up to the end
+    of image. Anything after it (a second picture of a multi-picture file, an HDR gain map, a
+    motion photo's video, each with metadata of its own) gives None.
     """
     if data[:2] != b"\xff\xd8":
         return None
-    kept, i = [b"\xff\xd8"], 2
-    while i + 4 <= len(data):
+    kept, i, end = [b"\xff\xd8"], 2, len(data)
+    while i + 2 <= end:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == 0xFF:  # fill byte before a marker
             i += 1
             continue
-        if marker == 0xDA:  # start of scan: compressed pixels (and later scans) from here
-            kept.append(data[i:])
-            break
-        if marker in (0x01, *range(0xD0, 0xDA)):  # markers without a length: not a header
-            return None
+        if marker == 0xD9:  # end of image: nothing may follow
+            if data[i + 2:].strip(b"\x00"):
+                return None
+            kept.append(b"\xff\xd9")
+            return _checked_jpeg(b"".join(kept))
+        if marker in (0x01, *range(0xD0, 0xD8), 0xD8) or i + 4 > end:
+            return None  # a marker without a length outside a scan: not a plain JPEG
         length = int.from_bytes(data[i + 2:i + 4], "big")
-        if length < 2 or i + 2 + length > len(data):
+        if length < 2 or i + 2 + length > end:
             return None
         if marker not in _JPEG_METADATA:
             kept.append(data[i:i + 2 + length])
         i += 2 + length
-    else:
-        return None
-    stripped = b"".join(kept)
+        if marker == 0xDA:  # start of scan: compressed data up to the next real marker
+            scan_end = _scan_end(data, i)
+            if scan_end is None:
+                return None
+            kept.append(data[i:scan_end])
+            i = scan_end
+    return None
+
+
+def _scan_end(data: bytes, i: int) -> int | None:
+    """Where the entropy-coded data starting at ``i`` ends: the next 0xFF that is neither a
+    stuffed zero, a restart marker nor a fill byte."""
+    while True:
+        i = data.find(b"\xff", i)
+        if i < 0 or i + 1 >= len(data):
+            return None
+        following = data[i + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7:
+            i += 2
+        elif following == 0xFF:
+            i += 1
+        else:
+            return i
+
+
+def _checked_jpeg(stripped: bytes) -> bytes | None:
     try:
         with Image.open(io.BytesIO(stripped), formats=("JPEG",)) as im:
             if im.getexif() or {"exif", "icc_profile", "xmp", "photoshop"} & set(im.info):

@@ -29,7 +29,7 @@ from skinedge.errors import SkinedgeError
 from skinedge.service import schemas
 from skinedge.service.auth import RateLimiter
 from skinedge.service.middleware import Guard, Metrics
-from skinedge.service.models import ServedModel
+from skinedge.service.models import ServedModel, usable_cores
 from skinedge.service.routes import router
 from skinedge.service.settings import ServeSettings
 from skinedge.service.store import Store
@@ -90,7 +90,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics = Metrics()
     app.state.upload_slots = threading.BoundedSemaphore(
-        settings.max_concurrent_uploads or os.cpu_count() or 1)
+        settings.max_concurrent_uploads or usable_cores())
     # Uploads stay in memory up to the size limit: a spooled temporary file would put patient
     # images on disk unencrypted.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,

@@ -72,7 +72,7 @@ def current_actor(
     if actor is None:
         _throttle(limiter, ("address", address))  # slows down token guessing
         raise HTTPException(401, "this token is unknown or revoked; ask an admin for a new "
-                                 "one (`skinedge users add NAME`)",
+                                 "one (`skinedge users rotate-token NAME`)",
                             headers={"WWW-Authenticate": "Bearer"})
     _throttle(limiter, ("user", actor.id))
     request.state.actor = actor.name

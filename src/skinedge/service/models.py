@@ -85,11 +85,20 @@ class ServedModel:
         }
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def inference_threads(settings: ServeSettings) -> int:
-    """``settings.threads``, or half the cores: a runtime given every core (its default) keeps
-    them spinning between inferences, starving the threads that serve the other requests
-    (measured in docs/RESULTS.md: the service's CPU per case fell from 51 to 38 ms)."""
-    return settings.threads or max(1, (os.cpu_count() or 1) // 2)
+    """``settings.threads``, or half the usable cores shared among the workers: a runtime
+    given every core (its default) keeps them spinning between inferences, starving the
+    threads that serve the other requests (scripts/service_bench.py measured the server's CPU
+    per case at 49 ms with every core given to inference, 32 ms with half)."""
+    return settings.threads or max(1, usable_cores() // 2 // settings.workers)
 
 
 def _explainer_for(checkpoint: Path, card) -> object:

@@ -53,7 +53,8 @@ class ServeSettings(BaseSettings):
                                     "the API from another site; empty: none (same origin only).")
     forwarded_allow_ips: str | None = Field(
         None, description="Addresses of the reverse proxies whose X-Forwarded-For is believed "
-        "(uvicorn's --forwarded-allow-ips, e.g. 127.0.0.1); none: the connection's address.")
+        "(uvicorn's --forwarded-allow-ips, e.g. 127.0.0.1); none: proxy headers are ignored "
+        "and the connection's address is recorded.")
     max_concurrent_uploads: int | None = Field(
         None, ge=1, description="Uploads decoded and classified at once per worker (each holds "
         "a decoded image in memory); others wait. Default: the CPU count.")

@@ -3,9 +3,10 @@ default, PostgreSQL through ``SKINEDGE_DATABASE_URL``), images in encrypted file
 
 Every change is one transaction together with its audit row, so an acknowledged case or review
 survives a killed server. SQLite runs in WAL mode with ``synchronous=FULL``, foreign keys on,
-``secure_delete`` (erased rows are overwritten, not left in free pages) and ``BEGIN IMMEDIATE``
-(every request writes at least its audit row, so transactions take the write lock up front
-instead of failing when they upgrade to it).
+``secure_delete`` (erased rows are overwritten, not left in free pages), a WAL checkpoint after
+each erasure, and ``BEGIN IMMEDIATE`` for writing transactions (every request on a case writes
+at least its audit row, so they take the write lock up front instead of failing when they
+upgrade to it); :meth:`Store.reading` sessions (token checks, readiness) take no lock.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ class Store:
             self.record(session, SYSTEM, "user.revoke", detail=name)
 
     def users(self) -> list[dict[str, Any]]:
-        with self.transaction() as session:
+        with self.reading() as session:
             return [{"name": u.name, "role": u.role, "created_at": _aware(u.created_at),
                      "revoked_at": _aware(u.revoked_at)}
                     for u in session.scalars(select(User).order_by(User.id))]
@@ -353,7 +354,7 @@ class Store:
         case_id = "c_" + secrets.token_hex(16)
         digest = self.keys.digest(image)
         reuse = True
-        for _attempt in range(3):
+        for _attempt in range(2):
             blob_id, written = self._image_blob(actor, digest, image, reuse=reuse)
             try:
                 with self.transaction() as session:
@@ -383,12 +384,14 @@ class Store:
                 # meant to share was erased meanwhile (foreign key): store this one on its own.
                 if written:
                     self.files.delete(blob_id)
+                if not reuse:  # already on its own: not a race, a real fault
+                    raise
                 reuse = False
             except BaseException:
                 if written:
                     self.files.delete(blob_id)
                 raise
-        raise RuntimeError(f"case {case_id}: the image could not be stored in 3 attempts")
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _image_blob(self, actor: Actor, digest: str, image: bytes,
                     reuse: bool = True) -> tuple[str, bool]:
@@ -490,8 +493,9 @@ class Store:
             case = self.owned(session, actor, case_id)
             self.record(session, actor, "case.overlay", case_id)
             overlay_id, image_id, view = case.overlay_id, case.image_id, self.view(session, case)
-        if overlay_id is not None:
+        if overlay_id is not None and self.files.exists(overlay_id):
             return self.read_blob(overlay_id)
+        # None yet, or its file lost: (re)compute it; only the image is irreplaceable.
         overlay = compute(self.read_blob(image_id), view)
         blob_id = "b_" + secrets.token_hex(16)
         self.files.write(blob_id, self.keys.encrypt(overlay, f"blob {blob_id}"))
@@ -501,14 +505,18 @@ class Store:
                 session.add(Blob(id=blob_id, owner_id=actor.id, kind="overlay",
                                  digest=_unique_digest(), size=len(overlay), created_at=now()))
                 session.flush()
-                # Only where no overlay is set yet: a case erased or given an overlay by another
-                # request meanwhile is left alone, and this blob is dropped with the rollback.
-                updated = session.execute(
-                    update(Case).where(Case.id == case_id, Case.overlay_id.is_(None))
-                    .values(overlay_id=blob_id)).rowcount
+                # Only where the overlay is still the one read above: a case erased or given an
+                # overlay by another request meanwhile is left alone, and this blob is dropped
+                # with the rollback.
+                unchanged = Case.overlay_id.is_(None) if overlay_id is None \
+                    else Case.overlay_id == overlay_id
+                updated = session.execute(update(Case).where(Case.id == case_id, unchanged)
+                                          .values(overlay_id=blob_id)).rowcount
                 if updated != 1:
                     session.rollback()
                     return overlay
+                if overlay_id is not None:  # the row of the lost file
+                    session.delete(session.get(Blob, overlay_id))
                 kept = True
         finally:
             if not kept:
@@ -592,11 +600,12 @@ class Store:
         zeroes) so erased or re-encrypted values do not linger in the -wal file."""
         if self.engine.dialect.name != "sqlite":
             return
-        try:
-            with self.engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        except OperationalError as exc:  # busy: the next erasure or checkpoint folds it
-            log.info("WAL checkpoint postponed: %s", exc.orig)
+        # On the driver's connection itself: inside a transaction SQLite refuses a checkpoint.
+        with self.engine.connect() as connection:
+            busy = connection.connection.driver_connection.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:  # other connections are reading: the next erasure or checkpoint folds it
+            log.info("WAL checkpoint postponed: the database is busy")
 
     def audit_page(self, *, page: int = 1, per_page: int = 50) -> tuple[list[dict], int]:
         with self.reading() as session:
@@ -731,14 +740,13 @@ class Store:
         """``ok``, or what SQLite's ``PRAGMA integrity_check`` found (other databases: ok)."""
         if self.engine.dialect.name != "sqlite":
             return "ok"
-        with self.engine.connect() as connection:
-            return "; ".join(row[0] for row in connection.execute(
-                text("PRAGMA integrity_check")))
+        with self.reading() as session:
+            return "; ".join(row[0] for row in session.execute(text("PRAGMA integrity_check")))
 
     def ping(self) -> bool:
         try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            with self.reading() as session:
+                session.execute(text("SELECT 1"))
             return True
         except OperationalError:
             return False

@@ -20,7 +20,7 @@ Content tree (relationship, value type, concept name)::
       CONTAINS TEXT  (DCM 121106) Comment = "Decision support, not a diagnosis ..."
 
 Evidence: highdicom refuses an SR without evidence (``ValueError: No evidence was
-provided``) and takes the patient and study from it, but the store keeps a PNG, not a DICOM
+provided``) and takes the patient and study from it, but the store keeps a JPEG or PNG, not a DICOM
 image. So the SR names a minimal secondary-capture reference (SOP class Secondary Capture
 Image Storage, UIDs derived from the case id, no pixel data): it is listed in the Current
 Requested Procedure Evidence Sequence and is not written anywhere; the archive holds the SR

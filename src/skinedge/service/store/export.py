@@ -262,9 +262,10 @@ def _row(store: Store, case: Case, size: int, media_type: str,
 
 
 def pseudonym(store: Store, patient_ref: str) -> str:
-    """16 hex digits standing for ``patient_ref`` in an export: HMAC-SHA256 with the store's
-    newest key (see :meth:`KeyRing.digest`), so nobody without the key can test a guessed
-    reference against it. After ``rotate-key`` the same patient gets another pseudonym."""
+    """16 hex digits standing for ``patient_ref`` in an export: HMAC-SHA256 with a key derived
+    from the store's newest key (:meth:`KeyRing.pseudonym`), so nobody without the key can test
+    a guessed reference against it. After ``rotate-key`` the same patient gets another
+    pseudonym."""
     return store.keys.pseudonym(patient_ref.strip())
 
 

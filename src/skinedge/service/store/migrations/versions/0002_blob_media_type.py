@@ -21,5 +21,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("blobs") as batch:
-        batch.drop_column("media_type")
+    jpegs = op.get_bind().execute(
+        sa.text("SELECT count(*) FROM blobs WHERE media_type <> 'image/png'")).scalar()
+    if jpegs:
+        raise RuntimeError(f"{jpegs} stored images are JPEGs, which revision 0001 cannot tell "
+                           "from PNGs; export them (skinedge feedback export) before downgrading")
+    # A plain DROP COLUMN (SQLite >= 3.35): a batch rebuild would drop the table that cases
+    # point at.
+    op.execute("ALTER TABLE blobs DROP COLUMN media_type")
