@@ -286,12 +286,12 @@ def test_a_store_with_data_never_gets_a_new_key(store, tmp_path):
 def test_rotation_after_an_interrupted_one_merges_the_same_image(store):
     """A rotation killed before its end, the server then storing the same image again under
     the new key, and the rotation run again: it finishes, keeping one copy."""
-    from skinedge.service.store.crypto import KeyRing, new_key, write_key_file
+    from skinedge.service.store.crypto import KeyRing, encode_key, new_key, write_key_file
 
     a, _ = actors(store)
     first = store.create_case(a, png(50), 64, 48, prediction())
     old = KeyRing.from_file(store.key_file, create=False)
-    write_key_file(store.key_file, [new_key(), *(_b64(k) for k in old.keys)])  # killed here
+    write_key_file(store.key_file, [new_key(), *(encode_key(k) for k in old.keys)])  # killed
     server = Store.open(store.url, store.data_dir)
     second = server.create_case(a, png(50), 64, 48, prediction())
     server.close()
@@ -301,11 +301,6 @@ def test_rotation_after_an_interrupted_one_merges_the_same_image(store):
     assert store.case_image(a, first.id)[0] == store.case_image(a, second.id)[0] == png(50)
     assert len(store.files.ids()) == 1
 
-
-def _b64(key: bytes) -> str:
-    import base64
-
-    return base64.b64encode(key).decode()
 
 
 def test_erasure_leaves_nothing_in_the_write_ahead_log(tmp_path):

@@ -29,12 +29,15 @@ DatabaseOpt = Annotated[str | None, typer.Option(
 
 
 @contextmanager
-def _store(config: Path | None, data_dir: Path | None, database_url: str | None):
-    """The service's store, as the config, SKINEDGE_* variables and options name it."""
+def _store(config: Path | None, data_dir: Path | None, database_url: str | None,
+           settings=None):
+    """The service's store, as the config, SKINEDGE_* variables and options name it (or as
+    ``settings`` already loaded from them say)."""
     from skinedge.service.app import open_store
     from skinedge.service.settings import load_settings
 
-    store = open_store(load_settings(config, data_dir=data_dir, database_url=database_url))
+    settings = settings or load_settings(config, data_dir=data_dir, database_url=database_url)
+    store = open_store(settings)
     try:
         yield store
     finally:
@@ -142,7 +145,7 @@ def feedback_purge(
         raise ConfigError("give --older-than-days N, or set retention_days in the config")
     if days < 1:
         raise ConfigError(f"--older-than-days {days}: give a whole number of days, 1 or more")
-    with _store(config, data_dir, database_url) as store:
+    with _store(config, data_dir, database_url, settings) as store:
         erased = store.purge(days)
         swept = store.sweep_orphans()
     console.print(f"erased {erased} case(s) older than {days} days"

@@ -96,8 +96,8 @@ def usable_cores() -> int:
 def inference_threads(settings: ServeSettings) -> int:
     """``settings.threads``, or half the usable cores shared among the workers: a runtime
     given every core (its default) keeps them spinning between inferences, starving the
-    threads that serve the other requests (scripts/service_bench.py measured the server's CPU
-    per case at 49 ms with every core given to inference, 32 ms with half)."""
+    threads that serve the other requests (``scripts/service_bench.py --threads N`` measures
+    the server's CPU per case for any choice)."""
     return settings.threads or max(1, usable_cores() // 2 // settings.workers)
 
 

@@ -38,7 +38,12 @@ class StoreKeyError(ConfigError):
 
 def new_key() -> str:
     """A fresh key, base64 (what a key file holds per line)."""
-    return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+    return encode_key(secrets.token_bytes(32))
+
+
+def encode_key(key: bytes) -> str:
+    """A key as a key file writes it (base64)."""
+    return base64.b64encode(key).decode("ascii")
 
 
 def key_id(key: bytes) -> bytes:

@@ -11,7 +11,6 @@ upgrade to it); :meth:`Store.reading` sessions (token checks, readiness) take no
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import hashlib
 import logging
@@ -30,7 +29,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from skinedge.errors import ConfigError, DataError, NotFoundError, SkinedgeError
 from skinedge.service.store.blobs import BlobFiles, StoreDamagedError
-from skinedge.service.store.crypto import KeyRing, StoreKeyError, new_key, write_key_file
+from skinedge.service.store.crypto import (
+    KeyRing,
+    StoreKeyError,
+    encode_key,
+    new_key,
+    write_key_file,
+)
 from skinedge.service.store.schema import AuditEvent, Blob, Case, User
 
 log = logging.getLogger("skinedge.service.store")
@@ -655,7 +660,7 @@ class Store:
         with self.exclusive("rotating its key"):
             old = KeyRing.from_file(self.key_file, create=False)
             fresh = new_key()
-            write_key_file(self.key_file, [fresh, *(_b64(k) for k in old.keys)])
+            write_key_file(self.key_file, [fresh, *(encode_key(k) for k in old.keys)])
             self.keys = KeyRing.from_file(self.key_file, create=False)
             rewritten = 0
             with self.reading() as session:
@@ -761,6 +766,3 @@ def token_hash(token: str) -> str:
     """What the users table keeps of a token: a 256-bit random token needs no slow hash."""
     return hashlib.sha256(token.encode()).hexdigest()
 
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
