@@ -1,8 +1,8 @@
 """The package layout's one rule: lower rooms never import higher ones.
 
-``errors < utils < data < models < runtimes | evaluate | explain < train < synth < compress <
-export < bench < pipelines | service < cli``. Rooms on one level (runtimes, evaluate, explain) do not import each
-other either. Every import counts, also the lazy ones inside functions and the module names
+``errors < utils < data < models < runtimes | evaluate | explain | registry < train < synth <
+compress < export < bench < pipelines | service | federated < cli``. Rooms on one level (runtimes,
+evaluate, explain, registry) do not import each other either. Every import counts, also the lazy ones inside functions and the module names
 given to ``importlib.import_module``.
 """
 
@@ -23,13 +23,13 @@ LEVELS = {
     "utils": 0, "configs": 0,
     "data": 1,
     "models": 2,
-    "runtimes": 3, "evaluate": 3, "explain": 3,
+    "runtimes": 3, "evaluate": 3, "explain": 3, "registry": 3,
     "train": 4,
     "synth": 5,
     "compress": 6,
     "export": 7,
     "bench": 8,
-    "pipelines": 9, "service": 9,
+    "pipelines": 9, "service": 9, "federated": 9,
     "cli": 10,
 }
 

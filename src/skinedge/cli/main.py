@@ -25,8 +25,11 @@ from skinedge.cli import (
     ensemble,
     evaluate,
     experiment,
+    federated,
     gan,
     quickstart,
+    registry,
+    retrain,
     serve,
     train,
 )
@@ -79,13 +82,15 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
 # Root commands, in the order `skinedge --help` lists them, then the groups.
-for module in (train, evaluate, quickstart, deploy, serve):
+for module in (train, evaluate, quickstart, deploy, retrain, serve):
     app.add_typer(module.app)
 app.add_typer(data.app, name="data")
 app.add_typer(ensemble.app, name="ensemble")
 app.add_typer(compress.app, name="compress")
 app.add_typer(experiment.app, name="experiment")
 app.add_typer(gan.app, name="gan")
+app.add_typer(registry.app, name="registry")
+app.add_typer(federated.app, name="federated")
 app.add_typer(serve.users, name="users")
 app.add_typer(serve.feedback, name="feedback")
 

@@ -48,6 +48,8 @@ def _store(config: Path | None, data_dir: Path | None, database_url: str | None,
 def serve(
     model: Annotated[Path | None, typer.Option(help="Exported artifact to serve (.xml, .tflite, .onnx, ...).")] = None,
     explain: Annotated[Path | None, typer.Option(help="Checkpoint the artifact was exported from, for Grad-CAM.")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Model registry to serve from instead of --model: the current version of --deployment, reloaded when it is promoted.")] = None,
+    deployment: Annotated[str | None, typer.Option(help="The registry deployment to serve (default server).")] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
@@ -55,22 +57,28 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).")] = None,
 ) -> None:
-    """The clinician service: API under /api/v1 and the web page at /, on an exported model."""
+    """The clinician service: API under /api/v1 and the web page at /, on an exported model
+    (--model) or a registry deployment's current version (--registry, --deployment)."""
     import uvicorn
 
     from skinedge.cli.progress import console
     from skinedge.service.app import SETTINGS_ENV, create_app, open_store
-    from skinedge.service.models import ServedModel
+    from skinedge.service.reload import load_model
     from skinedge.service.settings import load_settings
 
-    settings = load_settings(config, model=model, explain=explain, data_dir=data_dir,
+    settings = load_settings(config, model=model, explain=explain, registry=registry,
+                             deployment=deployment, data_dir=data_dir,
                              database_url=database_url, host=host, port=port, workers=workers)
-    if settings.model is None:
+    if settings.model is None and settings.registry is None:
         raise ConfigError("give --model ARTIFACT: the exported model to serve "
-                          "(e.g. exports/tf_efficientnet_lite0_int8.xml)")
+                          "(e.g. exports/tf_efficientnet_lite0_int8.xml), or --registry REG "
+                          "--deployment NAME to serve a registry's current version")
     open_store(settings).close()  # creates or migrates the database once, before any worker
-    served = ServedModel(settings)  # a bad artifact or checkpoint stops here, with its message
-    console.print(f"serving {settings.model} ({served.label}) on "
+    served = load_model(settings)  # a bad artifact or checkpoint stops here, with its message
+    what = (f"{served.version} of deployment {settings.deployment} in {settings.registry} "
+            f"({served.settings.model.name}, reloaded when promoted)" if settings.registry
+            else str(settings.model))
+    console.print(f"serving {what} ({served.label}) on "
                   f"http://{settings.host}:{settings.port}; cases in {settings.data_dir}")
     # Behind a reverse proxy, uvicorn takes the client's address from X-Forwarded-For, but only
     # on connections from forwarded_allow_ips; without them no proxy header is believed.

@@ -2,11 +2,15 @@
 
 Nothing is loaded when the app is made: the lifespan opens (and migrates) the store, loads the
 model once through :func:`skinedge.runtimes.load_runtime`, and the Grad-CAM checkpoint when
-``settings.explain`` names one. ``uvicorn`` runs it (``skinedge serve``).
+``settings.explain`` names one. With ``settings.registry`` it serves the current version of
+``settings.deployment`` and watches its pointer, swapping in a promoted version without a
+restart (:mod:`skinedge.service.reload`). ``uvicorn`` runs it (``skinedge serve``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +34,7 @@ from skinedge.service import schemas
 from skinedge.service.auth import RateLimiter
 from skinedge.service.middleware import Guard, Metrics
 from skinedge.service.models import ServedModel, usable_cores
+from skinedge.service.reload import PointerWatcher, load_model, reload_counter
 from skinedge.service.routes import router
 from skinedge.service.settings import ServeSettings
 from skinedge.service.store import Store
@@ -59,12 +64,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if swept:
         log.info("removed %d encrypted files no case names (left by an interrupted write)", swept)
     app.state.store = store
+    watching = None
     try:
         if getattr(app.state, "model", None) is None:
-            app.state.model = await run_in_threadpool(ServedModel, settings)
-        log.info("serving %s (%s)", settings.model, app.state.model.label)
+            app.state.model = await run_in_threadpool(load_model, settings)
+        model = app.state.model
+        log.info("serving %s (%s)%s", model.settings.model, model.label,
+                 f", version {model.version} of deployment {settings.deployment} in "
+                 f"{settings.registry}" if settings.registry else "")
+        if settings.registry is not None:
+            watcher = PointerWatcher(settings, model, app.state.reloads)
+            watching = asyncio.create_task(watcher.run(app), name="registry-watcher")
         yield
     finally:
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         store.close()
 
 
@@ -89,6 +105,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     app.state.model = model
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics = Metrics()
+    app.state.reloads = reload_counter(app.state.metrics.registry) if settings.registry else None
     app.state.upload_slots = threading.BoundedSemaphore(
         settings.max_concurrent_uploads or usable_cores())
     # Uploads stay in memory up to the size limit: a spooled temporary file would put patient
@@ -123,7 +140,10 @@ def _add_pages(app: FastAPI) -> None:
         store = getattr(request.app.state, "store", None)
         if model is None or store is None or not store.ping():
             return JSONResponse({"status": "not ready", "model": None}, status_code=503)
-        return JSONResponse({"status": "ready", "model": model.label})
+        ready = {"status": "ready", "model": model.label}
+        if model.version is not None:  # served from a registry: which version, which deployment
+            ready.update(registry_version=model.version, deployment=model.deployment)
+        return JSONResponse(ready)
 
     @app.get("/metrics", response_class=Response, tags=["operations"],
              responses={200: {"content": {"text/plain": {}}}})

@@ -22,11 +22,16 @@ class ServedModel:
     """One loaded artifact; :meth:`predict` and :meth:`overlay` are safe from many threads
     (backends such as the TFLite interpreter are not, so each runs under its own lock)."""
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, *, version: str | None = None,
+                 deployment: str | None = None):
+        """Load ``settings.model`` (and ``settings.explain``); ``version`` and
+        ``deployment`` name the registry version it is (see :mod:`skinedge.service.reload`)."""
         if settings.model is None:
             raise ConfigError("no model to serve: give --model ARTIFACT (or `model:` in the "
-                              "config, or SKINEDGE_MODEL)")
+                              "config, or SKINEDGE_MODEL), or --registry REG --deployment NAME")
         self.settings = settings
+        self.version = version
+        self.deployment = deployment
         self.runtime = load_runtime(settings.model, threads=inference_threads(settings))
         self.card = self.runtime.card
         # The card's seal covers every field that decides predictions: it names the model.
@@ -82,6 +87,8 @@ class ServedModel:
             "input_size": self.card.preprocess.input_size,
             "resize_mode": self.card.preprocess.resize_mode,
             "malignant_threshold": self.settings.malignant_threshold,
+            "registry_version": self.version,
+            "deployment": self.deployment,
         }
 
 

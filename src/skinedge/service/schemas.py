@@ -36,6 +36,9 @@ class ModelInfo(BaseModel):
     resize_mode: str = Field(description="How the model sees the image: crop (centre square) "
                              "or squash; the overlay covers the same region.")
     malignant_threshold: float
+    registry_version: str | None = Field(None, description="The model registry version "
+                                         "served (none: a model given by path).")
+    deployment: str | None = Field(None, description="The registry deployment served.")
 
 
 class ClassProbability(BaseModel):
@@ -129,3 +132,5 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: str
     model: str | None = None
+    registry_version: str | None = None
+    deployment: str | None = None

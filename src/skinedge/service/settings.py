@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from skinedge.errors import ConfigError
@@ -32,6 +32,14 @@ class ServeSettings(BaseSettings):
                                "serve; required by `skinedge serve`, not by the store commands.")
     explain: Path | None = Field(None, description="Checkpoint the artifact was exported from, "
                                  "for Grad-CAM overlays; none: overlays answer 409.")
+    registry: Path | None = Field(None, description="Model registry to serve from instead of "
+                                  "`model`: the current version of `deployment`, its "
+                                  "checkpoint for Grad-CAM; a promotion is served without a "
+                                  "restart.")
+    deployment: str = Field("server", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+                            description="The registry deployment whose pointer is served.")
+    registry_poll_seconds: float = Field(2.0, gt=0, le=3600, description="How often the "
+                                         "deployment's pointer is checked for a promotion.")
     data_dir: Path = Field(Path("skinedge-service"), description="Holds the encrypted image "
                            "store, the SQLite database and the key file.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default "
@@ -64,6 +72,17 @@ class ServeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
+
+    @field_validator("registry")
+    @classmethod
+    def _model_or_registry(cls, registry: Path | None, info: ValidationInfo) -> Path | None:
+        if registry is not None and info.data.get("model") is not None:
+            raise ValueError("give a model (--model ARTIFACT) or a registry (--registry REG "
+                             "--deployment NAME), not both")
+        if registry is not None and info.data.get("explain") is not None:
+            raise ValueError("with a registry, the Grad-CAM checkpoint is the served "
+                             "version's own: leave out --explain")
+        return registry
 
     @field_validator("cors_origins")
     @classmethod
@@ -105,6 +124,12 @@ def load_settings(config: Path | str | None = None, **options: Any) -> ServeSett
            if name.startswith("SKINEDGE_")}
     doc = {key: value for key, value in doc.items()
            if key not in env or key in options and options[key] is not None}
+    # What to serve, given on the command line, replaces the file's and the environment's
+    # choice: --model drops a configured registry, --registry a configured model.
+    if options.get("model") is not None and options.get("registry") is None:
+        doc["registry"] = None
+    if options.get("registry") is not None:
+        doc.update({key: None for key in ("model", "explain") if options.get(key) is None})
     where = f"service config {config}" if config else "service settings"
     try:
         return ServeSettings(**doc)
