@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -24,7 +25,10 @@ def test_three_sites_fedavg_then_resume(tiny_sites, tmp_path):
 
     out = tmp_path / "run"
     seen = []
+    environment = dict(os.environ)
     summary = simulate_federation(tiny_config(tiny_sites, rounds=1), out, progress=seen.append)
+    # Flower's Ray backend sets PYTHONPATH for its workers; the run must not leave it set.
+    assert os.environ.get("PYTHONPATH") == environment.get("PYTHONPATH")
     assert summary["rounds"] == 1 and [r["round"] for r in seen] == [1]
     assert seen[0]["sites"] == 3
     # Every site received and sent the parameter arrays once: 3 x their size.

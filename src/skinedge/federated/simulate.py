@@ -140,6 +140,10 @@ def simulate_federation(cfg: FederatedConfig, out_dir: Path | str, *, resume: bo
     out_dir = Path(out_dir)
     federation = prepare_run(cfg, out_dir, resume=resume)
     flower_environment()
+    # Flower's Ray backend sets PYTHONPATH to this process's sys.path for its workers and leaves
+    # it set: restored afterwards, or every later subprocess (a fresh venv, a tool) would import
+    # this environment's packages.
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "SKINEDGE_FEDERATION")}
     os.environ["SKINEDGE_FEDERATION"] = str(federation.resolve())
     require("ray", "federated")
     simulation = require("flwr.simulation", "federated")
@@ -159,4 +163,9 @@ def simulate_federation(cfg: FederatedConfig, out_dir: Path | str, *, resume: bo
         watcher.stop.set()
         watcher.join()
         watcher.poll()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return finish_run(out_dir, registry)
