@@ -38,19 +38,15 @@ def log(message: str) -> None:
 
 
 def machine() -> dict:
-    import importlib.metadata as md
+    from skinedge.utils.io import package_versions
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    versions = {}
-    for name in ("flwr", "ray", "torch", "timm"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "not installed"
+    found = package_versions(extra=("flwr", "ray"))
     return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg(),
-            "python": platform.python_version(), "versions": versions}
+            "python": found["python"],
+            "versions": {name: found[name] for name in ("flwr", "ray", "torch", "timm")}}
 
 
 def base_config(args, sites):
@@ -200,8 +196,10 @@ def render(doc: dict) -> list[str]:
                      f"{_ci(r['balanced_accuracy'], r['balanced_accuracy_ci'])} | "
                      f"{_ci(r['melanoma_auc'], r['melanoma_auc_ci'])} | {moved} | "
                      f"{r['wall_seconds']:.0f} | {eps} |")
-    lines += ["", "Bytes are the raw parameter arrays the sites received and sent (Flower's "
-              "message framing adds a little; `tests/federated/test_deploy.py` measures the "
+    lines += ["", "Bytes are the raw parameter arrays the sites received and sent, not what "
+              "crosses the wire: Flower moves each array as its own request (push-object up, "
+              "pull-object down) with about 1 kB of headers, so every exchanged array adds about "
+              "1 kB per site each way per round (`tests/federated/test_deploy.py` measures the "
               "wire). Centralised training would instead move the images themselves."]
     return lines
 

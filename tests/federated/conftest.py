@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-for _key, _value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
-                     ("FLWR_TELEMETRY_ENABLED", "0"), ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_key, _value)
+from skinedge.federated.env import flower_environment
+
+flower_environment()  # before flwr is imported
 
 pytest.importorskip("flwr", reason="needs skinedge[federated]")
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 
-for _key, _value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
-                     ("FLWR_TELEMETRY_ENABLED", "0"), ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_key, _value)
+from skinedge.federated.env import flower_environment
+
+flower_environment()  # before flwr is imported
 
 from functools import lru_cache  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, NamedTuple  # noqa: E402
 
 from flwr.app import (  # noqa: E402
     Array,
@@ -41,6 +42,9 @@ from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
 from skinedge.federated import task  # noqa: E402
 from skinedge.federated.config import FederatedConfig, read_federation  # noqa: E402
 from skinedge.federated.sites import SiteData, load_site  # noqa: E402
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: Config key Flower's DP wrapper sets for the clipping mod.
 CLIPPING_KEY = "clipping_norm"
@@ -100,6 +104,40 @@ def _arrays_of(record: ArrayRecord, keys: list[str]) -> dict:
     return dict(zip(keys, arrays))
 
 
+class Received(NamedTuple):
+    """What a train or evaluate message gives a site: its setup and the global model."""
+
+    cfg: FederatedConfig
+    site: SiteData
+    model: nn.Module  # with the received global arrays loaded
+    keys: list[str]  # the arrays' names, in the order a reply sends them
+    legacy: bool  # Flower's legacy layout (SecAgg+): ``PREFIX.parameters``, a bare array list
+
+
+def _receive(msg: Message, context: Context, legacy_prefix: str) -> Received:
+    """This node's federation and site, and the model with the message's arrays loaded.
+
+    Args:
+        msg: A train or evaluate message: its arrays under ``"arrays"`` (named), or in the legacy
+            layout under ``f"{legacy_prefix}.parameters"`` (unnamed, in
+            :func:`task.exchanged_keys` order).
+        context: The node's context (which federation, which site).
+        legacy_prefix: :data:`LEGACY_FIT` or :data:`LEGACY_EVAL`.
+    """
+    cfg, site = _setup(context)
+    model, _ = task.build_model(cfg)
+    legacy = f"{legacy_prefix}.parameters" in msg.content.array_records
+    record = msg.content.array_records[f"{legacy_prefix}.parameters" if legacy else "arrays"]
+    if legacy:
+        keys = task.exchanged_keys(model, cfg)
+        arrays = _arrays_of(record, keys)
+    else:
+        keys = list(record.keys())
+        arrays = dict(zip(keys, record.to_numpy_ndarrays()))
+    task.load_exchanged_state(model, arrays)
+    return Received(cfg, site, model, keys, legacy)
+
+
 def _when_asked(mod, asked):
     """Run ``mod`` only on messages for which ``asked(msg)`` is true."""
     def wrapped(msg: Message, ctxt: Context, call_next):
@@ -131,18 +169,9 @@ app = ClientApp(mods=[_when_asked(_secaggplus_mod, _asks_secagg),
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this site's images; reply arrays + metrics."""
-    cfg, site = _setup(context)
-    model, _ = task.build_model(cfg)
-    keys = task.exchanged_keys(model, cfg)
-    legacy = f"{LEGACY_FIT}.parameters" in msg.content.array_records
-    if legacy:
-        record = msg.content.array_records[f"{LEGACY_FIT}.parameters"]
-        config = msg.content.config_records.get(f"{LEGACY_FIT}.config", ConfigRecord())
-    else:
-        record = msg.content.array_records["arrays"]
-        config = msg.content.config_records["config"]
-    task.load_exchanged_state(model, _arrays_of(record, keys) if legacy
-                              else dict(zip(record.keys(), record.to_numpy_ndarrays())))
+    cfg, site, model, keys, legacy = _receive(msg, context, LEGACY_FIT)
+    config = (msg.content.config_records.get(f"{LEGACY_FIT}.config", ConfigRecord()) if legacy
+              else msg.content.config_records["config"])
     server_round = int(config.get("server-round", 1)) + int(config.get("round-offset", 0))
     result = task.train_local(model, site, cfg, server_round=server_round,
                               proximal_mu=float(config.get("proximal-mu", 0.0)))
@@ -151,7 +180,7 @@ def train(msg: Message, context: Context) -> Message:
                "unit-weight": 1, "update-norm": result.update_norm}
     if legacy:
         return _legacy_fit_reply(msg, [arrays[k] for k in keys], result.examples, metrics)
-    content = RecordDict({"arrays": ArrayRecord({k: Array(arrays[k]) for k in record.keys()}),
+    content = RecordDict({"arrays": ArrayRecord({k: Array(arrays[k]) for k in keys}),
                           "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
@@ -159,14 +188,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this site's val rows; reply metrics only."""
-    cfg, site = _setup(context)
-    model, _ = task.build_model(cfg)
-    keys = task.exchanged_keys(model, cfg)
-    legacy = f"{LEGACY_EVAL}.parameters" in msg.content.array_records
-    record = msg.content.array_records[f"{LEGACY_EVAL}.parameters" if legacy else "arrays"]
-    arrays = (_arrays_of(record, keys) if legacy
-              else dict(zip(record.keys(), record.to_numpy_ndarrays())))
-    task.load_exchanged_state(model, arrays)
+    cfg, site, model, _, legacy = _receive(msg, context, LEGACY_EVAL)
     result = task.evaluate_local(model, site, cfg)
     metrics = {"val-loss": result.loss, "num-examples": result.examples, "unit-weight": 1}
     if result.accuracy == result.accuracy:  # not nan

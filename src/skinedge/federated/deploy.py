@@ -6,7 +6,7 @@ What Flower's deployment engine runs in production, on one machine: ``flower-sup
 folder (``RUN/app/pyproject.toml``) is written by hand (``flwr new`` fetches templates from the
 network): its components are :mod:`skinedge.federated.server_app` and
 :mod:`skinedge.federated.client_app`; the run config names ``RUN/federation.json``. Every
-process gets :data:`~skinedge.federated.simulate.FLOWER_ENV` (no dependency installs, no
+process gets :data:`~skinedge.federated.env.FLOWER_ENV` (no dependency installs, no
 telemetry) and its own ``FLWR_HOME`` under the run folder. Logs: ``RUN/logs/*.log``.
 
 Insecure mode is for loopback only: across machines, give the SuperLink TLS certificates and
@@ -28,9 +28,9 @@ from typing import Any
 
 from skinedge.errors import ConfigError
 from skinedge.federated.config import FederatedConfig
+from skinedge.federated.env import FLOWER_ENV
 from skinedge.federated.outputs import SUMMARY
 from skinedge.federated.simulate import (
-    FLOWER_ENV,
     FederatedRunError,
     RoundWatcher,
     finish_run,

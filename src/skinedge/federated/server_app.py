@@ -12,11 +12,9 @@ the last finished round.
 
 from __future__ import annotations
 
-import os
+from skinedge.federated.env import flower_environment
 
-for _key, _value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
-                     ("FLWR_TELEMETRY_ENABLED", "0"), ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_key, _value)
+flower_environment()  # before flwr is imported
 
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -21,22 +21,12 @@ from skinedge.federated.config import (
     read_federation,
     write_federation,
 )
+from skinedge.federated.env import flower_environment
 from skinedge.federated.outputs import SUMMARY, read_rounds, register_run
-
-#: Environment every process that starts Flower gets: no dependency installs by the SuperLink
-#: (it pulled gigabytes of CUDA torch), no telemetry from Flower or Ray.
-FLOWER_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-              "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 class FederatedRunError(SkinedgeError):
     """A federated run ended without its summary (a site or the server failed)."""
-
-
-def flower_environment() -> None:
-    """Set :data:`FLOWER_ENV` in this process (before flwr is imported)."""
-    for key, value in FLOWER_ENV.items():
-        os.environ.setdefault(key, value)
 
 
 def prepare_run(cfg: FederatedConfig, out_dir: Path, *, resume: bool) -> Path:
