@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from skinedge.bench.gates import Gates, check_gates, load_gates
-from skinedge.bench.harness import BenchSettings, run_bench
-from skinedge.bench.report import write_outputs
+from skinedge.bench.harness import BenchResult, BenchSettings, run_bench
+from skinedge.bench.report import int8_slower_notes, render_markdown, write_outputs
 from skinedge.bench.rows import BenchRow
+from skinedge.utils.cpu import cpu_info, cpu_summary
 
 FAST = BenchSettings(threads=1, warmup=1, iterations=5)
 
@@ -54,6 +55,13 @@ def test_rows_measure_latency_memory_and_parity(bench) -> None:
     assert abs(rows["onnx-fp32"].balanced_accuracy_drop) < 1e-9
     assert rows["tensorrt-fp16"].status in ("skipped", "ok")
     assert result.test["images"] == 14  # the tiny manifest's test split
+    # What each runtime chose on this CPU, and the CPU that timed them.
+    assert rows["onnx-fp32"].execution == {"provider": "CPUExecutionProvider"}
+    assert rows["torch-fp32"].execution["device"] == "cpu"
+    openvino = rows["openvino-int8"].execution
+    assert openvino["inference_precision"] in ("f32", "bf16", "f16"), openvino
+    assert set(openvino["compute_layer_precisions"]) & {"u8", "i8"}, openvino  # int8 kernels ran
+    assert result.cpu == cpu_info()
 
 
 @pytest.mark.slow
@@ -66,17 +74,85 @@ def test_outputs_json_markdown_junit_chart(bench) -> None:
     assert doc["rows"] == [r.to_dict() for r in result.rows]
     assert {"p50_ms", "flip_rate", "balanced_accuracy_drop", "export"} <= set(doc["rows"][1])
     assert "onnxruntime" in doc["versions"]
+    assert doc["cpu"] == cpu_info() and doc["cpu_summary"] == cpu_summary()
+    assert doc["rows"][1]["execution"] == {"provider": "CPUExecutionProvider"}
+    assert doc["notes"] == int8_slower_notes(result)
     md = files["markdown"].read_text()
     assert "| openvino-int8 | ok |" in md and "Gate: " in md
+    assert md.startswith(f"Machine: {cpu_summary()}.")
+    assert "- **onnx-fp32** (onnxruntime): provider=CPUExecutionProvider" in md
     suite = ET.parse(files["junit"]).getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) == len(checks)
     assert files["chart"].stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_export_reports_name_the_machine_that_verified_them(artifacts) -> None:
+    for artifact, target in zip(artifacts, ("onnx", "openvino")):
+        report = next(artifact.parent.glob(f"{artifact.stem}.{target}.export.json"))
+        machine = json.loads(report.read_text())["machine"]
+        assert machine["cpu"] == cpu_info() and machine["cpu_summary"] == cpu_summary()
+        assert machine["verification_execution"], report  # what its runtime chose here
+    onnx_report = next(artifacts[0].parent.glob("*.onnx.export.json"))
+    assert json.loads(onnx_report.read_text())["machine"]["verification_execution"] == {
+        "provider": "CPUExecutionProvider"}
+
+
+NO_VNNI = {"model": "AMD EPYC 7B13", "vendor": "AuthenticAMD", "arch": "x86_64",
+           "logical_cores": 2, "physical_cores": 1, "usable_cores": 2,
+           "isa": ["avx", "avx2", "fma"], "int8_dot": False}
+VNNI = {**NO_VNNI, "model": "Intel(R) Xeon(R) CPU @ 2.80GHz", "vendor": "GenuineIntel",
+        "isa": ["avx", "avx2", "avx512_vnni", "avx512f", "fma"], "int8_dot": True}
+
+
+def _timed(label: str, p50_ms: float, backend: str = "onnxruntime", **execution) -> BenchRow:
+    return BenchRow(label, None, backend=backend, threads=1, cpus=(0,), execution=execution,
+                    p50_ms=p50_ms, p95_ms=p50_ms, p99_ms=p50_ms, reference=label == "torch-fp32")
+
+
+def _rows() -> list[BenchRow]:
+    return [_timed("torch-fp32", 5.0, "torch", device="cpu"),
+            _timed("onnx-fp32", 1.0, provider="CPUExecutionProvider"),
+            _timed("onnx-int8", 2.0, provider="CPUExecutionProvider"),
+            _timed("openvino-fp32", 3.0, "openvino", inference_precision="f32"),
+            _timed("openvino-int8-qac", 1.5, "openvino", inference_precision="f32"),
+            BenchRow("tflite-int8", None, "failed", "not installed")]
+
+
+def test_an_int8_row_slower_than_fp32_says_why_with_the_cpu(tmp_path) -> None:
+    result = BenchResult(_rows(), "torch-fp32", {"source": "test", "images": 8}, FAST,
+                         cpu=NO_VNNI)
+    assert int8_slower_notes(result) == [
+        "onnx-int8: INT8 slower than FP32 (p50 2.00 ms vs 1.00 ms for onnx-fp32): this CPU has "
+        "no VNNI/AMX int8 dot product"]  # openvino-int8-qac is faster than openvino-fp32
+    md = render_markdown(result)
+    assert md.startswith("Machine: AMD EPYC 7B13, x86_64, 2 logical cores (1 physical), "
+                         "AVX AVX2 FMA, no VNNI/AMX int8 dot product.")
+    assert "- Note: onnx-int8: INT8 slower than FP32" in md
+    assert "- **openvino-int8-qac** (openvino): inference_precision=f32" in md
+    doc = json.loads(write_outputs(result, tmp_path)["json"].read_text())
+    assert doc["cpu"] == NO_VNNI and doc["notes"] == int8_slower_notes(result)
+    assert doc["rows"][2]["execution"] == {"provider": "CPUExecutionProvider"}
+
+    on_vnni = BenchResult(_rows(), "torch-fp32", {"source": "test", "images": 8}, FAST, cpu=VNNI)
+    assert int8_slower_notes(on_vnni) == [
+        "onnx-int8: INT8 slower than FP32 (p50 2.00 ms vs 1.00 ms for onnx-fp32): although this "
+        "CPU has an int8 dot product (AVX512-VNNI): check what the runtime chose "
+        "(provider=CPUExecutionProvider)"]
+    unknown = BenchResult(_rows(), "torch-fp32", {"source": "test", "images": 8}, FAST,
+                          cpu={**NO_VNNI, "isa": [], "int8_dot": None})
+    assert int8_slower_notes(unknown)[0].endswith("int8 dot product support is unknown")
+
+
+def test_int8_as_fast_as_fp32_needs_no_note() -> None:
+    rows = [_timed("torch-fp32", 5.0, "torch"), _timed("onnx-fp32", 1.0),
+            _timed("onnx-int8", 1.0)]
+    result = BenchResult(rows, "torch-fp32", {"source": "test", "images": 8}, FAST, cpu=NO_VNNI)
+    assert int8_slower_notes(result) == [] and "Note:" not in render_markdown(result)
+
+
 def test_report_removes_what_an_earlier_run_left_and_this_one_does_not_write(tmp_path) -> None:
     """No model ran (no chart) and no gate (no junit.xml): an earlier run's files go."""
-    from skinedge.bench.harness import BenchResult
-
     out = tmp_path / "bench"
     out.mkdir()
     (out / "bench.png").write_bytes(b"an earlier run's chart")

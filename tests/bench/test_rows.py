@@ -9,7 +9,8 @@ from pathlib import Path
 from skinedge.bench.rows import BenchRow
 from skinedge.export.records import VerificationResult
 
-WORKER = {"backend": "onnxruntime", "threads": 1, "cpus": [0, 1], "load_s": 0.05,
+WORKER = {"backend": "onnxruntime", "threads": 1, "cpus": [0, 1],
+          "execution": {"provider": "CPUExecutionProvider"}, "load_s": 0.05,
           "cold_ms": 3.2, "p50_ms": 1.1, "p95_ms": 1.4, "p99_ms": 1.9, "mean_ms": 1.2,
           "iterations": 100, "warmup": 10, "peak_rss_mb": 310.5, "model_rss_mb": 12.25}
 SCORES = {"accuracy": 0.8, "balanced_accuracy": 0.75, "melanoma_auc": 0.9}

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from skinedge.bench.rows import DROP_FIELDS, SCORE_FIELDS, WORKER_FIELDS, BenchRow
 from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import ModelCard
+from skinedge.utils.cpu import cpu_info
 from skinedge.utils.io import check_writable, path_size, writing
 
 
@@ -47,6 +48,7 @@ class BenchResult:
     settings: BenchSettings
     labels: np.ndarray | None = None  # (N,) test labels
     probs: dict[str, np.ndarray] | None = None  # row label -> (N, C) probabilities
+    cpu: dict = field(default_factory=cpu_info)  # the machine that timed the rows (cpu_info)
 
 
 def _log(log, message: str) -> None:
@@ -366,7 +368,8 @@ def run_bench(
             for row in rows]
     test_info = {"source": test.source, "images": len(test), "classes": ref_card.classes,
                  "limited_to": limit}
-    return BenchResult(rows, rows[0].label, test_info, settings, test.labels, probs)
+    return BenchResult(rows, rows[0].label, test_info, settings, test.labels, probs,
+                       cpu=cpu_info())
 
 
 def _against_reference(row: BenchRow, probs: np.ndarray | None, reference_top1: np.ndarray,

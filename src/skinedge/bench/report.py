@@ -9,6 +9,7 @@ from pathlib import Path
 from skinedge.bench.gates import GateCheck
 from skinedge.bench.harness import BenchResult
 from skinedge.bench.rows import BenchRow
+from skinedge.utils.cpu import cpu_summary, int8_dot_words
 from skinedge.utils.io import (
     atomic_write_texts,
     package_versions,
@@ -39,6 +40,54 @@ def table_rows(result: BenchResult) -> list[list[str]]:
     return [[cell(row, key, fmt) for key, _, fmt in COLUMNS] for row in result.rows]
 
 
+def describe_execution(execution: dict | None) -> str:
+    """``provider=CPUExecutionProvider``; ``compute_layer_precisions=u8:30 f32:2``; ``-``."""
+    def shown(value) -> str:
+        if isinstance(value, dict):
+            return " ".join(f"{k}:{v}" for k, v in value.items())
+        if isinstance(value, list | tuple):
+            return " ".join(map(str, value))
+        return str(value)
+
+    return ", ".join(f"{key}={shown(value)}" for key, value in (execution or {}).items()) or "-"
+
+
+def _target_precision(label: str) -> tuple[str, str | None]:
+    """``openvino-int8-qac@m.xml`` -> (``openvino``, ``int8``)."""
+    target, _, rest = label.partition("@")[0].partition("-")
+    return target, rest.partition("-")[0] or None
+
+
+def int8_slower_notes(result: BenchResult) -> list[str]:
+    """A note for every measured INT8 row whose p50 latency is above the FP32 row of the same
+    target in this run, saying whether this CPU has an int8 dot product (VNNI/AMX, ARM dotprod)
+    and what the runtime chose. Gates are not affected: this says why, it does not judge."""
+    fp32: dict[str, BenchRow] = {}
+    for row in result.rows:
+        target, precision = _target_precision(row.label)
+        if precision == "fp32" and row.p50_ms is not None:
+            fp32.setdefault(target, row)
+    notes = []
+    for row in result.rows:
+        target, precision = _target_precision(row.label)
+        base = fp32.get(target)
+        if precision != "int8" or row.p50_ms is None or base is None:
+            continue
+        if row.p50_ms <= base.p50_ms:
+            continue
+        cpu = result.cpu or {}
+        if cpu.get("int8_dot") is False:
+            why = f"this CPU has {int8_dot_words(cpu)}"
+        elif cpu.get("int8_dot"):
+            why = (f"although this CPU has an {int8_dot_words(cpu)}: check what the runtime "
+                   f"chose ({describe_execution(row.execution)})")
+        else:
+            why = "this CPU's int8 dot product support is unknown"
+        notes.append(f"{row.label}: INT8 slower than FP32 (p50 {row.p50_ms:.2f} ms vs "
+                     f"{base.p50_ms:.2f} ms for {base.label}): {why}")
+    return notes
+
+
 def print_table(result: BenchResult, console=None) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -53,16 +102,21 @@ def print_table(result: BenchResult, console=None) -> None:
         style = None if row.status == "ok" else ("yellow" if row.status == "skipped" else "red")
         table.add_row(*cells, style=style)
     console.print(table)
+    console.print(f"CPU: {escape(cpu_summary(result.cpu))}")
     for row in result.rows:
         if row.reason:
             # Escaped: reasons quote install hints like pip install 'skinedge[tflite]'.
             console.print(f"[bold]{escape(row.label)}[/]: {row.status}: {escape(row.reason)}")
+    for note in int8_slower_notes(result):
+        console.print(f"[yellow]note[/]: {escape(note)}")
 
 
 def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
                     command: str | None = None) -> str:
     s = result.settings
-    lines = [f"Test set: `{result.test['source']}`, {result.test['images']} images"
+    lines = [f"Machine: {cpu_summary(result.cpu)}. Figures are for this CPU only: compare "
+             "them with a run on another machine only when both name the same CPU.", "",
+             f"Test set: `{result.test['source']}`, {result.test['images']} images"
              + (f" (first {result.test['limited_to']} only)" if result.test.get("limited_to") else "")
              + f". Reference: `{result.reference}` (the source checkpoint in PyTorch). "
              f"Threads: {s.threads or 'default'}"
@@ -83,6 +137,12 @@ def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
     reasons = [f"- **{r.label}** ({r.status}): {r.reason}" for r in result.rows if r.reason]
     if reasons:
         lines += ["", *reasons]
+    if notes := int8_slower_notes(result):
+        lines += ["", *(f"- Note: {note}" for note in notes)]
+    executions = [f"- **{r.label}** ({r.backend}): {describe_execution(r.execution)}"
+                  for r in result.rows if r.measured]
+    if executions:
+        lines += ["", "Execution each runtime chose on this CPU:", *executions]
     if checks:
         failed = [c for c in checks if not c.passed]
         lines += ["", f"Gate: {len(checks) - len(failed)}/{len(checks)} checks passed"
@@ -169,6 +229,8 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
            "rows": [row.to_dict() for row in result.rows], "reference": result.reference,
            "test": result.test,
            "settings": asdict(result.settings), "command": command,
+           "cpu": result.cpu, "cpu_summary": cpu_summary(result.cpu),
+           "notes": int8_slower_notes(result),
            "versions": package_versions(backend_packages()),
            "gate": None if checks is None else [c.__dict__ for c in checks]}
     contents: dict[str, tuple[Path, str | bytes]] = {

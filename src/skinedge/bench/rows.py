@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 BenchStatus = Literal["ok", "failed parity", "skipped", "failed"]
 
 #: What the worker measures (see ``bench/worker.py``), in its order.
-WORKER_FIELDS = ("backend", "threads", "cpus", "load_s", "cold_ms", "p50_ms", "p95_ms", "p99_ms",
-                 "mean_ms", "iterations", "warmup", "peak_rss_mb", "model_rss_mb")
+WORKER_FIELDS = ("backend", "threads", "cpus", "execution", "load_s", "cold_ms", "p50_ms",
+                 "p95_ms", "p99_ms", "mean_ms", "iterations", "warmup", "peak_rss_mb",
+                 "model_rss_mb")
 SCORE_FIELDS = ("accuracy", "balanced_accuracy", "melanoma_auc")
 DROP_FIELDS = tuple(f"{key}_drop" for key in SCORE_FIELDS)
 
@@ -36,6 +37,8 @@ class BenchRow:
         export: The artifact's verification when it was exported (read from its report).
         size_mb: What ships: weights, IR .xml + .bin, the package folder or the file.
         backend, threads, cpus: The runtime and how it ran.
+        execution: What the runtime chose on this CPU (``Runtime.execution``: ONNX Runtime's
+            provider, OpenVINO's inference precision and kernels, LiteRT's XNNPACK delegate).
         load_s, cold_ms: Load time and first inference; ``p50_ms``, ``p95_ms``, ``p99_ms``,
             ``mean_ms``: warm latency at batch 1 over ``iterations`` runs after ``warmup``.
         peak_rss_mb: Peak memory of the worker; ``model_rss_mb``: what the model added.
@@ -55,6 +58,7 @@ class BenchRow:
     backend: str | None = None
     threads: int | None = None
     cpus: tuple[int, ...] | None = None
+    execution: dict[str, Any] | None = None
     load_s: float | None = None
     cold_ms: float | None = None
     p50_ms: float | None = None

@@ -58,7 +58,8 @@ def measure(model: str, inputs: str, probs_out: str, *, threads: int | None, cpu
     lat = np.asarray(latencies)
     return {
         "label": runtime.label, "backend": runtime.backend, "threads": threads,
-        "cpus": sorted(os.sched_getaffinity(0)), "load_s": load_s, "cold_ms": cold_ms,
+        "cpus": sorted(os.sched_getaffinity(0)), "execution": runtime.execution(),
+        "load_s": load_s, "cold_ms": cold_ms,
         "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
         "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
         "iterations": iterations, "warmup": warmup,

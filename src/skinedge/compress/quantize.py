@@ -7,7 +7,6 @@ training split (never validation or test), preprocessed exactly as at inference.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -15,6 +14,7 @@ from torch import nn
 
 from skinedge.errors import ConfigError
 from skinedge.utils.backends import require
+from skinedge.utils.cpu import cpu_info
 
 # Activations and blocks that post-training INT8 handles badly: unbounded smooth activations
 # spread their output range, and squeeze-excitation multiplies two quantized tensors. Plain
@@ -45,12 +45,9 @@ OVERFLOW_FIXES: tuple[str, ...] = get_args(OverflowFix)
 
 
 def cpu_has_vnni() -> bool | None:
-    """Whether this CPU has int8 dot-product instructions (VNNI/AMX); None when unknown."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    """Whether this CPU has int8 dot-product instructions (VNNI/AMX on x86, dotprod/i8mm on
+    ARM); None when unknown (:func:`skinedge.utils.cpu.cpu_info`)."""
+    return cpu_info()["int8_dot"]
 
 
 def resolve_overflow_fix(value: str = "auto") -> str:

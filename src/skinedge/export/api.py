@@ -31,6 +31,7 @@ from skinedge.export.records import (
 )
 from skinedge.models.card import ModelCard
 from skinedge.utils.backends import MissingBackendError
+from skinedge.utils.cpu import cpu_info, cpu_summary
 from skinedge.utils.io import atomic_write_text, path_size, sha256_tree, writing
 
 if TYPE_CHECKING:
@@ -190,13 +191,14 @@ def export_checkpoint(
             seconds = time.perf_counter() - started
             # Verified where it was made: an earlier export in out/ and its report stay in
             # place until this one has passed (a failed one goes to rejected/ with its report).
+            execution = None
             if cannot_run:
                 check = VerificationResult("skipped", cannot_run, images=0)
             elif verification is None:
                 check = VerificationResult("skipped", "verification turned off", images=0)
             else:
-                check = _verify(exported.path, model, verification,
-                                tolerance or spec.tolerance(precision), threads, log)
+                check, execution = _verify(exported.path, model, verification,
+                                           tolerance or spec.tolerance(precision), threads, log)
             folder = out / "rejected" if check.status == "failed" else out
             folder.mkdir(exist_ok=True)
             report = folder / report.name
@@ -207,7 +209,7 @@ def export_checkpoint(
             files = [_move(f, folder) for f in exported.files]
             path = folder / exported.path.name
             _write_report(report, target, precision, checkpoint, exported.card, files, check,
-                          notes, seconds)
+                          notes, seconds, execution)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result = ExportResult(target, precision, path, files, exported.card, check, report, notes)
@@ -304,9 +306,11 @@ def _move(path: Path, folder: Path) -> Path:
 
 
 def _verify(path: Path, model, images: ImageArrays, tol: Tolerance, threads: int | None,
-            log) -> VerificationResult:
+            log) -> tuple[VerificationResult, dict | None]:
     """Compare the artifact's probabilities with the torch model's on validation images; an
-    artifact its own runtime cannot load or run fails, with the error as the reason."""
+    artifact its own runtime cannot load or run fails, with the error as the reason. Returns
+    the result and what the runtime chose on this CPU (``Runtime.execution``; None when it
+    could not load)."""
     import torch
 
     from skinedge.runtimes import load_runtime, softmax
@@ -314,14 +318,16 @@ def _verify(path: Path, model, images: ImageArrays, tol: Tolerance, threads: int
     _log(log, f"verifying {path.name} on {len(images)} validation images")
     with torch.inference_mode():
         reference = softmax(model(torch.from_numpy(images.x)).numpy())
+    execution = None
     try:
         runtime = load_runtime(path, threads=threads)
+        execution = runtime.execution()
         probs = runtime.predict_array(images.x)
         runtime.close()
     except Exception as exc:  # any backend error: the artifact is not usable as exported
         return VerificationResult(
             "failed", f"its runtime could not run it: {type(exc).__name__}: {exc}",
-            images=len(images))
+            images=len(images)), execution
     diff = np.abs(probs - reference)
     flips = int((probs.argmax(1) != reference.argmax(1)).sum())
     max_diff, mean_diff, flip_rate = float(diff.max()), float(diff.mean()), flips / len(images)
@@ -340,12 +346,16 @@ def _verify(path: Path, model, images: ImageArrays, tol: Tolerance, threads: int
         source=images.source, max_prob_diff=max_diff, mean_prob_diff=mean_diff, flips=flips,
         flip_rate=flip_rate,
         accuracy_reference=float((reference.argmax(1) == images.labels).mean()),
-        accuracy_artifact=float((probs.argmax(1) == images.labels).mean()), tolerance=tol)
+        accuracy_artifact=float((probs.argmax(1) == images.labels).mean()),
+        tolerance=tol), execution
 
 
 def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
                   card: ModelCard | None, files: list[Path], verification: VerificationResult,
-                  notes: list[str], seconds: float) -> None:
+                  notes: list[str], seconds: float, execution: dict | None = None) -> None:
+    """``<stem>.<target>.export.json``: what was exported, its files' hashes, the verification,
+    and the machine that made and verified it (its CPU, and what the runtime chose there)."""
+    cpu = cpu_info()
     doc = {
         "target": target, "precision": precision, "checkpoint": str(checkpoint),
         # load_runtime checks an artifact against these hashes when this report lies beside it
@@ -353,6 +363,8 @@ def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
                   for f in files],
         "export_seconds": round(seconds, 2), "verification": verification.to_dict(),
         "notes": notes,
+        "machine": {"cpu_summary": cpu_summary(cpu), "cpu": cpu, "verification_execution":
+                    execution},
         "card": None if card is None else json.loads(card.to_json()),
     }
     atomic_write_text(path, json.dumps(doc, indent=2))

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -197,6 +197,20 @@ class Runtime(ABC):
     @abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray:
         """Raw outputs (logits or probabilities, as the card says) for one batch."""
+
+    def execution(self) -> dict[str, Any]:
+        """How the backend chose to run this model on this machine, for reports (JSON values):
+        ONNX Runtime's ``provider``, OpenVINO's ``inference_precision`` and kernels, LiteRT's
+        ``xnnpack`` delegate. Empty when the backend says nothing; never raises (a backend
+        that cannot say gives ``{"error": ...}``)."""
+        try:
+            return dict(self._execution())
+        except Exception as exc:  # noqa: BLE001 - a report must not fail over this
+            return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    def _execution(self) -> dict[str, Any]:
+        """What :meth:`execution` returns; backends override it."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release backend resources."""

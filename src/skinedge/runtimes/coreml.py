@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,10 @@ class CoreMLRuntime(Runtime):
     @property
     def batch_size(self) -> int | None:
         return 1
+
+    def _execution(self) -> dict[str, Any]:
+        """The compute units Core ML may use (``ALL``: CPU, GPU and Neural Engine)."""
+        return {"compute_units": self.model.compute_unit.name}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         from PIL import Image

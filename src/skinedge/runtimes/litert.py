@@ -7,6 +7,7 @@ The card is a flatbuffer ``metadata`` entry named :data:`CARD_KEY`; :func:`with_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,3 +93,9 @@ class LiteRTRuntime(Runtime):
         self.interpreter.set_tensor(self.input, np.ascontiguousarray(quantize_input(x, spec.input)))
         self.interpreter.invoke()
         return dequantize_output(self.interpreter.get_tensor(self.output), spec.output)
+
+    def _execution(self) -> dict[str, Any]:
+        """Whether the XNNPACK delegate took over part of the graph (LiteRT applies it by
+        default; a graph it cannot take runs on the reference kernels): a ``DELEGATE`` node."""
+        ops = self.interpreter._get_ops_details()  # the only place the delegate shows
+        return {"xnnpack": any(op.get("op_name") == "DELEGATE" for op in ops)}

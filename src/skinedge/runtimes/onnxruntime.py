@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,3 +78,8 @@ class OnnxRuntime(Runtime):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: x})[0]
+
+    def _execution(self) -> dict[str, Any]:
+        """The execution provider the session runs on (the first of ``get_providers``)."""
+        providers = self.session.get_providers()
+        return {"provider": providers[0] if providers else None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
 RT_INFO_PATH = ["skinedge", "card"]
+#: Layer types of the compiled (runtime) model whose precision and kernel decide the speed.
+_COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"}
 
 
 @register_runtime
@@ -67,6 +70,29 @@ class OpenVINORuntime(Runtime):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.request.infer({0: x})[self.compiled.output(0)]
+
+    def _execution(self) -> dict[str, Any]:
+        """The compiled model's ``inference_precision`` (``f32``, ``bf16``, ``f16``), and for
+        its convolutions and matrix products the precisions they run in (``u8``/``i8``: int8
+        kernels) and the kernels the CPU plugin picked (``brgconv_avx512_core_vnni``,
+        ``jit_avx2_I8``: the instructions used)."""
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        doc: dict[str, Any] = {
+            "device": ",".join(self.compiled.get_property("EXECUTION_DEVICES")),
+            "inference_precision": precision.get_type_name() if hasattr(
+                precision, "get_type_name") else str(precision)}
+        runs: dict[str, int] = {}
+        kernels: set[str] = set()
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "layerType" in info and info["layerType"].astype(str) in _COMPUTE_LAYERS:
+                runs[info["runtimePrecision"].astype(str)] = runs.get(
+                    info["runtimePrecision"].astype(str), 0) + 1
+                kernels.add(info["primitiveType"].astype(str))
+        if runs:
+            doc["compute_layer_precisions"] = dict(sorted(runs.items()))
+            doc["kernels"] = sorted(kernels)
+        return doc
 
 
 def _check_weights_file(xml: Path, root: ET.Element) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,11 @@ class TensorRTRuntime(Runtime):
                              f"preprocessing are unknown; keep the card that `skinedge export` "
                              f"wrote")
         return card_from_json(sidecar.read_bytes(), sidecar)  # bad UTF-8: a ModelError too
+
+    def _execution(self) -> dict[str, Any]:
+        import torch
+
+        return {"device": torch.cuda.get_device_name(), "tensorrt": self._trt.__version__}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -7,6 +7,7 @@ Needs the ``train`` extra (torch, timm); a checkpoint is a folder with ``card.js
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,12 @@ class TorchRuntime(Runtime):
     @classmethod
     def artifact_files(cls, path: Path) -> list[Path]:
         return []  # a checkpoint has no export report: its card holds the weights' sha256
+
+    def _execution(self) -> dict[str, Any]:
+        import torch
+
+        return {"device": str(self.device), "threads": torch.get_num_threads(),
+                "mkldnn": bool(torch.backends.mkldnn.is_available())}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch
