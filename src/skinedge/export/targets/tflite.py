@@ -12,17 +12,28 @@ quantizers, chosen with ``ExportOptions.quantizer``:
 FP16 stores weights as float16 (ai-edge-quantizer float casting); compute stays float.
 The card is a flatbuffer ``metadata`` entry that the LiteRT backend reads
 (:mod:`skinedge.runtimes.litert`, which also writes it).
+
+Besides the card, every file carries the standard TFLite Model Metadata (``TFLITE_METADATA``,
+``metadata_schema.fbs`` 1.0.0: image input with normalization, labels, name, version, author,
+licence) and its labels files packed as a zip after the flatbuffer, as tflite-support's
+``MetadataPopulator`` writes them, so MediaPipe Tasks' ImageClassifier loads fp32 and fp16
+files as they are (tested; the TFLite Task Library reads the same metadata, untested here).
+MediaPipe squashes the whole frame to the input size with its own filter;
+:func:`mediapipe_differences` lists what else it cannot do as the card says.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import warnings
+import zipfile
 
 import numpy as np
 
+from skinedge import __version__
 from skinedge.export.base import Exported, ExportError, ExportJob, register_target
-from skinedge.models.card import ArtifactInfo, TensorSpec
+from skinedge.models.card import ArtifactInfo, ModelCard, TensorSpec
 from skinedge.runtimes.litert import CARD_KEY, with_metadata
 from skinedge.utils.backends import require
 from skinedge.utils.io import package_versions
@@ -120,6 +131,161 @@ def _spec(detail: dict, layout: str, kind: str | None = None) -> TensorSpec:
                       zero_point=int(zero) if quantized else None, kind=kind)
 
 
+# Standard TFLite Model Metadata (metadata_schema.fbs of tflite-support, shipped in mediapipe),
+# written with the flatbuffers runtime that ai-edge-litert already needs: mediapipe's writers
+# cannot be imported from any mediapipe release that fits this project's pins (1.x lacks their
+# native helper; 0.10.21, the last with it, needs numpy<2 and protobuf<5).
+
+#: The entry MediaPipe Tasks and the TFLite Task Library read: a ModelMetadata flatbuffer.
+STANDARD_METADATA_KEY = "TFLITE_METADATA"
+LABELS_FILE = "labels.txt"  # class codes in output order: MediaPipe's category_name
+DISPLAY_NAMES_FILE = "labels_en.txt"  # the card's class names (locale "en"): display_name
+_MIN_PARSER_VERSION = "1.0.0"  # every field written here is in schema 1.0.0
+# Enum and union values of metadata_schema.fbs.
+_RGB, _TENSOR_AXIS_LABELS = 1, 2  # ColorSpaceType.RGB, AssociatedFileType.TENSOR_AXIS_LABELS
+_FEATURE_PROPERTIES, _IMAGE_PROPERTIES = 1, 2  # ContentProperties union
+_NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union
+
+
+class _Tables:
+    """A flatbuffers builder for the metadata tables. A field is ``(slot, kind, value)``: its
+    position in its table in metadata_schema.fbs (a union takes two: its type, then its
+    value), ``off`` (string, vector, table), ``i8`` (enum), ``u8`` (union type) or ``u32``;
+    None values are left out. Children are built before the table that holds them."""
+
+    _PREPEND = {"off": "PrependUOffsetTRelativeSlot", "i8": "PrependInt8Slot",
+                "u8": "PrependUint8Slot", "u32": "PrependUint32Slot"}
+
+    def __init__(self):
+        self.b = require("flatbuffers", "tflite").Builder(1024)  # an ai-edge-litert dependency
+
+    def table(self, *fields: tuple[int, str, int | None]) -> int:
+        self.b.StartObject(max((slot for slot, _, _ in fields), default=-1) + 1)
+        for slot, kind, value in fields:
+            if value is not None:
+                getattr(self.b, self._PREPEND[kind])(slot, value, 0)
+        return self.b.EndObject()
+
+    def string(self, text: str | None) -> int | None:
+        return None if text is None else self.b.CreateString(text)
+
+    def floats(self, values) -> int:
+        return self.b.CreateNumpyVector(np.asarray(values, dtype=np.float32))
+
+    def tables(self, offsets: list[int]) -> int:
+        self.b.StartVector(4, len(offsets), 4)
+        for offset in reversed(offsets):
+            self.b.PrependUOffsetTRelative(offset)
+        return self.b.EndVector()
+
+    def finish(self, root: int) -> bytes:
+        self.b.Finish(root, file_identifier=b"M001")
+        return bytes(self.b.Output())
+
+
+def mediapipe_differences(card: ModelCard,
+                          input_dtype: np.dtype) -> tuple[list[str], list[str], list[str]]:
+    """How MediaPipe Tasks, reading the standard metadata alone, treats an image, compared
+    with skinedge's runtimes, which rebuild preprocessing from the card.
+
+    Returns:
+        ``(approximations, wrong, refused)``: what moves its scores a little (resizing), what it
+        leaves out without a word (its predictions are wrong), and what makes it refuse the
+        file when it loads it.
+    """
+    pre = card.preprocess
+    approximations = [f"MediaPipe resizes the whole image to {pre.input_size}x{pre.input_size} "
+                      f"with its own filter (skinedge: {pre.interpolation}"
+                      + (", short side then a centred square crop: crop a centred square first)"
+                         if pre.resize_mode == "crop" else ")")]
+    wrong = []
+    if pre.color_constancy != "none":
+        wrong.append(f"{pre.color_constancy} colour constancy is not applied")
+    if pre.equalize:
+        wrong.append("luminance equalisation is not applied")
+    refused = []
+    if len(set(pre.mean)) > 1 or len(set(pre.std)) > 1:  # written anyway: the schema takes it
+        refused.append("MediaPipe refuses per-channel mean/std ('Per-channel image "
+                       "normalization is not available'); train with one mean and std for it")
+    if input_dtype not in (np.float32, np.uint8):
+        refused.append(f"the input tensor is {input_dtype.name}, and MediaPipe takes float32 or "
+                       f"uint8 only (export fp32 or fp16 for MediaPipe)")
+    return approximations, wrong, refused
+
+
+def standard_metadata(card: ModelCard, input_dtype: np.dtype) -> bytes:
+    """The ``TFLITE_METADATA`` flatbuffer for an exported classifier.
+
+    The input is an RGB image normalised as ``(pixel - mean) / std`` on 0-255 values (the
+    card's mean and std, which are on 0-1 values, times 255); the output is ``(1, C)`` logits
+    labelled by :data:`LABELS_FILE` and :data:`DISPLAY_NAMES_FILE`.
+    """
+    pre, t = card.preprocess, _Tables()
+    mean = [255.0 * m for m in pre.mean]
+    std = [255.0 * s for s in pre.std]
+
+    def labels_file(name: str, description: str, locale: str | None = None) -> int:
+        return t.table((0, "off", t.string(name)), (1, "off", t.string(description)),
+                       (2, "i8", _TENSOR_AXIS_LABELS), (3, "off", t.string(locale)))
+
+    size = t.table((0, "u32", pre.input_size), (1, "u32", pre.input_size))  # ImageSize
+    image = t.table((0, "i8", _RGB), (1, "off", size))  # ImageProperties
+    norm = t.table((0, "off", t.floats(mean)), (1, "off", t.floats(std)))  # NormalizationOptions
+    stats = None  # Stats (max, min) of the normalised values, as mediapipe's writer gives them
+    if input_dtype == np.float32:
+        stats = t.table((0, "off", t.floats([(255 - m) / s for m, s in zip(mean, std)])),
+                        (1, "off", t.floats([-m / s for m, s in zip(mean, std)])))
+    approximations = mediapipe_differences(card, input_dtype)[0]
+    image_input = t.table(  # TensorMetadata
+        (0, "off", t.string("image")),
+        (1, "off", t.string(f"RGB image, {pre.input_size}x{pre.input_size}, (pixel - mean) / std "
+                            f"on 0-255 values. {approximations[0]}.")),
+        (3, "off", t.table((0, "u8", _IMAGE_PROPERTIES), (1, "off", image))),  # Content
+        (4, "off", t.tables([t.table((0, "u8", _NORMALIZATION_OPTIONS), (1, "off", norm))])),
+        (5, "off", stats))
+    labels = t.tables([
+        labels_file(LABELS_FILE, "Class codes, one a line, in output order."),
+        labels_file(DISPLAY_NAMES_FILE, "Class names, one a line, in output order.", "en")])
+    logits = t.table(
+        (0, "off", t.string("logits")),
+        (1, "off", t.string(f"Class logits, shape (1, {card.num_classes}): softmax gives the "
+                            f"probabilities skinedge reports; not thresholdable as scores.")),
+        (3, "off", t.table((0, "u8", _FEATURE_PROPERTIES), (1, "off", t.table()))),
+        (6, "off", labels))
+    subgraph = t.table((2, "off", t.tables([image_input])), (3, "off", t.tables([logits])))
+    weights = card.weights_sha256
+    model = t.table(  # ModelMetadata
+        (0, "off", t.string(f"skinedge {card.architecture} {card.precision}")),
+        (1, "off", t.string(f"Skin-lesion classifier, {card.num_classes} classes "
+                            f"({card.vocabulary}): {', '.join(card.classes)}. "
+                            f"{card.intended_use}")),
+        (2, "off", t.string(f"weights sha256 {weights[:16]}" if weights else card.created)),
+        (3, "off", t.tables([subgraph])),
+        (4, "off", t.string(f"skinedge {__version__}")),
+        (5, "off", t.string(f"Trained on data under: {card.data.licence}. Respect its terms when "
+                            f"sharing this model.")),
+        (7, "off", t.string(_MIN_PARSER_VERSION)))
+    return t.finish(model)
+
+
+def with_standard_metadata(flatbuffer: bytes, card: ModelCard) -> bytes:
+    """``flatbuffer`` with the :func:`standard_metadata` entry, followed by a zip of its labels
+    files (stored, not compressed), as tflite-support's ``MetadataPopulator`` packs them.
+    ``card`` is the artifact's (its ``artifact.input`` gives the input dtype).
+
+    Call it last: re-serialising the flatbuffer (:func:`~skinedge.runtimes.litert.with_metadata`)
+    drops the zip.
+    """
+    dtype = np.dtype(card.artifact.input.dtype)
+    packed = io.BytesIO(with_metadata(flatbuffer, STANDARD_METADATA_KEY,
+                                      standard_metadata(card, dtype)))
+    with zipfile.ZipFile(packed, "a") as archive:  # a file that is no zip gets one appended
+        archive.writestr(LABELS_FILE, "".join(f"{code}\n" for code in card.classes))
+        archive.writestr(DISPLAY_NAMES_FILE, "".join(
+            f"{card.class_names.get(code, code)}\n" for code in card.classes))
+    return packed.getvalue()
+
+
 @register_target(
     name="tflite", suffix=".tflite", extra="tflite",
     requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
@@ -143,6 +309,13 @@ def export_tflite(job: ExportJob) -> Exported:
             details["quantizer"] = "ai-edge-quantizer static_wi8_ai8"
             details["variant"] = "aeq"
     interpreter = _interpreter(flatbuffer)
+    approximations, wrong, refused = mediapipe_differences(
+        job.card, np.dtype(interpreter.get_input_details()[0]["dtype"]))
+    details["tflite_metadata"] = {"labels": LABELS_FILE, "display_names": DISPLAY_NAMES_FILE,
+                                  "mediapipe_differs": approximations + wrong + refused}
+    if wrong:  # MediaPipe says nothing about these (a refusal it reports itself, at load time)
+        warnings.warn(f"{job.stem}.tflite: MediaPipe Tasks will load it but predict differently: "
+                      f"{'; '.join(wrong)}", UserWarning, stacklevel=2)
     info = ArtifactInfo(
         target="tflite", precision=job.precision, source_checkpoint=job.source,
         source_weights_sha256=job.card.weights_sha256,
@@ -152,5 +325,6 @@ def export_tflite(job: ExportJob) -> Exported:
         versions=package_versions(("litert-torch", "ai-edge-litert", "ai-edge-quantizer")))
     card = job.card_for(info)
     path = job.workdir / f"{job.stem}.tflite"
-    path.write_bytes(with_metadata(flatbuffer, CARD_KEY, card.to_json().encode()))
+    flatbuffer = with_metadata(flatbuffer, CARD_KEY, card.to_json().encode())
+    path.write_bytes(with_standard_metadata(flatbuffer, card))
     return Exported(path, [path], card)
