@@ -19,7 +19,9 @@ from skinedge.pipelines.promotion import (
     decide,
     fixed_test_gate,
     paired_bootstrap,
+    protected_classes_gate,
 )
+from skinedge.pipelines.retrain import RetrainConfig
 from tests.conftest import CLASS_COLOURS, make_image, manifest_of
 
 pytest.importorskip("onnxruntime")
@@ -136,9 +138,10 @@ def test_corrections_make_a_better_candidate_promoted_after_a_resume(
 
     monkeypatch.setattr(retrain_stages, "bench", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        _retrain(feedback, registry, out, catch=False)
+        # Half held out: enough cases for the sign test to tell the gain from chance.
+        _retrain(feedback, registry, out, "--holdout-fraction", "0.5", catch=False)
     assert [p.parent.name for p in sorted(out.glob("*/stage.json"))] == [
-        "1-base", "2-data", "3-train", "4-export"]
+        "1-base", "2-data", "2b-gan", "3-train", "4-export"]
     assert [v.id for v in Registry(registry).versions()] == ["v0001", "v0002"]
     monkeypatch.undo()
     trained = (out / "3-train/stage.json").stat().st_mtime_ns
@@ -149,7 +152,9 @@ def test_corrections_make_a_better_candidate_promoted_after_a_resume(
     assert (out / "3-train/stage.json").stat().st_mtime_ns == trained  # not trained again
     report = json.loads((out / "retrain.json").read_text())
     assert report["decision"]["promoted"], report["decision"]["reason"]
-    assert [g["passed"] for g in report["gates"]] == [True, True, True]
+    assert {g["name"]: g["passed"] for g in report["gates"]} == {
+        "test-split": True, "protected-classes": True, "corrected-cases": True,
+        "deployment-budgets": True}
     assert report["candidate"] == "v0003"
     reg = Registry(registry)
     candidate = reg.get("v0003")
@@ -297,6 +302,47 @@ def test_corrected_cases_gate_refuses_a_tie_and_a_balanced_accuracy_drop():
     assert not gate.passed and "balanced accuracy dropped" in gate.reason
 
 
+def test_protected_classes_gate_refuses_missed_melanomas_behind_a_steady_balanced_accuracy():
+    # 3 classes, 40 images each; the candidate trades 8 melanomas (class 0) for 8 naevi (1).
+    y = np.repeat([0, 1, 2], 40)
+    base = np.where(np.arange(120) % 5 == 0, (y + 1) % 3, y)  # 80% recall each
+    candidate = base.copy()
+    candidate[np.flatnonzero((y == 0) & (base == 0))[:8]] = 1  # mel: 32 -> 24 of 40
+    candidate[np.flatnonzero((y == 1) & (base != 1))[:8]] = 1  # nv: 32 -> 40 of 40
+    boot = paired_bootstrap(y, candidate, base, 3, n_boot=300)
+    assert boot["difference"] == pytest.approx(0.0)
+    assert fixed_test_gate(y, candidate, base, 3, max_drop=0.02, n_boot=300, level=0.95,
+                           seed=0, source="t", boot=boot).passed  # balanced accuracy holds
+    gate = protected_classes_gate(boot, ["mel", "nv", "bcc"], ["mel"], max_class_drop=0.05,
+                                  source="t")
+    assert not gate.passed and "mel recall 0.600 vs base 0.800" in gate.reason
+    assert gate.checks[0]["interval"][1] < 0  # 8 of 40 melanomas: beyond resampling too
+    assert protected_classes_gate(boot, ["mel", "nv", "bcc"], ["nv"], max_class_drop=0.05,
+                                  source="t").passed
+    # One melanoma fewer: within the interval, but over a 0.02 budget; within a 0.05 one.
+    one = base.copy()
+    one[np.flatnonzero((y == 0) & (base == 0))[0]] = 1
+    boot = paired_bootstrap(y, one, base, 3, n_boot=300)
+    assert protected_classes_gate(boot, ["mel", "nv", "bcc"], ["mel"], max_class_drop=0.05,
+                                  source="t").passed
+    gate = protected_classes_gate(boot, ["mel", "nv", "bcc"], ["mel"], max_class_drop=0.02,
+                                  source="t")
+    assert not gate.passed and "exceeds max_class_drop 0.02" in gate.reason
+    # A protected class that the test split lacks cannot pass by checking nothing.
+    boot = paired_bootstrap(y[y > 0], base[y > 0], base[y > 0], 3, n_boot=100)
+    gate = protected_classes_gate(boot, ["mel", "nv", "bcc"], ["mel"], max_class_drop=0.05,
+                                  source="t")
+    assert not gate.passed and "not in the test split" in gate.reason
+
+
+def test_unknown_protected_class_is_refused_before_training(registry, tmp_path):
+    feedback = write_feedback(tmp_path / "feedback", [("mel", NEW_LOOKS["mel"], "mel")])
+    result = _retrain(feedback, registry, tmp_path / "run", "--set", "gates.protected=[melanoma]")
+    assert result.exit_code != 0
+    assert "gates.protected ['melanoma']: not classes of" in _text(result)
+    assert not (tmp_path / "run" / "3-train").exists()
+
+
 def test_budgets_gate_and_decision():
     ok = {"label": "onnx-fp32", "check": "p95_ms", "passed": True, "message": "fine"}
     bad = {"label": "onnx-fp32", "check": "p95_ms", "passed": False, "message": "too slow"}
@@ -359,8 +405,82 @@ def test_sign_test_tells_a_real_gain_from_noise():
     one_more = base.copy()
     one_more[0] = 0  # 1 fixed, 0 broken: better, p = 0.5
     assert corrected_cases_gate(y, one_more, base, 2, min_gain=0.0, source="h").passed
+    assert RetrainConfig().gates.holdout_alpha == 0.05  # required by default
     gate = corrected_cases_gate(y, one_more, base, 2, min_gain=0.0, source="h", alpha=0.05)
     assert not gate.passed and "not beyond chance" in gate.reason
     all_fixed = y.copy()  # 6 fixed: p = 1/64
     assert corrected_cases_gate(y, all_fixed, base, 2, min_gain=0.0, source="h",
                                 alpha=0.05).passed
+
+
+def test_a_gan_run_is_refreshed_on_the_corrections_in_train_and_feeds_the_fine_tune(
+        registry, tiny_checkpoint, tmp_path):
+    from skinedge.models import load_card
+    from skinedge.synth.gan import train_gan
+    from tests.synth.test_gan import tiny_config
+
+    gan = tmp_path / "gan"
+    train_gan(tiny_config(manifest_of(tiny_checkpoint), model={"arch": "dcgan"}, kimg=0.016,
+                          snapshot_kimg=0.016), gan)
+    feedback = write_feedback(tmp_path / "feedback", [("df", NEW_LOOKS["df"], "df")])
+    out = tmp_path / "run"
+
+    result = _retrain(feedback, registry, out, "--gan", str(gan), "--set", "gan.kimg=0.016",
+                      "--set", "gan.selection.target=20",
+                      "--set", "gan.selection.min_classifier_confidence=0",
+                      "--set", "gan.overrides=[threads=2]", base="v0002")
+
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads((out / "2-data/feedback.json").read_text())
+    assert data["holdout"] and {c["label"] for c in data["holdout"]} == {"df"}
+    report = json.loads((out / "retrain.json").read_text())
+    refreshed = report["gan"]
+    assert refreshed["status"] == "refreshed" and refreshed["classes"] == ["df"]
+    # The base's 6 df train images and the corrections that joined train; never the held-out.
+    assert refreshed["images"] == {"df": 6 + len(data["train"])}
+    assert refreshed["new_images"] == {"df": len(data["train"])}
+    assert refreshed["init_from"]["."]["path"] == str((gan / "last.pt").resolve())
+    assert refreshed["selected"]["df"] >= 1
+    trained = json.loads((out / "3-train/stage.json").read_text())
+    assert trained["synthetic"] == refreshed["synthetic"] == str(out / "2b-gan" / "selected")
+    card = load_card(trained["checkpoint"])
+    assert card.training["synthetic"]["counts"] == refreshed["selected"]
+
+
+def test_an_ensemble_version_is_retrained_member_by_member(registry, teacher, tmp_path):
+    from skinedge.models import load_card
+    from skinedge.registry import Registry
+
+    version = Registry(registry).register(teacher, manifest=manifest_of_registry(registry),
+                                          notes="an ensemble, no export")
+    feedback = write_feedback(tmp_path / "feedback",
+                              [(c, colour, c) for c, colour in NEW_LOOKS.items()], lesions=3)
+    out = tmp_path / "run"
+
+    result = _retrain(feedback, registry, out, "--set", "finetune.epochs=1",
+                      base=version.id)
+
+    assert result.exit_code == 0, (result.output, result.exception)
+    trained = json.loads((out / "3-train/stage.json").read_text())
+    assert trained["kind"] == "ensemble"
+    assert [s["step"] for s in trained["steps"]] == [
+        "members/member-0", "members/member-1", "ensemble"]
+    report = json.loads((out / "retrain.json").read_text())
+    candidate = Registry(registry).get(report["candidate"])
+    card = load_card(candidate.checkpoint)
+    assert len(card.members) == 2 and card.classes == load_card(teacher).classes
+    assert candidate.parent == version.id
+
+
+def test_without_a_gan_run_the_gan_stage_is_skipped(registry, tmp_path, monkeypatch):
+    from skinedge.pipelines import retrain_stages
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after the GAN stage")
+
+    monkeypatch.setattr(retrain_stages, "finetune", stop)
+    feedback = write_feedback(tmp_path / "feedback", [("df", NEW_LOOKS["df"], "df")], lesions=3)
+    with pytest.raises(RuntimeError, match="stopped"):
+        _retrain(feedback, registry, tmp_path / "run", base="v0002", catch=False)
+    stage = json.loads((tmp_path / "run/2b-gan/stage.json").read_text())
+    assert stage == {"status": "skipped: no GAN run", "synthetic": None}

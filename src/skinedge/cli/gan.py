@@ -24,9 +24,13 @@ def gan_train(
         help="Split manifest; only its train split is read (same as --set data.manifest=...).")] = None,
     overrides: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out after a stop.")] = False,
+    init_from: Annotated[Path | None, typer.Option(
+        metavar="RUN", help="Fine-tune a GAN run: start from its weights (same model settings "
+                            "and classes), with fresh optimizers and kimg from zero.")] = None,
 ) -> None:
     """Train a StyleGAN2-style (or DCGAN) class-conditional GAN with DiffAugment, R1 and a
-    generator EMA, writing a checkpoint and a sample grid per class every snapshot."""
+    generator EMA, writing a checkpoint and a sample grid per class every snapshot; with
+    --init-from, fine-tune another run (e.g. on a manifest extended with new images)."""
     from skinedge.cli.progress import console, make_progress
     from skinedge.synth.gan import GANConfig, train_gan
     from skinedge.utils.provenance import now, record_command
@@ -35,7 +39,8 @@ def gan_train(
     cfg = load_run_config(out, config, overrides, resume, {"data.manifest": manifest},
                           config_class=GANConfig)
     with make_progress() as progress:
-        results = train_gan(cfg, out, resume=resume, callbacks=_RichGANCallbacks(progress))
+        results = train_gan(cfg, out, resume=resume, callbacks=_RichGANCallbacks(progress),
+                            init_from=init_from)
     record_command(out, started=started, finished=now())
     for r in results:
         why = (" (time limit reached: --resume --set time_limit_minutes=... with a larger "

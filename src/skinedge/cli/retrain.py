@@ -41,6 +41,10 @@ def retrain(
     promote: Annotated[bool | None, typer.Option(
         "--promote/--no-promote", help="Promote the candidate when every gate passes (default "
                                        "on); it is registered either way.")] = None,
+    gan: Annotated[Path | None, typer.Option(
+        metavar="RUN", help="A GAN run of the base split to refresh on the corrections' rare "
+                            "classes; the fine-tune trains on its selected images (same as "
+                            "--set gan.run=RUN).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped run in --out.")] = False,
     store_dir: Annotated[Path | None, typer.Option(
         help="With a database URL as --feedback: the service's data folder (encrypted images, "
@@ -69,6 +73,8 @@ def retrain(
             doc[key] = value
     if gate is not None:
         doc["bench"]["gate"] = gate
+    if gan is not None:
+        doc["gan"]["run"] = gan
     cfg = validate_config(RetrainConfig, doc, "retrain options")
     result = run_retrain(cfg, out, resume=resume, reporter=RichReporter(),
                          command=_redacted(command_line()), export_feedback=export_feedback)

@@ -1,19 +1,26 @@
 """The promotion gates of a retrained candidate, and the report that says why it was (not)
 promoted.
 
-Three gates, each a :class:`GateResult`:
+Four gates, each a :class:`GateResult`:
 
 (a) ``test-split``: the base manifest's fixed test split, both models on the same images. A
     paired bootstrap resamples the same image indices for both and takes the difference of
     balanced accuracy (candidate - base) in each resample. Refused when the interval's upper
     bound is below 0 (worse beyond what resampling explains) or the point difference is a drop
     larger than ``max_drop``.
-(b) ``corrected-cases``: the held-out corrected cases. The candidate must be better than the
-    base: accuracy higher by more than ``min_gain`` (a tie is refused) and balanced accuracy
-    (over the classes present) not lower; with ``alpha`` set, the exact sign test on the cases
-    only one model gets right must also give p < alpha (off by default: its p-value is always
-    reported).
-(c) ``deployment-budgets``: every check of the deployment's bench gate (latency, parity) and
+(b) ``protected-classes``: on the same test split and resamples, the recall (sensitivity) of
+    each protected class, melanoma by default. A balanced accuracy that holds can hide a model
+    that misses more melanomas (what corrections that call melanomas naevi teach it); refused
+    when a class's recall interval lies below 0 or its recall drops by more than
+    ``max_class_drop``. The test split is the one set of trusted labels: the gates below read
+    the feedback's own labels, so they cannot see feedback that is wrong.
+(c) ``corrected-cases``: the held-out corrected cases. The candidate must be better than the
+    base beyond chance: accuracy higher by more than ``min_gain``, balanced accuracy (over the
+    classes present) not lower, and the one-sided exact sign test (McNemar's) on the cases only
+    one model gets right at p < ``alpha``. Without the test, one case more out of a hundred
+    passes; with it, a candidate that is not better passes with probability at most ``alpha``
+    (shuffled labels in the feedback make both models' answers coin flips on the held-out part).
+(d) ``deployment-budgets``: every check of the deployment's bench gate (latency, parity) and
     every export of the base version's targets passed.
 
 Pure NumPy: the caller computes the predictions.
@@ -46,10 +53,7 @@ class GateResult:
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Mean recall over the classes present in ``y_true`` (absent classes are not averaged)."""
-    support = np.bincount(y_true, minlength=n_classes)
-    hits = np.bincount(y_true, weights=(y_pred == y_true), minlength=n_classes)
-    present = support > 0
-    return float((hits[present] / support[present]).mean())
+    return float(np.nanmean(recalls(y_true, y_pred, n_classes)))
 
 
 def paired_bootstrap(y_true: np.ndarray, candidate: np.ndarray, base: np.ndarray,
@@ -75,27 +79,52 @@ def paired_bootstrap(y_true: np.ndarray, candidate: np.ndarray, base: np.ndarray
     rng = np.random.default_rng(seed)
     n = len(y_true)
     diffs = np.empty(n_boot)
+    recall_diffs = np.full((n_boot, n_classes), np.nan)
     for b in range(n_boot):
         idx = rng.integers(0, n, n)
         diffs[b] = (balanced_accuracy(y_true[idx], candidate[idx], n_classes)
                     - balanced_accuracy(y_true[idx], base[idx], n_classes))
+        recall_diffs[b] = (recalls(y_true[idx], candidate[idx], n_classes)
+                           - recalls(y_true[idx], base[idx], n_classes))
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(diffs, [tail, 100 - tail])
     cand = balanced_accuracy(y_true, candidate, n_classes)
     ref = balanced_accuracy(y_true, base, n_classes)
+    per_class = {}
+    rec_c, rec_b = recalls(y_true, candidate, n_classes), recalls(y_true, base, n_classes)
+    for k in range(n_classes):
+        if np.isnan(rec_b[k]):
+            continue  # not in the test split
+        draws = recall_diffs[:, k][~np.isnan(recall_diffs[:, k])]
+        c_lo, c_hi = np.percentile(draws, [tail, 100 - tail])
+        per_class[k] = {"n": int((y_true == k).sum()), "candidate": float(rec_c[k]),
+                        "base": float(rec_b[k]), "difference": float(rec_c[k] - rec_b[k]),
+                        "interval": [float(c_lo), float(c_hi)]}
     return {"n": n, "candidate": cand, "base": ref, "difference": cand - ref,
-            "interval": [float(lo), float(hi)], "level": level, "n_boot": n_boot}
+            "interval": [float(lo), float(hi)], "level": level, "n_boot": n_boot,
+            "recall": per_class}
+
+
+def recalls(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes,) recall per class; NaN for a class absent from ``y_true``."""
+    support = np.bincount(y_true, minlength=n_classes)
+    hits = np.bincount(y_true, weights=(y_pred == y_true), minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, hits / np.maximum(support, 1), np.nan)
 
 
 def fixed_test_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.ndarray,
                     n_classes: int, *, max_drop: float, n_boot: int, level: float,
-                    seed: int, source: str) -> GateResult:
-    """Gate (a): no drop on the fixed test split beyond what its bootstrap interval allows."""
-    boot = paired_bootstrap(y_true, candidate, base, n_classes, n_boot=n_boot, level=level,
-                            seed=seed)
+                    seed: int, source: str,
+                    boot: dict[str, Any] | None = None) -> GateResult:
+    """Gate (a): no drop on the fixed test split beyond what its bootstrap interval allows
+    (``boot``: :func:`paired_bootstrap` of these predictions, when the caller has it)."""
+    boot = boot or paired_bootstrap(y_true, candidate, base, n_classes, n_boot=n_boot,
+                                    level=level, seed=seed)
     lo, hi = boot["interval"]
     diff = boot["difference"]
-    figures = {**boot, "max_drop": max_drop, "source": source,
+    figures = {**{k: v for k, v in boot.items() if k != "recall"}, "max_drop": max_drop,
+               "source": source,
                "candidate_accuracy": float((candidate == y_true).mean()),
                "base_accuracy": float((base == y_true).mean())}
     what = (f"balanced accuracy {boot['candidate']:.4f} vs base {boot['base']:.4f} "
@@ -112,6 +141,59 @@ def fixed_test_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.ndarray,
                       f"{what}: within the interval and max_drop {max_drop:g}", figures)
 
 
+def protected_classes_gate(boot: dict[str, Any], classes: Sequence[str],
+                           protected: Sequence[str], *, max_class_drop: float,
+                           source: str) -> GateResult:
+    """Gate (b): no protected class (melanoma) loses recall on the fixed test split beyond its
+    bootstrap interval or by more than ``max_class_drop``.
+
+    Args:
+        boot: :func:`paired_bootstrap` on the test split (its ``recall`` entry).
+        classes: Class codes by index.
+        protected: Codes whose recall must hold; codes not in ``classes`` or not in the test
+            split are named in the reason and fail the gate (a gate that checks nothing must
+            not pass).
+        max_class_drop: Largest recall drop allowed, in points of recall (0.05 = 5 points).
+        source: The manifest the test split came from.
+    """
+    title = "No protected class loses sensitivity"
+    checks, failed = [], []
+    for code in protected:
+        k = classes.index(code) if code in classes else None
+        row = boot["recall"].get(k) if k is not None else None
+        if row is None:
+            message = (f"{code}: not in the test split's classes ({', '.join(classes)}); "
+                       "set gates.protected to classes the test split holds")
+            checks.append({"label": code, "check": "recall", "passed": False,
+                           "message": message})
+            failed.append(message)
+            continue
+        lo, hi = row["interval"]
+        diff = row["difference"]
+        message = (f"{code} recall {row['candidate']:.3f} vs base {row['base']:.3f} "
+                   f"({diff:+.3f}, {boot['level']:.0%} interval [{lo:+.3f}, {hi:+.3f}], "
+                   f"n={row['n']})")
+        if hi < 0:
+            message += ": the whole interval is below 0"
+        elif diff < -max_class_drop:
+            message += f": a drop of {-diff:.3f} exceeds max_class_drop {max_class_drop:g}"
+        passed = hi >= 0 and diff >= -max_class_drop
+        checks.append({"label": code, "check": "recall", "passed": passed, "message": message,
+                       **row})
+        if not passed:
+            failed.append(message)
+    figures = {"protected": list(protected), "max_class_drop": max_class_drop, "source": source,
+               "level": boot["level"], "n_boot": boot["n_boot"],
+               "recall": {classes[k]: row for k, row in boot["recall"].items()}}
+    if not protected:
+        return GateResult("protected-classes", title, True,
+                          "no class is protected (gates.protected is empty)", figures)
+    if failed:
+        return GateResult("protected-classes", title, False, "; ".join(failed), figures, checks)
+    return GateResult("protected-classes", title, True,
+                      "; ".join(c["message"] for c in checks), figures, checks)
+
+
 def sign_test(fixed: int, broken: int) -> float:
     """One-sided exact sign test (McNemar's exact test) on the cases only one model gets right:
     the probability of ``fixed`` or more of ``fixed + broken`` if either model were as likely to
@@ -123,9 +205,8 @@ def sign_test(fixed: int, broken: int) -> float:
 def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.ndarray,
                          n_classes: int, *, min_gain: float, source: str,
                          alpha: float | None = None) -> GateResult:
-    """Gate (b): better than the base on the held-out corrected cases; with ``alpha``, by more
-    than chance too (the sign test's p-value below ``alpha``). The p-value is always reported:
-    a gain of one or two cases on a hundred is noise."""
+    """Gate (c): better than the base on the held-out corrected cases, by more than chance (the
+    sign test's p-value below ``alpha``; ``alpha=None`` reports it without requiring it)."""
     y_true, candidate, base = (np.asarray(a, dtype=np.int64) for a in (y_true, candidate, base))
     acc_c, acc_b = float((candidate == y_true).mean()), float((base == y_true).mean())
     bal_c = balanced_accuracy(y_true, candidate, n_classes)
@@ -161,7 +242,7 @@ def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.nda
 
 def budgets_gate(checks: Sequence[dict[str, Any]], *, gate_file: str | None,
                  applicable: bool = True) -> GateResult:
-    """Gate (c): the deployment's latency and parity budgets, and every export, passed.
+    """Gate (d): the deployment's latency and parity budgets, and every export, passed.
 
     Args:
         checks: ``{"label", "check", "passed", "message"}`` per bench-gate check and per export.

@@ -1,7 +1,7 @@
 """Retraining from clinicians' corrections: a registry version, a feedback folder, and a new
 version that is promoted only when it passes the gates.
 
-``run_retrain(config, out)`` runs seven stages, each in its own folder under ``out`` and
+``run_retrain(config, out)`` runs eight stages, each in its own folder under ``out`` and
 finished by a ``stage.json``; a run killed at any point continues with ``resume=True``:
 finished stages are read back, the one that was cut off starts again (training continues from
 its last epoch with the trainer's own resume, registration finds a version it already made).
@@ -13,7 +13,15 @@ its last epoch with the trainer's own resume, registration finds a version it al
     OUT/2-data/                        feedback.json (every row: trained, held out, refused,
                                        duplicate), manifest.json (base + corrections in
                                        train), holdout.json (the held-out cases), refused.csv
-    OUT/3-train/run/                   fine-tuning from the base checkpoint (best/, last/)
+    OUT/2b-gan/                        with gan.run: the GAN fine-tuned on the rare classes'
+                                       train images (corrections in train included, held-out
+                                       ones never), its candidates and the selected synthetic
+                                       set the fine-tune trains on (skinedge.synth.refresh)
+    OUT/3-train/run/                   the base retrained as far as its chain went
+                                       (skinedge.pipelines.retrain_chain): a classifier's
+                                       run (best/, last/); an ensemble's members/ and
+                                       ensemble/; a student's teacher/ and student/; a QAT
+                                       checkpoint's fp32/ and qat/
     OUT/4-export/                      the base version's targets and precisions, re-exported
     OUT/5-bench/                       bench.json/.md against the deployment's gate
     OUT/6-gates/                       both models evaluated on the test split and held-out
@@ -23,8 +31,7 @@ its last epoch with the trainer's own resume, registration finds a version it al
 
 The candidate is registered either way (``source="retrain"``, ``parent`` = the base version,
 its gates recorded) and promoted to the deployment only when every gate passed and
-``promote`` is set. What it does not redo: distillation, QAT, ensembles and the GAN (a base
-version made by them is refused with a message saying so).
+``promote`` is set. The GAN is refreshed only when ``gan.run`` names one.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from skinedge.errors import ConfigError, DataError
 from skinedge.pipelines import retrain_stages as stages
 from skinedge.pipelines.reporting import Reporter
 from skinedge.pipelines.retrain_data import check_feedback_folder
+from skinedge.synth.selection import SelectionConfig
 from skinedge.utils.config import dump_config, load_config
 from skinedge.utils.io import atomic_write_text
 from skinedge.utils.provenance import now, record_command
@@ -57,8 +65,25 @@ class FinetuneSection(_Section):
 
     epochs: int = Field(3, ge=1)
     lr_scale: float = Field(0.2, gt=0)  # learning rate = the base run's optim.lr x lr_scale
-    # `a.b=c` applied last to the base run's training config (e.g. threads=2, batch_size=16).
+    # `a.b=c` applied last to each training step whose config takes `a` (threads=2 to all,
+    # distill.alpha=0.5 to distillation, quantize.* to QAT).
     train_overrides: list[str] = Field(default_factory=list)
+    # A distilled student whose teacher folder is gone: fine-tune it alone instead of refusing.
+    student_alone: bool = False
+
+
+class GanRefreshSection(_Section):
+    """Refreshing a GAN and its synthetic set from the corrections that joined train."""
+
+    run: Path | None = None  # a `skinedge gan train` run of the base split; None: no GAN step
+    kimg: float = Field(20, gt=0)  # length of the fine-tune
+    # Classes to refresh; default: those below selection.target that corrections joined.
+    classes: list[str] | None = None
+    seed: int = 0
+    oversample: float = Field(2.0, ge=1)  # candidates generated per synthetic image needed
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    # `a.b=c` applied last to the GAN run's own config (e.g. threads=2, batch_size=16).
+    overrides: list[str] = Field(default_factory=list)
 
 
 class ExportSection(_Section):
@@ -80,10 +105,14 @@ class GateSection(_Section):
     max_drop: float = Field(0.02, ge=0, le=1)  # largest balanced-accuracy drop on the test split
     level: float = Field(0.95, gt=0, lt=1)  # bootstrap interval coverage
     n_boot: int = Field(2000, ge=100)
+    # Classes whose recall (sensitivity) on the test split must hold, and by how much it may
+    # drop at most; codes of the base's vocabulary.
+    protected: list[str] = Field(default_factory=lambda: ["mel"])
+    max_class_drop: float = Field(0.05, ge=0, le=1)
     min_gain: float = Field(0.0, ge=0, le=1)  # accuracy gain needed on held-out corrections
-    # Also require the held-out gain to be beyond chance: one-sided exact sign test on the
-    # cases only one model gets right, p < holdout_alpha. None: reported, not required.
-    holdout_alpha: float | None = Field(None, gt=0, lt=1)
+    # The held-out gain must be beyond chance: one-sided exact sign test on the cases only one
+    # model gets right, p < holdout_alpha. None: reported, not required (not advised).
+    holdout_alpha: float | None = Field(0.05, gt=0, lt=1)
     seed: int = 0
 
 
@@ -98,6 +127,7 @@ class RetrainConfig(_Section):
     holdout_fraction: float = Field(0.3, gt=0, lt=1)
     seed: int = 0
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
+    gan: GanRefreshSection = Field(default_factory=GanRefreshSection)
     export: ExportSection = Field(default_factory=ExportSection)
     bench: BenchSection = Field(default_factory=BenchSection)
     gates: GateSection = Field(default_factory=GateSection)
@@ -169,20 +199,22 @@ def run_retrain(config: RetrainConfig, out: Path | str, *, resume: bool = False,
     run_id, started = _start(config, out, resume, command)
     done: dict[str, dict[str, Any]] = {}  # stage folder name -> its stage.json
     steps = [
-        ("1/7 base version", "1-base", lambda d: stages.read_base(config, d, reporter)),
-        ("2/7 feedback", "2-data", lambda d: stages.prepare_data(
+        ("1/8 base version", "1-base", lambda d: stages.read_base(config, d, reporter)),
+        ("2/8 feedback", "2-data", lambda d: stages.prepare_data(
             config, _feedback_folder(config, out, export_feedback), done["1-base"], d,
             reporter)),
-        ("3/7 fine-tune", "3-train", lambda d: stages.finetune(
+        ("3/8 GAN refresh", "2b-gan", lambda d: stages.refresh_gan(
             config, done["1-base"], done["2-data"], d, reporter)),
-        ("4/7 export", "4-export", lambda d: stages.export(
+        ("4/8 fine-tune", "3-train", lambda d: stages.finetune(
+            config, done["1-base"], done["2-data"], d, reporter, done["2b-gan"])),
+        ("5/8 export", "4-export", lambda d: stages.export(
             config, done["1-base"], done["2-data"], done["3-train"], d, reporter)),
-        ("5/7 bench", "5-bench", lambda d: stages.bench(
+        ("6/8 bench", "5-bench", lambda d: stages.bench(
             config, done["1-base"], done["2-data"], done["3-train"], done["4-export"], d,
             reporter, command)),
-        ("6/7 gates", "6-gates", lambda d: stages.gates(
+        ("7/8 gates", "6-gates", lambda d: stages.gates(
             config, done, d, out, reporter)),
-        ("7/7 register", "7-register", lambda d: stages.register(
+        ("8/8 register", "7-register", lambda d: stages.register(
             config, done, d, out, run_id, reporter)),
     ]
     for title, name, step in steps:

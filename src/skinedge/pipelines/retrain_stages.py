@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from skinedge.errors import ConfigError, ModelError, SkinedgeError
 from skinedge.pipelines import promotion
 from skinedge.pipelines.reporting import Reporter
+from skinedge.pipelines.retrain_chain import base_kind, retrain_model
 from skinedge.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -59,12 +60,6 @@ def read_base(config: RetrainConfig, folder: Path, reporter: Reporter) -> dict[s
         raise ConfigError(f"{where} has no manifest, so its train and test splits are unknown: "
                           "retrain from a version registered with --manifest")
     card = load_card(version.checkpoint)
-    if card.members:
-        raise ModelError(f"{where} is an ensemble; retraining fine-tunes a single classifier "
-                         "(retrain a member, then build the ensemble again)")
-    if card.precision != "fp32":
-        raise ModelError(f"{where} is a {card.precision} checkpoint (quantization-aware "
-                         "training); retrain the FP32 checkpoint it came from")
     artifacts = _artifacts_of(version)
     gate = config.bench.gate or version.reports.get(GATE_REPORT)
     gate_copy = None
@@ -77,11 +72,17 @@ def read_base(config: RetrainConfig, folder: Path, reporter: Reporter) -> dict[s
             f"{where} has exported artifacts ({', '.join(a['label'] for a in artifacts)}), so "
             "the candidate must meet the deployment's latency and parity budgets: give the "
             f"gate file with --gate GATE.yaml (none is registered with {version.id})")
-    reporter.note(f"base {version.id}: {card.architecture}, artifacts "
+    unknown = [c for c in config.gates.protected if c not in card.classes]
+    if unknown:
+        raise ConfigError(f"gates.protected {unknown}: not classes of {where} "
+                          f"({', '.join(card.classes)}); protect classes it predicts, e.g. "
+                          "--set 'gates.protected=[mel]'")
+    kind = base_kind(version.checkpoint)
+    reporter.note(f"base {version.id}: {card.architecture} ({kind}), artifacts "
                   f"{', '.join(a['label'] for a in artifacts) or 'none'}")
     return {"version": version.id, "path": str(version.path),
             "checkpoint": str(version.checkpoint), "manifest": str(version.manifest),
-            "architecture": card.architecture, "classes": card.classes,
+            "architecture": card.architecture, "classes": card.classes, "kind": kind,
             "artifacts": artifacts, "gate": str(gate_copy) if gate_copy else None,
             "gate_source": str(gate) if gate else None,
             "pointer": registry.pointer(config.deployment)}
@@ -102,10 +103,7 @@ def _artifacts_of(version) -> list[dict[str, Any]]:
         if card.artifact is None:
             continue
         art = card.artifact
-        variant = art.details.get("variant")
-        if variant == "qat":
-            raise ModelError(f"{path}: exported from a quantization-aware trained checkpoint; "
-                             "retraining redoes post-training quantization only")
+        variant = art.details.get("variant")  # "qat": the QAT candidate is exported as it is
         found.append({"file": path.relative_to(version.path).as_posix(),
                       "label": artifact_label(card), "target": art.target,
                       "precision": art.precision, "quantizer": variant})
@@ -148,29 +146,92 @@ def prepare_data(config: RetrainConfig, feedback: Path, base: dict[str, Any], fo
             "duplicate_examples": doc["duplicates"][:SHOWN_ROWS]}
 
 
+# --------------------------------------------------------------------------- 2b: GAN refresh
+
+
+def refresh_gan(config: RetrainConfig, base: dict[str, Any], data: dict[str, Any],
+                folder: Path, reporter: Reporter) -> dict[str, Any]:
+    """With ``gan.run``: fine-tune that GAN on the extended train split's images of the rare
+    classes the corrections joined (held-out corrections are not in that split), sample and
+    select with the base checkpoint; ``synthetic`` is the set the fine-tune trains on."""
+    g = config.gan
+    if g.run is None:
+        return {"status": "skipped: no GAN run", "synthetic": None}
+    from skinedge.data import load_manifest
+    from skinedge.synth.refresh import refresh_classes, refresh_synthetic
+
+    extended, before = load_manifest(data["manifest"]), load_manifest(base["manifest"])
+    new = ({r.image for r in extended.subset("train")}
+           - {r.image for r in before.subset("train")})
+    classes = g.classes or refresh_classes(extended, g.selection, new_images=new)
+    if not classes:
+        reporter.note("GAN refresh skipped: no class below the selection target got "
+                      "corrections in train")
+        return {"status": "skipped: no class below the selection target got corrections in "
+                          "train", "run": str(g.run), "synthetic": None}
+    with reporter.counter("GAN fine-tune (images shown)") as count:
+        callbacks = _GANProgress(count, g.kimg)
+        selected, summary = refresh_synthetic(
+            g.run, data["manifest"], folder, classes=classes, new_images=new, kimg=g.kimg,
+            oversample=g.oversample, classifier=base["checkpoint"],
+            base_manifest=base["manifest"], selection=g.selection, seed=g.seed,
+            gan_overrides=g.overrides, callbacks=callbacks)
+    reporter.note(f"GAN refreshed on {', '.join(classes)}: selected "
+                  + ", ".join(f"{c} {n}" for c, n in summary["selected"].items()))
+    return {"status": "refreshed", "run": str(g.run), "synthetic": str(selected),
+            "summary": summary}
+
+
+class _GANProgress:
+    """GAN training hooks -> one ``progress(done, total)`` counter in images shown."""
+
+    def __init__(self, count, kimg: float):
+        self.count, self.total = count, int(kimg * 1000)
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_loading(self, done: int, total: int) -> None: ...
+    def on_snapshot(self, kimg: float, grid: Path) -> None: ...
+
+    def on_tick(self, kimg: float, total_kimg: float, record: dict[str, float]) -> None:
+        if self.count:
+            self.count(int(kimg * 1000), self.total)
+
+
 # --------------------------------------------------------------------------- 3: fine-tune
 
 
 def finetune(config: RetrainConfig, base: dict[str, Any], data: dict[str, Any], folder: Path,
-             reporter: Reporter) -> dict[str, Any]:
-    """Fine-tune the base checkpoint on the extended train split (validating on the base's val
-    split), with the base run's training config; resumes an interrupted run."""
-    from skinedge.train.resume import has_trainer_state
-    from skinedge.train.trainer import train_classifier
+             reporter: Reporter, gan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Retrain the base checkpoint on the extended train split (validating on the base's val
+    split) as far as its chain went (:mod:`skinedge.pipelines.retrain_chain`: a classifier
+    fine-tuned; an ensemble's members; a student's teacher, then the student distilled again;
+    a QAT checkpoint's FP32 source, then QAT again), each with its own run's training config,
+    plus the refreshed GAN's synthetic set when the GAN stage made one; resumes an interrupted
+    run."""
+    synthetic = (gan or {}).get("synthetic")
+    result = retrain_model(
+        base["checkpoint"], data["manifest"], folder / "run", epochs=config.finetune.epochs,
+        lr_scale=config.finetune.lr_scale, train_overrides=config.finetune.train_overrides,
+        synthetic=Path(synthetic) if synthetic else None,
+        callbacks_factory=lambda step: reporter.training(),
+        student_alone=config.finetune.student_alone)
+    for step in result["steps"]:
+        reporter.note(f"{step['step'] or 'run'}: {step['action']}"
+                      + (" (reused)" if step.get("reused") else ""))
+    return {**{k: result[k] for k in ("checkpoint", "kind", "steps", "best_epoch", "best_metric",
+                                      "monitor", "epochs", "lr", "stopped_early")},
+            "synthetic": synthetic}
 
-    cfg = finetune_config(config, base["checkpoint"], data["manifest"])
-    run = folder / "run"
-    with reporter.training() as callbacks:
-        result = train_classifier(cfg, run, resume=has_trainer_state(run), callbacks=callbacks)
-    return {"checkpoint": str(result.best_dir), "best_epoch": result.best_epoch,
-            "best_metric": result.best_metric, "monitor": cfg.monitor, "epochs": cfg.epochs,
-            "lr": cfg.optim.lr, "stopped_early": result.stopped_early}
 
-
-def finetune_config(config: RetrainConfig, checkpoint: str | Path, manifest: str | Path):
+def finetune_config(config: RetrainConfig, checkpoint: str | Path, manifest: str | Path,
+                    synthetic: str | Path | None = None, *,
+                    training: dict[str, Any] | None = None):
     """The base run's training config (from its checkpoint's card), set to start from the base
     weights on the extended manifest for ``finetune.epochs`` at ``lr x lr_scale``, without
-    warm-up or synthetic images; then ``finetune.train_overrides``.
+    warm-up; with ``synthetic`` (a set selected for the extended manifest) as
+    ``data.synthetic``, else without synthetic images (the base's were selected for the base
+    split); then ``finetune.train_overrides``. ``training``: the training config to start from
+    instead of the card's (a distilled student's, without its ``distill`` section).
 
     Raises:
         ConfigError: the card holds no training config, or an override is invalid.
@@ -179,15 +240,14 @@ def finetune_config(config: RetrainConfig, checkpoint: str | Path, manifest: str
     from skinedge.train.config import TrainConfig
     from skinedge.utils.config import apply_overrides, validate_config
 
-    card = load_card(checkpoint)
-    doc = card.training.get("config")
+    doc = training if training is not None else load_card(checkpoint).training.get("config")
     if not isinstance(doc, dict):
         raise ConfigError(f"{checkpoint}: its card records no training config, so it cannot be "
                           "fine-tuned as it was trained; retrain from a checkpoint made by "
                           "`skinedge train`")
     doc = json.loads(json.dumps(doc))  # a copy
     doc.setdefault("data", {}).update({"manifest": str(manifest), "root": None,
-                                       "synthetic": None})
+                                       "synthetic": str(synthetic) if synthetic else None})
     doc.setdefault("model", {})["pretrained"] = str(Path(checkpoint) / "model.safetensors")
     doc["epochs"] = config.finetune.epochs
     optim = doc.setdefault("optim", {})
@@ -270,7 +330,7 @@ def bench(config: RetrainConfig, base: dict[str, Any], data: dict[str, Any],
 
 def gates(config: RetrainConfig, done: dict[str, dict[str, Any]], folder: Path, out: Path,
           reporter: Reporter) -> dict[str, Any]:
-    """Both models on the base's test split and on the held-out cases; the three gates; the
+    """Both models on the base's test split and on the held-out cases; the four gates; the
     report (``out/retrain.json`` and ``retrain.md``)."""
     base, data, trained = done["1-base"], done["2-data"], done["3-train"]
     models = {"base": base["checkpoint"], "candidate": trained["checkpoint"]}
@@ -280,11 +340,17 @@ def gates(config: RetrainConfig, done: dict[str, dict[str, Any]], folder: Path, 
             for who, path in models.items()}
     n_classes = len(base["classes"])
     g = config.gates
+    truth, predicted = test["base"].targets, test["candidate"].probs.argmax(1)
+    reference = test["base"].probs.argmax(1)
+    boot = promotion.paired_bootstrap(truth, predicted, reference, n_classes, n_boot=g.n_boot,
+                                      level=g.level, seed=g.seed)
     results = [
-        promotion.fixed_test_gate(
-            test["base"].targets, test["candidate"].probs.argmax(1),
-            test["base"].probs.argmax(1), n_classes, max_drop=g.max_drop, n_boot=g.n_boot,
-            level=g.level, seed=g.seed, source=test["base"].source),
+        promotion.fixed_test_gate(truth, predicted, reference, n_classes, max_drop=g.max_drop,
+                                  n_boot=g.n_boot, level=g.level, seed=g.seed,
+                                  source=test["base"].source, boot=boot),
+        promotion.protected_classes_gate(boot, list(base["classes"]), g.protected,
+                                         max_class_drop=g.max_class_drop,
+                                         source=test["base"].source),
         promotion.corrected_cases_gate(
             held["base"].targets, held["candidate"].probs.argmax(1),
             held["base"].probs.argmax(1), n_classes, min_gain=g.min_gain,
@@ -342,6 +408,7 @@ def register(config: RetrainConfig, done: dict[str, dict[str, Any]], folder: Pat
 
     base, gated = done["1-base"], done["6-gates"]
     report = json.loads(json.dumps(gated["report"]))
+    report["gan"] = _gan_report(done.get("2b-gan"))
     # Decided again: --promote/--no-promote may change when a stopped run is resumed.
     decision = promotion.decide([promotion.GateResult(**g) for g in report["gates"]],
                                 promote=config.promote, deployment=config.deployment)
@@ -372,6 +439,17 @@ def register(config: RetrainConfig, done: dict[str, dict[str, Any]], folder: Pat
     return {"version": version.id, "report": report}
 
 
+def _gan_report(gan: dict[str, Any] | None) -> dict[str, Any]:
+    """What the report says of the GAN stage: skipped, or what was refreshed."""
+    if not gan or gan.get("status") != "refreshed":
+        return {"status": (gan or {}).get("status", "skipped: no GAN run")}
+    s = gan["summary"]
+    return {"status": "refreshed", "run": gan["run"], "refreshed_run": s["gan"],
+            "init_from": s["init_from"], "classes": s["classes"], "kimg": s["kimg"],
+            "images": s["images"], "new_images": s["new_images"], "selected": s["selected"],
+            "synthetic": gan["synthetic"], "seconds": s["seconds"]}
+
+
 def _registration(config: RetrainConfig, done: dict[str, dict[str, Any]], out: Path,
                   run_id: str, report: dict[str, Any]) -> dict[str, Any]:
     """``Registry.register`` arguments for the candidate."""
@@ -386,8 +464,9 @@ def _registration(config: RetrainConfig, done: dict[str, dict[str, Any]], out: P
     if base["gate"]:
         reports[GATE_REPORT] = Path(base["gate"])
     gates_doc = report["gates"]
-    test = gates_doc[0]["figures"]
-    held = gates_doc[1]["figures"]
+    figures = {g["name"]: g["figures"] for g in gates_doc}
+    test, held = figures["test-split"], figures["corrected-cases"]
+    protected = figures["protected-classes"]["recall"]
     return {
         "checkpoint": Path(trained["checkpoint"]), "artifacts": artifacts, "reports": reports,
         "manifest": Path(data["manifest"]), "parent": base["version"], "source": "retrain",
@@ -396,7 +475,11 @@ def _registration(config: RetrainConfig, done: dict[str, dict[str, Any]], out: P
                     "test_balanced_accuracy_difference": test["difference"],
                     "test_balanced_accuracy_interval": test["interval"],
                     "holdout_accuracy": held["candidate_accuracy"],
-                    "holdout_accuracy_gain": held["accuracy_gain"]},
+                    "holdout_accuracy_gain": held["accuracy_gain"],
+                    "holdout_sign_test_p": held["sign_test_p"],
+                    **{f"test_{code}_recall": protected[code]["candidate"]
+                       for code in figures["protected-classes"]["protected"]
+                       if code in protected}},
         "gates": {"passed": report["decision"]["passed"], "report": "reports/retrain.json",
                   "checks": [{"name": g["name"], "passed": g["passed"], "reason": g["reason"]}
                              for g in gates_doc]},

@@ -12,7 +12,7 @@ import csv
 import datetime as dt
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +63,7 @@ def select_synthetic(
     cfg: SelectionConfig | None = None, mode: Literal["select", "none"] = "select",
     progress: Callable[[str, int, int], None] | None = None,
     reference_cache: dict[tuple, tuple[np.ndarray, dict[str, np.ndarray]]] | None = None,
+    classifier_splits: Sequence[str] = (),
 ) -> SyntheticSet:
     """Score GAN candidates and keep the ones to train on, up to the class quotas.
 
@@ -84,6 +85,9 @@ def select_synthetic(
         reference_cache: A dict the caller keeps across calls (the ablation's selections with
             one classifier): the real images' features, and their views', are computed once
             per split, classifier weights, resolution and ``cfg.dihedral``.
+        classifier_splits: Split hashes besides this manifest's that the classifier may have
+            been trained on: a base split to which this manifest only adds train rows, which
+            the caller has checked (``skinedge.synth.refresh``).
 
     Raises:
         DataError: candidates from a GAN, or a classifier, trained on another split; a
@@ -103,7 +107,8 @@ def select_synthetic(
     codes = list(manifest.vocabulary.codes)
     card = load_card(classifier)
     check_classes(manifest, card.classes, manifest.root, f"classifier {classifier}")
-    if card.data.split_hash and card.data.split_hash != manifest.split_hash:
+    if card.data.split_hash and card.data.split_hash not in {manifest.split_hash,
+                                                             *classifier_splits}:
         raise DataError(f"classifier {classifier} was trained on split "
                          f"{card.data.split_hash[:12]}, not this manifest's "
                          f"{manifest.split_hash[:12]}; use one trained on this split's real images")

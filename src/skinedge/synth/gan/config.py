@@ -19,6 +19,10 @@ class GANDataSection(_Section):
     manifest: Path | None = None  # split manifest; only its train split is read
     root: Path | None = None  # where the manifest's images are on this machine, if moved
     classes: list[str] | None = None  # classes to learn (default: all with train images)
+    # Only these classes' train images are shown (default: every class above). A fine-tune
+    # (`train_gan(init_from=...)`) of a class-conditional model keeps its source's classes as
+    # its labels and refreshes some of them: data.classes = the source's, focus_classes = those.
+    focus_classes: list[str] | None = None
     # Real batches draw image i with weight count(class_i) ** -balance: 0 keeps the data's
     # class frequencies, 1 shows every class equally often. Rare classes need the generator's
     # attention more than their share; 0.5 is in between.

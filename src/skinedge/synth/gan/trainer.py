@@ -3,6 +3,11 @@
 Every random draw of step ``k`` is seeded from ``(seed, k)``, so a run resumed from its
 checkpoint continues exactly as if it had not stopped. Only the train split of the manifest is
 read: validation and test images never reach a generator.
+
+A run may start from another run's weights (``init_from``: a fine-tune, e.g. on clinicians'
+corrections): the generator, its EMA and the discriminator are loaded, the optimizers, the kimg
+counter and the seed are the new run's own, and the source checkpoint (path, sha256, kimg,
+split) is recorded in ``versions.json`` and in every checkpoint of the new run.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from skinedge.synth.gan.config import GANConfig
 from skinedge.synth.gan.networks import CHECKPOINT, create_gan
 from skinedge.synth.gan.sample import save_grid
 from skinedge.utils.config import dump_config
-from skinedge.utils.io import atomic_write, atomic_write_text, package_versions
+from skinedge.utils.io import atomic_write, atomic_write_text, package_versions, sha256_file
 
 _TICK_STEPS = 10  # progress report every this many steps
 
@@ -54,7 +59,8 @@ class GANResult:
 
 def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
               callbacks: GANCallbacks | None = None,
-              manifest: Manifest | None = None) -> list[GANResult]:
+              manifest: Manifest | None = None,
+              init_from: Path | str | None = None) -> list[GANResult]:
     """Train a class-conditional GAN, or one GAN per class, on a manifest's train split.
 
     Args:
@@ -65,13 +71,18 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
         resume: Continue from ``last.pt``.
         callbacks: Progress hooks.
         manifest: The loaded manifest, when the caller has it.
+        init_from: A GAN run to fine-tune: each model starts from the weights of its
+            ``last.pt`` there (``classes/<code>/last.pt`` for per-class runs), with fresh
+            optimizers and kimg counted from zero. Ignored for a model that already has its
+            own ``last.pt`` in ``out_dir`` (a resume continues from that).
 
     Returns:
         One result per trained model.
 
     Raises:
         ConfigError: no manifest, unknown classes, a run already in ``out_dir`` without
-            ``resume``, or a resume with a changed config or split.
+            ``resume``, a resume with a changed config or split, or an ``init_from`` run
+            without a checkpoint or with another model config, resolution or class list.
         DataError: a class without training images.
     """
     from skinedge.train.config import load_data_manifest
@@ -84,8 +95,13 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
     unknown = sorted(set(classes) - set(codes))
     if unknown:
         raise ConfigError(f"data.classes {unknown} are not in the manifest's classes {codes}")
-    rows = [r for r in manifest.subset("train") if r.label in classes]
-    empty = [c for c in classes if not any(r.label == c for r in rows)]
+    shown = cfg.data.focus_classes or classes
+    outside = [c for c in shown if c not in classes]
+    if outside:
+        raise ConfigError(f"data.focus_classes {outside} are not among the classes learnt "
+                          f"({classes}, data.classes)")
+    rows = [r for r in manifest.subset("train") if r.label in shown]
+    empty = [c for c in shown if not any(r.label == c for r in rows)]
     if empty:
         raise DataError(f"{cfg.data.manifest}: no training images of class(es) {empty}; "
                          "leave them out with --set data.classes=[...]")
@@ -93,7 +109,7 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
     if cfg.model.conditioning == "label":
         groups = [(out_dir, classes)]
     else:
-        groups = [(out_dir / "classes" / c, [c]) for c in classes]
+        groups = [(out_dir / "classes" / c, [c]) for c in classes if c in shown]
     started = [folder for folder, _ in groups if (folder / CHECKPOINT).exists()]
     if started and not resume:
         raise ConfigError(f"{out_dir} already holds a GAN run; continue it with --resume, or "
@@ -101,25 +117,72 @@ def train_gan(cfg: GANConfig, out_dir: Path | str, *, resume: bool = False,
     if resume and not started:
         raise ConfigError(f"cannot resume: {out_dir} holds no GAN checkpoint; start without "
                          "--resume")
+    sources: dict[Path, dict[str, Any] | None] = {}  # model folder -> the weights it starts from
     for folder, group in groups:  # refuse a changed config before anything is written
         if (folder / CHECKPOINT).exists():
             saved = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
             _check_resumable(saved, cfg, group, manifest.split_hash, folder / CHECKPOINT)
+            sources[folder] = saved.get("init_from")
+        elif init_from is not None:
+            sources[folder] = _init_source(Path(init_from), cfg, folder, out_dir, group)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    atomic_write_text(out_dir / "versions.json", json.dumps(package_versions(), indent=2))
+    versions: dict[str, Any] = package_versions()
+    if any(sources.values()):
+        versions["init_from"] = {(folder.relative_to(out_dir).as_posix()): source
+                                 for folder, source in sources.items() if source}
+    atomic_write_text(out_dir / "versions.json", json.dumps(versions, indent=2))
     results = []
     for folder, group in groups:
         group_rows = [r for r in rows if r.label in group]
         results.append(_train_one(cfg, folder, group, [manifest.root / r.image for r in group_rows],
                                   [group.index(r.label) for r in group_rows], manifest.split_hash,
-                                  resume, callbacks, len(groups)))
+                                  resume, callbacks, len(groups), sources.get(folder)))
     return results
+
+
+def _init_source(run: Path, cfg: GANConfig, folder: Path, out_dir: Path,
+                 classes: list[str]) -> dict[str, Any]:
+    """The checkpoint of ``run`` that the model in ``folder`` starts from, checked to fit:
+    ``{"run", "path", "sha256", "kimg", "split_hash"}``.
+
+    Raises:
+        ConfigError: no such checkpoint, or one with another model config, resolution or
+            class list (the field named).
+    """
+    source = run / folder.relative_to(out_dir) / CHECKPOINT
+    where = f"init_from {run}"
+    if not source.is_file():
+        kind = "per-class" if cfg.model.conditioning == "per_class" else "class-conditional"
+        raise ConfigError(f"{where}: no GAN checkpoint {source} for this {kind} run "
+                          "(model.conditioning); fine-tune a run made by `skinedge gan train` "
+                          "with the same model settings and classes")
+    saved = torch.load(source, map_location="cpu", weights_only=True)
+    try:
+        old = GANConfig.model_validate(saved["config"])
+    except (KeyError, ValidationError) as exc:
+        raise ConfigError(f"{where}: {source} holds no valid GAN config for this skinedge "
+                          "version; start without --init-from") from exc
+    pairs = [("resolution", old.resolution, cfg.resolution)] + [
+        (f"model.{key}", value, getattr(cfg.model, key))
+        for key, value in old.model.model_dump().items()]
+    for name, theirs, ours in pairs:
+        if theirs != ours:
+            raise ConfigError(f"{where}: {name} is {theirs!r} in {source} but {ours!r} here; a "
+                              f"fine-tune keeps its source's architecture: set {name}={theirs!r} "
+                              "(or train from scratch without --init-from)")
+    if list(saved["classes"]) != list(classes):
+        raise ConfigError(f"{where}: {source} generates classes {list(saved['classes'])}, this "
+                          f"run {classes} (data.classes); give data.classes as the source has "
+                          "them and choose the classes to refresh with data.focus_classes")
+    return {"run": str(run.resolve()), "path": str(source.resolve()),
+            "sha256": sha256_file(source), "kimg": saved["shown"] / 1000,
+            "split_hash": saved["split_hash"]}
 
 
 def _train_one(cfg: GANConfig, out_dir: Path, classes: list[str], paths: Sequence[Path],
                labels: Sequence[int], split_hash: str, resume: bool, callbacks: GANCallbacks,
-               models: int) -> GANResult:
+               models: int, source: dict[str, Any] | None = None) -> GANResult:
     from skinedge.data.arrays import load_thumbnails
     from skinedge.utils.device import resolve_device
 
@@ -140,6 +203,11 @@ def _train_one(cfg: GANConfig, out_dir: Path, classes: list[str], paths: Sequenc
         g_opt.load_state_dict(saved["g_opt"])
         d_opt.load_state_dict(saved["d_opt"])
         state = {k: saved[k] for k in state}
+    elif source is not None:  # a fine-tune: the source's weights, this run's optimizers and clock
+        saved = torch.load(source["path"], map_location="cpu", weights_only=True)
+        generator.load_state_dict(saved["generator"])
+        generator_ema.load_state_dict(saved["generator_ema"])
+        discriminator.load_state_dict(saved["discriminator"])
     for module in (generator, generator_ema, discriminator):
         module.to(device)
     _optimizer_to(g_opt, device)
@@ -188,7 +256,7 @@ def _train_one(cfg: GANConfig, out_dir: Path, classes: list[str], paths: Sequenc
             state["history"].append(record)
             running = {}
             _save(checkpoint, cfg, classes, split_hash, generator, generator_ema, discriminator,
-                  g_opt, d_opt, state)
+                  g_opt, d_opt, state, source)
             atomic_write_text(out_dir / "metrics.jsonl",
                               "".join(json.dumps(r) + "\n" for r in state["history"]))
             grid = save_grid(generator_ema, classes, cfg.grid_per_class, cfg.seed,
@@ -296,9 +364,11 @@ def _means(running: dict[str, list[float]]) -> dict[str, float]:
 
 
 def _save(path: Path, cfg: GANConfig, classes: list[str], split_hash: str, generator,
-          generator_ema, discriminator, g_opt, d_opt, state: dict[str, Any]) -> None:
+          generator_ema, discriminator, g_opt, d_opt, state: dict[str, Any],
+          source: dict[str, Any] | None = None) -> None:
     payload = {
         "kind": "skinedge.gan/1", "config": cfg.model_dump(mode="json"), "classes": classes,
+        "init_from": source,
         "split_hash": split_hash, "generator": generator.state_dict(),
         "generator_ema": generator_ema.state_dict(), "discriminator": discriminator.state_dict(),
         "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), **state,
