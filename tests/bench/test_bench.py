@@ -258,6 +258,25 @@ def test_an_export_that_fails_parity_is_still_measured(tiny_checkpoint, tmp_path
 
 
 @pytest.mark.slow
+def test_executorch_exports_are_benchmarked_with_parity(tiny_checkpoint, tmp_path) -> None:
+    from skinedge.export import TARGETS
+
+    if TARGETS["executorch"].missing_backend("int8"):
+        pytest.skip("executorch not installed")
+    result = run_bench([tiny_checkpoint], exports=[("executorch", "fp32"), ("executorch", "int8")],
+                       out_dir=tmp_path, settings=FAST, calibration_images=40)
+    rows = {r.label: r for r in result.rows}
+    for label in ("executorch-fp32", "executorch-int8"):
+        row = rows[label]
+        assert row.status == "ok" and row.export.status == "passed", row
+        assert row.model.suffix == ".pte" and 0 < row.p50_ms <= row.p95_ms
+        assert row.execution == {"xnnpack": True, "threads": 1}
+        assert row.flip_rate is not None and row.flip_rate <= 1 / 14
+    assert rows["executorch-fp32"].flip_rate == 0
+    assert rows["executorch-int8"].size_mb < rows["executorch-fp32"].size_mb
+
+
+@pytest.mark.slow
 def test_a_requested_export_that_fails_makes_bench_exit_1_with_its_hint(
         tiny_checkpoint, tmp_path, monkeypatch) -> None:
     """The reports are written, the row says why, and the install hint keeps its brackets."""

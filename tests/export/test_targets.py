@@ -50,7 +50,7 @@ def reference_probs(checkpoint, images):
 
 
 def test_registry_has_every_issue_target() -> None:
-    assert set(TARGETS) == {"onnx", "openvino", "tflite", "coreml", "tensorrt"}
+    assert set(TARGETS) == {"onnx", "openvino", "tflite", "coreml", "tensorrt", "executorch"}
 
 
 def test_every_target_has_a_registered_runtime_for_its_files(tmp_path) -> None:
@@ -114,6 +114,33 @@ def test_tflite_int8_has_int8_io_and_the_runtime_quantizes(tiny_checkpoint, expo
     assert spec.input.dtype == "int8" and spec.input.layout == "NHWC"
     assert spec.input.scale > 0 and spec.output.dtype == "int8"
     assert spec.calibration["images"] == 40 and len(spec.calibration["images_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_executorch_program_carries_its_card_and_runs_on_xnnpack(tiny_checkpoint, exports) -> None:
+    if TARGETS["executorch"].missing_backend("int8"):
+        pytest.skip("executorch not installed")
+    from executorch.runtime import Runtime
+
+    from skinedge.runtimes.executorch import CARD_METHOD
+
+    paths = {}
+    for precision in ("fp32", "int8"):
+        result = exports(tiny_checkpoint, "executorch", precision)
+        assert not isinstance(result, ExportError), result
+        paths[precision] = result.path
+        program = Runtime.get().load_program(result.path)
+        assert program.method_names == {"forward", CARD_METHOD}
+        (stored,) = program.load_method(CARD_METHOD).execute([])  # what a phone app reads
+        card = read_artifact_card(result.path)
+        assert json.loads(bytes(stored.numpy())) == json.loads(card.to_json())
+        assert b"XnnpackBackend" in result.path.read_bytes()  # forward is lowered to XNNPACK
+        runtime = load_runtime(result.path, threads=1)
+        assert runtime.execution() == {"xnnpack": True, "threads": 1}
+    spec = read_artifact_card(paths["int8"]).artifact
+    assert spec.input.dtype == spec.output.dtype == "float32" and spec.input.layout == "NCHW"
+    assert "XNNPACKQuantizer" in spec.details["quantizer"] and spec.calibration["images"] == 40
+    assert path_size(paths["int8"]) < path_size(paths["fp32"])
 
 
 @pytest.mark.slow

@@ -73,12 +73,14 @@ def test_softmax_is_stable_for_large_logits() -> None:
 
 
 def test_every_backend_module_registers_its_runtime_by_suffix(tiny_checkpoint, tmp_path) -> None:
-    assert set(RUNTIMES) == {"torch", "onnxruntime", "openvino", "litert", "coreml", "tensorrt"}
+    assert set(RUNTIMES) == {"torch", "onnxruntime", "openvino", "litert", "coreml", "tensorrt",
+                             "executorch"}
     for backend, cls in RUNTIMES.items():
         assert cls.__module__ == f"skinedge.runtimes.{backend}"  # one file per backend
         assert cls.extra and cls.requires
     for suffix, backend in {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert",
-                            ".mlpackage": "coreml", ".engine": "tensorrt", ".plan": "tensorrt"}.items():
+                            ".mlpackage": "coreml", ".engine": "tensorrt", ".plan": "tensorrt",
+                            ".pte": "executorch"}.items():
         (tmp_path / f"model{suffix}").touch()
         assert runtime_class(tmp_path / f"model{suffix}").backend == backend
     assert runtime_class(tiny_checkpoint).backend == "torch"
@@ -198,3 +200,37 @@ def test_an_onnx_file_onnxruntime_cannot_load_is_a_model_error(tiny_checkpoint, 
     # Not a damaged file: the message names the other cause and its check, not only "corrupted".
     assert "use an operation this ONNX Runtime version lacks" in str(caught.value)
     assert "check the installed ONNX Runtime version" in str(caught.value)
+
+
+def _linear_pte(path: Path, card_json: str | None) -> Path:
+    """A tiny ExecuTorch program (one Linear, XNNPACK), with ``card_json`` as its card or none."""
+    pytest.importorskip("executorch")
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from skinedge.runtimes.executorch import CARD_METHOD
+
+    methods = {} if card_json is None else {
+        CARD_METHOD: torch.frombuffer(bytearray(card_json.encode()), dtype=torch.uint8)}
+    program = torch.export.export(torch.nn.Linear(3, 2).eval(), (torch.zeros(1, 3),))
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                       constant_methods=methods)
+    path.write_bytes(edge.to_executorch().buffer)
+    return path
+
+
+def test_a_pte_without_a_card_or_truncated_is_a_model_error_naming_it(tiny_checkpoint,
+                                                                      tmp_path) -> None:
+    from skinedge.errors import ModelError
+
+    with pytest.raises(ModelError, match="not exported by skinedge.*skinedge export"):
+        read_artifact_card(_linear_pte(tmp_path / "foreign.pte", None))
+    card = read_artifact_card(tiny_checkpoint)
+    path = _linear_pte(tmp_path / "cut.pte", card.to_json())
+    assert read_artifact_card(path) == card  # the card method, read back
+    path.write_bytes(path.read_bytes()[:-200])
+    for read in (read_artifact_card, load_runtime):
+        with pytest.raises(ModelError) as caught:
+            read(path)
+        assert str(path) in str(caught.value) and "ExecuTorch could not load it" in str(caught.value)

@@ -4,7 +4,7 @@
 >>> rt.predict(["lesion.jpg"])          # (1, 7) probabilities, columns = rt.card.classes
 
 One module per backend (``torch``, ``onnxruntime``, ``openvino``, ``litert``, ``coreml``,
-``tensorrt``), each registered with :func:`register_runtime`. Importing this package imports no
+``executorch``, ``tensorrt``), each registered with :func:`register_runtime`. Importing this package imports no
 torch: with ``pip install 'skinedge[runtime-onnx]'`` (or ``-litert``, ``-openvino``) an exported
 artifact runs with NumPy and Pillow preprocessing rebuilt from its card.
 """
