@@ -50,7 +50,7 @@ def reference_probs(checkpoint, images):
 
 
 def test_registry_has_every_issue_target() -> None:
-    assert set(TARGETS) == {"onnx", "openvino", "tflite", "coreml", "tensorrt", "executorch"}
+    assert set(TARGETS) == {"onnx", "openvino", "tflite", "coreml", "tensorrt", "executorch", "web"}
 
 
 def test_every_target_has_a_registered_runtime_for_its_files(tmp_path) -> None:
