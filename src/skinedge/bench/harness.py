@@ -8,21 +8,25 @@ source checkpoint run by PyTorch), measured in the same run.
 
 Latency is the model call through the runtime (including its input quantization and layout
 change), not JPEG decoding and resizing, which are the same for every format.
+
+With ``devices`` (:mod:`skinedge.bench.device`: a board over ssh, a phone over adb), every
+torch-free artifact is measured there too, as a row of its own (``onnx-fp32 @ ssh:pi@board``).
+The test images go to a device only with ``device_images=True``; otherwise the device makes
+random inputs and its rows have latency and memory only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from skinedge.bench.device import Device, LocalDevice, profiled_on_devices
 from skinedge.bench.rows import DROP_FIELDS, SCORE_FIELDS, WORKER_FIELDS, BenchRow
 from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import ModelCard
@@ -49,6 +53,8 @@ class BenchResult:
     labels: np.ndarray | None = None  # (N,) test labels
     probs: dict[str, np.ndarray] | None = None  # row label -> (N, C) probabilities
     cpu: dict = field(default_factory=cpu_info)  # the machine that timed the rows (cpu_info)
+    #: device name -> its description (``Device.describe``) and ``inputs``: what it ran on
+    devices: dict[str, dict] = field(default_factory=dict)
 
 
 def _log(log, message: str) -> None:
@@ -185,25 +191,7 @@ def load_test_arrays(card: ModelCard, *, manifest=None, split: str = "test", dat
 
 def run_worker(model: Path, inputs: Path, probs: Path, settings: BenchSettings) -> dict:
     """Measure one model in a fresh process; returns the worker's JSON (or ``{"error": ...}``)."""
-    command = [sys.executable, "-m", "skinedge.bench.worker", "--model", str(model),
-               "--inputs", str(inputs), "--probs", str(probs),
-               "--warmup", str(settings.warmup), "--iterations", str(settings.iterations)]
-    env = dict(os.environ)
-    if settings.threads:
-        command += ["--threads", str(settings.threads)]
-        env["OMP_NUM_THREADS"] = str(settings.threads)  # libraries that read only this
-    if settings.cpus:
-        command += ["--cpus", ",".join(map(str, settings.cpus))]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env,
-                              timeout=settings.timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {settings.timeout_s:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"worker exited {done.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    return LocalDevice().measure(model, settings, inputs=inputs, probs_out=probs)
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
@@ -215,6 +203,76 @@ def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
 
 
 _MODEL_ERROR = "ModelError: "  # how the worker reports a ModelError (bench/worker.py)
+
+
+def _figures(measured: dict) -> dict:
+    """A worker's JSON as BenchRow fields."""
+    figures = {key: measured.get(key) for key in WORKER_FIELDS}
+    figures["cpus"] = None if figures["cpus"] is None else tuple(figures["cpus"])
+    return figures
+
+
+def _test_inputs(card: ModelCard, ref_card: ModelCard, test, inputs: dict[str, Path], out: Path,
+                 **load) -> Path:
+    """The .npy of the test images preprocessed as ``card`` says, written once per
+    preprocessing into ``inputs`` (removed by run_bench when done)."""
+    key = hashlib.sha256(card.preprocess.model_dump_json().encode()).hexdigest()[:12]
+    if key not in inputs:
+        arrays = test if card.preprocess == ref_card.preprocess else load_test_arrays(
+            card, problems_report=out / "problems.csv", **load)
+        inputs[key] = out / f"inputs-{key}.npy"
+        with writing(inputs[key]):  # a full disk: np.save's OSError carries no errno
+            np.save(inputs[key], arrays.x)
+    return inputs[key]
+
+
+def _device_rows(rows: list[BenchRow]) -> list[BenchRow]:
+    """The rows whose artifact goes to devices: every artifact (not the reference checkpoint)."""
+    return [row for row in rows if row.model is not None and not row.reference]
+
+
+def _measure_on_devices(devices: Sequence[Device], rows: list[BenchRow], ref_card: ModelCard,
+                        test, inputs: dict[str, Path], out: Path, settings: BenchSettings, *,
+                        send_images: bool, log, cards: dict[Path, ModelCard], **load
+                        ) -> tuple[list[BenchRow], dict[str, np.ndarray]]:
+    """Each artifact's row on each device (``LABEL @ DEVICE``); with ``send_images`` the test
+    images go there and come back as probabilities, else the device makes random inputs."""
+    from skinedge.runtimes import read_artifact_card
+
+    device_rows: list[BenchRow] = []
+    probs_by_label: dict[str, np.ndarray] = {}
+    for device in devices:
+        for row in _device_rows(rows):
+            model = Path(row.model)
+            label = f"{row.label} @ {device.name}"
+            base = BenchRow(label, model, "failed parity" if row.status == "failed parity"
+                            else "ok", device=device.name, size_mb=row.size_mb, export=row.export)
+            if reason := profiled_on_devices(model):
+                device_rows.append(replace(base, status="skipped", reason=reason))
+                continue
+            card = cards.get(model) or read_artifact_card(model)
+            sent = _test_inputs(card, ref_card, test, inputs, out, **load) if send_images \
+                else None
+            _log(log, f"measuring {label}")
+            probs_path = out / ("probs-" + re.sub(r"[^A-Za-z0-9_.@-]+", "_", label) + ".npy")
+            measured = device.measure(
+                model, settings, inputs=sent, probs_out=probs_path if sent else None,
+                shape=(3, card.preprocess.input_size, card.preprocess.input_size))
+            if "error" in measured:
+                device_rows.append(replace(base, status="failed", reason=measured["error"]))
+                continue
+            scores = {}
+            if sent is None:
+                base = replace(base, reason="latency only: random inputs made on the device, "
+                                            "no image sent")
+            elif measured.get("backend") == "benchmark_model":
+                base = replace(base, reason="latency only: benchmark_model makes its own "
+                                            "random inputs")
+            else:
+                probs_by_label[label] = np.load(probs_path)
+                scores = _scores(probs_by_label[label], test.labels, ref_card)
+            device_rows.append(replace(base, **_figures(measured), **scores))
+    return device_rows, probs_by_label
 
 
 def _measure_rows(rows: list[BenchRow], ref_card: ModelCard, test, inputs: dict[str, Path],
@@ -242,17 +300,12 @@ def _measure_rows(rows: list[BenchRow], ref_card: ModelCard, test, inputs: dict[
             if reason := get_target(card.artifact.target).runs_here():
                 measured_rows.append(replace(row, status="skipped", reason=reason))
                 continue
-        key = hashlib.sha256(card.preprocess.model_dump_json().encode()).hexdigest()[:12]
-        if key not in inputs:
-            arrays = test if card.preprocess == ref_card.preprocess else load_test_arrays(
-                card, manifest=manifest, split=split, data=data, limit=limit, layout=layout,
-                allow_outside_root=allow_outside_root, problems_report=out / "problems.csv")
-            inputs[key] = out / f"inputs-{key}.npy"
-            with writing(inputs[key]):  # a full disk: np.save's OSError carries no errno
-                np.save(inputs[key], arrays.x)
+        inputs_path = _test_inputs(card, ref_card, test, inputs, out, manifest=manifest,
+                                   split=split, data=data, limit=limit, layout=layout,
+                                   allow_outside_root=allow_outside_root)
         _log(log, f"measuring {row.label} ({settings.threads or 'default'} threads)")
         probs_path = out / f"probs-{row.label.replace('/', '_')}.npy"
-        measured = run_worker(model, inputs[key], probs_path, settings)
+        measured = run_worker(model, inputs_path, probs_path, settings)
         if "error" in measured:
             error = measured["error"]
             if model in (cards or {}) and error.startswith(_MODEL_ERROR):
@@ -263,9 +316,7 @@ def _measure_rows(rows: list[BenchRow], ref_card: ModelCard, test, inputs: dict[
             continue
         probs_by_label[row.label] = np.load(probs_path)
         scores = _scores(probs_by_label[row.label], test.labels, ref_card)
-        figures = {key: measured[key] for key in WORKER_FIELDS}
-        figures["cpus"] = tuple(figures["cpus"])
-        measured_rows.append(replace(row, **figures, **scores))
+        measured_rows.append(replace(row, **_figures(measured), **scores))
         if row.reference:
             ref_scores = scores
     return measured_rows, probs_by_label, ref_scores
@@ -286,6 +337,8 @@ def run_bench(
     log: Callable[[str], None] | None = None,
     layout: str | None = None,
     allow_outside_root: bool = False,
+    devices: Sequence[Device] = (),
+    device_images: bool = False,
 ) -> BenchResult:
     """Benchmark a reference checkpoint and artifacts (given, or exported first) on one test set.
 
@@ -300,6 +353,11 @@ def run_bench(
         layout: Layout of ``data`` (see ``skinedge.data.layouts.LAYOUTS``); detected when None.
         allow_outside_root: Take image paths of ``data`` that lead outside the folder (a
             folder the user trusts); by default each is a problem.
+        devices: Devices (:mod:`skinedge.bench.device`) that measure every torch-free
+            artifact too, each as its own row ``LABEL @ DEVICE``; each is described first
+            (CPU, OS, runtime versions), so an unreachable one stops the run before exporting.
+        device_images: Send the preprocessed test images to the devices for accuracy parity;
+            by default no image leaves this machine (random inputs there, latency only).
 
     Raises:
         ModelError: a given model that is damaged, before anything is measured: an artifact
@@ -310,12 +368,18 @@ def run_bench(
         WriteError: ``out_dir`` is not writable or its disk is full: checked before anything
             is exported or measured (and met while writing, as when the disk fills up).
         DataValidationError: bad rows of ``data``, all listed in ``out_dir/problems.csv``.
+        ConfigError: a device that cannot be reached, or lacks Python, skinedge or the runtime
+            package an artifact needs (the message names the device and what to install).
     """
     from skinedge.runtimes import read_artifact_card, verify_artifact
     from skinedge.runtimes.base import artifact_label
 
     settings = settings or BenchSettings()
     out = check_writable(Path(out_dir))  # not after minutes of exporting and measuring
+    described = {}
+    for device in devices:  # an unreachable device stops the run before anything is made
+        _log(log, f"describing {device.name}")
+        described[device.name] = device.describe()
     models = [Path(m) for m in models]
     cards = {m: verify_artifact(m) for m in models}
     if reference is None:
@@ -349,13 +413,23 @@ def run_bench(
     test = load_test_arrays(ref_card, manifest=manifest, split=split, data=data, limit=limit,
                             log=log, layout=layout, allow_outside_root=allow_outside_root,
                             problems_report=out / "problems.csv")
+    for device in devices:  # a missing runtime package there: said before measuring
+        for row in _device_rows(rows):
+            if profiled_on_devices(Path(row.model)) is None:
+                device.check_can_run(Path(row.model))
+        described[device.name]["inputs"] = (
+            f"{len(test)} test images sent to the device" if device_images else
+            "no image sent: random inputs made on the device, latency only")
+        _log(log, f"{device.name}: {described[device.name]['inputs']}")
     inputs: dict[str, Path] = {}
+    load = {"manifest": manifest, "split": split, "data": data, "limit": limit,
+            "layout": layout, "allow_outside_root": allow_outside_root}
     try:
         rows, probs, ref_scores = _measure_rows(rows, ref_card, test, inputs, out, settings,
-                                                manifest=manifest, split=split, data=data,
-                                                limit=limit, log=log, cards=cards,
-                                                layout=layout,
-                                                allow_outside_root=allow_outside_root)
+                                                log=log, cards=cards, **load)
+        device_rows, device_probs = _measure_on_devices(
+            devices, rows, ref_card, test, inputs, out, settings, send_images=device_images,
+            log=log, cards=cards, **load)
     finally:
         for path in inputs.values():
             path.unlink(missing_ok=True)  # hundreds of MB; the probabilities stay
@@ -364,12 +438,13 @@ def run_bench(
         # (its row's reason says why), reported as a message, not a traceback.
         raise ModelError(f"the reference {reference} could not be measured: {rows[0].reason}")
     reference_top1 = probs[rows[0].label].argmax(1)
+    probs.update(device_probs)
     rows = [_against_reference(row, probs.get(row.label), reference_top1, ref_scores)
-            for row in rows]
+            for row in [*rows, *device_rows]]
     test_info = {"source": test.source, "images": len(test), "classes": ref_card.classes,
                  "limited_to": limit}
     return BenchResult(rows, rows[0].label, test_info, settings, test.labels, probs,
-                       cpu=cpu_info())
+                       cpu=cpu_info(), devices=described)
 
 
 def _against_reference(row: BenchRow, probs: np.ndarray | None, reference_top1: np.ndarray,

@@ -88,6 +88,18 @@ def int8_slower_notes(result: BenchResult) -> list[str]:
     return notes
 
 
+def describe_device(name: str, info: dict) -> str:
+    """``ssh:pi@board: CPU Cortex-A72, aarch64, ...; OS Linux-6.6...; Python 3.11.2; onnxruntime
+    1.20.1, ai-edge-litert 1.2.0; 14 test images sent to the device``."""
+    versions = ", ".join(f"{k} {v}" for k, v in (info.get("runtimes") or {}).items()
+                         if v is not None)
+    parts = [f"CPU {cpu_summary(info['cpu'])}" if info.get("cpu") else "CPU unknown",
+             f"OS {info.get('os') or 'unknown'}",
+             f"Python {info.get('python') or 'none'}",
+             versions or "no runtime versions", info.get("inputs") or ""]
+    return f"{name}: " + "; ".join(p for p in parts if p)
+
+
 def print_table(result: BenchResult, console=None) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -103,6 +115,8 @@ def print_table(result: BenchResult, console=None) -> None:
         table.add_row(*cells, style=style)
     console.print(table)
     console.print(f"CPU: {escape(cpu_summary(result.cpu))}")
+    for name, info in result.devices.items():
+        console.print(f"device {escape(describe_device(name, info))}")
     for row in result.rows:
         if row.reason:
             # Escaped: reasons quote install hints like pip install 'skinedge[tflite]'.
@@ -134,6 +148,10 @@ def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
               "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
               for cells in table_rows(result)]
+    if result.devices:
+        lines += ["", "Devices (rows `LABEL @ DEVICE` were measured there, over ssh or adb; a row "
+                  "without scores ran on random inputs, latency only):",
+                  *(f"- {describe_device(name, info)}" for name, info in result.devices.items())]
     reasons = [f"- **{r.label}** ({r.status}): {r.reason}" for r in result.rows if r.reason]
     if reasons:
         lines += ["", *reasons]
@@ -230,6 +248,7 @@ def write_outputs(result: BenchResult, out: Path, checks: list[GateCheck] | None
            "test": result.test,
            "settings": asdict(result.settings), "command": command,
            "cpu": result.cpu, "cpu_summary": cpu_summary(result.cpu),
+           "devices": result.devices,
            "notes": int8_slower_notes(result),
            "versions": package_versions(backend_packages()),
            "gate": None if checks is None else [c.__dict__ for c in checks]}

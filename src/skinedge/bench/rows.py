@@ -46,6 +46,8 @@ class BenchRow:
             melanoma class).
         flip_rate: Share of test images whose top-1 class differs from the reference's.
         accuracy_drop, balanced_accuracy_drop, melanoma_auc_drop: Reference minus this row.
+        device: The device that measured the row (``ssh:user@host``, ``adb:SERIAL``); None:
+            this machine. A device row without scores ran on random inputs (latency only).
     """
 
     label: str
@@ -76,6 +78,7 @@ class BenchRow:
     accuracy_drop: float | None = None
     balanced_accuracy_drop: float | None = None
     melanoma_auc_drop: float | None = None
+    device: str | None = None
 
     @property
     def measured(self) -> bool:
@@ -91,6 +94,8 @@ class BenchRow:
             doc["reason"] = self.reason
         if self.reference:
             doc["reference"] = True
+        if self.device is not None:
+            doc["device"] = self.device
         if self.export is not None:
             doc["export"] = self.export.to_dict()
         if self.size_mb is not None:

@@ -135,9 +135,26 @@ def bench(
     iterations: Annotated[int, typer.Option(help="Timed runs at batch 1 per model.")] = 100,
     calibration_images: Annotated[int, typer.Option(help="INT8 calibration images for --export.")] = 300,
     gate: Annotated[Path | None, typer.Option(help="Budgets YAML; exit 1 when one is missed.")] = None,
+    device: Annotated[list[str] | None, typer.Option(
+        help="Also measure every torch-free artifact on this device: ssh://USER@HOST[:PORT] (with "
+             "skinedge[runtime-onnx] / [runtime-litert] installed there) or adb:SERIAL "
+             "(repeatable). No image is sent unless --device-images.")] = None,
+    device_identity: Annotated[Path | None, typer.Option(
+        help="Private key for ssh devices (ssh -i); passwords are never used.")] = None,
+    device_known_hosts: Annotated[Path | None, typer.Option(
+        help="known_hosts file to check ssh devices' host keys against (default: ssh's own).")] = None,
+    device_python: Annotated[str | None, typer.Option(
+        help="Python on the device that has skinedge (e.g. a venv's bin/python; default python3).")] = None,
+    benchmark_model: Annotated[Path | None, typer.Option(
+        help="TFLite's benchmark_model binary for adb devices: times .tflite files (latency only).")] = None,
+    device_images: Annotated[bool, typer.Option(
+        "--device-images", help="Send the preprocessed test images to the devices for accuracy "
+                                "parity (default: random inputs made there, latency only).")] = False,
 ) -> None:
     """Latency (cold, p50/p95/p99 at batch 1), memory and size of each model, and its accuracy,
-    balanced accuracy, melanoma AUC, deltas and top-1 flip rate against the reference."""
+    balanced accuracy, melanoma AUC, deltas and top-1 flip rate against the reference; with
+    --device, the artifacts measured on a board (ssh) or phone (adb) too, as rows of their own."""
+    from skinedge.bench.device import parse_device
     from skinedge.bench.gates import check_gates, load_gates
     from skinedge.bench.harness import BenchSettings, run_bench
     from skinedge.bench.profiles import load_profile
@@ -159,6 +176,13 @@ def bench(
                 + (" to calibrate the INT8 exports on, and INT8 needs at least one"
                    if calibrates else ""))
     gates = load_gates(gate) if gate else None
+    devices = [parse_device(spec, identity=device_identity, python=device_python,
+                            known_hosts=device_known_hosts, benchmark_model=benchmark_model)
+               for spec in device or []]
+    if not devices and (device_identity or device_known_hosts or device_python or benchmark_model
+                        or device_images):
+        raise ConfigError("--device-identity, --device-known-hosts, --device-python, "
+                          "--benchmark-model and --device-images need --device")
     settings = BenchSettings(threads=1 if threads is None else (threads or None),
                              warmup=warmup, iterations=iterations)
     if profile:
@@ -170,7 +194,8 @@ def bench(
                        exports=exports, manifest=manifest,
                        split=split, data=data, limit=limit, out_dir=out, settings=settings,
                        calibration_images=calibration_images, log=print_log,
-                       layout=layout, allow_outside_root=allow_outside_root)
+                       layout=layout, allow_outside_root=allow_outside_root,
+                       devices=devices, device_images=device_images)
     checks = check_gates(gates, result.rows) if gates else None
     files = write_outputs(result, out, checks, command_line())
     print_table(result)
