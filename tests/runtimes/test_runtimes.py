@@ -74,7 +74,7 @@ def test_softmax_is_stable_for_large_logits() -> None:
 
 def test_every_backend_module_registers_its_runtime_by_suffix(tiny_checkpoint, tmp_path) -> None:
     assert set(RUNTIMES) == {"torch", "onnxruntime", "openvino", "litert", "coreml", "tensorrt",
-                             "executorch"}
+                             "executorch", "web"}
     for backend, cls in RUNTIMES.items():
         assert cls.__module__ == f"skinedge.runtimes.{backend}"  # one file per backend
         assert cls.extra and cls.requires
@@ -83,6 +83,8 @@ def test_every_backend_module_registers_its_runtime_by_suffix(tiny_checkpoint, t
                             ".pte": "executorch"}.items():
         (tmp_path / f"model{suffix}").touch()
         assert runtime_class(tmp_path / f"model{suffix}").backend == backend
+    (tmp_path / "model.web").mkdir()  # the web export is a folder (a static page)
+    assert runtime_class(tmp_path / "model.web").backend == "web"
     assert runtime_class(tiny_checkpoint).backend == "torch"
 
 
