@@ -27,6 +27,7 @@ from skinedge.cli import (
     experiment,
     federated,
     gan,
+    pipeline,
     quickstart,
     registry,
     retrain,
@@ -82,7 +83,7 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
 # Root commands, in the order `skinedge --help` lists them, then the groups.
-for module in (train, evaluate, quickstart, deploy, retrain, serve):
+for module in (train, evaluate, quickstart, pipeline, deploy, retrain, serve):
     app.add_typer(module.app)
 app.add_typer(data.app, name="data")
 app.add_typer(ensemble.app, name="ensemble")

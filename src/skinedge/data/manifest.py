@@ -9,7 +9,6 @@ the dataset folder, rows that no longer match ``split_hash``) or when an image c
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from skinedge.data.records import Record
 from skinedge.data.splits import SPLITS, check_ratios, sparse_class_warnings, split_groups
 from skinedge.errors import ConfigError, DataError
 from skinedge.utils.io import atomic_write_text, sha256_file
+from skinedge.utils.provenance import created_time
 
 SCHEMA = "skinedge.manifest/1"
 
@@ -51,7 +51,7 @@ class Manifest:
     seed: int
     ratios: tuple[float, float, float]
     rows: list[ManifestRow]
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    created: str = field(default_factory=created_time)
     # The split was made with --allow-outside-root: rows may name images outside ``root``.
     allow_outside_root: bool = False
     # Images stored sideways or flipped whose EXIF orientation is applied when they are read.

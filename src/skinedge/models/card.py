@@ -8,7 +8,6 @@ results. Metrics, notes, data provenance and versions sit outside the hash and m
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import warnings
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from skinedge.data.transforms import PreprocessConfig
 from skinedge.errors import ModelError, NotFoundError
 from skinedge.utils.io import atomic_write_text
+from skinedge.utils.provenance import created_time
 
 CARD_SCHEMA = "skinedge.model-card/2"  # what every writer stores: a sealed card
 #: Cards written before ``integrity`` existed: they load with a warning when it is missing.
@@ -37,6 +37,7 @@ INTEGRITY_FIELDS = (
     "artifact.target", "artifact.precision", "artifact.input", "artifact.output",
     "members.path", "members.architecture", "members.weights_sha256",
 )
+
 
 
 class DataInfo(BaseModel):
@@ -79,7 +80,7 @@ class ArtifactInfo(BaseModel):
     calibration: dict[str, Any] | None = None  # int8: split, images, sha256 of the image list
     details: dict[str, Any] = Field(default_factory=dict)  # opset, quantizer, TensorRT version, GPU
     versions: dict[str, str] = Field(default_factory=dict)  # exporter packages
-    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    created: str = Field(default_factory=created_time)
 
 
 class EnsembleMember(BaseModel):
@@ -117,7 +118,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)  # validation metrics of this checkpoint
     training: dict[str, Any] = Field(default_factory=dict)  # epoch, resolved config
     versions: dict[str, str] = Field(default_factory=dict)
-    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    created: str = Field(default_factory=created_time)
     artifact: ArtifactInfo | None = None  # set in exported artifacts, None in checkpoints
     members: list[EnsembleMember] | None = None  # set in ensemble checkpoints
     intended_use: str = (

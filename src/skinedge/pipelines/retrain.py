@@ -37,7 +37,6 @@ its gates recorded) and promoted to the deployment only when every gate passed a
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,10 +45,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from skinedge.errors import ConfigError, DataError
+from skinedge.errors import ConfigError
 from skinedge.pipelines import retrain_stages as stages
 from skinedge.pipelines.reporting import Reporter
 from skinedge.pipelines.retrain_data import check_feedback_folder
+from skinedge.pipelines.stage import run_stage
 from skinedge.synth.selection import SelectionConfig
 from skinedge.utils.config import dump_config, load_config
 from skinedge.utils.io import atomic_write_text
@@ -219,7 +219,7 @@ def run_retrain(config: RetrainConfig, out: Path | str, *, resume: bool = False,
     ]
     for title, name, step in steps:
         reporter.stage(title)
-        done[name] = _run_stage(out / name, step, keep=name in stages.KEEP_ON_RESTART,
+        done[name] = run_stage(out / name, step, keep=name in stages.KEEP_ON_RESTART,
                                 reporter=reporter)
     record_command(out, command=command or _python_call(out), started=started, finished=now(),
                    run_id=run_id)
@@ -280,26 +280,6 @@ def _feedback_folder(config: RetrainConfig, out: Path,
     folder = out / "feedback"
     export_feedback(folder)
     return folder
-
-
-def _run_stage(folder: Path, step: Callable[[Path], dict[str, Any]], *, keep: bool,
-               reporter: Reporter) -> dict[str, Any]:
-    """A stage's ``stage.json`` when it finished before; else run it (in a clean folder unless
-    ``keep``: training resumes from what it left) and write its ``stage.json``."""
-    marker = folder / "stage.json"
-    if marker.is_file():
-        reporter.note(f"reusing {folder} (finished before)")
-        try:
-            return json.loads(marker.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{marker}: unreadable ({exc}); delete it to run the stage "
-                            "again") from exc
-    if folder.exists() and not keep:
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = step(folder)
-    atomic_write_text(marker, json.dumps(doc, indent=1, default=str))
-    return doc
 
 
 def _python_call(out: Path) -> str:

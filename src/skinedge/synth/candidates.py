@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from skinedge.synth.selection import (
     write_ledger,
 )
 from skinedge.utils.io import atomic_write_text, sha256_file
+from skinedge.utils.provenance import created_time
 
 
 def read_candidates(folder: Path) -> tuple[list[Candidate], dict[str, Any]]:
@@ -161,7 +161,7 @@ def select_synthetic(
               "classifier": str(Path(classifier).resolve()),
               "config": cfg.model_dump(mode="json"), "thresholds": asdict(thresholds),
               "summary": summarize(decisions),
-              "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+              "created": created_time()}
     synthetic = SyntheticSet(out_dir.resolve(), manifest.split_hash, manifest.classes, rows, source)
     synthetic.save()
     atomic_write_text(out_dir / "selection.json", json.dumps(source, indent=1))

@@ -1,0 +1,269 @@
+"""``skinedge pipeline CONFIG.yaml``: from a data folder to gated phone artifacts, cached.
+
+The stages (:mod:`skinedge.pipelines.pipeline_stages`), in order::
+
+    split            the data folder split by lesion
+    gan              the class-conditional GAN (gan.enabled)
+    member-0         ensemble member 0, on real images (it also scores the GAN's candidates)
+    synthetic-K      candidates of seed K, selected by member 0 (gan.enabled, K >= 1)
+    member-K         member K, with synthetic-K's images when the GAN is on
+    ensemble         the members as one checkpoint (members.count >= 2)
+    distill          the teacher distilled into one student (distill.enabled)
+    export-T-P       the final model exported to target T at precision P, verified
+    bench            latency and parity of every artifact against the final model; the gate
+
+Every stage runs in ``OUT/cache/STAGE/KEY/`` and is finished by its ``stage.json``. ``KEY`` is
+a hash of the stage's own settings (its resolved training config, its section of the
+pipeline config, the gate file's content, the skinedge version) and the keys of the stages
+it reads; the split's key covers the content of every file in the data folder. So a
+changed setting reruns its stage and every stage after it that depends on it, and nothing
+else, and the cache is never reused for other inputs. A stage cut off by a kill starts again
+(training stages continue from their ``last/`` checkpoint). ``OUT/STAGE`` links to the
+stage's current folder; ``OUT/pipeline.json`` (and ``pipeline.md``) say, for the last run,
+which stage ran or came from the cache, and its wall time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import skinedge
+from skinedge.errors import ConfigError
+from skinedge.pipelines import pipeline_stages as stages
+from skinedge.pipelines.pipeline_config import PipelineConfig
+from skinedge.pipelines.reporting import Reporter
+from skinedge.pipelines.stage import STAGE_DONE, run_stage
+from skinedge.utils.config import dump_config
+from skinedge.utils.io import atomic_write_text, package_versions, sha256_file
+from skinedge.utils.provenance import now
+
+StageFn = Callable[[PipelineConfig, Path, "stages.Inputs", Reporter], dict[str, Any]]
+#: Length of the key in folder names (hex digits of the sha256).
+KEY_CHARS = 16
+
+
+@dataclass
+class Stage:
+    """One stage of the plan: what it reads, what its key covers, where it runs."""
+
+    name: str
+    run: StageFn
+    inputs: tuple[str, ...]
+    settings: dict[str, Any]
+    resumes: bool = False  # a cut-off run continues in its folder (training)
+    key: str = ""
+    folder: Path = Path()
+    status: str = ""  # cached | partial (cut off, continues) | runs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "folder": str(self.folder),
+                "inputs": list(self.inputs), "status": self.status}
+
+
+@dataclass
+class PipelineResult:
+    """What a pipeline run did, stage by stage, and the gate's verdict."""
+
+    out: Path
+    stages: list[dict[str, Any]] = field(default_factory=list)  # pipeline.json's "stages"
+    gate: dict[str, Any] | None = None  # passed, checks, failed; None: no gate
+    report: Path | None = None  # pipeline.json
+    # Stage name -> why: an export that failed its verification or was refused, a bench row
+    # that could not be measured. The job said no, as `skinedge export` and `bench` do.
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """The gate passed (or there is none) and every artifact was made and measured."""
+        return (self.gate is None or bool(self.gate["passed"])) and not self.failures
+
+
+def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False) -> list[Stage]:
+    """The stages ``cfg`` asks for, in order, each with its key, folder and status (whether
+    its folder in ``out``'s cache holds a finished run). Reads configs and hashes the data
+    folder; trains nothing, and with ``dry_run`` writes nothing either.
+
+    Raises:
+        ConfigError: no data folder, a stage config that does not validate.
+    """
+    if cfg.data is None or not Path(cfg.data).is_dir():
+        raise ConfigError(f"data: {cfg.data} is not a folder; set data: in the pipeline config "
+                          "or pass --data FOLDER")
+    out = Path(out)
+    plan = [Stage("split", stages.split, (), {"split": cfg.split.model_dump(mode="json"),
+                                               "data": data_digest(Path(cfg.data), out, save=not dry_run)})]
+    if cfg.gan.enabled:
+        plan.append(Stage("gan", stages.gan, ("split",),
+                          {"config": stages.dump(stages.gan_config(cfg))}, resumes=True))
+    for k in range(cfg.members.count):
+        inputs: tuple[str, ...] = ("split",)
+        if cfg.gan.enabled and k > 0:
+            gan = cfg.gan.model_dump(mode="json", include={"oversample", "truncation_psi",
+                                                           "selection"})
+            plan.append(Stage(f"synthetic-{k}", stages.synthetic(k),
+                              ("split", "gan", "member-0"), {"seed": k, **gan}))
+            inputs = ("split", f"synthetic-{k}")
+        plan.append(Stage(f"member-{k}", stages.member(k), inputs,
+                          {"config": stages.dump(stages.member_config(cfg, k))}, resumes=True))
+    members = tuple(f"member-{k}" for k in range(cfg.members.count))
+    if cfg.members.count > 1:
+        plan.append(Stage("ensemble", stages.ensemble, members, {}))
+    teacher = "ensemble" if cfg.members.count > 1 else "member-0"
+    final = teacher
+    if cfg.distill.enabled:
+        plan.append(Stage("distill", stages.distill, ("split", teacher),
+                          {"config": stages.dump(stages.distill_config(cfg))}, resumes=True))
+        final = "distill"
+    exports = []
+    for spec in cfg.export.targets:
+        name = "export-" + "-".join(p for p in stages.parse_target(spec) if p)
+        exports.append(name)
+        plan.append(Stage(name, stages.export(spec), ("split", final),
+                          {"target": spec, **cfg.export.model_dump(
+                              mode="json", include={"calibration_images", "verify_images"})}))
+    gate = Path(cfg.bench.gate).read_text() if cfg.bench.gate else None
+    plan.append(Stage("bench", stages.bench, ("split", final, *exports),
+                      {**cfg.bench.model_dump(mode="json", exclude={"gate"}), "gate": gate}))
+    keys: dict[str, str] = {}
+    for stage in plan:
+        stage.key = stage_key(stage.name, stage.settings, {i: keys[i] for i in stage.inputs})
+        keys[stage.name] = stage.key
+        stage.folder = out / "cache" / stage.name / stage.key[:KEY_CHARS]
+        stage.status = ("cached" if (stage.folder / STAGE_DONE).is_file() else
+                        "partial" if stage.resumes and stage.folder.is_dir() else "runs")
+    return plan
+
+
+def stage_key(name: str, settings: dict[str, Any], inputs: dict[str, str]) -> str:
+    """sha256 of a stage's name, settings, its inputs' keys and the skinedge version."""
+    doc = {"stage": name, "skinedge": skinedge.__version__, "settings": settings,
+           "inputs": inputs}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | None = None,
+                 command: str | None = None) -> PipelineResult:
+    """Run every stage of ``cfg`` whose result is not in ``out``'s cache.
+
+    Args:
+        cfg: The resolved config (:func:`~skinedge.pipelines.pipeline_config.load_pipeline_config`).
+        out: Run folder; its ``cache/`` keeps every stage result ever made there.
+        reporter: Progress hooks.
+        command: What ``pipeline.json`` records as the command.
+
+    Raises:
+        ConfigError: another pipeline is running in ``out``; what :func:`plan_pipeline` raises.
+        SkinedgeError: what a stage raises (bad data rows, a missing backend); the stages that
+            finished stay cached.
+    """
+    reporter = reporter or Reporter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        plan = plan_pipeline(cfg, out)
+        atomic_write_text(out / "pipeline.yaml", dump_config(cfg))
+        started = now()
+        done: dict[str, dict[str, Any]] = {}
+        rows = []
+        for i, stage in enumerate(plan, 1):
+            reporter.stage(f"{i}/{len(plan)} {stage.name}"
+                           + (" (cached)" if stage.status == "cached" else ""))
+            began = time.perf_counter()
+            inputs = {name: done[name] for name in stage.inputs}
+            doc = run_stage(stage.folder, lambda d, s=stage, x=inputs: _timed(s, d, x, cfg,
+                                                                              reporter),
+                            keep=stage.resumes, reporter=reporter)
+            done[stage.name] = doc
+            _link(out / stage.name, stage.folder)
+            rows.append({**stage.to_json(),
+                         "status": "cached" if stage.status == "cached" else "ran",
+                         "seconds": doc.get("seconds"),
+                         "this_run_seconds": round(time.perf_counter() - began, 2)})
+        gate = done["bench"].get("gate")
+        failures = {name: doc["reason"] for name, doc in done.items()
+                    if name.startswith("export-") and doc.get("status") == "failed"}
+        failures.update({f"bench {row['label']}": row.get("reason") or row["status"]
+                         for row in done["bench"]["rows"] if row["status"] == "failed"})
+        report = {"command": command or "skinedge.pipelines.pipeline.run_pipeline", "started":
+                  started, "finished": now(), "stages": rows, "gate": gate,
+                  "failures": failures, "versions": package_versions()}
+        atomic_write_text(out / "pipeline.json", json.dumps(report, indent=1, default=str))
+        atomic_write_text(out / "pipeline.md", render_markdown(report))
+    return PipelineResult(out, rows, gate, out / "pipeline.json", failures)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """pipeline.md: each stage, whether it ran or came from the cache, its wall time."""
+    lines = [f"# Pipeline run {report['started']}", "", f"Command: `{report['command']}`", "",
+             "| stage | key | this run | stage wall time (s) | this run's time (s) |",
+             "|---|---|---|---:|---:|"]
+    for row in report["stages"]:
+        lines.append(f"| {row['name']} | `{row['key'][:KEY_CHARS]}` | {row['status']} | "
+                     f"{row['seconds']} | {row['this_run_seconds']} |")
+    gate = report.get("gate")
+    lines += ["", "Gate: " + ("none" if gate is None else "passed" if gate["passed"] else
+                              "failed: " + "; ".join(gate["failed"]))]
+    lines += [f"- {name} failed: {reason}" for name, reason in report["failures"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def data_digest(folder: Path, out: Path, *, save: bool = True) -> str:
+    """sha256 over every file in ``folder`` (path and content). Content hashes are kept in
+    ``out/cache/data-hashes.json`` by path, size and mtime, so a second run reads no image."""
+    store = out / "cache" / "data-hashes.json"
+    try:
+        known = json.loads(store.read_text()) if store.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    digest, fresh = hashlib.sha256(), {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        key = str(path.resolve())
+        entry = known.get(key)
+        if entry is None or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
+            entry = [stat.st_size, stat.st_mtime_ns, sha256_file(path)]
+        fresh[key] = entry
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{entry[2]}\n".encode())
+    if save:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(store, json.dumps(fresh))
+    return digest.hexdigest()
+
+
+def _timed(stage: Stage, folder: Path, inputs: dict[str, dict[str, Any]], cfg: PipelineConfig,
+           reporter: Reporter) -> dict[str, Any]:
+    began = time.perf_counter()
+    doc = stage.run(cfg, folder, inputs, reporter)
+    return {**doc, "stage": stage.name, "key": stage.key, "inputs": list(stage.inputs),
+            "seconds": round(time.perf_counter() - began, 2), "finished": now()}
+
+
+def _link(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (relative), replaced atomically."""
+    tmp = link.with_name(f".{link.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+    os.replace(tmp, link)
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One pipeline at a time in ``out`` (an advisory lock; a killed one releases it)."""
+    with open(out / ".pipeline.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(f"another skinedge pipeline is running in {out}; wait for it, "
+                              "or choose another --out") from exc
+        yield
+

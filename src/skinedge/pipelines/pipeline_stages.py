@@ -1,0 +1,256 @@
+"""The stages of :func:`skinedge.pipelines.pipeline.run_pipeline`, one function each.
+
+Each takes the pipeline's config, its own folder and the ``stage.json`` documents of the
+stages it reads (``inputs``, by stage name), and returns its own ``stage.json`` document
+(plain JSON: paths as strings). The ``*_settings`` functions give what a stage's cache key
+covers besides its inputs: its resolved config, never a path that names the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from skinedge.pipelines.pipeline_config import PipelineConfig
+from skinedge.pipelines.reporting import Reporter
+
+Inputs = dict[str, dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def gan_config(cfg: PipelineConfig, manifest: str | None = None):
+    from skinedge.synth.gan import GANConfig
+    from skinedge.utils.config import load_config
+
+    extra = [f"data.manifest={manifest}"] if manifest else []
+    return load_config(cfg.gan.config, [*cfg.gan.overrides, *extra], GANConfig,
+                       kind=f"GAN config ({cfg.gan.config})")
+
+
+def member_config(cfg: PipelineConfig, k: int, manifest: str | None = None,
+                  synthetic: str | None = None):
+    """Member ``k``'s training config: the members' YAML and overrides, seed + k."""
+    from skinedge.train.config import load_train_config
+
+    extra = [f"data.manifest={manifest}"] if manifest else []
+    base = load_train_config(cfg.members.config, [*cfg.members.overrides, *extra])
+    data = base.data.model_copy(update={"synthetic": Path(synthetic) if synthetic else None})
+    return base.model_copy(update={"seed": base.seed + k, "data": data})
+
+
+def distill_config(cfg: PipelineConfig, manifest: str | None = None,
+                   teacher: str | None = None):
+    from skinedge.compress.distill import DistillConfig
+    from skinedge.utils.config import load_config
+
+    # The teacher is the ensemble stage's output; planning validates with a stand-in.
+    extra = [f"data.manifest={manifest}"] if manifest else []
+    extra.append(f"distill.teacher={teacher or 'TEACHER'}")
+    return load_config(cfg.distill.config, [*cfg.distill.overrides, *extra], DistillConfig,
+                       kind=f"distillation config ({cfg.distill.config})")
+
+
+def dump(config) -> dict[str, Any]:
+    """A config as its cache key sees it (JSON, no run paths)."""
+    doc = config.model_dump(mode="json")
+    data = doc.get("data")
+    if isinstance(data, dict):
+        for field in ("manifest", "synthetic", "root"):
+            data.pop(field, None)
+    doc.get("distill", {}).pop("teacher", None)
+    return doc
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def split(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+    """Split the data folder by lesion (patient) into train, val and test."""
+    from skinedge.data.splitting import split_folder
+
+    manifest_path = folder / "manifest.json"
+    with reporter.counter("checking images") as progress:
+        manifest, skipped = split_folder(
+            cfg.data, manifest_path, layout=cfg.split.layout, ratios=cfg.split.ratios,
+            seed=cfg.split.seed, skip_bad=cfg.split.skip_bad, progress=progress,
+            hint="Fix these rows or files, or set split.skip_bad: true in the pipeline config "
+                 "to list them in a report and go on without them.")
+    counts = {s: dict(c) for s, c in manifest.counts().items()}
+    reporter.note(str({s: sum(c.values()) for s, c in counts.items()}))
+    return {"manifest": str(manifest_path), "split_hash": manifest.split_hash,
+            "counts": counts, "skipped": str(skipped) if skipped else None,
+            "warnings": manifest.class_warnings()}
+
+
+def gan(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+    """Train the class-conditional GAN on the train split (resumes after a kill)."""
+    from skinedge.synth.gan import train_gan
+    from skinedge.synth.gan.networks import CHECKPOINT
+
+    manifest = inputs["split"]["manifest"]
+    run = folder / "run"
+    started = (run / CHECKPOINT).is_file() or any((run / "classes").glob(f"*/{CHECKPOINT}"))
+    results = train_gan(gan_config(cfg, manifest), run, resume=started)
+    return {"run": str(run), "models": [{"folder": str(r.out_dir), "kimg": r.kimg}
+                                        for r in results]}
+
+
+def synthetic(k: int):
+    """The stage that samples candidates with seed ``k`` and selects member ``k``'s set."""
+
+    def stage(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+        from skinedge.data import load_manifest
+        from skinedge.synth.candidates import needed_counts, select_synthetic
+        from skinedge.synth.gan.sample import sample_candidates
+
+        manifest = load_manifest(inputs["split"]["manifest"])
+        quotas = needed_counts(manifest, cfg.gan.selection)
+        counts = {c: math.ceil(q * cfg.gan.oversample) for c, q in quotas.items() if q > 0}
+        if not counts:
+            return {"set": None, "note": "every class meets the selection target: no "
+                                         "synthetic images needed"}
+        candidates = folder / "candidates"
+        with reporter.counter(f"sampling candidates (seed {k})") as progress:
+            sample_candidates(inputs["gan"]["run"], counts, candidates, seed=k,
+                              truncation_psi=cfg.gan.truncation_psi,
+                              progress=_stage_progress(progress))
+        with reporter.counter(f"selecting synthetic images (seed {k})") as progress:
+            kept = select_synthetic(candidates, manifest, folder / "selected",
+                                    classifier=Path(inputs["member-0"]["checkpoint"]),
+                                    cfg=cfg.gan.selection, progress=_stage_progress(progress))
+        return {"set": str(folder / "selected"), "summary": kept.source.get("summary")}
+
+    return stage
+
+
+def member(k: int):
+    """The stage that trains ensemble member ``k`` (resumes after a kill)."""
+
+    def stage(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+        synthetic_set = inputs.get(f"synthetic-{k}", {}).get("set")
+        train_cfg = member_config(cfg, k, inputs["split"]["manifest"], synthetic_set)
+        return _train(train_cfg, folder / "run", reporter)
+
+    return stage
+
+
+def ensemble(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+    """One checkpoint that averages the members' probabilities."""
+    from skinedge.models import create_ensemble
+
+    members = [inputs[f"member-{k}"]["checkpoint"] for k in range(cfg.members.count)]
+    path = create_ensemble([Path(m) for m in members], folder / "ensemble")
+    return {"checkpoint": str(path), "members": members}
+
+
+def distill(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+    """Distil the teacher (the ensemble, or the one member) into one student."""
+    from skinedge.compress.distill import distill_classifier
+    from skinedge.train.resume import has_trainer_state
+
+    teacher = teacher_of(cfg, inputs)
+    student_cfg = distill_config(cfg, inputs["split"]["manifest"], teacher)
+    run = folder / "run"
+    with reporter.training() as callbacks:
+        result = distill_classifier(student_cfg, run, resume=has_trainer_state(run),
+                                    callbacks=callbacks)
+    return {"checkpoint": str(result.best_dir), "teacher": teacher, **_figures(result)}
+
+
+def export(spec: str):
+    """The stage that exports the final model to ``TARGET[:PRECISION[:QUANTIZER]]``."""
+
+    def stage(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+        from skinedge.export import ExportError, ExportOptions, export_checkpoint
+
+        target, precision, quantizer = parse_target(spec)
+        try:
+            result = export_checkpoint(
+                final_checkpoint(cfg, inputs), target, precision=precision, out_dir=folder,
+                manifest=inputs["split"]["manifest"],
+                calibration_images=cfg.export.calibration_images,
+                verify_images=cfg.export.verify_images, verify=cfg.export.verify_images > 0,
+                options=ExportOptions(quantizer=quantizer), log=reporter.note)
+        except ExportError as exc:  # made but drifted, or refused: the bench gate decides
+            reporter.note(f"{spec}: {exc}")
+            return {"target": spec, "status": "failed", "reason": str(exc), "artifact": None}
+        v = result.verification
+        return {"target": spec, "status": "ok" if result.path else "skipped",
+                "artifact": str(result.path) if result.path else None,
+                "report": str(result.report), "notes": result.notes,
+                "verification": {"status": v.status, "images": v.images,
+                                 "max_prob_diff": v.max_prob_diff, "flips": v.flips}}
+
+    return stage
+
+
+def bench(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+    """Latency and parity of every artifact against the final PyTorch model; the gate."""
+    from skinedge.bench.gates import check_gates, load_gates
+    from skinedge.bench.harness import BenchSettings, run_bench
+    from skinedge.bench.report import write_outputs
+
+    final = final_checkpoint(cfg, inputs)
+    artifacts = [doc["artifact"] for name, doc in inputs.items()
+                 if name.startswith("export-") and doc.get("artifact")]
+    settings = BenchSettings(threads=cfg.bench.threads or None, warmup=cfg.bench.warmup,
+                             iterations=cfg.bench.iterations)
+    result = run_bench([final, *artifacts], reference=final,
+                       manifest=inputs["split"]["manifest"], split=cfg.bench.split,
+                       limit=cfg.bench.limit, out_dir=folder, settings=settings,
+                       log=reporter.note)
+    checks = check_gates(load_gates(cfg.bench.gate), result.rows) if cfg.bench.gate else None
+    files = write_outputs(result, folder, checks, "skinedge pipeline (bench stage)")
+    failed = [c.message for c in checks or [] if not c.passed]
+    return {"gate": None if checks is None else {"passed": not failed, "checks": len(checks),
+                                                 "failed": failed},
+            "files": {k: str(v) for k, v in files.items()},
+            "rows": [{"label": r.label, "status": r.status, "reason": r.reason, "p50_ms": r.p50_ms,
+                      "p95_ms": r.p95_ms, "size_mb": r.size_mb,
+                      "balanced_accuracy": r.balanced_accuracy, "flip_rate": r.flip_rate}
+                     for r in result.rows]}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def teacher_of(cfg: PipelineConfig, inputs: Inputs) -> str:
+    """The ensemble, or member 0 when there is one member."""
+    return inputs["ensemble"]["checkpoint"] if cfg.members.count > 1 else \
+        inputs["member-0"]["checkpoint"]
+
+
+def final_checkpoint(cfg: PipelineConfig, inputs: Inputs) -> str:
+    """The model that is exported: the student, else the teacher."""
+    return inputs["distill"]["checkpoint"] if cfg.distill.enabled else teacher_of(cfg, inputs)
+
+
+def parse_target(spec: str) -> tuple[str, str | None, str | None]:
+    target, precision, quantizer = ([*spec.split(":"), None, None])[:3]
+    return target, precision or None, quantizer or None
+
+
+def _train(train_cfg, run: Path, reporter: Reporter) -> dict:
+    from skinedge.train.resume import has_trainer_state
+    from skinedge.train.trainer import train_classifier
+
+    with reporter.training() as callbacks:
+        result = train_classifier(train_cfg, run, resume=has_trainer_state(run),
+                                  callbacks=callbacks)
+    return {"checkpoint": str(result.best_dir), **_figures(result)}
+
+
+def _figures(result) -> dict[str, Any]:
+    return {"best_epoch": result.best_epoch, "best_metric": result.best_metric,
+            "epochs": len(result.history), "stopped_early": result.stopped_early,
+            "history": result.history}
+
+
+def _stage_progress(count):
+    """``progress(description, done, total)`` for the sampling and selection steps."""
+    if count is None:
+        return None
+    return lambda description, done, total: count(done, total)

@@ -1,0 +1,192 @@
+"""`skinedge pipeline`: every stage cached under a key of its settings and inputs.
+
+A tiny pipeline (16 px GAN, 32 px test_efficientnet members and student, ONNX FP32 and INT8)
+on the tiny colour-coded dataset runs in seconds, so the tests run it for real: first run,
+cached rerun, a changed gate or distillation setting, a dry run, and a SIGKILL in the middle
+of a training stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from skinedge.cli.main import app
+from skinedge.errors import ConfigError
+from skinedge.pipelines.pipeline import plan_pipeline, run_pipeline
+from skinedge.pipelines.pipeline_config import load_pipeline_config
+
+TRAIN = {"model": {"arch": "test_efficientnet", "pretrained": "none", "drop_rate": 0},
+         "preprocess": {"input_size": 32}, "augment": {"enabled": False},
+         "optim": {"lr": 0.01, "scheduler": "none"}, "num_workers": 0, "batch_size": 8,
+         "eval_batch_size": 32, "device": "cpu", "epochs": 2}
+GAN = {"resolution": 16, "batch_size": 8, "kimg": 0.16, "snapshot_kimg": 0.08,
+       "grid_per_class": 2, "device": "cpu",
+       "model": {"channel_base": 128, "channel_max": 32, "z_dim": 16, "w_dim": 32,
+                 "mapping_layers": 2}}
+GATE = {"require": ["torch-fp32", "onnx-fp32", "onnx-int8"],
+        "rules": [{"match": "*-fp32", "max_flip_rate": 0.0}]}
+
+
+def write_config(folder: Path, data: Path, **changes) -> Path:
+    """A pipeline config in ``folder`` (with its stage configs and gate beside it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"members.yaml": TRAIN, "gan.yaml": GAN, "gate.yaml": GATE,
+             "distill.yaml": {**TRAIN, "distill": {"temperature": 2.0, "alpha": 0.5}}}
+    for name, doc in files.items():
+        (folder / name).write_text(yaml.safe_dump(doc))
+    doc = {"data": str(data),
+           "gan": {"enabled": True, "config": "gan.yaml", "oversample": 1,
+                   "selection": {"target": 9}},  # 7 of 10 per class in train: 2 synthetic each
+           "members": {"count": 2, "config": "members.yaml"},
+           "distill": {"enabled": True, "config": "distill.yaml"},
+           "export": {"targets": ["onnx:fp32", "onnx:int8"], "calibration_images": 8,
+                      "verify_images": 0},
+           "bench": {"gate": "gate.yaml", "warmup": 1, "iterations": 3}}
+    for key, value in changes.items():
+        section, field = key.split("__")
+        doc.setdefault(section, {})[field] = value
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def statuses(out: Path) -> dict[str, str]:
+    return {row["name"]: row["status"] for row in json.loads((out / "pipeline.json")
+                                                            .read_text())["stages"]}
+
+
+def artifact_hashes(out: Path) -> dict[str, str]:
+    """sha256 of what the pipeline makes: split, synthetic images, weights, ONNX files (not
+    the GAN's checkpoint, which records its wall time)."""
+    patterns = ["split/manifest.json", "synthetic-*/selected/images/*/*.png",
+                "member-*/run/best/model.safetensors", "distill/run/best/model.safetensors",
+                "export-*/*.onnx"]
+    files = sorted({p for pattern in patterns for p in out.glob(pattern)})
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dataset, tmp_path_factory) -> tuple[Path, Path]:
+    """(config, run folder) of a finished pipeline run."""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = write_config(root, tiny_dataset)
+    run_pipeline(load_pipeline_config(config), root / "run")
+    return config, root / "run"
+
+
+def test_a_first_run_makes_every_stage_and_links_it(finished) -> None:
+    config, out = finished
+    assert statuses(out) == dict.fromkeys(
+        ["split", "gan", "member-0", "synthetic-1", "member-1", "ensemble", "distill",
+         "export-onnx-fp32", "export-onnx-int8", "bench"], "ran")
+    synthetic = json.loads((out / "synthetic-1" / "stage.json").read_text())
+    assert synthetic["set"] and sum(row["kept"] for row in synthetic["summary"].values()) > 0
+    member = json.loads((out / "member-1/run/best/card.json").read_text())
+    assert member["training"]["config"]["data"]["synthetic"] == synthetic["set"]
+    bench = json.loads((out / "bench" / "stage.json").read_text())
+    assert {row["label"] for row in bench["rows"]} == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+    assert bench["gate"]["passed"], bench["gate"]
+    report = (out / "pipeline.md").read_text()
+    assert "| distill |" in report and "Gate: passed" in report
+    assert (out / "pipeline.yaml").is_file()
+
+
+def test_a_second_run_with_nothing_changed_reuses_every_stage(finished) -> None:
+    config, out = finished
+    before = artifact_hashes(out)
+    started = time.perf_counter()
+    result = run_pipeline(load_pipeline_config(config), out)
+    assert time.perf_counter() - started < 30  # hashing the data and reading stage.json
+    assert set(statuses(out).values()) == {"cached"} and result.passed
+    assert artifact_hashes(out) == before
+
+
+def test_a_changed_gate_reruns_only_the_bench_and_can_fail_the_run(finished, tmp_path) -> None:
+    config, out = finished
+    gate = config.parent / "gate.yaml"
+    original = gate.read_text()
+    try:
+        gate.write_text(yaml.safe_dump({**GATE, "rules": [{"match": "*", "p95_ms": 1e-6}]}))
+        result = CliRunner().invoke(app, ["pipeline", str(config), "--out", str(out)])
+        assert result.exit_code == 1, result.output
+        assert "gate failed" in result.output
+        assert {n for n, s in statuses(out).items() if s == "ran"} == {"bench"}
+    finally:
+        gate.write_text(original)
+
+
+def test_a_changed_distillation_setting_reruns_it_and_what_follows(finished) -> None:
+    config, out = finished
+    cfg = load_pipeline_config(config, ["distill.overrides=[distill.alpha=0.9]"])
+    plan = {s.name: s.status for s in plan_pipeline(cfg, out, dry_run=True)}
+    assert {n for n, s in plan.items() if s == "runs"} == {
+        "distill", "export-onnx-fp32", "export-onnx-int8", "bench"}
+    result = CliRunner().invoke(app, ["pipeline", str(config), "--out", str(out), "--dry-run",
+                                      "--set", "distill.overrides=[distill.alpha=0.9]"])
+    assert result.exit_code == 0, result.output
+    assert "cached" in result.output and "runs" in result.output
+    assert len(list((out / "cache" / "distill").iterdir())) == 1  # a dry run runs nothing
+
+
+def test_a_kill_in_the_middle_of_a_stage_resumes_to_the_same_artifacts(tiny_dataset,
+                                                                       tmp_path) -> None:
+    # Distillation long enough (40 epochs) to be killed while it trains.
+    config = write_config(tmp_path / "config", tiny_dataset)
+    (tmp_path / "config" / "distill.yaml").write_text(yaml.safe_dump(
+        {**TRAIN, "epochs": 40, "early_stopping_patience": 100,
+         "distill": {"temperature": 2.0, "alpha": 0.5}}))
+    out = tmp_path / "run"
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1767225600"}
+    command = [sys.executable, "-m", "skinedge.cli.main", "pipeline", str(config), "--out",
+               str(out)]
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    uninterrupted = artifact_hashes(out)
+    assert len(uninterrupted) >= 7
+
+    import shutil
+
+    shutil.rmtree(out)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("cache/distill/*/run/last/card.json")):
+        assert process.poll() is None, "the pipeline finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not list(out.glob("cache/distill/*/stage.json"))  # cut off in the middle
+
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    assert statuses(out)["distill"] == "ran" and statuses(out)["member-1"] == "cached"
+    assert artifact_hashes(out) == uninterrupted
+
+
+def test_config_errors_name_the_field_and_the_fix(tiny_dataset, tmp_path) -> None:
+    config = write_config(tmp_path, tiny_dataset, export__targets=["onnx:fp32", "tflight"])
+    with pytest.raises(ConfigError, match=r"export\.targets.*'tflight': unknown target.*tflite"):
+        load_pipeline_config(config)
+    config = write_config(tmp_path, tiny_dataset, members__config="nowhere.yaml")
+    with pytest.raises(ConfigError, match="nowhere.yaml: no such file.*packaged configs"):
+        load_pipeline_config(config)
+    config = write_config(tmp_path, tmp_path / "missing")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        plan_pipeline(load_pipeline_config(config), tmp_path / "run")
+
+
+def test_the_packaged_cpu_config_plans_every_stage(tiny_dataset, tmp_path) -> None:
+    cfg = load_pipeline_config("pipeline-ham10000-cpu.yaml", data=tiny_dataset)
+    names = [s.name for s in plan_pipeline(cfg, tmp_path, dry_run=True)]
+    assert names[:3] == ["split", "gan", "member-0"] and names[-1] == "bench"
+    assert "export-tflite-int8" in names and not (tmp_path / "cache").exists()
