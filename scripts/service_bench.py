@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import json
 import math
 import os
@@ -53,6 +52,7 @@ from results import replace_section  # scripts/ is on sys.path when run as a scr
 
 from skinedge.service.models import inference_threads
 from skinedge.service.settings import ServeSettings
+from skinedge.utils.io import package_versions
 
 SECTION = "service-bench"
 TARGET_RATIO = 0.70
@@ -75,7 +75,6 @@ def make_model(work: Path, data_root: Path) -> Path:
     from skinedge.data import PreprocessConfig, get_vocabulary, make_manifest, read_dataset
     from skinedge.export import export_checkpoint
     from skinedge.models import DataInfo, ModelCard, create_classifier, save_checkpoint
-    from skinedge.utils.io import package_versions
 
     log("model: building tf_efficientnet_lite0 at 224 px (ImageNet backbone, untrained head)")
     vocab = get_vocabulary("isic2018")
@@ -363,14 +362,8 @@ def machine() -> dict:
             "isa": {flag: flag in flags for flag in ISA_FLAGS},
             "load_average": os.getloadavg(), "python": platform.python_version(),
             "platform": platform.platform(),
-            "versions": {name: _version(name) for name in VERSIONS}}
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+            "versions": {name: version for name, version in
+                         package_versions(extra=VERSIONS).items() if name in VERSIONS}}
 
 
 def render(doc: dict) -> list[str]:

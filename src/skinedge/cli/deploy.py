@@ -52,7 +52,7 @@ def _parse_targets(values: list[str]) -> list[tuple[str, str | None, str | None]
 @app.command("export")
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, e.g. runs/NAME/train/best.")],
-    target: Annotated[str, typer.Option(help="onnx, openvino, tflite, coreml or tensorrt.")],
+    target: Annotated[str, typer.Option(help="onnx, openvino, tflite, coreml, tensorrt, executorch or web.")],
     precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 (default: the target's).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the artifact and its .export.json.")] = Path("exports"),
     manifest: Annotated[Path | None, typer.Option(

@@ -99,8 +99,9 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
         raise ConfigError(f"data: {cfg.data} is not a folder; set data: in the pipeline config "
                           "or pass --data FOLDER")
     out = Path(out)
+    data = data_digest(Path(cfg.data), out, save=not dry_run)
     plan = [Stage("split", stages.split, (), {"split": cfg.split.model_dump(mode="json"),
-                                               "data": data_digest(Path(cfg.data), out, save=not dry_run)})]
+                                               "data": data})]
     if cfg.gan.enabled:
         plan.append(Stage("gan", stages.gan, ("split",),
                           {"config": stages.dump(stages.gan_config(cfg))}, resumes=True))

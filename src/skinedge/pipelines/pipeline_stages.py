@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from skinedge.pipelines.pipeline_config import PipelineConfig
-from skinedge.pipelines.reporting import Reporter
+from skinedge.pipelines.reporting import GANProgress, Reporter
 
 Inputs = dict[str, dict[str, Any]]
 
@@ -93,7 +93,10 @@ def gan(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -
     manifest = inputs["split"]["manifest"]
     run = folder / "run"
     started = (run / CHECKPOINT).is_file() or any((run / "classes").glob(f"*/{CHECKPOINT}"))
-    results = train_gan(gan_config(cfg, manifest), run, resume=started)
+    gan_cfg = gan_config(cfg, manifest)
+    with reporter.counter("GAN training (images shown)") as count:
+        results = train_gan(gan_cfg, run, resume=started,
+                            callbacks=GANProgress(count, gan_cfg.kimg))
     return {"run": str(run), "models": [{"folder": str(r.out_dir), "kimg": r.kimg}
                                         for r in results]}
 
@@ -208,8 +211,8 @@ def bench(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter)
     return {"gate": None if checks is None else {"passed": not failed, "checks": len(checks),
                                                  "failed": failed},
             "files": {k: str(v) for k, v in files.items()},
-            "rows": [{"label": r.label, "status": r.status, "reason": r.reason, "p50_ms": r.p50_ms,
-                      "p95_ms": r.p95_ms, "size_mb": r.size_mb,
+            "rows": [{"label": r.label, "status": r.status, "reason": r.reason,
+                      "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "size_mb": r.size_mb,
                       "balanced_accuracy": r.balanced_accuracy, "flip_rate": r.flip_rate}
                      for r in result.rows]}
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from skinedge.train.callbacks import TrainCallbacks
 
@@ -33,3 +35,18 @@ class Reporter:
     def training(self) -> Iterator[TrainCallbacks | None]:
         """Callbacks for one training run, or None."""
         yield None
+
+
+class GANProgress:
+    """GAN training hooks -> one ``progress(done, total)`` counter in images shown."""
+
+    def __init__(self, count, kimg: float):
+        self.count, self.total = count, int(kimg * 1000)
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_loading(self, done: int, total: int) -> None: ...
+    def on_snapshot(self, kimg: float, grid: Path) -> None: ...
+
+    def on_tick(self, kimg: float, total_kimg: float, record: dict[str, float]) -> None:
+        if self.count:
+            self.count(int(kimg * 1000), self.total)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from skinedge.errors import ConfigError, ModelError, SkinedgeError
 from skinedge.pipelines import promotion
-from skinedge.pipelines.reporting import Reporter
+from skinedge.pipelines.reporting import GANProgress, Reporter
 from skinedge.pipelines.retrain_chain import base_kind, retrain_model
 from skinedge.utils.io import atomic_write_text
 
@@ -170,7 +170,7 @@ def refresh_gan(config: RetrainConfig, base: dict[str, Any], data: dict[str, Any
         return {"status": "skipped: no class below the selection target got corrections in "
                           "train", "run": str(g.run), "synthetic": None}
     with reporter.counter("GAN fine-tune (images shown)") as count:
-        callbacks = _GANProgress(count, g.kimg)
+        callbacks = GANProgress(count, g.kimg)
         selected, summary = refresh_synthetic(
             g.run, data["manifest"], folder, classes=classes, new_images=new, kimg=g.kimg,
             oversample=g.oversample, classifier=base["checkpoint"],
@@ -180,21 +180,6 @@ def refresh_gan(config: RetrainConfig, base: dict[str, Any], data: dict[str, Any
                   + ", ".join(f"{c} {n}" for c, n in summary["selected"].items()))
     return {"status": "refreshed", "run": str(g.run), "synthetic": str(selected),
             "summary": summary}
-
-
-class _GANProgress:
-    """GAN training hooks -> one ``progress(done, total)`` counter in images shown."""
-
-    def __init__(self, count, kimg: float):
-        self.count, self.total = count, int(kimg * 1000)
-
-    def on_start(self, info: dict[str, Any]) -> None: ...
-    def on_loading(self, done: int, total: int) -> None: ...
-    def on_snapshot(self, kimg: float, grid: Path) -> None: ...
-
-    def on_tick(self, kimg: float, total_kimg: float, record: dict[str, float]) -> None:
-        if self.count:
-            self.count(int(kimg * 1000), self.total)
 
 
 # --------------------------------------------------------------------------- 3: fine-tune
