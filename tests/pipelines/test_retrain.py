@@ -40,7 +40,7 @@ rules:
 """
 
 #: Small and quick: few epochs, few timed runs, few resamples.
-FAST = ["finetune.epochs=3", "finetune.lr_scale=0.3", "bench.iterations=3", "bench.warmup=1",
+FAST = ["finetune.epochs=6", "finetune.lr_scale=0.3", "bench.iterations=3", "bench.warmup=1",
         "gates.n_boot=200", "export.verify_images=8", "finetune.train_overrides=[threads=2]"]
 
 
