@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def write_config(folder: Path, data: Path, **changes) -> Path:
            "distill": {"enabled": True, "config": "distill.yaml"},
            "export": {"targets": ["onnx:fp32", "onnx:int8"], "calibration_images": 8,
                       "verify_images": 0},
-           "bench": {"gate": "gate.yaml", "warmup": 1, "iterations": 3}}
+           "bench": {"gate": "gate.yaml", "warmup": 1, "iterations": 3},
+           "report": {"gan_quality_images": 4, "gradcam_images": 3}}
     for key, value in changes.items():
         section, field = key.split("__")
         doc.setdefault(section, {})[field] = value
@@ -80,7 +82,10 @@ def artifact_hashes(out: Path) -> dict[str, str]:
 def finished(tiny_dataset, tmp_path_factory) -> tuple[Path, Path]:
     """(config, run folder) of a finished pipeline run."""
     root = tmp_path_factory.mktemp("pipeline")
-    config = write_config(root, tiny_dataset)
+    data = Path(shutil.copytree(tiny_dataset, root / "data"))
+    (data / "README.md").write_text("# Tiny\n\nColour squares.\n\n## Licence\n\n"
+                                    "CC BY-NC 4.0, attribution: the skinedge tests.\n")
+    config = write_config(root, data)
     run_pipeline(load_pipeline_config(config), root / "run")
     return config, root / "run"
 
@@ -89,7 +94,7 @@ def test_a_first_run_makes_every_stage_and_links_it(finished) -> None:
     config, out = finished
     assert statuses(out) == dict.fromkeys(
         ["split", "gan", "member-0", "synthetic-1", "member-1", "ensemble", "distill",
-         "export-onnx-fp32", "export-onnx-int8", "bench"], "ran")
+         "export-onnx-fp32", "export-onnx-int8", "bench", "gan-quality", "evaluate"], "ran")
     synthetic = json.loads((out / "synthetic-1" / "stage.json").read_text())
     assert synthetic["set"] and sum(row["kept"] for row in synthetic["summary"].values()) > 0
     member = json.loads((out / "member-1/run/best/card.json").read_text())
@@ -100,6 +105,54 @@ def test_a_first_run_makes_every_stage_and_links_it(finished) -> None:
     report = (out / "pipeline.md").read_text()
     assert "| distill |" in report and "Gate: passed" in report
     assert (out / "pipeline.yaml").is_file()
+
+
+def test_the_report_renders_every_section_on_a_phone_offline(finished, tmp_path) -> None:
+    from skinedge.export.web.browser import CHROMIUM, CHROMIUM_ARGS, PHONE, browser_problem
+    from skinedge.pipelines.pipeline_report import SECTIONS
+
+    if reason := browser_problem():
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    _, out = finished
+    report = out / "report.html"
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                             args=list(CHROMIUM_ARGS))
+        page = browser.new_page(viewport={"width": PHONE[0], "height": PHONE[1]})
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(report.as_uri())
+        rendered = page.evaluate("""ids => ids.map(id => {
+            const s = document.getElementById(id);
+            if (!s) return {id, missing: true};
+            const imgs = [...s.querySelectorAll('img')];
+            return {id, height: s.getBoundingClientRect().height,
+                    text: s.innerText.length - s.querySelector('h2').innerText.length,
+                    images: imgs.length, broken: imgs.filter(i => !(i.complete &&
+                        i.naturalWidth > 0)).length,
+                    charts: s.querySelectorAll('svg polyline').length,
+                    rows: s.querySelectorAll('tr').length};
+        })""", list(SECTIONS))
+        wide = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    sections = {s["id"]: s for s in rendered}
+    assert not [s for s in rendered if s.get("missing") or s["height"] < 20 or s["text"] < 30]
+    assert not [s for s in rendered if s["broken"]]
+    assert wide <= 0  # readable on a phone: wide tables scroll in their own box
+    assert requests == [report.as_uri()]  # self-contained: no CDN, nothing else fetched
+    assert sections["curves"]["charts"] >= 3 * 3  # 3 charts x (2 members + student)
+    assert sections["gan"]["images"] == 1 and sections["gan"]["rows"] == 1 + 7 + 1  # + all
+    assert sections["gradcam"]["images"] == 3
+    assert sections["evaluation"]["images"] == 2  # the ensemble's and the student's matrix
+    assert sections["bench"]["images"] == 1 and sections["bench"]["rows"] == 1 + 3
+    page_text = report.read_text()
+    for expected in ("split check passed", "gate passed", "CC BY-NC", "member-1",
+                     "real images only"):
+        assert expected in page_text, expected
+    assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
 def test_a_second_run_with_nothing_changed_reuses_every_stage(finished) -> None:
@@ -131,7 +184,7 @@ def test_a_changed_distillation_setting_reruns_it_and_what_follows(finished) -> 
     cfg = load_pipeline_config(config, ["distill.overrides=[distill.alpha=0.9]"])
     plan = {s.name: s.status for s in plan_pipeline(cfg, out, dry_run=True)}
     assert {n for n, s in plan.items() if s == "runs"} == {
-        "distill", "export-onnx-fp32", "export-onnx-int8", "bench"}
+        "distill", "export-onnx-fp32", "export-onnx-int8", "bench", "evaluate"}
     result = CliRunner().invoke(app, ["pipeline", str(config), "--out", str(out), "--dry-run",
                                       "--set", "distill.overrides=[distill.alpha=0.9]"])
     assert result.exit_code == 0, result.output
@@ -142,7 +195,7 @@ def test_a_changed_distillation_setting_reruns_it_and_what_follows(finished) -> 
 def test_a_kill_in_the_middle_of_a_stage_resumes_to_the_same_artifacts(tiny_dataset,
                                                                        tmp_path) -> None:
     # Distillation long enough (40 epochs) to be killed while it trains.
-    config = write_config(tmp_path / "config", tiny_dataset)
+    config = write_config(tmp_path / "config", tiny_dataset, report__gan_quality_images=0)
     (tmp_path / "config" / "distill.yaml").write_text(yaml.safe_dump(
         {**TRAIN, "epochs": 40, "early_stopping_patience": 100,
          "distill": {"temperature": 2.0, "alpha": 0.5}}))
@@ -153,8 +206,6 @@ def test_a_kill_in_the_middle_of_a_stage_resumes_to_the_same_artifacts(tiny_data
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     uninterrupted = artifact_hashes(out)
     assert len(uninterrupted) >= 7
-
-    import shutil
 
     shutil.rmtree(out)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
@@ -188,5 +239,6 @@ def test_config_errors_name_the_field_and_the_fix(tiny_dataset, tmp_path) -> Non
 def test_the_packaged_cpu_config_plans_every_stage(tiny_dataset, tmp_path) -> None:
     cfg = load_pipeline_config("pipeline-ham10000-cpu.yaml", data=tiny_dataset)
     names = [s.name for s in plan_pipeline(cfg, tmp_path, dry_run=True)]
-    assert names[:3] == ["split", "gan", "member-0"] and names[-1] == "bench"
+    assert names[:3] == ["split", "gan", "member-0"]
+    assert names[-3:] == ["bench", "gan-quality", "evaluate"]
     assert "export-tflite-int8" in names and not (tmp_path / "cache").exists()

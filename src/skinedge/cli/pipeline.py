@@ -56,7 +56,7 @@ def pipeline(
     ran = [s["name"] for s in result.stages if s["status"] == "ran"]
     console.print(f"{len(ran)} of {len(result.stages)} stages ran"
                   + (f" ({', '.join(ran)})" if ran else "; every result came from the cache"))
-    console.print(f"report: {out / 'pipeline.md'}; final artifacts in {out}/export-*")
+    console.print(f"report: {result.html} (and pipeline.md); final artifacts in {out}/export-*")
     for name, reason in result.failures.items():
         print_error(f"{name} failed: {reason}")
     if result.gate is None:

@@ -11,6 +11,10 @@ The stages (:mod:`skinedge.pipelines.pipeline_stages`), in order::
     distill          the teacher distilled into one student (distill.enabled)
     export-T-P       the final model exported to target T at precision P, verified
     bench            latency and parity of every artifact against the final model; the gate
+    gan-quality      per-class FID, KID, precision, recall of the GAN (report.gan_quality_images)
+    evaluate         every model on the report's split; Grad-CAM examples of the final model
+
+and, after every run, ``OUT/report.html`` (:mod:`skinedge.pipelines.pipeline_report`).
 
 Every stage runs in ``OUT/cache/STAGE/KEY/`` and is finished by its ``stage.json``. ``KEY`` is
 a hash of the stage's own settings (its resolved training config, its section of the
@@ -40,6 +44,7 @@ import skinedge
 from skinedge.errors import ConfigError
 from skinedge.pipelines import pipeline_stages as stages
 from skinedge.pipelines.pipeline_config import PipelineConfig
+from skinedge.pipelines.pipeline_report import write_html_report
 from skinedge.pipelines.reporting import Reporter
 from skinedge.pipelines.stage import STAGE_DONE, run_stage
 from skinedge.utils.config import dump_config
@@ -77,6 +82,7 @@ class PipelineResult:
     stages: list[dict[str, Any]] = field(default_factory=list)  # pipeline.json's "stages"
     gate: dict[str, Any] | None = None  # passed, checks, failed; None: no gate
     report: Path | None = None  # pipeline.json
+    html: Path | None = None  # report.html
     # Stage name -> why: an export that failed its verification or was refused, a bench row
     # that could not be measured. The job said no, as `skinedge export` and `bench` do.
     failures: dict[str, str] = field(default_factory=dict)
@@ -134,6 +140,16 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     gate = Path(cfg.bench.gate).read_text() if cfg.bench.gate else None
     plan.append(Stage("bench", stages.bench, ("split", final, *exports),
                       {**cfg.bench.model_dump(mode="json", exclude={"gate"}), "gate": gate}))
+    if cfg.gan.enabled and cfg.report.gan_quality_images:
+        plan.append(Stage("gan-quality", stages.gan_quality, ("split", "gan"),
+                          {"report": cfg.report.model_dump(mode="json",
+                                                           include={"gan_quality_images"})}))
+    models = [*members, *(["ensemble"] if cfg.members.count > 1 else []),
+              *(["distill"] if cfg.distill.enabled else [])]
+    synthetic = [f"synthetic-{k}" for k in range(1, cfg.members.count) if cfg.gan.enabled]
+    plan.append(Stage("evaluate", stages.evaluate, ("split", *models, *synthetic),
+                      {"report": cfg.report.model_dump(mode="json",
+                                                       exclude={"gan_quality_images"})}))
     keys: dict[str, str] = {}
     for stage in plan:
         stage.key = stage_key(stage.name, stage.settings, {i: keys[i] for i in stage.inputs})
@@ -199,7 +215,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
                   "failures": failures, "versions": package_versions()}
         atomic_write_text(out / "pipeline.json", json.dumps(report, indent=1, default=str))
         atomic_write_text(out / "pipeline.md", render_markdown(report))
-    return PipelineResult(out, rows, gate, out / "pipeline.json", failures)
+        html = write_html_report(out, report, done, cfg)
+    return PipelineResult(out, rows, gate, out / "pipeline.json", html, failures)
 
 
 def render_markdown(report: dict[str, Any]) -> str:

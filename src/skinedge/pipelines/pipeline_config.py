@@ -11,6 +11,7 @@ relative to the pipeline config, or an absolute path) changed by the section's `
     distill: {enabled: true, config: ham10000-distill-lite0-cpu.yaml}
     export: {targets: [onnx:fp32, onnx:int8, tflite:int8]}
     bench: {gate: phone.yaml, iterations: 100}
+    report: {split: test, gradcam_images: 6, gan_quality_images: 200}
 
 Paths are resolved once, when the config is loaded, so the resolved config (``pipeline.yaml``
 in the run folder) can be run from anywhere.
@@ -106,6 +107,15 @@ class BenchSection(_Section):
     iterations: int = Field(100, ge=1)
 
 
+class ReportSection(_Section):
+    """``report.html``: every model evaluated on one split, Grad-CAM examples, the GAN's
+    per-class quality (FID, KID, precision and recall on ImageNet features)."""
+
+    split: str = "test"
+    gradcam_images: int = Field(6, ge=0)  # test images explained by the final model
+    gan_quality_images: int = Field(200, ge=0)  # generated per class; 0: no quality stage
+
+
 class PipelineConfig(_Section):
     """Everything ``skinedge pipeline`` depends on; written as ``pipeline.yaml`` in its run."""
 
@@ -116,6 +126,7 @@ class PipelineConfig(_Section):
     distill: DistillSection = Field(default_factory=DistillSection)
     export: ExportSection = Field(default_factory=ExportSection)
     bench: BenchSection = Field(default_factory=BenchSection)
+    report: ReportSection = Field(default_factory=ReportSection)
 
 
 def packaged_pipeline_configs() -> list[str]:

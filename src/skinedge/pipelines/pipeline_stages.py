@@ -217,6 +217,58 @@ def bench(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter)
                      for r in result.rows]}
 
 
+def gan_quality(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+    """Per-class FID, KID, precision and recall of the GAN against its real train images."""
+    from skinedge.data import load_manifest
+    from skinedge.synth.gan.quality import evaluate_gan
+
+    manifest = load_manifest(inputs["split"]["manifest"])
+    with reporter.counter("GAN quality (classes)") as progress:
+        report = evaluate_gan(inputs["gan"]["run"], manifest, folder,
+                              per_class=cfg.report.gan_quality_images,
+                              progress=_stage_progress(progress))
+    return {"quality": str(folder / "quality.json"), "features": report["features"],
+            "per_class": report["per_class"], "rows": report["rows"]}
+
+
+def evaluate(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+    """Every model (members, ensemble, student) on the report's split: metrics with bootstrap
+    intervals, confusion matrix, parameters and MACs; Grad-CAM of the final model."""
+    from skinedge.data import load_manifest
+    from skinedge.evaluate import evaluate_checkpoint
+    from skinedge.explain import explain_images
+    from skinedge.pipelines.compression_report import count_params_and_macs
+
+    models = {f"member-{k}": inputs[f"member-{k}"]["checkpoint"]
+              for k in range(cfg.members.count)}
+    if cfg.members.count > 1:
+        models["ensemble"] = inputs["ensemble"]["checkpoint"]
+    if cfg.distill.enabled:
+        models["student"] = inputs["distill"]["checkpoint"]
+    synthetic = {f"member-{k}": inputs.get(f"synthetic-{k}", {}).get("set")
+                 for k in range(cfg.members.count)}
+    rows = {}
+    with reporter.counter(f"evaluating {len(models)} models on {cfg.report.split}") as progress:
+        for done, (name, checkpoint) in enumerate(models.items(), start=1):
+            result = evaluate_checkpoint(checkpoint, manifest=inputs["split"]["manifest"],
+                                         split=cfg.report.split, out_dir=folder / name)
+            params, macs = count_params_and_macs(Path(checkpoint))
+            rows[name] = {"checkpoint": checkpoint, "params": params, "macs": macs,
+                          "synthetic": bool(synthetic.get(name)),
+                          "metrics": {k: v for k, v in result.metrics.items()
+                                      if k != "melanoma_sensitivity_at_spec"},
+                          "confusion": str(result.files["confusion_png"])}
+            if progress:
+                progress(done, len(models))
+    final = final_checkpoint(cfg, inputs)
+    manifest = load_manifest(inputs["split"]["manifest"])
+    explained = explain_images(final, _one_per_class(manifest, cfg.report.split,
+                                                     cfg.report.gradcam_images),
+                               folder / "gradcam") if cfg.report.gradcam_images else []
+    return {"split": cfg.report.split, "models": rows, "final": final,
+            "gradcam": [str(path) for path, _ in explained]}
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -250,6 +302,17 @@ def _figures(result) -> dict[str, Any]:
     return {"best_epoch": result.best_epoch, "best_metric": result.best_metric,
             "epochs": len(result.history), "stopped_early": result.stopped_early,
             "history": result.history}
+
+
+def _one_per_class(manifest, split: str, n: int) -> list[Path]:
+    """Up to ``n`` images of ``split``, taking each class in turn (the first rows of each)."""
+    by_class: dict[str, list[Path]] = {}
+    for row in manifest.subset(split):
+        by_class.setdefault(row.label, []).append(manifest.root / row.image)
+    chosen: list[Path] = []
+    for rank in range(max(map(len, by_class.values()), default=0)):
+        chosen += [paths[rank] for paths in by_class.values() if rank < len(paths)]
+    return chosen[:n]
 
 
 def _stage_progress(count):
