@@ -155,6 +155,21 @@ def test_the_report_renders_every_section_on_a_phone_offline(finished, tmp_path)
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+def test_results_md_gets_the_runs_stages_gate_and_bench(finished, tmp_path) -> None:
+    _, out = finished
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Measured results\n\nkept\n")
+    command = [sys.executable, "scripts/results.py", "--update", "--pipeline", str(out),
+               "--out", str(results)]
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(2):  # the second call replaces the section
+        subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=120)
+    text = results.read_text()
+    assert text.count("<!-- section: pipeline -->") == 1 and "kept" in text
+    assert "| distill |" in text and "Gate: passed" in text and "| onnx-int8 | ok |" in text
+    assert "| member-1 | yes |" in text and "scripts/results.py --update --pipeline" in text
+
+
 def test_a_second_run_with_nothing_changed_reuses_every_stage(finished) -> None:
     config, out = finished
     before = artifact_hashes(out)
