@@ -134,13 +134,16 @@ class ExportTarget:
     # Why this machine cannot run the exported artifact (None: it can). CoreML predicts on
     # macOS only; TensorRT needs its wheel and a CUDA GPU.
     runs_here: Callable[[], str | None] = lambda: None
+    # Why files the exporter needs beyond Python modules are missing (None: they are here),
+    # with how to get them: ONNX Runtime Web's files for the web page.
+    assets_missing: Callable[[], str | None] = lambda: None
 
     def missing_backend(self, precision: str) -> str | None:
         """Why this machine cannot export ``precision`` (None: it can)."""
         problem = missing(self.requires, self.extra)
         if precision == "int8" and self.int8_extra:
-            return problem or missing(self.int8_requires, self.int8_extra)
-        return problem
+            problem = problem or missing(self.int8_requires, self.int8_extra)
+        return problem or self.assets_missing()
 
     def variant(self, quantizer: str | None) -> str | None:
         """The quantizer named in file names and labels: None for the default one."""

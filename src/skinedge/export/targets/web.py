@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
-from skinedge.export.base import TARGETS, Exported, ExportJob, ExportTarget, register_target
+from skinedge.export.base import Exported, ExportJob, register_target
 from skinedge.export.targets.onnx import ONNX_REQUIRES, artifact_info, embed_card, write_onnx
 from skinedge.export.web.ortweb import (
     ORT_WEB_FILES,
@@ -76,18 +75,9 @@ def _write_page(job: ExportJob, folder: Path, card: ModelCard) -> None:
         interpolation=pre.interpolation))
 
 
-@dataclass(frozen=True)
-class WebTarget(ExportTarget):
-    """The ONNX extra, plus ONNX Runtime Web's files in the local cache (not a Python module,
-    so they are checked here: a machine without them cannot export, and says how to fetch)."""
-
-    def missing_backend(self, precision: str) -> str | None:
-        return super().missing_backend(precision) or ort_web_problem()
-
-
 @register_target(
     name="web", suffix=SUFFIX, extra="onnx", requires=ONNX_REQUIRES,
-    precisions=("fp32", "int8"), default_precision="fp32",
+    precisions=("fp32", "int8"), default_precision="fp32", assets_missing=ort_web_problem,
     description="static offline web page (ONNX Runtime Web, WebAssembly) around the ONNX model")
 def export_web(job: ExportJob) -> Exported:
     folder = job.workdir / f"{job.stem}{SUFFIX}"
@@ -103,6 +93,3 @@ def export_web(job: ExportJob) -> Exported:
     _write_page(job, folder, card)
     return Exported(folder, [folder], card)
 
-
-TARGETS["web"] = WebTarget(**{f.name: getattr(TARGETS["web"], f.name)
-                              for f in fields(ExportTarget)})
