@@ -30,7 +30,7 @@ from skinedge.bench.device import ADBDevice, LocalDevice, SSHDevice, parse_devic
 from skinedge.bench.harness import BenchSettings, run_bench
 from skinedge.bench.report import write_outputs
 from skinedge.errors import ConfigError
-from tests.runtimes.test_torch_free import HEAVY, copy_project
+from tests.runtimes.torch_free_install import install_runtime_extras
 
 FAST = BenchSettings(threads=1, warmup=1, iterations=5)
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -81,19 +81,7 @@ def device_python(device_root) -> Path:
     env_dir = device_root / "venv"
     _run(str(SYSTEM_PYTHON), "-m", "venv", str(env_dir))
     python = env_dir / "bin" / "python"
-    with tempfile.TemporaryDirectory() as tmp:
-        project = copy_project(Path(tmp) / "project")
-        install = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                                  f"{project}[runtime-onnx,runtime-litert]"],
-                                 capture_output=True, text=True)
-    if install.returncode != 0 and any(s in install.stderr for s in (
-            "NewConnectionError", "Temporary failure in name resolution", "No matching distribution")):
-        pytest.skip(f"no package index for the device's venv: {install.stderr[-300:]}")
-    assert install.returncode == 0, install.stderr[-3000:]
-    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"],
-                            capture_output=True, text=True, check=True)
-    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert not installed & set(HEAVY), installed & set(HEAVY)
+    install_runtime_extras(python, "runtime-onnx,runtime-litert")
     return python
 
 

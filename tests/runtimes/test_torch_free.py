@@ -9,10 +9,8 @@ both must give this process's probabilities.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import time
 import venv
 from pathlib import Path
 
@@ -21,9 +19,7 @@ import pytest
 
 from skinedge.export import TARGETS, ExportError, export_checkpoint
 from skinedge.runtimes import RUNTIMES, load_runtime
-
-REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "torchvision", "timm")
+from tests.runtimes.torch_free_install import HEAVY, install_runtime_extras
 
 
 def runtime_extras() -> dict[str, str]:
@@ -111,16 +107,6 @@ def venv_size_mib(root: Path) -> float:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink()) / 2**20
 
 
-def copy_project(dest: Path) -> Path:
-    """The package's sources and metadata, so the install writes nothing into the checkout."""
-    dest.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, dest / name)
-    shutil.copytree(REPO / "src", dest / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    return dest
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("target", sorted(RUNTIME_EXTRAS))
 def test_fresh_runtime_install_has_no_torch_and_predicts_the_same(
@@ -131,19 +117,8 @@ def test_fresh_runtime_install_has_no_torch_and_predicts_the_same(
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    project = copy_project(tmp_path / "project")
-    started = time.perf_counter()
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e",
-                              f"{project}[{extra}]"], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if install.returncode != 0 and any(s in install.stderr for s in (
-            "NewConnectionError", "Temporary failure in name resolution", "Network is unreachable")):
-        pytest.skip(f"no package index reachable: {install.stderr[-300:]}")
-    assert install.returncode == 0, install.stderr[-3000:]
-    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"],
-                            capture_output=True, text=True, check=True)
-    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert not installed & set(HEAVY), installed & set(HEAVY)
+    installed, seconds = install_runtime_extras(python, extra, editable=True,
+                                                project=tmp_path / "project")
     size = venv_size_mib(env_dir)
     record_property("install_seconds", round(seconds, 1))
     record_property("venv_mib", round(size, 1))
