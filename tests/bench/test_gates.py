@@ -42,6 +42,16 @@ def test_rules_that_match_still_check_their_budgets() -> None:
     assert {(c.label, c.passed) for c in checks} == {("torch-fp32", False), ("onnx-fp32", True)}
 
 
+def test_a_device_row_without_scores_fails_an_accuracy_budget_saying_why() -> None:
+    row = BenchRow("onnx-fp32@ssh:pi@board", Path("m.onnx"), p95_ms=30.0, device="ssh:pi@board")
+    checks = check_gates(Gates(rules=[{"match": "*", "p95_ms": 50, "max_flip_rate": 0.03}]),
+                         [row])
+    assert {c.check: c.passed for c in checks} == {"p95_ms": True, "max_flip_rate": False}
+    message = next(c.message for c in checks if not c.passed)
+    assert "flip_rate was not measured (the device ran random inputs" in message
+    assert "--device-images" in message
+
+
 def test_only_allow_skipped_is_a_rule() -> None:
     gates = Gates(require=["onnx-fp32"], rules=[{"match": "*", "allow_skipped": True}])
     assert all(c.passed for c in check_gates(gates, ROWS))

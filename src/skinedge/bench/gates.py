@@ -91,6 +91,8 @@ _LIMITS = {
     "max_flip_rate": ("flip_rate", "max", ""),
     "min_balanced_accuracy": ("balanced_accuracy", "min", ""),
 }
+#: Row fields a device measures without images; the others need labelled images.
+_LATENCY_KEYS = {"p50_ms", "p95_ms", "p99_ms", "cold_ms", "peak_rss_mb", "size_mb"}
 
 
 def load_gates(path: Path | str) -> Gates:
@@ -143,7 +145,11 @@ def _check_row(rule: GateRule, row: BenchRow) -> list[GateCheck]:
             continue
         value = getattr(row, key)
         if value is None:
-            checks.append(GateCheck(label, budget, False, f"{label}: {key} was not measured"))
+            why = (" (the device ran random inputs, latency only: add --device-images to "
+                   "score it there, or narrow the rule's match to this machine's rows)"
+                   if row.device and key not in _LATENCY_KEYS else "")
+            checks.append(GateCheck(label, budget, False,
+                                    f"{label}: {key} was not measured{why}"))
             continue
         passed = value <= limit if kind == "max" else value >= limit
         relation = ("<=" if passed else ">") if kind == "max" else (">=" if passed else "<")
