@@ -257,3 +257,10 @@ def test_the_packaged_cpu_config_plans_every_stage(tiny_dataset, tmp_path) -> No
     assert names[:3] == ["split", "gan", "member-0"]
     assert names[-3:] == ["bench", "gan-quality", "evaluate"]
     assert "export-tflite-int8" in names and not (tmp_path / "cache").exists()
+
+
+def test_the_packaged_quickstart_config_is_one_model_exported_and_reported(tiny_dataset,
+                                                                          tmp_path) -> None:
+    cfg = load_pipeline_config("pipeline-quickstart.yaml", data=tiny_dataset)
+    names = [s.name for s in plan_pipeline(cfg, tmp_path, dry_run=True)]
+    assert names == ["split", "member-0", "export-onnx-fp32", "bench", "evaluate"]
