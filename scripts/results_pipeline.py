@@ -31,7 +31,10 @@ def render_pipeline(run: Path) -> list[str]:
         "- versions: " + ", ".join(f"{k} {versions[k]}" for k in
                                    ("skinedge", "python", "torch", "timm", "onnxruntime",
                                     "openvino", "nncf", "executorch") if k in versions),
-        f"- report: `{run / 'report.html'}`", "",
+        f"- report: `{run / 'report.html'}`",
+        *(["- **settings changed on the command line** (`--set`, in the command above): these "
+            "are not the packaged config's figures"] if "--set" in report["command"] else []),
+        "",
         "| stage | wall time when it ran (s) | this run (s) | this run |",
         "|---|---:|---:|---|",
     ]
@@ -58,7 +61,9 @@ def render_pipeline(run: Path) -> list[str]:
         for name, m in evaluate["models"].items():
             metrics = m["metrics"]
             ci = (metrics.get("confidence_intervals") or {}).get("balanced_accuracy")
-            lines.append(f"| {name} | {'yes' if m['synthetic'] else 'no'} | "
+            synthetic = ("yes" if m["synthetic"] else "no") if name.startswith("member-") \
+                else "—"
+            lines.append(f"| {name} | {synthetic} | "
                          f"{metrics['balanced_accuracy']:.3f} | "
                          + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + " | "
                          f"{_f(metrics.get('melanoma_auc'), '.3f')} |")
