@@ -236,6 +236,9 @@ def test_device_specs_are_checked() -> None:
             parse_device(bad)
     with pytest.raises(ConfigError, match="--benchmark-model is for adb"):
         parse_device("ssh://pi@board", benchmark_model=__file__)
+    assert parse_device("chromium").name == "chromium"
+    with pytest.raises(ConfigError, match="--device chromium takes none of"):
+        parse_device("chromium", identity="key")
 
 
 def test_local_worker_times_random_inputs_without_images(exports) -> None:

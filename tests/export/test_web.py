@@ -195,3 +195,26 @@ def test_fetch_refuses_a_tarball_that_is_not_the_pinned_one(tmp_path) -> None:
     with pytest.raises(OrtWebMissing, match="not the pinned"):
         fetch_ort_web(cache, npm=str(npm))
     assert not cache.exists()
+
+
+def test_the_browser_device_times_the_web_page_as_a_bench_row(web_exports, tiny_checkpoint,
+                                                              tmp_path) -> None:
+    from skinedge.bench.device import parse_device
+    from skinedge.bench.harness import BenchSettings, run_bench
+
+    _skip_without()
+    web = web_exports("fp32").path
+    onnx = export_checkpoint(tiny_checkpoint, "onnx", out_dir=tmp_path / "onnx",
+                             verify_images=0).path
+    result = run_bench([tiny_checkpoint, onnx, web], limit=8, out_dir=tmp_path / "bench",
+                       settings=BenchSettings(threads=1, warmup=1, iterations=6),
+                       devices=[parse_device("chromium")])
+    rows = {row.label: row for row in result.rows}
+    browser = rows["web-fp32 @ chromium"]
+    assert browser.status == "ok" and browser.iterations == 6, browser
+    assert 0 < browser.p50_ms <= browser.p95_ms and "latency only" in browser.reason
+    assert browser.backend == "onnxruntime-web (wasm)" and browser.flip_rate is None
+    skipped = rows["onnx-fp32 @ chromium"]
+    assert skipped.status == "skipped" and "web exports only" in skipped.reason
+    assert result.devices["chromium"]["runtimes"]["onnxruntime-web"]
+    assert rows["web-fp32"].status == "ok"  # the same page's model in Python, beside it

@@ -115,6 +115,10 @@ class Device(ABC):
     def check_can_run(self, model: Path) -> None:  # noqa: B027 - optional hook
         """Raise ConfigError when the device (as described) cannot run ``model``'s runtime."""
 
+    def cannot_run(self, model: Path) -> str | None:
+        """Why ``model`` is not measured on this kind of device (its row is skipped with it)."""
+        return profiled_on_devices(model)
+
 
 class LocalDevice(Device):
     """This machine, with this Python: each model in a worker process of its own."""
@@ -485,8 +489,9 @@ def parse_benchmark_model(text: str, settings: BenchSettings) -> dict:
 
 def parse_device(spec: str, *, identity: Path | str | None = None, python: str | None = None,
                  known_hosts: Path | str | None = None,
-                 benchmark_model: Path | str | None = None) -> RemoteDevice:
-    """``ssh://user@host[:port]`` -> :class:`SSHDevice`; ``adb:SERIAL`` -> :class:`ADBDevice`.
+                 benchmark_model: Path | str | None = None) -> Device:
+    """``ssh://user@host[:port]`` -> :class:`SSHDevice`; ``adb:SERIAL`` -> :class:`ADBDevice`;
+    ``chromium`` -> :class:`~skinedge.bench.browser.BrowserDevice`.
 
     Raises:
         ConfigError: another spelling, or an option that the device kind does not take.
@@ -502,5 +507,13 @@ def parse_device(spec: str, *, identity: Path | str | None = None, python: str |
             raise ConfigError("--device-identity and --device-known-hosts are for ssh devices, "
                               f"not {spec}")
         return ADBDevice(spec, python=python, benchmark_model=benchmark_model)
+    if spec == "chromium":
+        if identity or known_hosts or benchmark_model or python != "python3":
+            raise ConfigError("--device chromium takes none of --device-identity, "
+                              "--device-known-hosts, --device-python, --benchmark-model")
+        from skinedge.bench.browser import BrowserDevice
+
+        return BrowserDevice()
     raise ConfigError(f"--device {spec!r}: write ssh://USER@HOST[:PORT] (a board with Python "
-                      "and skinedge's runtime extras) or adb:SERIAL (an Android device)")
+                      "and skinedge's runtime extras), adb:SERIAL (an Android device) or "
+                      "chromium (web exports in headless Chromium here)")

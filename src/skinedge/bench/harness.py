@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skinedge.bench.device import Device, LocalDevice, profiled_on_devices
+from skinedge.bench.device import Device, LocalDevice
 from skinedge.bench.rows import DROP_FIELDS, SCORE_FIELDS, WORKER_FIELDS, BenchRow
 from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import ModelCard
@@ -247,7 +247,7 @@ def _measure_on_devices(devices: Sequence[Device], rows: list[BenchRow], ref_car
             label = f"{row.label} @ {device.name}"
             base = BenchRow(label, model, "failed parity" if row.status == "failed parity"
                             else "ok", device=device.name, size_mb=row.size_mb, export=row.export)
-            if reason := profiled_on_devices(model):
+            if reason := device.cannot_run(model):
                 device_rows.append(replace(base, status="skipped", reason=reason))
                 continue
             card = cards.get(model) or read_artifact_card(model)
@@ -268,6 +268,8 @@ def _measure_on_devices(devices: Sequence[Device], rows: list[BenchRow], ref_car
             elif measured.get("backend") == "benchmark_model":
                 base = replace(base, reason="latency only: benchmark_model makes its own "
                                             "random inputs")
+            elif measured.get("latency_only"):  # a device that times without images
+                base = replace(base, reason=f"latency only: {measured['latency_only']}")
             else:
                 probs_by_label[label] = np.load(probs_path)
                 scores = _scores(probs_by_label[label], test.labels, ref_card)
@@ -415,7 +417,7 @@ def run_bench(
                             problems_report=out / "problems.csv")
     for device in devices:  # a missing runtime package there: said before measuring
         for row in _device_rows(rows):
-            if profiled_on_devices(Path(row.model)) is None:
+            if device.cannot_run(Path(row.model)) is None:
                 device.check_can_run(Path(row.model))
         described[device.name]["inputs"] = (
             f"{len(test)} test images sent to the device" if device_images else

@@ -137,7 +137,8 @@ def bench(
     gate: Annotated[Path | None, typer.Option(help="Budgets YAML; exit 1 when one is missed.")] = None,
     device: Annotated[list[str] | None, typer.Option(
         help="Also measure every torch-free artifact on this device: ssh://USER@HOST[:PORT] (with "
-             "skinedge[runtime-onnx] / [runtime-litert] installed there) or adb:SERIAL "
+             "skinedge[runtime-onnx] / [runtime-litert] installed there), adb:SERIAL, or "
+             "chromium (web exports timed in headless Chromium here; latency only) "
              "(repeatable). No image is sent unless --device-images.")] = None,
     device_identity: Annotated[Path | None, typer.Option(
         help="Private key for ssh devices (ssh -i); passwords are never used.")] = None,
