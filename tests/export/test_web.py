@@ -201,6 +201,7 @@ def test_the_browser_device_times_the_web_page_as_a_bench_row(web_exports, tiny_
                                                               tmp_path) -> None:
     from skinedge.bench.device import parse_device
     from skinedge.bench.harness import BenchSettings, run_bench
+    from skinedge.bench.report import write_outputs
 
     _skip_without()
     web = web_exports("fp32").path
@@ -218,3 +219,5 @@ def test_the_browser_device_times_the_web_page_as_a_bench_row(web_exports, tiny_
     assert skipped.status == "skipped" and "web exports only" in skipped.reason
     assert result.devices["chromium"]["runtimes"]["onnxruntime-web"]
     assert rows["web-fp32"].status == "ok"  # the same page's model in Python, beside it
+    write_outputs(result, tmp_path / "bench")
+    assert "web-fp32 @ chromium" in (tmp_path / "bench" / "bench.md").read_text()

@@ -63,7 +63,8 @@ class BrowserDevice(Device):
             return {"error": f"the page requested other origins: {run.foreign[:3]}"}
         latency = run.latency_ms
         return {"backend": "onnxruntime-web (wasm)", "threads": 1, "cpus": None,
-                "execution": "Chromium, WebAssembly", "load_s": None,
+                "execution": {"browser": "Chromium (headless)", "backend": "wasm",
+                              "wasm_threads": 1}, "load_s": None,
                 "cold_ms": None, "p50_ms": float(np.percentile(latency, 50)),
                 "p95_ms": float(np.percentile(latency, 95)),
                 "p99_ms": float(np.percentile(latency, 99)), "mean_ms": float(latency.mean()),
