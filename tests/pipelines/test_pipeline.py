@@ -109,7 +109,7 @@ def test_a_first_run_makes_every_stage_and_links_it(finished) -> None:
 
 def test_the_report_renders_every_section_on_a_phone_offline(finished, tmp_path) -> None:
     from skinedge.export.web.browser import CHROMIUM, CHROMIUM_ARGS, PHONE, browser_problem
-    from skinedge.pipelines.pipeline_report import SECTIONS
+    from skinedge.pipelines.pipeline_report import RENDER_FAILED, SECTIONS
 
     if reason := browser_problem():
         pytest.skip(reason)
@@ -149,6 +149,7 @@ def test_the_report_renders_every_section_on_a_phone_offline(finished, tmp_path)
     assert sections["evaluation"]["images"] == 2  # the ensemble's and the student's matrix
     assert sections["bench"]["images"] == 1 and sections["bench"]["rows"] == 1 + 3
     page_text = report.read_text()
+    assert RENDER_FAILED not in page_text
     for expected in ("split check passed", "gate passed", "CC BY-NC", "member-1",
                      "real images only"):
         assert expected in page_text, expected

@@ -32,6 +32,8 @@ SECTIONS = {
     "evaluation": "Evaluation", "gradcam": "Grad-CAM examples", "compression": "Compression",
     "bench": "Bench", "gate": "Gate", "card": "Model card", "licence": "Data licence",
 }
+#: What a section that could not be drawn starts with (the report test looks for it).
+RENDER_FAILED = "This section could not be drawn"
 #: Okabe-Ito colours: told apart with any colour vision.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
            "#000000")
@@ -65,8 +67,8 @@ def write_html_report(out: Path, report: dict[str, Any], docs: dict[str, dict[st
         cfg: The run's resolved config.
     """
     page = _Page(out, report, docs, cfg)
-    body = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{render()}</section>'
-                   for key, title, render in page.sections())
+    body = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{_rendered(render)}'
+                   "</section>" for key, title, render in page.sections())
     nav = " ".join(f'<a href="#{key}">{html.escape(title.split(":")[0])}</a>'
                    for key, title in SECTIONS.items())
     doc = ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -407,6 +409,15 @@ class _Page:
         return [_num(metrics["balanced_accuracy"], ".3f"),
                 f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
                 _num(mel, ".2f")]
+
+
+def _rendered(render) -> str:
+    """A section's HTML; a section that cannot be drawn (a stage's file deleted by hand) says
+    why in its place instead of costing the run its report."""
+    try:
+        return render()
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        return (f'<p class="fail">{RENDER_FAILED}: {_e(type(exc).__name__)}: {_e(exc)}</p>')
 
 
 def _licence_section(readme: str) -> str:
