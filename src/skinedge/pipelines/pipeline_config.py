@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -111,7 +112,7 @@ class ReportSection(_Section):
     """``report.html``: every model evaluated on one split, Grad-CAM examples, the GAN's
     per-class quality (FID, KID, precision and recall on ImageNet features)."""
 
-    split: str = "test"
+    split: Literal["train", "val", "test"] = "test"
     gradcam_images: int = Field(6, ge=0)  # test images explained by the final model
     gan_quality_images: int = Field(200, ge=0)  # generated per class; 0: no quality stage
 
