@@ -144,6 +144,23 @@ def test_executorch_program_carries_its_card_and_runs_on_xnnpack(tiny_checkpoint
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("target", ["tflite", "executorch"])
+def test_pt2e_int8_report_says_where_error_enters(target, tiny_checkpoint, exports) -> None:
+    if TARGETS[target].missing_backend("int8"):
+        pytest.skip(f"{target} not installed")
+    result = exports(tiny_checkpoint, target, "int8")
+    assert not isinstance(result, ExportError), result
+    layers = json.loads(result.report.read_text())["int8_layers"]
+    assert layers["images"] == 16 and np.isfinite(layers["logits_sqnr_db"])
+    convs = [row for row in layers["layers"] if row["op"] == "conv2d"]
+    assert len(convs) >= 5 and all(np.isfinite(r["local_sqnr_db"]) for r in convs)
+    assert layers["weakest"][0]["local_sqnr_db"] == min(r["local_sqnr_db"]
+                                                        for r in layers["layers"])
+    fp32 = exports(tiny_checkpoint, target, "fp32")
+    assert json.loads(fp32.report.read_text())["int8_layers"] is None
+
+
+@pytest.mark.slow
 def test_coreml_package_loads_back_as_a_spec_with_an_image_input(tiny_checkpoint, exports) -> None:
     ct = pytest.importorskip("coremltools")
     for precision in TARGETS["coreml"].precisions:  # the parity cases need macOS

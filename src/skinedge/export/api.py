@@ -188,6 +188,10 @@ def export_checkpoint(
                 exc.files = kept
                 exc.report = report
                 raise
+            if exported.int8_layers:
+                from skinedge.compress.int8_diagnosis import describe
+
+                _log(log, describe(exported.int8_layers))
             seconds = time.perf_counter() - started
             # Verified where it was made: an earlier export in out/ and its report stay in
             # place until this one has passed (a failed one goes to rejected/ with its report).
@@ -209,7 +213,7 @@ def export_checkpoint(
             files = [_move(f, folder) for f in exported.files]
             path = folder / exported.path.name
             _write_report(report, target, precision, checkpoint, exported.card, files, check,
-                          notes, seconds, execution)
+                          notes, seconds, execution, exported.int8_layers)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result = ExportResult(target, precision, path, files, exported.card, check, report, notes)
@@ -352,7 +356,8 @@ def _verify(path: Path, model, images: ImageArrays, tol: Tolerance, threads: int
 
 def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
                   card: ModelCard | None, files: list[Path], verification: VerificationResult,
-                  notes: list[str], seconds: float, execution: dict | None = None) -> None:
+                  notes: list[str], seconds: float, execution: dict | None = None,
+                  int8_layers: dict | None = None) -> None:
     """``<stem>.<target>.export.json``: what was exported, its files' hashes, the verification,
     and the machine that made and verified it (its CPU, and what the runtime chose there)."""
     cpu = cpu_info()
@@ -363,6 +368,8 @@ def _write_report(path: Path, target: str, precision: str, checkpoint: Path,
                   for f in files],
         "export_seconds": round(seconds, 2), "verification": verification.to_dict(),
         "notes": notes,
+        # where INT8 error enters, layer by layer (PT2E targets; int8_diagnosis.layer_sqnr)
+        "int8_layers": int8_layers,
         "machine": {"cpu_summary": cpu_summary(cpu), "cpu": cpu, "verification_execution":
                     execution},
         "card": None if card is None else json.loads(card.to_json()),

@@ -111,6 +111,9 @@ class Exported:
     path: Path
     files: list[Path]
     card: ModelCard
+    # INT8 made in torch (PT2E): per-layer SQNR against float, for the export report
+    # (skinedge.compress.int8_diagnosis.layer_sqnr)
+    int8_layers: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

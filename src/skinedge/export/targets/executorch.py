@@ -25,7 +25,8 @@ INPUT, OUTPUT = "image", "logits"
 
 
 def _quantize_int8(job: ExportJob, sample: tuple):
-    """The model with PT2E int8 quantize/dequantize ops, calibrated on ``job.calibration``."""
+    """The model with PT2E int8 quantize/dequantize ops, calibrated on ``job.calibration``, and
+    the per-layer SQNR of it."""
     import torch
 
     require("executorch", EXTRA)
@@ -33,16 +34,14 @@ def _quantize_int8(job: ExportJob, sample: tuple):
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(
+    from skinedge.compress.pt2e import quantize_pt2e, relu6_fused
+
+    # ReLU6 quantized after its clip, not with the convolution's unclipped range (pt2e.py).
+    quantizer = relu6_fused(XNNPACKQuantizer)().set_global(
         get_symmetric_quantization_config(is_per_channel=True))
-    with torch.no_grad():
-        graph = prepare_pt2e(torch.export.export(job.model, sample).module(), quantizer)
-        for image in job.calibration.images:  # observers record activation ranges
-            graph(torch.from_numpy(image[None]))
-        return move_exported_model_to_eval(convert_pt2e(graph))
+    images = [torch.from_numpy(image[None]) for image in job.calibration.images]
+    return quantize_pt2e(job.model, sample, quantizer, images)
 
 
 def _lower(job: ExportJob, module, sample: tuple, card_json: bytes):
@@ -97,11 +96,11 @@ def export_executorch(job: ExportJob) -> Exported:
     details = {"exporter": "torch.export + executorch.exir.to_edge_transform_and_lower",
                "delegate": "XNNPACK (XnnpackPartitioner)", "card": f"constant method "
                f"'{CARD_METHOD}' (uint8 tensor of the card's JSON)"}
-    module = job.model
+    module, int8_layers = job.model, None
     if job.precision == "int8":
-        module = _quantize_int8(job, sample)
-        details["quantizer"] = ("PT2E XNNPACKQuantizer (symmetric int8, weights per channel); "
-                                "float32 input and output")
+        module, int8_layers = _quantize_int8(job, sample)
+        details["quantizer"] = ("PT2E XNNPACKQuantizer (symmetric int8, weights per channel; "
+                                "conv + ReLU6 quantized after the clip); float32 input and output")
     info = ArtifactInfo(
         target="executorch", precision=job.precision, source_checkpoint=job.source,
         source_weights_sha256=job.card.weights_sha256,
@@ -115,4 +114,4 @@ def export_executorch(job: ExportJob) -> Exported:
     program = _lower(job, module, sample, card.to_json().encode())
     path = job.workdir / f"{job.stem}.pte"
     path.write_bytes(program.buffer)
-    return Exported(path, [path], card)
+    return Exported(path, [path], card, int8_layers=int8_layers)

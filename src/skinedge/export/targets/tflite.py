@@ -66,24 +66,25 @@ def _float_flatbuffer(job: ExportJob) -> bytes:
     return bytes(_convert(_nhwc_model(job), sample).model_content())
 
 
-def _pt2e_int8(job: ExportJob) -> bytes:
+def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None]:
+    """The full-integer flatbuffer and the per-layer SQNR of its PT2E graph."""
     import torch
 
     require("litert_torch", "tflite")
     from litert_torch.quantize import pt2e_quantizer, quant_config
-    from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
+
+    from skinedge.compress.pt2e import quantize_pt2e, relu6_fused
 
     sample = (job.example.permute(0, 2, 3, 1).contiguous(),)
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+    # ReLU6 quantized after its clip, not with the convolution's unclipped range (pt2e.py).
+    quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-    with torch.no_grad():
-        graph = torch.export.export(_nhwc_model(job), sample).module()
-        graph = quantize_pt2e.prepare_pt2e(graph, quantizer)
-        for image in job.calibration.images:  # observers record activation ranges
-            graph(torch.from_numpy(image[None]).permute(0, 2, 3, 1).contiguous())
-        graph = move_exported_model_to_eval(quantize_pt2e.convert_pt2e(graph, fold_quantize=False))
+    images = [torch.from_numpy(image[None]).permute(0, 2, 3, 1).contiguous()
+              for image in job.calibration.images]
+    graph, diagnosis = quantize_pt2e(_nhwc_model(job), sample, quantizer, images,
+                                     fold_quantize=False)
     model = _convert(graph, sample, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    return bytes(model.model_content())
+    return bytes(model.model_content()), diagnosis
 
 
 def _aeq(float_model: bytes, job: ExportJob) -> bytes:
@@ -296,9 +297,11 @@ def with_standard_metadata(flatbuffer: bytes, card: ModelCard) -> bytes:
 def export_tflite(job: ExportJob) -> Exported:
     quantizer = job.options.quantizer or QUANTIZERS[0]  # checked by export_checkpoint
     details: dict = {"converter": "litert_torch.convert"}
+    int8_layers = None
     if job.precision == "int8" and quantizer == "pt2e":
-        flatbuffer = _pt2e_int8(job)
-        details["quantizer"] = "litert-torch PT2E (symmetric int8, weights per channel)"
+        flatbuffer, int8_layers = _pt2e_int8(job)
+        details["quantizer"] = ("litert-torch PT2E (symmetric int8, weights per channel; "
+                                "conv + ReLU6 quantized after the clip)")
     else:
         flatbuffer = _float_flatbuffer(job)
         if job.precision == "fp16":
@@ -327,4 +330,4 @@ def export_tflite(job: ExportJob) -> Exported:
     path = job.workdir / f"{job.stem}.tflite"
     flatbuffer = with_metadata(flatbuffer, CARD_KEY, card.to_json().encode())
     path.write_bytes(with_standard_metadata(flatbuffer, card))
-    return Exported(path, [path], card)
+    return Exported(path, [path], card, int8_layers=int8_layers)

@@ -1,0 +1,114 @@
+"""PT2E INT8: ReLU6 quantized after its clip (the fix), and the per-layer SQNR that found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("torchao")
+
+from skinedge.compress.int8_diagnosis import describe, layer_sqnr  # noqa: E402
+from skinedge.compress.pt2e import quantize_pt2e, relu6_fused  # noqa: E402
+
+
+class _Net(torch.nn.Module):
+    """Conv-BN-ReLU6 twice, as in EfficientNet-Lite; the convolutions' outputs span about
+    +/-40 before the clip, as the distilled Lite0 student's did (range 48 where ReLU6 keeps 6)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+        self.act = torch.nn.ReLU6()
+        self.head = torch.nn.Linear(16, 5)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.weight.fill_(12.0)  # wide pre-clip range; most values still inside [0, 6]
+                bn.running_var.fill_(1.0)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def _images(n: int = 24) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(1, 3, 16, 16, generator=generator) for _ in range(n)]
+
+
+def _quantizer(fused: bool):
+    xnn = pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    cls = relu6_fused(xnn.XNNPACKQuantizer) if fused else xnn.XNNPACKQuantizer
+    return cls().set_global(xnn.get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _clamp_output_scales(graph: torch.fx.GraphModule) -> list[float]:
+    """The scale of the quantize op right after each hardtanh (ReLU6)."""
+    scales = []
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and "hardtanh" in str(node.target):
+            quantize = [u for u in node.users if "quantize_per_tensor" in str(u.target)]
+            scales += [float(q.args[1]) for q in quantize]
+    return scales
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    model, images = _Net().eval(), _images()
+    sample = (images[0],)
+    return {fused: quantize_pt2e(model, sample, _quantizer(fused), images, fold_quantize=False)
+            for fused in (False, True)}
+
+
+def test_relu6_output_is_quantized_on_its_clipped_range(quantized) -> None:
+    plain = _clamp_output_scales(quantized[False][0])
+    fused = _clamp_output_scales(quantized[True][0])
+    assert len(fused) == 2
+    # [0, 6] in int8 steps: 6/255 (asymmetric) at most; the plain quantizer shares the
+    # convolution's unclipped range, several times wider.
+    assert all(s <= 6 / 255 * 1.001 for s in fused), fused
+    assert plain and min(plain) > 4 * max(fused), (plain, fused)
+
+
+def test_the_fix_shows_in_the_per_layer_sqnr(quantized) -> None:
+    plain, fused = quantized[False][1], quantized[True][1]
+    assert fused["logits_sqnr_db"] > plain["logits_sqnr_db"] + 6  # at least a bit back
+    ops = [row["op"] for row in fused["layers"]]
+    assert ops.count("conv2d") == 2 and "linear" in ops
+    for row in fused["layers"]:  # local error is never worse than what has accumulated
+        assert row["local_sqnr_db"] >= row["sqnr_db"] - 0.5, row
+    weakest = fused["weakest"]
+    assert [r["local_sqnr_db"] for r in weakest] == sorted(r["local_sqnr_db"] for r in weakest)
+    assert "logits" in describe(fused) and weakest[0]["layer"] in describe(fused)
+
+
+def test_clamps_that_are_not_relu6_keep_the_base_annotation() -> None:
+    from skinedge.compress.pt2e import annotate_conv_relu6
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Hardtanh(-1.0, 1.0)).eval()
+    graph = torch.export.export(model, (torch.zeros(1, 3, 8, 8),)).module()
+    config = _quantizer(True).global_config
+    assert annotate_conv_relu6(graph, config) == 0
+    relu6 = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU6()).eval()
+    graph = torch.export.export(relu6, (torch.zeros(1, 3, 8, 8),)).module()
+    assert annotate_conv_relu6(graph, config) == 1
+
+
+def test_diagnosis_refuses_folded_weights() -> None:
+    model, images = _Net().eval(), _images(4)
+    converted, _ = quantize_pt2e(model, (images[0],), _quantizer(True), images, diagnose=0)
+    with pytest.raises(ValueError, match="fold_quantize=False"):
+        layer_sqnr(converted, torch.cat(images))
+
+
+def test_litert_quantizer_takes_the_same_fix() -> None:
+    pt2e_quantizer = pytest.importorskip("litert_torch.quantize.pt2e_quantizer")
+    model, images = _Net().eval(), _images()
+    quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    graph, diagnosis = quantize_pt2e(model, (images[0],), quantizer, images, fold_quantize=False)
+    # litert's activations are symmetric int8: [0, 6] takes the positive half, 6/127 steps.
+    assert all(s <= 6 / 127 * 1.001 for s in _clamp_output_scales(graph))
+    assert diagnosis["logits_sqnr_db"] > 20
