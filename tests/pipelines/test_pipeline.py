@@ -208,6 +208,20 @@ def test_a_changed_distillation_setting_reruns_it_and_what_follows(finished) -> 
     assert len(list((out / "cache" / "distill").iterdir())) == 1  # a dry run runs nothing
 
 
+def test_a_fixed_exporter_reruns_its_exports_and_the_bench_only(finished, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from skinedge.export.base import TARGETS
+
+    config, out = finished
+    onnx = TARGETS["onnx"]
+    monkeypatch.setitem(TARGETS, "onnx", replace(onnx, revision=onnx.revision + 1))
+    plan = {s.name: s.status for s in plan_pipeline(load_pipeline_config(config), out,
+                                                    dry_run=True)}
+    assert {n for n, s in plan.items() if s == "runs"} == {
+        "export-onnx-fp32", "export-onnx-int8", "bench"}
+
+
 def test_a_kill_in_the_middle_of_a_stage_resumes_to_the_same_artifacts(tiny_dataset,
                                                                        tmp_path) -> None:
     # Distillation long enough (40 epochs) to be killed while it trains.

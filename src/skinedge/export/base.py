@@ -134,6 +134,10 @@ class ExportTarget:
     int8_calibrated: bool = True  # False: INT8 weights only (Core ML), no calibration images
     quantizers: tuple[str, ...] = ()  # INT8 methods to choose from; the first is the default
     from_qat: bool = False  # exports INT8 checkpoints (NNCF quantization-aware training) as is
+    # Raised when the exporter makes a different artifact from the same checkpoint and options
+    # (a fixed quantizer): part of the pipeline's cache key, so a cached export of the old
+    # exporter is made again, and only that export and what depends on it.
+    revision: int = 1
     # Why this machine cannot run the exported artifact (None: it can). CoreML predicts on
     # macOS only; TensorRT needs its wheel and a CUDA GPU.
     runs_here: Callable[[], str | None] = lambda: None

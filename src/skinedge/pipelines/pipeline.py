@@ -135,8 +135,9 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
         name = "export-" + "-".join(p for p in stages.parse_target(spec) if p)
         exports.append(name)
         plan.append(Stage(name, stages.export(spec), ("split", final),
-                          {"target": spec, **cfg.export.model_dump(
-                              mode="json", include={"calibration_images", "verify_images"})}))
+                          {"target": spec, "exporter_revision": stages.exporter_revision(spec),
+                           **cfg.export.model_dump(
+                               mode="json", include={"calibration_images", "verify_images"})}))
     gate = Path(cfg.bench.gate).read_text() if cfg.bench.gate else None
     plan.append(Stage("bench", stages.bench, ("split", final, *exports),
                       {**cfg.bench.model_dump(mode="json", exclude={"gate"}), "gate": gate}))

@@ -288,6 +288,14 @@ def parse_target(spec: str) -> tuple[str, str | None, str | None]:
     return target, precision or None, quantizer or None
 
 
+def exporter_revision(spec: str) -> int:
+    """The revision of the exporter ``spec`` (``tflite:int8``) names: a fixed exporter makes
+    its cached export stale (:attr:`~skinedge.export.base.ExportTarget.revision`)."""
+    from skinedge.export.base import get_target
+
+    return get_target(parse_target(spec)[0]).revision
+
+
 def _train(train_cfg, run: Path, reporter: Reporter) -> dict:
     from skinedge.train.resume import has_trainer_state
     from skinedge.train.trainer import train_classifier

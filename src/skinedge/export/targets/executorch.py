@@ -89,7 +89,9 @@ def _warn_undelegated(job: ExportJob, edge) -> None:
     precisions=("fp32", "int8"), default_precision="fp32",
     int8_extra=None, int8_requires=(),
     description="ExecuTorch .pte with the XNNPACK delegate (Android and iOS); INT8 via PT2E "
-                "with XNNPACKQuantizer")
+                "with XNNPACKQuantizer",
+    revision=2,  # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py)
+)
 def export_executorch(job: ExportJob) -> Exported:
     sample = (job.example,)
     size = job.card.preprocess.input_size

@@ -293,7 +293,9 @@ def with_standard_metadata(flatbuffer: bytes, card: ModelCard) -> bytes:
     precisions=("fp32", "fp16", "int8"),
     default_precision="fp32", int8_extra=None, quantizers=QUANTIZERS,
     description="TFLite (LiteRT) via litert-torch, NHWC input; INT8 full-integer (PT2E) "
-                "or ai-edge-quantizer static int8")
+                "or ai-edge-quantizer static int8",
+    revision=2,  # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py)
+)
 def export_tflite(job: ExportJob) -> Exported:
     quantizer = job.options.quantizer or QUANTIZERS[0]  # checked by export_checkpoint
     details: dict = {"converter": "litert_torch.convert"}
