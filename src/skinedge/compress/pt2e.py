@@ -9,8 +9,8 @@ its input's quantization parameters. The observer then sits on the convolution's
 (3 of 8 bits lost). The measured effect was 19% top-1 flips against the float model on the
 HAM10000 validation split (per-layer SQNR and the flips with weights or activations left in
 float: ``skinedge.compress.int8_diagnosis``). Annotating the pair as one pattern puts the
-observer after the clip, where the runtimes also apply it: TFLite fuses RELU6 into the
-convolution and XNNPACK fuses the clamp, each with the output's scale.
+observer after the clip; the runtimes then agree with the fake-quantized graph (student, 366
+validation images: 13 flips in TFLite, 15 in ExecuTorch, 16 in torch; 70 before the fix).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ on Android and iOS.
 
 ``torch.export`` -> ``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` ->
 ``to_executorch``. INT8 is PT2E: ExecuTorch's ``XNNPACKQuantizer`` (symmetric int8, weights per
-channel), calibrated in torch on the training images, then lowered to XNNPACK's int8 kernels;
-input and output stay float32 (NCHW image in, logits out). Operators XNNPACK cannot take run on
-ExecuTorch's portable kernels (slower): the export warns and names them.
+channel; conv + ReLU6 quantized after the clip, :mod:`skinedge.compress.pt2e`), calibrated in
+torch on the training images, then lowered to XNNPACK's int8 kernels; input and output stay
+float32 (NCHW image in, logits out). Operators XNNPACK cannot take run on ExecuTorch's portable
+kernels (slower): the export warns and names them.
 
 The card is the program's constant method :data:`~skinedge.runtimes.executorch.CARD_METHOD`,
 read by the ExecuTorch backend (:mod:`skinedge.runtimes.executorch`).

@@ -3,7 +3,8 @@
 The model takes NHWC input, as Android camera pipelines produce. INT8 comes from one of two
 quantizers, chosen with ``ExportOptions.quantizer``:
 
-* ``pt2e`` (default): litert-torch's PT2E quantizer, calibrated in torch on the training images;
+* ``pt2e`` (default): litert-torch's PT2E quantizer (conv + ReLU6 quantized after the clip,
+  :mod:`skinedge.compress.pt2e`), calibrated in torch on the training images;
   int8 input and output tensors (the runtime quantizes inputs with the tensor's scale and zero
   point), as the issue's "full-integer" asks.
 * ``aeq``: ai-edge-quantizer's static int8 recipe applied to the FP32 flatbuffer; float input
