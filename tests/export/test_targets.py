@@ -150,8 +150,10 @@ def test_pt2e_int8_report_says_where_error_enters(target, tiny_checkpoint, expor
         pytest.skip(f"{target} not installed")
     result = exports(tiny_checkpoint, target, "int8")
     assert not isinstance(result, ExportError), result
+    from skinedge.compress.pt2e import DIAGNOSIS_IMAGES
+
     layers = json.loads(result.report.read_text())["int8_layers"]
-    assert layers["images"] == 16 and np.isfinite(layers["logits_sqnr_db"])
+    assert layers["images"] == DIAGNOSIS_IMAGES and np.isfinite(layers["logits_sqnr_db"])
     convs = [row for row in layers["layers"] if row["op"] == "conv2d"]
     assert len(convs) >= 5 and all(np.isfinite(r["local_sqnr_db"]) for r in convs)
     assert layers["weakest"][0]["local_sqnr_db"] == min(r["local_sqnr_db"]
