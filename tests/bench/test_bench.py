@@ -56,7 +56,9 @@ def test_rows_measure_latency_memory_and_parity(bench) -> None:
     assert rows["tensorrt-fp16"].status in ("skipped", "ok")
     assert result.test["images"] == 14  # the tiny manifest's test split
     # What each runtime chose on this CPU, and the CPU that timed them.
-    assert rows["onnx-fp32"].execution == {"provider": "CPUExecutionProvider"}
+    onnx = rows["onnx-fp32"].execution
+    assert onnx["provider"] == "CPUExecutionProvider"
+    assert {"Conv", "FusedConv"} & set(onnx["compute_ops"]), onnx  # float file, float kernels
     assert rows["torch-fp32"].execution["device"] == "cpu"
     openvino = rows["openvino-int8"].execution
     assert openvino["inference_precision"] in ("f32", "bf16", "f16"), openvino
@@ -75,12 +77,12 @@ def test_outputs_json_markdown_junit_chart(bench) -> None:
     assert {"p50_ms", "flip_rate", "balanced_accuracy_drop", "export"} <= set(doc["rows"][1])
     assert "onnxruntime" in doc["versions"]
     assert doc["cpu"] == cpu_info() and doc["cpu_summary"] == cpu_summary()
-    assert doc["rows"][1]["execution"] == {"provider": "CPUExecutionProvider"}
+    assert doc["rows"][1]["execution"] == result.rows[1].execution
     assert doc["notes"] == int8_slower_notes(result)
     md = files["markdown"].read_text()
     assert "| openvino-int8 | ok |" in md and "Gate: " in md
     assert md.startswith(f"Machine: {cpu_summary()}.")
-    assert "- **onnx-fp32** (onnxruntime): provider=CPUExecutionProvider" in md
+    assert "- **onnx-fp32** (onnxruntime): provider=CPUExecutionProvider, compute_ops=" in md
     suite = ET.parse(files["junit"]).getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) == len(checks)
     assert files["chart"].stat().st_size > 1000
@@ -94,8 +96,8 @@ def test_export_reports_name_the_machine_that_verified_them(artifacts) -> None:
         assert machine["cpu"] == cpu_info() and machine["cpu_summary"] == cpu_summary()
         assert machine["verification_execution"], report  # what its runtime chose here
     onnx_report = next(artifacts[0].parent.glob("*.onnx.export.json"))
-    assert json.loads(onnx_report.read_text())["machine"]["verification_execution"] == {
-        "provider": "CPUExecutionProvider"}
+    execution = json.loads(onnx_report.read_text())["machine"]["verification_execution"]
+    assert execution["provider"] == "CPUExecutionProvider" and execution["compute_ops"]
 
 
 NO_VNNI = {"model": "AMD EPYC 7B13", "vendor": "AuthenticAMD", "arch": "x86_64",

@@ -68,10 +68,19 @@ def resolve_overflow_fix(value: str = "auto") -> str:
     return "enable" if x86 and cpu_has_vnni() is False else "first_layer_only"
 
 
-def _advanced(overflow_fix: str):
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+def _advanced(overflow_fix: str, *, per_tensor_activations: bool = False):
+    """NNCF's advanced parameters; ``per_tensor_activations`` overrides its CPU hardware
+    config, which quantizes the inputs of depthwise convolutions per channel (OpenVINO runs
+    that in int8, ONNX Runtime and TensorRT do not)."""
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
 
-    return AdvancedQuantizationParameters(overflow_fix=OverflowFix(resolve_overflow_fix(overflow_fix)))
+    activations = QuantizationParameters(per_channel=False) if per_tensor_activations else None
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix(resolve_overflow_fix(overflow_fix)),
+                                          activations_quantization_params=activations)
 
 
 def _dataset(calibration: np.ndarray, transform):
@@ -117,6 +126,48 @@ def signed_qdq(model: Any) -> Any:
     return model
 
 
+def unsigned_qdq(model: Any) -> Any:
+    """Rewrite int8 activation Q/DQ pairs as uint8 with the zero point moved by 128: the same
+    grid of values (q + 128 for every q), so the same model, in the form ONNX Runtime fuses.
+
+    ONNX Runtime turns DQ -> Conv/Add -> Q into QLinearConv/QLinearAdd, but off ARM only for
+    uint8 activations (its ``QDQIsInt8Allowed``); NNCF writes int8 for signed tensors (the
+    outputs of projection convolutions and residual sums), and a graph left like that runs
+    those layers in float between quantize and dequantize ops, slower than FP32. Weights
+    (DQ of an initializer) stay int8: ONNX Runtime's U8S8 kernels.
+    """
+    onnx = require("onnx", "onnx")
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        zp = numpy_helper.to_array(inits[node.input[2]])
+        if zp.dtype != np.int8:
+            continue
+        name = f"{node.output[0]}_zero_point_uint8"
+        graph.initializer.append(numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), name))
+        node.input[2] = name
+        for dq in consumers.get(node.output[0], []):
+            if dq.op_type != "DequantizeLinear":
+                raise ValueError(f"{dq.name}: reads the quantized tensor {node.output[0]!r} "
+                                 f"but is a {dq.op_type}, not a DequantizeLinear")
+            dq.input[2] = name
+        _set_elem_type(model, node.output[0], onnx.TensorProto.UINT8)
+    used = {name for node in graph.node for name in node.input}
+    unused = [i for i in graph.initializer if i.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    onnx.checker.check_model(model)
+    return model
+
+
 def _set_elem_type(model: Any, name: str, elem_type: int) -> None:
     """Keep recorded value types in step with a Q/DQ pair turned signed."""
     for info in model.graph.value_info:
@@ -126,7 +177,12 @@ def _set_elem_type(model: Any, name: str, elem_type: int) -> None:
 
 def quantize_onnx(model: Any, calibration: np.ndarray, *, input_name: str,
                   signed_activations: bool = False, overflow_fix: str = "auto") -> Any:
-    """NNCF PTQ of an ``onnx.ModelProto``: returns a QDQ model (int8 weights per channel).
+    """NNCF PTQ of an ``onnx.ModelProto``: returns a QDQ model (int8 weights per channel,
+    activations per tensor).
+
+    Activations are uint8 (:func:`unsigned_qdq`), so that ONNX Runtime runs every convolution
+    and residual sum as an integer kernel, or int8 for TensorRT (:func:`signed_qdq`). Both are
+    per tensor: ONNX Runtime's QLinearConv and TensorRT take one scale per activation tensor.
 
     Args:
         calibration: (N, C, H, W) float32, preprocessed training images.
@@ -138,8 +194,8 @@ def quantize_onnx(model: Any, calibration: np.ndarray, *, input_name: str,
     quantized = nncf.quantize(
         model, _dataset(calibration, lambda x: {input_name: x}),
         preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration),
-        advanced_parameters=_advanced(overflow_fix))
-    return signed_qdq(quantized) if signed_activations else quantized
+        advanced_parameters=_advanced(overflow_fix, per_tensor_activations=True))
+    return signed_qdq(quantized) if signed_activations else unsigned_qdq(quantized)
 
 
 def quantize_openvino(model: Any, calibration: np.ndarray, *, overflow_fix: str = "auto") -> Any:

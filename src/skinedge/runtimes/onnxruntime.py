@@ -7,6 +7,8 @@ it as ``custom_metadata_map``, so reading it needs no ``onnx`` package.
 from __future__ import annotations
 
 import importlib.util
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from skinedge.runtimes.registry import register_runtime
 from skinedge.utils.backends import require
 
 EXTRA = "runtime-onnx"
+#: The ops that carry a convolutional classifier's arithmetic, float and integer.
+COMPUTE_OPS = ("QLinearConv", "QLinearAdd", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+               "Conv", "FusedConv", "Add", "Gemm", "MatMul", "FusedMatMul")
 
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
@@ -80,6 +85,31 @@ class OnnxRuntime(Runtime):
         return self.session.run(None, {self.input: x})[0]
 
     def _execution(self) -> dict[str, Any]:
-        """The execution provider the session runs on (the first of ``get_providers``)."""
+        """The execution provider the session runs on (the first of ``get_providers``) and
+        the compute ops of the graph it runs (:func:`compute_ops`)."""
         providers = self.session.get_providers()
-        return {"provider": providers[0] if providers else None}
+        return {"provider": providers[0] if providers else None,
+                "compute_ops": compute_ops(self.path)}
+
+
+def compute_ops(path: Path) -> dict[str, int]:
+    """The compute ops of ``path`` after ONNX Runtime's graph optimisations, by type: an INT8
+    file whose QDQ groups became integer kernels shows ``QLinearConv``/``QLinearAdd``; a
+    ``Conv`` or ``Add`` left in one runs in float between dequantize and quantize ops, slower
+    than the FP32 file. (Optimisation level ``extended``: the QDQ fusions, without the
+    machine-specific NCHWc layout of ``all``.) Empty without the ``onnx`` package, which
+    reads the optimised file (the ``runtime-onnx`` extra is onnxruntime alone)."""
+    if importlib.util.find_spec("onnx") is None:
+        return {}
+    import onnx
+
+    ort = require("onnxruntime", EXTRA)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="skinedge-ort-") as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    counts = Counter(node.op_type for node in graph.node if node.op_type in COMPUTE_OPS)
+    return dict(sorted(counts.items()))

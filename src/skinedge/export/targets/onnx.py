@@ -1,5 +1,9 @@
 """ONNX: FP32 through the torch.export-based exporter, INT8 as a QDQ graph quantized by NNCF.
 
+The INT8 graph is laid out for ONNX Runtime's CPU kernels: activations per tensor and uint8,
+so that every convolution and residual sum becomes QLinearConv/QLinearAdd
+(:func:`skinedge.compress.quantize.unsigned_qdq`); the runtime's ``execution()`` counts them.
+
 The card is stored in the model's ``metadata_props`` under the key that the ONNX Runtime backend
 reads (:data:`skinedge.runtimes.onnxruntime.CARD_KEY`).
 """
@@ -49,8 +53,9 @@ def write_onnx(job: ExportJob, path: Path, *, signed_activations: bool = False) 
         details["overflow_fix"] = overflow_fix
         onnx.save(model, str(path))
         details["quantizer"] = "nncf.quantize (PTQ, QDQ, symmetric int8 weights per channel)"
-        details["activations"] = ("int8 (uint8 Q/DQ rewritten for TensorRT)" if signed_activations
-                                  else "uint8 after ReLU, int8 elsewhere (NNCF)")
+        details["activations"] = (
+            "int8 per tensor (NNCF's uint8 Q/DQ rewritten for TensorRT)" if signed_activations
+            else "uint8 per tensor (NNCF's int8 Q/DQ moved by 128: ONNX Runtime's U8S8 kernels)")
     return details
 
 
@@ -106,6 +111,7 @@ def artifact_info(job: ExportJob, target: str, details: dict, *, extra_versions=
 @register_target(
     name="onnx", suffix=".onnx", extra="onnx", requires=ONNX_REQUIRES,
     precisions=("fp32", "int8"), default_precision="fp32", from_qat=True,
+    revision=2,  # 2: INT8 activations per tensor and uint8 (ONNX Runtime integer kernels)
     description="ONNX (opset 18), static input shape; INT8 as an NNCF-calibrated QDQ graph")
 def export_onnx(job: ExportJob) -> Exported:
     path = job.workdir / f"{job.stem}.onnx"
