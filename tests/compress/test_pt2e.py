@@ -78,7 +78,8 @@ def test_the_fix_shows_in_the_per_layer_sqnr(quantized) -> None:
     ops = [row["op"] for row in fused["layers"]]
     assert ops.count("conv2d") == 2 and "linear" in ops
     for row in fused["layers"]:  # local error is never worse than what has accumulated
-        assert row["local_sqnr_db"] >= row["sqnr_db"] - 0.5, row
+        if row["local_sqnr_db"] is not None:  # None: no error of its own at all
+            assert row["local_sqnr_db"] >= row["sqnr_db"] - 0.5, row
     weakest = fused["weakest"]
     assert [r["local_sqnr_db"] for r in weakest] == sorted(r["local_sqnr_db"] for r in weakest)
     assert "logits" in describe(fused) and weakest[0]["layer"] in describe(fused)
@@ -112,3 +113,33 @@ def test_litert_quantizer_takes_the_same_fix() -> None:
     # litert's activations are symmetric int8: [0, 6] takes the positive half, 6/127 steps.
     assert all(s <= 6 / 127 * 1.001 for s in _clamp_output_scales(graph))
     assert diagnosis["logits_sqnr_db"] > 20
+
+
+def _quantized_weights(graph: torch.fx.GraphModule) -> list[bool]:
+    """For each conv2d in order, whether its weight comes through a dequantize op."""
+    return ["dequantize" in str(getattr(node.args[1], "target", ""))
+            for node in graph.graph.nodes
+            if node.op == "call_function" and node.target == torch.ops.aten.conv2d.default]
+
+
+@pytest.mark.parametrize("quantizer", ["xnnpack", "litert"])
+def test_float_first_leaves_the_first_convolutions_in_float(quantizer) -> None:
+    """The first convolution, its batch norm and ReLU6 stay float; the second is int8, its
+    input quantized where the float part ends."""
+    if quantizer == "xnnpack":
+        q = _quantizer(True)
+    else:
+        pt2e_quantizer = pytest.importorskip("litert_torch.quantize.pt2e_quantizer")
+        q = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    q.float_first = 1
+    model, images = _Net().eval(), _images()
+    graph, diagnosis = quantize_pt2e(model, (images[0],), q, images, fold_quantize=False)
+    assert _quantized_weights(graph) == [False, True]
+    conv2 = [n for n in graph.graph.nodes if n.target == torch.ops.aten.conv2d.default][1]
+    assert "dequantize" in str(conv2.args[0].target)  # the boundary: float -> int8
+    assert diagnosis["layers"][0]["local_sqnr_db"] is None  # float: no error at all
+    assert diagnosis["weakest"] and None not in [r["local_sqnr_db"] for r in diagnosis["weakest"]]
+    # Nothing of the float convolution is quantized: no quantize op before the boundary.
+    first_quantize = next(n for n in graph.graph.nodes if "quantize_per_tensor" in str(n.target))
+    assert list(first_quantize.users)[0] is conv2.args[0]

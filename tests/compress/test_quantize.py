@@ -140,3 +140,36 @@ def test_unsigned_qdq_is_the_same_model(lite_block_onnx) -> None:
         return np.concatenate([session.run(None, {"image": x[i:i + 1]})[0] for i in range(len(x))])
 
     np.testing.assert_array_equal(run(unsigned.SerializeToString()), run(before))
+
+
+def test_float_first_leaves_the_first_convolutions_in_float(lite_block_onnx, tmp_path) -> None:
+    """ONNX: the first convolutions read float weights (no DequantizeLinear) and run as float
+    kernels; every later one is still an integer kernel. OpenVINO: the same names are found in
+    its ordered ops, and NNCF leaves their weights float."""
+    import onnx
+
+    from skinedge.compress.quantize import first_convolutions, quantize_onnx, quantize_openvino
+    from skinedge.runtimes.onnxruntime import compute_ops
+
+    proto, x = lite_block_onnx
+    quantized = quantize_onnx(proto, x[:32], input_name="image", float_first=2)
+    produced_by = {o: n.op_type for n in quantized.graph.node for o in n.output}
+    convs = [n for n in quantized.graph.node if n.op_type == "Conv"]
+    assert [produced_by.get(c.input[1]) for c in convs[:3]] == [None, None, "DequantizeLinear"]
+    path = tmp_path / "int8.onnx"
+    onnx.save(quantized, str(path))
+    ops = compute_ops(path)
+    assert ops.get("QLinearConv") == 5 and ops.get("QLinearAdd") == 2, ops
+
+    ov = pytest.importorskip("openvino")
+    onnx.save(proto, str(tmp_path / "float.onnx"))
+    model = ov.convert_model(str(tmp_path / "float.onnx"))
+    names = first_convolutions(model, 2)
+    assert len(names) == 2
+    def int8_weights(quantized) -> int:
+        return sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name()
+                   == "i8" and len(op.get_output_shape(0)) in (4, 5)  # conv, group conv
+                   for op in quantized.get_ordered_ops())
+
+    assert int8_weights(quantize_openvino(model, x[:32])) == 7
+    assert int8_weights(quantize_openvino(model, x[:32], float_first=2)) == 5

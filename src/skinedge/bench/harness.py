@@ -78,14 +78,18 @@ def _unique(label: str, taken: set[str], path: Path) -> str:
 
 
 def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manifest,
-                     calibration_images: int, threads: int | None, log) -> list[BenchRow]:
-    """Export the reference checkpoint to each (target, precision[, quantizer]); a row each."""
+                     calibration_images: int, threads: int | None, log,
+                     float_first: int | None = None) -> list[BenchRow]:
+    """Export the reference checkpoint to each (target, precision[, quantizer]); a row each.
+    ``float_first``: :attr:`~skinedge.export.records.ExportOptions.float_first` (None: its
+    default)."""
     from skinedge.export import ExportError, ExportOptions, export_checkpoint, get_target
     from skinedge.export.base import VerificationFailed
     from skinedge.export.targets.tensorrt import TensorRTUnavailable
     from skinedge.runtimes.base import artifact_label
     from skinedge.utils.backends import MissingBackendError
 
+    extra = {} if float_first is None else {"float_first": float_first}
     rows: list[BenchRow] = []
     for target, precision, *variant in targets:
         spec = get_target(target)
@@ -97,7 +101,7 @@ def export_for_bench(reference: Path, targets: list[tuple], out: Path, *, manife
             result = export_checkpoint(reference, target, precision=precision, out_dir=out,
                                        manifest=manifest, calibration_images=calibration_images,
                                        threads=threads, log=log,
-                                       options=ExportOptions(quantizer=quantizer))
+                                       options=ExportOptions(quantizer=quantizer, **extra))
             rows.append(BenchRow(artifact_label(result.card), result.path,
                                  export=result.verification))
         except MissingBackendError as exc:
@@ -336,6 +340,7 @@ def run_bench(
     out_dir: Path | str = "bench",
     settings: BenchSettings | None = None,
     calibration_images: int = 300,
+    float_first: int | None = None,
     log: Callable[[str], None] | None = None,
     layout: str | None = None,
     allow_outside_root: bool = False,
@@ -349,6 +354,8 @@ def run_bench(
         reference: The checkpoint every row is compared with; default: the first checkpoint
             folder in ``models``, else the source checkpoint recorded in the first artifact's card.
         exports: (target, precision[, quantizer]) to export from the reference first.
+        float_first: Leading convolutions that the calibrated INT8 ``exports`` keep in float
+            (:class:`~skinedge.export.records.ExportOptions`; None: its default).
         manifest/split or data: the test images (a manifest split, or a labelled folder);
             default: the reference's recorded manifest, ``test`` split.
         limit: Use only the first N test images (quick checks; the report says so).
@@ -406,7 +413,7 @@ def run_bench(
               for m in models if m.resolve() != reference.resolve()]
     given += export_for_bench(reference, list(exports), out / "exports", manifest=manifest,
                               calibration_images=calibration_images, threads=settings.threads,
-                              log=log)
+                              log=log, float_first=float_first)
     taken: set[str] = set()
     rows = []
     for row in given:

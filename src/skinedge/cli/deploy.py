@@ -68,6 +68,10 @@ def export(
     overflow_fix: Annotated[str, typer.Option(
         help="ONNX/OpenVINO INT8: auto (enable on x86 CPUs without VNNI, whose int8 kernels "
              "saturate), enable, first_layer_only or disable.")] = "auto",
+    float_first: Annotated[int | None, typer.Option(
+        help="Calibrated INT8 (ONNX, OpenVINO, TFLite pt2e, ExecuTorch): the first N "
+             "convolutions, with their norm and activation, stay in float (default: "
+             "skinedge.export.records.FLOAT_FIRST).")] = None,
     threads: Annotated[int | None, typer.Option(
         help="Runtime threads for verification (0 or unset: the backend's default).")] = None,
 ) -> None:
@@ -78,7 +82,10 @@ def export(
     from skinedge.export.records import calibrates_int8
 
     # Refused before anything is loaded or written to --out.
-    options = ExportOptions(quantizer=quantizer, max_drop=max_drop, overflow_fix=overflow_fix)
+    check_count(float_first, "--float-first", 0,
+                "a number of leading convolutions to keep in float (0: none)")
+    options = ExportOptions(quantizer=quantizer, max_drop=max_drop, overflow_fix=overflow_fix,
+                            **({} if float_first is None else {"float_first": float_first}))
     calibrates = calibrates_int8(target, precision, quantizer)
     if calibrates and calibration_images < 1:  # a QAT checkpoint is exported uncalibrated
         from skinedge.models.card import load_card
@@ -134,6 +141,9 @@ def bench(
     warmup: int = 10,
     iterations: Annotated[int, typer.Option(help="Timed runs at batch 1 per model.")] = 100,
     calibration_images: Annotated[int, typer.Option(help="INT8 calibration images for --export.")] = 300,
+    float_first: Annotated[int | None, typer.Option(
+        help="Calibrated INT8 --export: the first N convolutions stay in float (default: "
+             "skinedge export's).")] = None,
     gate: Annotated[Path | None, typer.Option(help="Budgets YAML; exit 1 when one is missed.")] = None,
     device: Annotated[list[str] | None, typer.Option(
         help="Also measure every torch-free artifact on this device: ssh://USER@HOST[:PORT] (with "
@@ -176,6 +186,8 @@ def bench(
                 "a number of training images"
                 + (" to calibrate the INT8 exports on, and INT8 needs at least one"
                    if calibrates else ""))
+    check_count(float_first, "--float-first", 0,
+                "a number of leading convolutions to keep in float (0: none)")
     gates = load_gates(gate) if gate else None
     devices = [parse_device(spec, identity=device_identity, python=device_python,
                             known_hosts=device_known_hosts, benchmark_model=benchmark_model)
@@ -194,7 +206,8 @@ def bench(
     result = run_bench(list(models or []), reference=reference,
                        exports=exports, manifest=manifest,
                        split=split, data=data, limit=limit, out_dir=out, settings=settings,
-                       calibration_images=calibration_images, log=print_log,
+                       calibration_images=calibration_images, float_first=float_first,
+                       log=print_log,
                        layout=layout, allow_outside_root=allow_outside_root,
                        devices=devices, device_images=device_images)
     checks = check_gates(gates, result.rows) if gates else None

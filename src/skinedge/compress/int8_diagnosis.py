@@ -51,10 +51,11 @@ def _layer_name(node: Node) -> str:
     return list(stack.values())[-1][0] if stack else node.name
 
 
-def _sqnr_db(signal: float, noise: float) -> float:
+def _sqnr_db(signal: float, noise: float) -> float | None:
+    """In dB, to 0.01; None for no noise at all (a layer left in float, before any int8)."""
     if noise <= 0:
-        return float("inf")
-    return float(10 * np.log10(max(signal, 1e-30) / noise))
+        return None
+    return round(float(10 * np.log10(max(signal, 1e-30) / noise)), 2)
 
 
 class _Pass(Interpreter):
@@ -103,7 +104,8 @@ def layer_sqnr(quantized: torch.fx.GraphModule, images: np.ndarray | torch.Tenso
 
     Returns:
         ``{"images", "logits_sqnr_db", "layers": [{"layer", "op", "sqnr_db",
-        "local_sqnr_db"}, ...] in graph order, "weakest": [...]}``.
+        "local_sqnr_db"}, ...] in graph order, "weakest": [...]}``; an SQNR is None where
+        there is no error at all (layers left in float before the first int8 one).
     """
     for node in quantized.graph.nodes:
         if (_is_qdq(node) and "dequantize" in str(node.target)
@@ -132,12 +134,13 @@ def layer_sqnr(quantized: torch.fx.GraphModule, images: np.ndarray | torch.Tenso
             logits[1] += float((f - q).double().pow(2).sum())
     nodes = {n.name: n for n in quantized.graph.nodes}
     rows = [{"layer": _layer_name(nodes[name]), "op": _op_name(nodes[name]),
-             "sqnr_db": round(_sqnr_db(s, cum), 2), "local_sqnr_db": round(_sqnr_db(s, loc), 2)}
+             "sqnr_db": _sqnr_db(s, cum), "local_sqnr_db": _sqnr_db(s, loc)}
             for name, (s, cum, loc) in sums.items()
             if not any(p in _op_name(nodes[name]) for p in _PLUMBING)]
-    return {"images": len(images), "logits_sqnr_db": round(_sqnr_db(*logits), 2),
+    quantized_rows = [r for r in rows if r["local_sqnr_db"] is not None]
+    return {"images": len(images), "logits_sqnr_db": _sqnr_db(*logits),
             "layers": rows,
-            "weakest": sorted(rows, key=lambda r: r["local_sqnr_db"])[:top]}
+            "weakest": sorted(quantized_rows, key=lambda r: r["local_sqnr_db"])[:top]}
 
 
 def _first_tensor(value: Any) -> torch.Tensor:

@@ -15,6 +15,7 @@ fix, 13 after; ExecuTorch 67 before, 15 after.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -78,13 +79,50 @@ def annotate_conv_relu6(graph_module: torch.fx.GraphModule, config: Any) -> int:
     return count
 
 
+_CONVS = (torch.ops.aten.conv2d.default,)
+# What follows a convolution up to its activation, in an exported eval-mode graph.
+_FOLLOWERS = (torch.ops.aten._native_batch_norm_legit_no_training.default,
+              torch.ops.aten.batch_norm.default, operator.getitem, *_CLAMPS,
+              torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
+
+
+def keep_first_convs_float(graph_module: torch.fx.GraphModule, count: int) -> list[str]:
+    """Leave the first ``count`` convolutions (in execution order), with the batch norm and
+    activation that follow each, in float: each node gets an empty annotation, which the base
+    quantizers take as already annotated. The next quantized op quantizes its input, so the
+    float part ends at a quantize op (and the model input stays float).
+
+    Returns:
+        The names of the nodes left in float.
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    convs = [n for n in graph_module.graph.nodes
+             if n.op == "call_function" and n.target in _CONVS][:count]
+    kept: list[str] = []
+    for node in convs:
+        while True:
+            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+            kept.append(node.name)
+            users = list(node.users)
+            if len(users) != 1 or users[0].op != "call_function" or users[0].target not in _FOLLOWERS:
+                break
+            node = users[0]
+    return kept
+
+
 def relu6_fused(quantizer_class: type) -> type:
     """A subclass of a PT2E quantizer (``XNNPACKQuantizer``, litert-torch's
-    ``PT2EQuantizer``) that annotates conv/linear + ReLU6 first (:func:`annotate_conv_relu6`)
+    ``PT2EQuantizer``) that leaves its ``float_first`` leading convolutions in float
+    (:func:`keep_first_convs_float`), annotates conv/linear + ReLU6 (:func:`annotate_conv_relu6`)
     with its global config, then everything else as the base class does."""
 
     class ReLU6Fused(quantizer_class):
+        float_first = 0
+
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            keep_first_convs_float(model, self.float_first)
             if self.global_config is not None:
                 annotate_conv_relu6(model, self.global_config)
             return super().annotate(model)

@@ -83,6 +83,24 @@ def _advanced(overflow_fix: str, *, per_tensor_activations: bool = False):
                                           activations_quantization_params=activations)
 
 
+def first_convolutions(model: Any, count: int) -> list[str]:
+    """The names of the first ``count`` convolutions of an ``onnx.ModelProto`` (its nodes are
+    in execution order) or an ``openvino.Model`` (``get_ordered_ops``)."""
+    if count <= 0:
+        return []
+    if hasattr(model, "graph"):
+        return [n.name for n in model.graph.node if n.op_type == "Conv"][:count]
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() in ("Convolution", "GroupConvolution")][:count]
+
+
+def _kept_float(model: Any, float_first: int):
+    """NNCF's ``ignored_scope`` for :func:`first_convolutions` (None when there are none)."""
+    nncf = require("nncf", "quantize")
+    names = first_convolutions(model, float_first)
+    return nncf.IgnoredScope(names=names) if names else None
+
+
 def _dataset(calibration: np.ndarray, transform):
     nncf = require("nncf", "quantize")
     if calibration.ndim != 4 or len(calibration) == 0:
@@ -176,7 +194,8 @@ def _set_elem_type(model: Any, name: str, elem_type: int) -> None:
 
 
 def quantize_onnx(model: Any, calibration: np.ndarray, *, input_name: str,
-                  signed_activations: bool = False, overflow_fix: str = "auto") -> Any:
+                  signed_activations: bool = False, overflow_fix: str = "auto",
+                  float_first: int = 0) -> Any:
     """NNCF PTQ of an ``onnx.ModelProto``: returns a QDQ model (int8 weights per channel,
     activations per tensor).
 
@@ -189,21 +208,26 @@ def quantize_onnx(model: Any, calibration: np.ndarray, *, input_name: str,
         input_name: The graph input fed with the images.
         signed_activations: int8 (not uint8) activations, as TensorRT requires.
         overflow_fix: See :func:`resolve_overflow_fix`.
+        float_first: Leading convolutions left in float (:func:`first_convolutions`).
     """
     nncf = require("nncf", "quantize")
     quantized = nncf.quantize(
         model, _dataset(calibration, lambda x: {input_name: x}),
         preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration),
-        advanced_parameters=_advanced(overflow_fix, per_tensor_activations=True))
+        advanced_parameters=_advanced(overflow_fix, per_tensor_activations=True),
+        ignored_scope=_kept_float(model, float_first))
     return signed_qdq(quantized) if signed_activations else unsigned_qdq(quantized)
 
 
-def quantize_openvino(model: Any, calibration: np.ndarray, *, overflow_fix: str = "auto") -> Any:
-    """NNCF PTQ of an ``openvino.Model`` (symmetric INT8, fast bias correction)."""
+def quantize_openvino(model: Any, calibration: np.ndarray, *, overflow_fix: str = "auto",
+                      float_first: int = 0) -> Any:
+    """NNCF PTQ of an ``openvino.Model`` (symmetric INT8, fast bias correction), its first
+    ``float_first`` convolutions left in float."""
     nncf = require("nncf", "quantize")
     return nncf.quantize(model, _dataset(calibration, lambda x: x),
                          preset=nncf.QuantizationPreset.PERFORMANCE,
-                         subset_size=len(calibration), advanced_parameters=_advanced(overflow_fix))
+                         subset_size=len(calibration), advanced_parameters=_advanced(overflow_fix),
+                         ignored_scope=_kept_float(model, float_first))
 
 
 def quantize_openvino_controlled(model: Any, calibration: np.ndarray, validation: np.ndarray,

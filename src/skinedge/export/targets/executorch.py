@@ -41,6 +41,7 @@ def _quantize_int8(job: ExportJob, sample: tuple):
     # ReLU6 quantized after its clip, not with the convolution's unclipped range (pt2e.py).
     quantizer = relu6_fused(XNNPACKQuantizer)().set_global(
         get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.float_first = job.options.float_first
     images = [torch.from_numpy(image[None]) for image in job.calibration.images]
     return quantize_pt2e(job.model, sample, quantizer, images)
 
@@ -104,6 +105,7 @@ def export_executorch(job: ExportJob) -> Exported:
         module, int8_layers = _quantize_int8(job, sample)
         details["quantizer"] = ("PT2E XNNPACKQuantizer (symmetric int8, weights per channel; "
                                 "conv + ReLU6 quantized after the clip); float32 input and output")
+        details["float_first"] = job.options.float_first
     info = ArtifactInfo(
         target="executorch", precision=job.precision, source_checkpoint=job.source,
         source_weights_sha256=job.card.weights_sha256,

@@ -49,8 +49,10 @@ def write_onnx(job: ExportJob, path: Path, *, signed_activations: bool = False) 
         overflow_fix = resolve_overflow_fix(
             "first_layer_only" if signed_activations else job.options.overflow_fix)
         model = quantize_onnx(onnx.load(str(path)), job.calibration.images, input_name=INPUT,
-                              signed_activations=signed_activations, overflow_fix=overflow_fix)
+                              signed_activations=signed_activations, overflow_fix=overflow_fix,
+                              float_first=job.options.float_first)
         details["overflow_fix"] = overflow_fix
+        details["float_first"] = job.options.float_first
         onnx.save(model, str(path))
         details["quantizer"] = "nncf.quantize (PTQ, QDQ, symmetric int8 weights per channel)"
         details["activations"] = (

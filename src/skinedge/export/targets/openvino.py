@@ -53,8 +53,10 @@ def export_openvino(job: ExportJob) -> Exported:
         details["accuracy_control"] = control
         details["variant"] = "qac"
     elif job.precision == "int8":
-        model = quantize_openvino(model, job.calibration.images, overflow_fix=overflow_fix)
+        model = quantize_openvino(model, job.calibration.images, overflow_fix=overflow_fix,
+                                  float_first=job.options.float_first)
         details["quantizer"] = "nncf.quantize on the OpenVINO model (PTQ, symmetric)"
+        details["float_first"] = job.options.float_first
     return _save(job, model, details)
 
 

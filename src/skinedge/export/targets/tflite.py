@@ -80,6 +80,7 @@ def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None]:
     # ReLU6 quantized after its clip, not with the convolution's unclipped range (pt2e.py).
     quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.float_first = job.options.float_first
     images = [torch.from_numpy(image[None]).permute(0, 2, 3, 1).contiguous()
               for image in job.calibration.images]
     graph, diagnosis = quantize_pt2e(_nhwc_model(job), sample, quantizer, images,
@@ -305,6 +306,7 @@ def export_tflite(job: ExportJob) -> Exported:
         flatbuffer, int8_layers = _pt2e_int8(job)
         details["quantizer"] = ("litert-torch PT2E (symmetric int8, weights per channel; "
                                 "conv + ReLU6 quantized after the clip)")
+        details["float_first"] = job.options.float_first
     else:
         flatbuffer = _float_flatbuffer(job)
         if job.precision == "fp16":
