@@ -247,6 +247,9 @@ def test_a_misspelt_pretrained_lists_the_valid_words(pretrained, expected, tiny_
     (["--target", "onnx", "--calibration-images", "-3"],
      "--calibration-images -3: a number of training images; give --calibration-images 0 or more"),
     (["--target", "onnx", "--threads", "-1"], "--threads -1: a number of runtime threads"),
+    (["--target", "onnx", "--precision", "int8", "--float-first", "-1"],
+     "--float-first -1: a number of leading convolutions to keep in float (0: none); give "
+     "--float-first 0 or more"),
 ])
 def test_export_refuses_meaningless_counts_before_writing(args, expected, tiny_checkpoint,
                                                           tmp_path) -> None:
@@ -367,3 +370,11 @@ def test_tensorrt_refusal_keeps_the_command_on_the_first_line(tiny_checkpoint, t
             "test_efficientnet_fp32.engine; keep test_efficientnet_fp32.card.json beside it)."
             ) in first_line
     assert "\n  trtexec --onnx=test_efficientnet_fp32.trt.onnx" in reason
+
+
+def test_float_first_help_states_the_default() -> None:
+    from skinedge.export.records import FLOAT_FIRST
+
+    for command in ("export", "bench"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert f"default {FLOAT_FIRST}" in " ".join(text(result).split()), command

@@ -124,8 +124,8 @@ def _quantized_weights(graph: torch.fx.GraphModule) -> list[bool]:
 
 @pytest.mark.parametrize("quantizer", ["xnnpack", "litert"])
 def test_float_first_leaves_the_first_convolutions_in_float(quantizer) -> None:
-    """The first convolution, its batch norm and ReLU6 stay float; the second is int8, its
-    input quantized where the float part ends."""
+    """The first convolution, its batch norm and ReLU6 stay float, and so does the classifier;
+    the second convolution is int8, its input quantized where the float part ends."""
     if quantizer == "xnnpack":
         q = _quantizer(True)
     else:
@@ -143,3 +143,6 @@ def test_float_first_leaves_the_first_convolutions_in_float(quantizer) -> None:
     # Nothing of the float convolution is quantized: no quantize op before the boundary.
     first_quantize = next(n for n in graph.graph.nodes if "quantize_per_tensor" in str(n.target))
     assert list(first_quantize.users)[0] is conv2.args[0]
+    linear = next(n for n in graph.graph.nodes if n.target == torch.ops.aten.linear.default)
+    assert "dequantize" not in str(linear.args[1].target)  # float weights
+    assert not any("quantize" in str(u.target) for u in linear.users)  # float logits out

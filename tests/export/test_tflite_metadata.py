@@ -37,16 +37,20 @@ def exported(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite-metadata")
     cache: dict = {}
 
-    def get(precision: str = "fp32", quantizer: str | None = None) -> Path:
-        if (precision, quantizer) not in cache:  # int8 parity is test_targets' business
+    def get(precision: str = "fp32", quantizer: str | None = None,
+            float_first: int | None = None) -> Path:
+        key = precision, quantizer, float_first
+        if key not in cache:  # int8 parity is test_targets' business
             verify = precision != "int8"
+            options = ExportOptions(quantizer=quantizer, **(
+                {} if float_first is None else {"float_first": float_first}))
             result = export_checkpoint(tiny_checkpoint, "tflite", precision=precision,
-                                       out_dir=out / f"{precision}-{quantizer}",
+                                       out_dir=out / f"{precision}-{quantizer}-{float_first}",
                                        calibration_images=20, verify_images=14, verify=verify,
-                                       options=ExportOptions(quantizer=quantizer))
+                                       options=options)
             assert result.verification.status == ("passed" if verify else "skipped")
-            cache[precision, quantizer] = result.path
-        return cache[precision, quantizer]
+            cache[key] = result.path
+        return cache[key]
 
     return get
 
@@ -158,12 +162,31 @@ def test_mediapipe_classifier_agrees_with_load_runtime(exported, images, precisi
     assert max_diff < 1e-4
 
 
-@pytest.mark.parametrize("quantizer", ["pt2e", "aeq"])
-def test_int8_input_is_named_and_mediapipe_refuses_it(exported, quantizer) -> None:
+def test_int8_with_float_first_layers_loads_in_mediapipe(exported, images, tmp_path) -> None:
+    """PT2E INT8 keeps its first convolutions in float by default (FLOAT_FIRST), so its input
+    is float32 and MediaPipe's ImageClassifier takes the file and agrees with load_runtime."""
+    _mediapipe()
+    path = exported("int8", "pt2e")
+    runtime = load_runtime(path, threads=1)
+    assert runtime.card.artifact.input.dtype == "float32"
+    assert runtime.card.artifact.details["float_first"] > 0
+    assert not any("int8" in note for note in runtime.card.artifact.details["tflite_metadata"]
+                   ["mediapipe_differs"])
+    resized = _resized(images, runtime.card, tmp_path)
+    expected = runtime.predict(resized)
+    logits, _ = _mediapipe_logits(path, resized)
+    got = softmax(logits)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(("quantizer", "float_first"), [("pt2e", 0), ("aeq", None)],
+                         ids=["pt2e-full-integer", "aeq"])
+def test_int8_input_is_named_and_mediapipe_refuses_it(exported, quantizer, float_first) -> None:
     vision = _mediapipe()
     import mediapipe as mp
 
-    path = exported("int8", quantizer)
+    path = exported("int8", quantizer, float_first)
     card = read_artifact_card(path)
     assert any("int8" in note for note in card.artifact.details["tflite_metadata"]
                ["mediapipe_differs"])

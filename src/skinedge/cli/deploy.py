@@ -70,8 +70,8 @@ def export(
              "saturate), enable, first_layer_only or disable.")] = "auto",
     float_first: Annotated[int | None, typer.Option(
         help="Calibrated INT8 (ONNX, OpenVINO, TFLite pt2e, ExecuTorch): the first N "
-             "convolutions, with their norm and activation, stay in float (default: "
-             "skinedge.export.records.FLOAT_FIRST).")] = None,
+             "convolutions, with their norm and activation, stay in float (default 3; 0: "
+             "full integer, a TFLite file with int8 input).")] = None,
     threads: Annotated[int | None, typer.Option(
         help="Runtime threads for verification (0 or unset: the backend's default).")] = None,
 ) -> None:
@@ -142,8 +142,8 @@ def bench(
     iterations: Annotated[int, typer.Option(help="Timed runs at batch 1 per model.")] = 100,
     calibration_images: Annotated[int, typer.Option(help="INT8 calibration images for --export.")] = 300,
     float_first: Annotated[int | None, typer.Option(
-        help="Calibrated INT8 --export: the first N convolutions stay in float (default: "
-             "skinedge export's).")] = None,
+        help="Calibrated INT8 --export: the first N convolutions stay in float (default 3, "
+             "as skinedge export).")] = None,
     gate: Annotated[Path | None, typer.Option(help="Budgets YAML; exit 1 when one is missed.")] = None,
     device: Annotated[list[str] | None, typer.Option(
         help="Also measure every torch-free artifact on this device: ssh://USER@HOST[:PORT] (with "

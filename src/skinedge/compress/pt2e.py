@@ -86,11 +86,12 @@ _FOLLOWERS = (torch.ops.aten._native_batch_norm_legit_no_training.default,
               torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
 
 
-def keep_first_convs_float(graph_module: torch.fx.GraphModule, count: int) -> list[str]:
-    """Leave the first ``count`` convolutions (in execution order), with the batch norm and
-    activation that follow each, in float: each node gets an empty annotation, which the base
-    quantizers take as already annotated. The next quantized op quantizes its input, so the
-    float part ends at a quantize op (and the model input stays float).
+def keep_float_ends(graph_module: torch.fx.GraphModule, first: int) -> list[str]:
+    """Leave the first ``first`` convolutions (in execution order), with the batch norm and
+    activation that follow each, and the last linear layer (the classifier) in float: each
+    node gets an empty annotation, which the base quantizers take as already annotated. The
+    model then takes float input and gives float logits, int8 in between; the first quantized
+    op quantizes its input. ``first == 0``: nothing is kept (a full-integer model).
 
     Returns:
         The names of the nodes left in float.
@@ -98,8 +99,11 @@ def keep_first_convs_float(graph_module: torch.fx.GraphModule, count: int) -> li
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-    convs = [n for n in graph_module.graph.nodes
-             if n.op == "call_function" and n.target in _CONVS][:count]
+    if first <= 0:
+        return []
+    calls = [n for n in graph_module.graph.nodes if n.op == "call_function"]
+    convs = [n for n in calls if n.target in _CONVS][:first]
+    linears = [n for n in calls if n.target == torch.ops.aten.linear.default][-1:]
     kept: list[str] = []
     for node in convs:
         while True:
@@ -109,20 +113,23 @@ def keep_first_convs_float(graph_module: torch.fx.GraphModule, count: int) -> li
             if len(users) != 1 or users[0].op != "call_function" or users[0].target not in _FOLLOWERS:
                 break
             node = users[0]
+    for node in linears:
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+        kept.append(node.name)
     return kept
 
 
 def relu6_fused(quantizer_class: type) -> type:
     """A subclass of a PT2E quantizer (``XNNPACKQuantizer``, litert-torch's
-    ``PT2EQuantizer``) that leaves its ``float_first`` leading convolutions in float
-    (:func:`keep_first_convs_float`), annotates conv/linear + ReLU6 (:func:`annotate_conv_relu6`)
+    ``PT2EQuantizer``) that leaves its ``float_first`` leading convolutions and the classifier
+    in float (:func:`keep_float_ends`), annotates conv/linear + ReLU6 (:func:`annotate_conv_relu6`)
     with its global config, then everything else as the base class does."""
 
     class ReLU6Fused(quantizer_class):
         float_first = 0
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            keep_first_convs_float(model, self.float_first)
+            keep_float_ends(model, self.float_first)
             if self.global_config is not None:
                 annotate_conv_relu6(model, self.global_config)
             return super().annotate(model)

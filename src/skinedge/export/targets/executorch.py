@@ -92,7 +92,8 @@ def _warn_undelegated(job: ExportJob, edge) -> None:
     int8_extra=None, int8_requires=(),
     description="ExecuTorch .pte with the XNNPACK delegate (Android and iOS); INT8 via PT2E "
                 "with XNNPACKQuantizer",
-    revision=2,  # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py)
+    # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py); 3: FLOAT_FIRST
+    revision=3,
 )
 def export_executorch(job: ExportJob) -> Exported:
     sample = (job.example,)

@@ -113,7 +113,8 @@ def artifact_info(job: ExportJob, target: str, details: dict, *, extra_versions=
 @register_target(
     name="onnx", suffix=".onnx", extra="onnx", requires=ONNX_REQUIRES,
     precisions=("fp32", "int8"), default_precision="fp32", from_qat=True,
-    revision=2,  # 2: INT8 activations per tensor and uint8 (ONNX Runtime integer kernels)
+    # 2: INT8 activations per tensor and uint8 (ONNX Runtime integer kernels); 3: FLOAT_FIRST
+    revision=3,
     description="ONNX (opset 18), static input shape; INT8 as an NNCF-calibrated QDQ graph")
 def export_onnx(job: ExportJob) -> Exported:
     path = job.workdir / f"{job.stem}.onnx"

@@ -26,6 +26,7 @@ QUANTIZERS = ("ptq", "qac")  # plain post-training, or with accuracy control
     name="openvino", suffix=".xml", extra="openvino",
     requires=("openvino", "nncf", "onnx", "onnxscript"), precisions=("fp32", "fp16", "int8"),
     default_precision="fp32", quantizers=QUANTIZERS, from_qat=True,
+    revision=2,  # 2: the first convolutions stay float (FLOAT_FIRST)
     description="OpenVINO IR; INT8 calibrated by NNCF on the IR (fast INT8 on x86 CPUs)")
 def export_openvino(job: ExportJob) -> Exported:
     ov = require("openvino", "openvino")

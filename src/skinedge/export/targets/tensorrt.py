@@ -87,7 +87,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str) -> dict:
     name="tensorrt", suffix=".engine", extra="onnx", requires=ONNX_REQUIRES,
     precisions=("fp32", "fp16", "int8"),
     default_precision="fp16", runs_here=unavailable_reason,
-    revision=2,  # 2: INT8 activations per tensor (the ONNX target's quantizer)
+    revision=3,  # 2: INT8 activations per tensor (the ONNX target's quantizer); 3: FLOAT_FIRST
     description="TensorRT engine for the GPU it is built on (INT8 from int8 Q/DQ ONNX)")
 def export_tensorrt(job: ExportJob) -> Exported:
     onnx_path = job.workdir / f"{job.stem}.trt.onnx"

@@ -296,7 +296,8 @@ def with_standard_metadata(flatbuffer: bytes, card: ModelCard) -> bytes:
     default_precision="fp32", int8_extra=None, quantizers=QUANTIZERS,
     description="TFLite (LiteRT) via litert-torch, NHWC input; INT8 full-integer (PT2E) "
                 "or ai-edge-quantizer static int8",
-    revision=2,  # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py)
+    # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py); 3: FLOAT_FIRST
+    revision=3,
 )
 def export_tflite(job: ExportJob) -> Exported:
     quantizer = job.options.quantizer or QUANTIZERS[0]  # checked by export_checkpoint

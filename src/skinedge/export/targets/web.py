@@ -78,7 +78,7 @@ def _write_page(job: ExportJob, folder: Path, card: ModelCard) -> None:
 @register_target(
     name="web", suffix=SUFFIX, extra="onnx", requires=ONNX_REQUIRES,
     precisions=("fp32", "int8"), default_precision="fp32", assets_missing=ort_web_problem,
-    revision=2,  # 2: the ONNX target's INT8 (per-tensor uint8 activations)
+    revision=3,  # the ONNX target's INT8: 2, per-tensor uint8 activations; 3: FLOAT_FIRST
     description="static offline web page (ONNX Runtime Web, WebAssembly) around the ONNX model")
 def export_web(job: ExportJob) -> Exported:
     folder = job.workdir / f"{job.stem}{SUFFIX}"
