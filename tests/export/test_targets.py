@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from skinedge.errors import NotFoundError
-from skinedge.export import TARGETS, ExportError, Tolerance, export_checkpoint
+from skinedge.export import TARGETS, ExportError, ExportOptions, Tolerance, export_checkpoint
+from skinedge.export.records import FLOAT_FIRST
 from skinedge.runtimes import RUNTIMES, load_runtime, read_artifact_card
 from skinedge.utils.io import path_size
 
@@ -105,15 +106,30 @@ def test_onnx_card_is_in_the_file_metadata(tiny_checkpoint, exports) -> None:
 
 
 @pytest.mark.slow
-def test_tflite_int8_has_int8_io_and_the_runtime_quantizes(tiny_checkpoint, exports) -> None:
+def test_tflite_int8_has_float_io_by_default(tiny_checkpoint, exports) -> None:
+    """The first convolutions and the classifier stay float (FLOAT_FIRST): float in, logits out."""
     if TARGETS["tflite"].missing_backend("int8"):
         pytest.skip("litert not installed")
     result = exports(tiny_checkpoint, "tflite", "int8")
     assert not isinstance(result, ExportError), result
     spec = read_artifact_card(result.path).artifact
+    assert spec.input.dtype == spec.output.dtype == "float32" and spec.input.layout == "NHWC"
+    assert spec.details["float_first"] == FLOAT_FIRST > 0
+    assert spec.calibration["images"] == 40 and len(spec.calibration["images_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_full_integer_tflite_has_int8_io_and_the_runtime_quantizes(tiny_checkpoint,
+                                                                   tmp_path) -> None:
+    if TARGETS["tflite"].missing_backend("int8"):
+        pytest.skip("litert not installed")
+    result = export_checkpoint(tiny_checkpoint, "tflite", precision="int8", out_dir=tmp_path,
+                               calibration_images=40, verify_images=14,
+                               options=ExportOptions(float_first=0))
+    spec = read_artifact_card(result.path).artifact
     assert spec.input.dtype == "int8" and spec.input.layout == "NHWC"
     assert spec.input.scale > 0 and spec.output.dtype == "int8"
-    assert spec.calibration["images"] == 40 and len(spec.calibration["images_sha256"]) == 64
+    assert result.verification.status == "passed"  # load_runtime quantized the input
 
 
 @pytest.mark.slow
@@ -155,9 +171,11 @@ def test_pt2e_int8_report_says_where_error_enters(target, tiny_checkpoint, expor
     layers = json.loads(result.report.read_text())["int8_layers"]
     assert layers["images"] == DIAGNOSIS_IMAGES and np.isfinite(layers["logits_sqnr_db"])
     convs = [row for row in layers["layers"] if row["op"] == "conv2d"]
-    assert len(convs) >= 5 and all(np.isfinite(r["local_sqnr_db"]) for r in convs)
-    assert layers["weakest"][0]["local_sqnr_db"] == min(r["local_sqnr_db"]
-                                                        for r in layers["layers"])
+    # The first FLOAT_FIRST convolutions run in float: no error of their own (None).
+    assert [r["local_sqnr_db"] for r in convs[:FLOAT_FIRST]] == [None] * FLOAT_FIRST
+    assert len(convs) >= 5 and all(np.isfinite(r["local_sqnr_db"]) for r in convs[FLOAT_FIRST:])
+    assert layers["weakest"][0]["local_sqnr_db"] == min(
+        r["local_sqnr_db"] for r in layers["layers"] if r["local_sqnr_db"] is not None)
     fp32 = exports(tiny_checkpoint, target, "fp32")
     assert json.loads(fp32.report.read_text())["int8_layers"] is None
 

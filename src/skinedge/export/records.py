@@ -114,13 +114,13 @@ def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False)
 
 #: Leading convolutions that calibrated INT8 leaves in float by default (PT2E also keeps the
 #: classifier float, as NNCF does, so the model takes float input and gives float logits, as
-#: MediaPipe Tasks require): on EfficientNet-Lite0
-#: the stem and block 0's depthwise and pointwise convolutions (at 112 x 112, a few percent of
-#: the multiply-adds), which see the image's colour and carried most of its INT8 error. On the
-#: quickstart Lite0 (HAM10000 test split, docs/RESULTS.md, ``bench-lite0-int8-float0`` against
-#: ``bench-lite0-int8-float3``) top-1 flips against FP32 fell from 5.7% to 2.4% (ONNX), 5.9% to
-#: 1.3% (OpenVINO), 5.1% to 3.5% (TFLite) and 5.1% to 2.7% (ExecuTorch). 0 gives full-integer
-#: models (a TFLite file with int8 input, as microcontrollers and some NPUs need).
+#: MediaPipe Tasks require): on EfficientNet-Lite0 the stem and block 0's depthwise and
+#: pointwise convolutions (at 112 x 112, a few percent of the multiply-adds), which see the
+#: image's colour and carried most of its INT8 error. On the quickstart Lite0 (HAM10000 test
+#: split; docs/RESULTS.md, ``bench-lite0-int8-float0`` against ``bench-lite0-targets``) top-1
+#: flips against FP32 fell from 5.7% to 2.4% (ONNX), 5.9% to 1.3% (OpenVINO), 5.1% to 3.5%
+#: (TFLite) and 5.1% to 3.2% (ExecuTorch). 0 gives full-integer models (a TFLite file with
+#: int8 input and output, as microcontrollers and some NPUs need).
 FLOAT_FIRST = 3
 
 

@@ -1,12 +1,14 @@
-"""TFLite through litert-torch (no TensorFlow): FP32, FP16 weights, full-integer INT8.
+"""TFLite through litert-torch (no TensorFlow): FP32, FP16 weights, INT8 (PT2E or aeq).
 
 The model takes NHWC input, as Android camera pipelines produce. INT8 comes from one of two
 quantizers, chosen with ``ExportOptions.quantizer``:
 
 * ``pt2e`` (default): litert-torch's PT2E quantizer (conv + ReLU6 quantized after the clip,
-  :mod:`skinedge.compress.pt2e`), calibrated in torch on the training images;
-  int8 input and output tensors (the runtime quantizes inputs with the tensor's scale and zero
-  point), as the issue's "full-integer" asks.
+  :mod:`skinedge.compress.pt2e`), calibrated in torch on the training images. The first
+  convolutions and the classifier stay float (``ExportOptions.float_first``, default 3), so
+  the file takes float input and gives float logits, which MediaPipe Tasks require; with
+  ``float_first=0`` it is full-integer, with int8 input and output tensors (the runtime
+  quantizes inputs with the tensor's scale and zero point).
 * ``aeq``: ai-edge-quantizer's static int8 recipe applied to the FP32 flatbuffer; float input
   and output, int8 inside.
 
@@ -17,7 +19,7 @@ The card is a flatbuffer ``metadata`` entry that the LiteRT backend reads
 Besides the card, every file carries the standard TFLite Model Metadata (``TFLITE_METADATA``,
 ``metadata_schema.fbs`` 1.0.0: image input with normalization, labels, name, version, author,
 licence) and its labels files packed as a zip after the flatbuffer, as tflite-support's
-``MetadataPopulator`` writes them, so MediaPipe Tasks' ImageClassifier loads fp32 and fp16
+``MetadataPopulator`` writes them, so MediaPipe Tasks' ImageClassifier loads fp32, fp16 and PT2E int8
 files as they are (tested; the TFLite Task Library reads the same metadata, untested here).
 MediaPipe squashes the whole frame to the input size with its own filter;
 :func:`mediapipe_differences` lists what else it cannot do as the card says.
@@ -212,7 +214,8 @@ def mediapipe_differences(card: ModelCard,
                        "normalization is not available'); train with one mean and std for it")
     if input_dtype not in (np.float32, np.uint8):
         refused.append(f"the input tensor is {input_dtype.name}, and MediaPipe takes float32 or "
-                       f"uint8 only (export fp32 or fp16 for MediaPipe)")
+                       f"uint8 only (for MediaPipe export fp32, fp16, or int8 with float first "
+                       f"layers: float_first above 0, the default)")
     return approximations, wrong, refused
 
 
@@ -294,7 +297,7 @@ def with_standard_metadata(flatbuffer: bytes, card: ModelCard) -> bytes:
     requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
     precisions=("fp32", "fp16", "int8"),
     default_precision="fp32", int8_extra=None, quantizers=QUANTIZERS,
-    description="TFLite (LiteRT) via litert-torch, NHWC input; INT8 full-integer (PT2E) "
+    description="TFLite (LiteRT) via litert-torch, NHWC input; INT8 by PT2E (float ends) "
                 "or ai-edge-quantizer static int8",
     # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py); 3: FLOAT_FIRST
     revision=3,
