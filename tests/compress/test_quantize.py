@@ -18,20 +18,32 @@ def test_warns_for_silu_and_se_but_not_for_lite() -> None:
     assert quantization_warnings(lite) == []
 
 
-@pytest.fixture(scope="module")
-def float_onnx(tmp_path_factory):
+def _exported(model: torch.nn.Module, folder) -> object:
+    """``model`` (16 x 16 RGB input) as a float ``onnx.ModelProto``, input ``image``."""
     pytest.importorskip("onnxscript")
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("nncf")
+    path = folder / "float.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=True,
+                      input_names=["image"], output_names=["logits"])
+    return onnx.load(str(path))
+
+
+def _image_like(n: int) -> np.ndarray:
+    """Smooth, image-like inputs (not white noise): what calibration and inference will see."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(-1, 1, (n, 3, 1, 1)).astype(np.float32)
+    return np.clip(base + rng.normal(0, 0.1, (n, 3, 16, 16)), -1, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def float_onnx(tmp_path_factory):
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 8, 3, padding=1),
         torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
     ).eval()
-    path = tmp_path_factory.mktemp("q") / "float.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 3, 16, 16),), str(path), dynamo=True,
-                      input_names=["image"], output_names=["logits"])
-    return model, onnx.load(str(path))
+    return model, _exported(model, tmp_path_factory.mktemp("q"))
 
 
 def _run(model_proto, x):
@@ -48,10 +60,7 @@ def test_quantized_onnx_stays_close_to_float(float_onnx, signed) -> None:
     from skinedge.compress.quantize import quantize_onnx
 
     model, proto = float_onnx
-    rng = np.random.default_rng(0)
-    # Smooth, image-like inputs (not white noise): what calibration and inference will see.
-    base = rng.uniform(-1, 1, (64, 3, 1, 1)).astype(np.float32)
-    x = np.clip(base + rng.normal(0, 0.1, (64, 3, 16, 16)), -1, 1).astype(np.float32)
+    x = _image_like(64)
     quantized = quantize_onnx(proto, x[:48], input_name="image", signed_activations=signed)
     ops = {n.op_type for n in quantized.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -86,21 +95,12 @@ class _InvertedResidual(torch.nn.Module):
 @pytest.fixture(scope="module")
 def lite_block_onnx(tmp_path_factory):
     """A stem and two inverted residual blocks as float ONNX, with image-like inputs."""
-    pytest.importorskip("onnxscript")
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("nncf")
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), _InvertedResidual(8),
         _InvertedResidual(8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        torch.nn.Linear(8, 4)).eval()
-    path = tmp_path_factory.mktemp("q") / "lite.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 3, 16, 16),), str(path), dynamo=True,
-                      input_names=["image"], output_names=["logits"])
-    rng = np.random.default_rng(0)
-    base = rng.uniform(-1, 1, (40, 3, 1, 1)).astype(np.float32)
-    x = np.clip(base + rng.normal(0, 0.1, (40, 3, 16, 16)), -1, 1).astype(np.float32)
-    return onnx.load(str(path)), x
+        torch.nn.Linear(8, 4))
+    return _exported(model, tmp_path_factory.mktemp("q")), _image_like(40)
 
 
 def test_int8_onnx_runs_every_convolution_and_sum_as_an_integer_kernel(lite_block_onnx,
