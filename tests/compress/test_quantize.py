@@ -142,6 +142,15 @@ def test_unsigned_qdq_is_the_same_model(lite_block_onnx) -> None:
     np.testing.assert_array_equal(run(unsigned.SerializeToString()), run(before))
 
 
+def _float_weight_convs(model) -> list[str]:
+    """An OpenVINO model's convolutions whose weight input is a float32 constant (not int8
+    weights dequantized), in order."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() in ("Convolution", "GroupConvolution")
+            and op.input_value(1).get_node().get_type_name() == "Constant"
+            and op.input_value(1).get_element_type().get_type_name() == "f32"]
+
+
 def test_float_first_leaves_the_first_convolutions_in_float(lite_block_onnx, tmp_path) -> None:
     """ONNX: the first convolutions read float weights (no DequantizeLinear) and run as float
     kernels; every later one is still an integer kernel. OpenVINO: the same names are found in
@@ -165,11 +174,28 @@ def test_float_first_leaves_the_first_convolutions_in_float(lite_block_onnx, tmp
     onnx.save(proto, str(tmp_path / "float.onnx"))
     model = ov.convert_model(str(tmp_path / "float.onnx"))
     names = first_convolutions(model, 2)
-    assert len(names) == 2
-    def int8_weights(quantized) -> int:
-        return sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name()
-                   == "i8" and len(op.get_output_shape(0)) in (4, 5)  # conv, group conv
-                   for op in quantized.get_ordered_ops())
+    ordered = [op.get_friendly_name() for op in model.get_ordered_ops()
+               if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    assert names == ordered[:2] and len(ordered) == 7
 
-    assert int8_weights(quantize_openvino(model, x[:32])) == 7
-    assert int8_weights(quantize_openvino(model, x[:32], float_first=2)) == 5
+    assert _float_weight_convs(quantize_openvino(model, x[:32])) == []
+    assert _float_weight_convs(quantize_openvino(model, x[:32], float_first=2)) == names
+
+
+def test_accuracy_control_keeps_float_first_and_meets_its_budget(lite_block_onnx,
+                                                                 tmp_path) -> None:
+    """``qac``: NNCF's accuracy control with the first convolutions kept float as well."""
+    import onnx
+
+    from skinedge.compress.quantize import first_convolutions, quantize_openvino_controlled
+
+    ov = pytest.importorskip("openvino")
+    proto, x = lite_block_onnx
+    onnx.save(proto, str(tmp_path / "float.onnx"))
+    model = ov.convert_model(str(tmp_path / "float.onnx"))
+    compiled = ov.Core().compile_model(model, "CPU")
+    reference = np.array([int(np.argmax(compiled(x[i:i + 1])[0])) for i in range(32, 40)])
+    quantized, control = quantize_openvino_controlled(
+        model, x[:32], x[32:], reference, max_drop=0.125, float_first=2)
+    assert control["agreement"] >= 1 - 0.125 and control["validation_images"] == 8
+    assert set(first_convolutions(model, 2)) <= set(_float_weight_convs(quantized))

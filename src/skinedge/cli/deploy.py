@@ -61,7 +61,7 @@ def export(
     calibration_images: Annotated[int, typer.Option(help="INT8 calibration images from the training split.")] = 300,
     verify_images: Annotated[int, typer.Option(help="Validation images the artifact is checked on (0: none).")] = 64,
     quantizer: Annotated[str | None, typer.Option(
-        help="INT8 method. TFLite: pt2e (default, int8 in/out) or aeq (ai-edge-quantizer). "
+        help="INT8 method. TFLite: pt2e (default; int8 in/out with --float-first 0) or aeq (ai-edge-quantizer). "
              "OpenVINO: ptq (default) or qac (NNCF accuracy control: layers back to float until "
              "top-1 agreement with the checkpoint drops at most --max-drop).")] = None,
     max_drop: Annotated[float, typer.Option(help="qac: allowed drop of top-1 agreement (absolute).")] = 0.01,
@@ -87,6 +87,12 @@ def export(
     options = ExportOptions(quantizer=quantizer, max_drop=max_drop, overflow_fix=overflow_fix,
                             **({} if float_first is None else {"float_first": float_first}))
     calibrates = calibrates_int8(target, precision, quantizer)
+    if float_first is not None and (not calibrates or quantizer == "aeq"):
+        raise ConfigError(f"--float-first applies to calibrated INT8 (--precision int8 with "
+                          f"--target onnx, openvino, tflite, executorch, web or tensorrt; not "
+                          f"--quantizer aeq or qat): leave it out for --target {target} "
+                          f"--precision {precision or 'default'}"
+                          + (f" --quantizer {quantizer}" if quantizer else ""))
     if calibrates and calibration_images < 1:  # a QAT checkpoint is exported uncalibrated
         from skinedge.models.card import load_card
 
@@ -188,6 +194,10 @@ def bench(
                    if calibrates else ""))
     check_count(float_first, "--float-first", 0,
                 "a number of leading convolutions to keep in float (0: none)")
+    if float_first is not None and not calibrates:
+        raise ConfigError("--float-first applies to the calibrated INT8 exports of --export "
+                          "(onnx, openvino, tflite, executorch, web or tensorrt at int8), and "
+                          "none is asked for: leave it out, or add one such as --export onnx:int8")
     gates = load_gates(gate) if gate else None
     devices = [parse_device(spec, identity=device_identity, python=device_python,
                             known_hosts=device_known_hosts, benchmark_model=benchmark_model)

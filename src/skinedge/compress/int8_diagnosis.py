@@ -105,7 +105,8 @@ def layer_sqnr(quantized: torch.fx.GraphModule, images: np.ndarray | torch.Tenso
     Returns:
         ``{"images", "logits_sqnr_db", "layers": [{"layer", "op", "sqnr_db",
         "local_sqnr_db"}, ...] in graph order, "weakest": [...]}``; an SQNR is None where
-        there is no error at all (layers left in float before the first int8 one).
+        there is no error at all (layers left in float before the first int8 one), and a
+        local SQNR is None for a float layer anywhere (a float classifier at the end).
     """
     for node in quantized.graph.nodes:
         if (_is_qdq(node) and "dequantize" in str(node.target)
@@ -151,8 +152,11 @@ def _first_tensor(value: Any) -> torch.Tensor:
 
 def describe(diagnosis: dict[str, Any]) -> str:
     """One line for the log: the logits' SQNR and the weakest layers."""
-    weakest = ", ".join(f"{r['layer']} ({r['op']}) {r['local_sqnr_db']:.1f} dB"
+    def db(value: float | None) -> str:
+        return "no error" if value is None else f"{value:.1f} dB"
+
+    weakest = ", ".join(f"{r['layer']} ({r['op']}) {db(r['local_sqnr_db'])}"
                         for r in diagnosis["weakest"])
     return (f"INT8 error by layer (SQNR against float on {diagnosis['images']} calibration "
-            f"images): logits {diagnosis['logits_sqnr_db']:.1f} dB; weakest layers by their own "
+            f"images): logits {db(diagnosis['logits_sqnr_db'])}; weakest layers by their own "
             f"error: {weakest}")

@@ -163,31 +163,40 @@ def unsigned_qdq(model: Any) -> Any:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    replaced: set[str] = set()
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in inits:
             continue
         zp = numpy_helper.to_array(inits[node.input[2]])
         if zp.dtype != np.int8:
             continue
+        readers = consumers.get(node.output[0], [])
+        if any(r.op_type != "DequantizeLinear" for r in readers):  # checked before any change
+            other = next(r for r in readers if r.op_type != "DequantizeLinear")
+            raise ValueError(f"{other.name} ({other.op_type}) reads the int8 tensor "
+                             f"{node.output[0]!r} directly: not the Q -> DQ layout NNCF writes, "
+                             f"so it cannot be moved to uint8; export with precision fp32")
         name = f"{node.output[0]}_zero_point_uint8"
-        graph.initializer.append(numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), name))
+        shifted = (zp.astype(np.int16) + 128).astype(np.uint8)
+        graph.initializer.append(numpy_helper.from_array(shifted, name))
+        replaced.add(node.input[2])
         node.input[2] = name
-        for dq in consumers.get(node.output[0], []):
-            if dq.op_type != "DequantizeLinear":
-                raise ValueError(f"{dq.name}: reads the quantized tensor {node.output[0]!r} "
-                                 f"but is a {dq.op_type}, not a DequantizeLinear")
-            dq.input[2] = name
+        for dq in readers:
+            if len(dq.input) < 3:
+                dq.input.append(name)
+            else:
+                replaced.add(dq.input[2])
+                dq.input[2] = name
         _set_elem_type(model, node.output[0], onnx.TensorProto.UINT8)
     used = {name for node in graph.node for name in node.input}
-    unused = [i for i in graph.initializer if i.name not in used]
-    for init in unused:
+    for init in [i for i in graph.initializer if i.name in replaced - used]:
         graph.initializer.remove(init)
     onnx.checker.check_model(model)
     return model
 
 
 def _set_elem_type(model: Any, name: str, elem_type: int) -> None:
-    """Keep recorded value types in step with a Q/DQ pair turned signed."""
+    """Keep recorded value types in step with a Q/DQ pair whose type changed."""
     for info in model.graph.value_info:
         if info.name == name:
             info.type.tensor_type.elem_type = elem_type
@@ -232,9 +241,10 @@ def quantize_openvino(model: Any, calibration: np.ndarray, *, overflow_fix: str 
 
 def quantize_openvino_controlled(model: Any, calibration: np.ndarray, validation: np.ndarray,
                                  reference_top1: np.ndarray, *,
-                                 max_drop: float = 0.01, overflow_fix: str = "auto"
-                                 ) -> tuple[Any, dict]:
-    """NNCF PTQ with accuracy control on an ``openvino.Model``.
+                                 max_drop: float = 0.01, overflow_fix: str = "auto",
+                                 float_first: int = 0) -> tuple[Any, dict]:
+    """NNCF PTQ with accuracy control on an ``openvino.Model``, its first ``float_first``
+    convolutions left in float.
 
     Quantizes, then reverts the most sensitive layers to float, one group at a time, until the
     top-1 agreement with the float model on ``validation`` drops by at most ``max_drop``
@@ -261,7 +271,8 @@ def quantize_openvino_controlled(model: Any, calibration: np.ndarray, validation
         # count as missing a 0.01 budget and keep reverting layers.
         validation_fn=agreement, max_drop=max_drop + 1e-9, drop_type=nncf.DropType.ABSOLUTE,
         preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration),
-        advanced_quantization_parameters=_advanced(overflow_fix))
+        advanced_quantization_parameters=_advanced(overflow_fix),
+        ignored_scope=_kept_float(model, float_first))
     final, _ = agreement(ov.Core().compile_model(quantized, "CPU"), items)
     return quantized, {"method": "nncf.quantize_with_accuracy_control",
                        "metric": "top-1 agreement with the float model",

@@ -113,8 +113,8 @@ def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False)
 
 
 #: Leading convolutions that calibrated INT8 leaves in float by default (PT2E also keeps the
-#: classifier float, as NNCF does, so the model takes float input and gives float logits, as
-#: MediaPipe Tasks require): on EfficientNet-Lite0 the stem and block 0's depthwise and
+#: classifier float, so the model takes float input and gives float logits, as NNCF's models do
+#: and MediaPipe Tasks require): on EfficientNet-Lite0 the stem and block 0's depthwise and
 #: pointwise convolutions (at 112 x 112, a few percent of the multiply-adds), which see the
 #: image's colour and carried most of its INT8 error. On the quickstart Lite0 (HAM10000 test
 #: split; docs/RESULTS.md, ``bench-lite0-int8-float0`` against ``bench-lite0-targets``) top-1

@@ -21,7 +21,8 @@ from skinedge.utils.backends import require
 
 EXTRA = "runtime-onnx"
 #: The ops that carry a convolutional classifier's arithmetic, float and integer.
-COMPUTE_OPS = ("QLinearConv", "QLinearAdd", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+COMPUTE_OPS = ("QLinearConv", "QLinearAdd", "QLinearMatMul", "QGemm", "ConvInteger",
+               "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                "Conv", "FusedConv", "Add", "Gemm", "MatMul", "FusedMatMul")
 
 

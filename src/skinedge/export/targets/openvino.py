@@ -49,8 +49,10 @@ def export_openvino(job: ExportJob) -> Exported:
     if job.precision == "int8" and job.options.quantizer == "qac":
         model, control = quantize_openvino_controlled(
             model, job.calibration.images, job.control.images, job.control.float_top1,
-            max_drop=job.options.max_drop, overflow_fix=overflow_fix)
+            max_drop=job.options.max_drop, overflow_fix=overflow_fix,
+            float_first=job.options.float_first)
         details["quantizer"] = "nncf accuracy control (PTQ, sensitive layers back to float)"
+        details["float_first"] = job.options.float_first
         details["accuracy_control"] = control
         details["variant"] = "qac"
     elif job.precision == "int8":

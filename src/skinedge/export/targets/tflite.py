@@ -70,7 +70,8 @@ def _float_flatbuffer(job: ExportJob) -> bytes:
 
 
 def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None]:
-    """The full-integer flatbuffer and the per-layer SQNR of its PT2E graph."""
+    """The INT8 flatbuffer (float ends, or full-integer with ``float_first=0``) and the
+    per-layer SQNR of its PT2E graph."""
     import torch
 
     require("litert_torch", "tflite")
