@@ -147,6 +147,16 @@ def test_an_int8_row_slower_than_fp32_says_why_with_the_cpu(tmp_path) -> None:
     assert int8_slower_notes(unknown)[0].endswith("int8 dot product support is unknown")
 
 
+def test_a_device_row_is_compared_with_fp32_on_the_same_device() -> None:
+    rows = [_timed("torch-fp32", 5.0, "torch"), _timed("web-fp32", 9.0), _timed("web-int8", 4.0),
+            _timed("web-fp32 @ chromium", 47.0), _timed("web-int8 @ chromium", 66.0)]
+    result = BenchResult(rows, "torch-fp32", {"source": "test", "images": 8}, FAST, cpu=VNNI)
+    assert int8_slower_notes(result) == [
+        "web-int8 @ chromium: INT8 slower than FP32 (p50 66.00 ms vs 47.00 ms for web-fp32 @ "
+        "chromium): measured on the device, whose CPU and runtime are in its Devices line; its "
+        "runtime's int8 kernels are slower there"]
+
+
 def test_int8_as_fast_as_fp32_needs_no_note() -> None:
     rows = [_timed("torch-fp32", 5.0, "torch"), _timed("onnx-fp32", 1.0),
             _timed("onnx-int8", 1.0)]

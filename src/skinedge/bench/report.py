@@ -53,9 +53,12 @@ def describe_execution(execution: dict | None) -> str:
 
 
 def _target_precision(label: str) -> tuple[str, str | None]:
-    """``openvino-int8-qac@m.xml`` -> (``openvino``, ``int8``)."""
-    target, _, rest = label.partition("@")[0].partition("-")
-    return target, rest.partition("-")[0] or None
+    """``openvino-int8-qac@m.xml`` -> (``openvino``, ``int8``); a device row keeps its device
+    with the target (``web-int8 @ chromium`` -> (``web @ chromium``, ``int8``)), so it is
+    compared with the FP32 row measured on the same device."""
+    name, _, device = label.partition(" @ ")
+    target, _, rest = name.partition("@")[0].partition("-")
+    return target + (f" @ {device}" if device else ""), rest.partition("-")[0] or None
 
 
 def int8_slower_notes(result: BenchResult) -> list[str]:
@@ -76,7 +79,10 @@ def int8_slower_notes(result: BenchResult) -> list[str]:
         if row.p50_ms <= base.p50_ms:
             continue
         cpu = result.cpu or {}
-        if cpu.get("int8_dot") is False:
+        if " @ " in row.label:  # the host's CPU says nothing of the device's
+            why = ("measured on the device, whose CPU and runtime are in its Devices line; "
+                   "its runtime's int8 kernels are slower there")
+        elif cpu.get("int8_dot") is False:
             why = f"this CPU has {int8_dot_words(cpu)}"
         elif cpu.get("int8_dot"):
             why = (f"although this CPU has an {int8_dot_words(cpu)}: check what the runtime "
