@@ -107,6 +107,13 @@ def calibrates_int8(target: str, precision: str | None = None, quantizer: str | 
             and source_precision != "int8")
 
 
+def takes_float_first(target: str, precision: str | None = None,
+                      quantizer: str | None = None) -> bool:
+    """Whether ``ExportOptions.float_first`` shapes this export: calibrated INT8
+    (:func:`calibrates_int8`) by NNCF or PT2E, not ai-edge-quantizer's recipe."""
+    return calibrates_int8(target, precision, quantizer) and quantizer != "aeq"
+
+
 def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False) -> None:
     if value not in allowed and not (optional and value is None):
         raise ConfigError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
