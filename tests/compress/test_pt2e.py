@@ -146,3 +146,52 @@ def test_float_first_leaves_the_first_convolutions_in_float(quantizer) -> None:
     linear = next(n for n in graph.graph.nodes if n.target == torch.ops.aten.linear.default)
     assert "dequantize" not in str(linear.args[1].target)  # float weights
     assert not any("quantize" in str(u.target) for u in linear.users)  # float logits out
+
+
+def test_bias_correction_takes_out_the_mean_shift_of_int8_weights() -> None:
+    """NNCF's fast bias correction: each layer's bias absorbs the shift its int8 weights put on
+    its mean output, which plain PT2E leaves (on inputs far from zero mean, a rounding error in
+    every weight adds up in one direction). Same graph either way."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(64, 8, 1)).eval()
+    generator = torch.Generator().manual_seed(4)
+    images = [torch.rand(1, 3, 16, 16, generator=generator) + 2 for _ in range(32)]
+    batch = torch.cat(images)
+    with torch.no_grad():
+        reference = model(batch)
+    shift, ops = {}, {}
+    for corrected in (False, True):
+        graph, _ = quantize_pt2e(model, (images[0],), _quantizer(True), images, diagnose=0,
+                                 fold_quantize=False, bias_correction=corrected)
+        with torch.no_grad():
+            out = torch.cat([graph(image) for image in images])
+        shift[corrected] = float((out - reference).mean((0, 2, 3)).abs().mean())
+        ops[corrected] = sorted(str(n.target) for n in graph.graph.nodes if "quantize" in str(n.target))
+    assert ops[True] == ops[False]
+    assert shift[True] < shift[False] / 2, shift
+
+
+def test_an_annotation_nncf_cannot_take_is_calibrated_without_bias_correction() -> None:
+    """litert-torch gives sigmoid (EfficientNet-B's squeeze-excitation) a fixed range, which
+    NNCF does not take: torchao calibrates it instead, and the graph says so."""
+    from skinedge.compress.pt2e import BIAS_CORRECTION
+
+    pt2e_quantizer = pytest.importorskip("litert_torch.quantize.pt2e_quantizer")
+    quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Sigmoid(),
+                                torch.nn.Conv2d(8, 4, 1)).eval()
+    images = _images(8)
+    graph, _ = quantize_pt2e(model, (images[0],), quantizer, images, diagnose=0,
+                             bias_correction=True)
+    assert graph.meta[BIAS_CORRECTION].startswith("none: NNCF cannot calibrate")
+    assert "FixedQParams" in graph.meta[BIAS_CORRECTION]
+    sigmoid = next(n for n in graph.graph.nodes if "sigmoid" in str(n.target))
+    quantize = next(iter(sigmoid.users))
+    assert "quantize_per_tensor" in str(quantize.target) and quantize.args[1] == 1 / 256
+    graph, _ = quantize_pt2e(_Net().eval(), (images[0],), _quantizer(True), images, diagnose=0,
+                             bias_correction=True)
+    assert graph.meta[BIAS_CORRECTION] == "NNCF fast bias correction"
+    graph, _ = quantize_pt2e(_Net().eval(), (images[0],), _quantizer(True), images, diagnose=0)
+    assert graph.meta[BIAS_CORRECTION] == "none (turned off)"
