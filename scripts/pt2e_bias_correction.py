@@ -6,9 +6,9 @@ the float model and the logits' SQNR, on validation images, in the quantized PyT
 Usage:
     python scripts/pt2e_bias_correction.py runs/ham10000-lite0/train/best [--images 366]
 
-Calibration is the exporters': 300 training images (``skinedge export``'s default) and the
-model card's preprocessing; the first ``FLOAT_FIRST`` convolutions and the classifier stay
-float, as ``skinedge export`` leaves them.
+Calibration is the exporters': their quantizers, 300 training images (``skinedge export``'s
+default) and the model card's preprocessing; the first ``FLOAT_FIRST`` convolutions and the
+classifier stay float, as ``skinedge export`` leaves them.
 """
 
 from __future__ import annotations
@@ -19,26 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def _quantizer(route: str, float_first: int):
-    from skinedge.compress.pt2e import relu6_fused
-
-    if route == "executorch":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-
-        quantizer = relu6_fused(XNNPACKQuantizer)().set_global(
-            get_symmetric_quantization_config(is_per_channel=True))
-    else:
-        from litert_torch.quantize import pt2e_quantizer
-
-        quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
-            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.float_first = float_first
-    return quantizer
 
 
 def main() -> None:
@@ -53,6 +33,7 @@ def main() -> None:
     from skinedge.data.manifest import load_manifest
     from skinedge.export.api import resolve_manifest
     from skinedge.export.records import FLOAT_FIRST
+    from skinedge.export.targets import executorch, tflite
     from skinedge.models.checkpoint import load_checkpoint
     from skinedge.utils.cpu import cpu_summary
 
@@ -70,11 +51,9 @@ def main() -> None:
     print("| route | bias correction | top-1 flips | logits SQNR (dB) | seconds |")
     print("|---|---|---:|---:|---:|")
     for route in ("executorch", "tflite"):
-        net, layout = model, (lambda x: x)
+        net, layout, quantizer = model, (lambda x: x), executorch.int8_quantizer
         if route == "tflite":  # the NHWC model the TFLite exporter quantizes
-            import litert_torch
-
-            net = litert_torch.to_channel_last_io(model, args=[0]).eval()
+            net, quantizer = tflite.nhwc_model(model), tflite.pt2e_quantizer
             layout = lambda x: x.permute(0, 2, 3, 1).contiguous()  # noqa: E731
         calib = [layout(torch.from_numpy(x[None])) for x in train.x]
         inputs = [layout(torch.from_numpy(x[None])) for x in val.x]
@@ -82,7 +61,7 @@ def main() -> None:
             reference = torch.cat([net(x) for x in inputs])
         for corrected in (False, True):
             started = time.perf_counter()
-            graph, _ = quantize_pt2e(net, (inputs[0],), _quantizer(route, FLOAT_FIRST), calib,
+            graph, _ = quantize_pt2e(net, (inputs[0],), quantizer(FLOAT_FIRST), calib,
                                      fold_quantize=False, bias_correction=corrected, diagnose=0)
             with torch.no_grad():
                 out = torch.cat([graph(x) for x in inputs])

@@ -44,6 +44,14 @@ def _quantizer(fused: bool):
     return cls().set_global(xnn.get_symmetric_quantization_config(is_per_channel=True))
 
 
+def _litert_quantizer():
+    """The TFLite exporter's PT2E quantizer (litert-torch's, ReLU6 fused), nothing kept float."""
+    pytest.importorskip("litert_torch")
+    from skinedge.export.targets.tflite import pt2e_quantizer
+
+    return pt2e_quantizer(0)
+
+
 def _clamp_output_scales(graph: torch.fx.GraphModule) -> list[float]:
     """The scale of the quantize op right after each hardtanh (ReLU6)."""
     scales = []
@@ -105,10 +113,8 @@ def test_diagnosis_refuses_folded_weights() -> None:
 
 
 def test_litert_quantizer_takes_the_same_fix() -> None:
-    pt2e_quantizer = pytest.importorskip("litert_torch.quantize.pt2e_quantizer")
     model, images = _Net().eval(), _images()
-    quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _litert_quantizer()
     graph, diagnosis = quantize_pt2e(model, (images[0],), quantizer, images, fold_quantize=False)
     # litert's activations are symmetric int8: [0, 6] takes the positive half, 6/127 steps.
     assert all(s <= 6 / 127 * 1.001 for s in _clamp_output_scales(graph))
@@ -129,9 +135,7 @@ def test_float_first_leaves_the_first_convolutions_in_float(quantizer) -> None:
     if quantizer == "xnnpack":
         q = _quantizer(True)
     else:
-        pt2e_quantizer = pytest.importorskip("litert_torch.quantize.pt2e_quantizer")
-        q = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
-            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+        q = _litert_quantizer()
     q.float_first = 1
     model, images = _Net().eval(), _images()
     graph, diagnosis = quantize_pt2e(model, (images[0],), q, images, fold_quantize=False)
@@ -177,9 +181,7 @@ def test_an_annotation_nncf_cannot_take_is_calibrated_without_bias_correction() 
     NNCF does not take: torchao calibrates it instead, and the graph says so."""
     from skinedge.compress.pt2e import BIAS_CORRECTION
 
-    pt2e_quantizer = pytest.importorskip("litert_torch.quantize.pt2e_quantizer")
-    quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _litert_quantizer()
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Sigmoid(),
                                 torch.nn.Conv2d(8, 4, 1)).eval()
     images = _images(8)

@@ -25,25 +25,33 @@ from skinedge.utils.io import package_versions
 INPUT, OUTPUT = "image", "logits"
 
 
-def _quantize_int8(job: ExportJob, sample: tuple):
-    """The model with PT2E int8 quantize/dequantize ops, calibrated on ``job.calibration``, and
-    the per-layer SQNR of it."""
-    import torch
-
+def int8_quantizer(float_first: int):
+    """The PT2E quantizer of the INT8 export: XNNPACK's, symmetric int8 with weights per
+    channel, ReLU6 quantized after its clip, not with the convolution's unclipped range
+    (:mod:`skinedge.compress.pt2e`), the first ``float_first`` convolutions left float."""
     require("executorch", EXTRA)
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    from skinedge.compress.pt2e import quantize_pt2e, relu6_fused
+    from skinedge.compress.pt2e import relu6_fused
 
-    # ReLU6 quantized after its clip, not with the convolution's unclipped range (pt2e.py).
     quantizer = relu6_fused(XNNPACKQuantizer)().set_global(
         get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.float_first = job.options.float_first
+    quantizer.float_first = float_first
+    return quantizer
+
+
+def _quantize_int8(job: ExportJob, sample: tuple):
+    """The model with PT2E int8 quantize/dequantize ops, calibrated on ``job.calibration``, and
+    the per-layer SQNR of it."""
+    import torch
+
+    from skinedge.compress.pt2e import quantize_pt2e
+
     images = [torch.from_numpy(image[None]) for image in job.calibration.images]
-    return quantize_pt2e(job.model, sample, quantizer, images)
+    return quantize_pt2e(job.model, sample, int8_quantizer(job.options.float_first), images)
 
 
 def _lower(job: ExportJob, module, sample: tuple, card_json: bytes):

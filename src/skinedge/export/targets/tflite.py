@@ -59,14 +59,30 @@ def _convert(module, sample, **kwargs):
                           f"to ONNX/OpenVINO instead)") from exc
 
 
-def _nhwc_model(job: ExportJob):
+def nhwc_model(model):
+    """``model`` taking NHWC input, as the TFLite file does."""
     litert_torch = require("litert_torch", "tflite")
-    return litert_torch.to_channel_last_io(job.model, args=[0]).eval()
+    return litert_torch.to_channel_last_io(model, args=[0]).eval()
+
+
+def pt2e_quantizer(float_first: int):
+    """The PT2E quantizer of the INT8 export: litert-torch's, symmetric int8 with weights per
+    channel, ReLU6 quantized after its clip, not with the convolution's unclipped range
+    (:mod:`skinedge.compress.pt2e`), the first ``float_first`` convolutions left float."""
+    require("litert_torch", "tflite")
+    from litert_torch.quantize import pt2e_quantizer as litert_pt2e
+
+    from skinedge.compress.pt2e import relu6_fused
+
+    quantizer = relu6_fused(litert_pt2e.PT2EQuantizer)().set_global(
+        litert_pt2e.get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.float_first = float_first
+    return quantizer
 
 
 def _float_flatbuffer(job: ExportJob) -> bytes:
     sample = (job.example.permute(0, 2, 3, 1).contiguous(),)
-    return bytes(_convert(_nhwc_model(job), sample).model_content())
+    return bytes(_convert(nhwc_model(job.model), sample).model_content())
 
 
 def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None]:
@@ -75,18 +91,15 @@ def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None]:
     import torch
 
     require("litert_torch", "tflite")
-    from litert_torch.quantize import pt2e_quantizer, quant_config
+    from litert_torch.quantize import quant_config
 
-    from skinedge.compress.pt2e import quantize_pt2e, relu6_fused
+    from skinedge.compress.pt2e import quantize_pt2e
 
     sample = (job.example.permute(0, 2, 3, 1).contiguous(),)
-    # ReLU6 quantized after its clip, not with the convolution's unclipped range (pt2e.py).
-    quantizer = relu6_fused(pt2e_quantizer.PT2EQuantizer)().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.float_first = job.options.float_first
+    quantizer = pt2e_quantizer(job.options.float_first)
     images = [torch.from_numpy(image[None]).permute(0, 2, 3, 1).contiguous()
               for image in job.calibration.images]
-    graph, diagnosis = quantize_pt2e(_nhwc_model(job), sample, quantizer, images,
+    graph, diagnosis = quantize_pt2e(nhwc_model(job.model), sample, quantizer, images,
                                      fold_quantize=False)
     model = _convert(graph, sample, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
     return bytes(model.model_content()), diagnosis
