@@ -67,3 +67,16 @@ def test_the_cli_refuses_an_empty_gate_before_benchmarking(tmp_path) -> None:
     assert result.exit_code == 2, result.output
     assert "the gate checks nothing" in " ".join(result.output.split())
     assert not (tmp_path / "b").exists()
+
+
+def test_a_gate_can_bound_the_flips_of_confident_answers_apart() -> None:
+    """Near-ties moving (flip_rate 4%) pass a rule on confident answers that none of changed."""
+    rows = [BenchRow("tflite-int8", Path("m.tflite"), p95_ms=5.0, flip_rate=0.04,
+                     confident_flip_rate=0.0),
+            BenchRow("tflite-int8-aeq", Path("a.tflite"), p95_ms=5.0, flip_rate=0.05,
+                     confident_flip_rate=0.02)]
+    checks = check_gates(Gates(rules=[{"match": "*-int8*", "max_confident_flip_rate": 0.01}]),
+                         rows)
+    assert [(c.label, c.passed) for c in checks] == [("tflite-int8", True),
+                                                    ("tflite-int8-aeq", False)]
+    assert "confident_flip_rate 0.02 > 0.01" in checks[1].message

@@ -64,3 +64,28 @@ def test_rows_that_did_not_run_keep_only_what_is_known() -> None:
         "export": {"status": "skipped", "reason": "Core ML prediction needs macOS", "images": 0},
         "size_mb": 2.0}
     assert not coreml.measured
+
+
+def test_flips_are_split_by_how_sure_the_reference_was() -> None:
+    """A flip on an image the reference answers with a lead of CONFIDENT_MARGIN or more counts
+    in confident_flip_rate too; a flip on a near-tie only in flip_rate."""
+    import numpy as np
+
+    from skinedge.bench.harness import _against_reference
+    from skinedge.bench.rows import CONFIDENT_MARGIN
+
+    reference = np.array([[0.9, 0.05, 0.05],  # confident
+                          [0.45, 0.44, 0.11],  # near-tie
+                          [0.2, 0.7, 0.1],  # confident
+                          [0.5, 0.5 - CONFIDENT_MARGIN, CONFIDENT_MARGIN]])  # just confident
+    probs = np.array([[0.4, 0.6, 0.0],  # flips a confident answer
+                      [0.44, 0.45, 0.11],  # flips the near-tie
+                      [0.2, 0.7, 0.1],
+                      [0.5, 0.3, 0.2]])
+    row = _against_reference(BenchRow("onnx-int8", None, **WORKER, **SCORES), probs, reference,
+                             dict(SCORES))
+    assert row.flip_rate == 0.5
+    assert row.confident_flip_rate == 1 / 3
+    assert row.to_dict()["confident_flip_rate"] == 1 / 3
+    unmeasured = _against_reference(BenchRow("web-int8", None), None, reference, dict(SCORES))
+    assert unmeasured.flip_rate is None and "confident_flip_rate" not in unmeasured.to_dict()

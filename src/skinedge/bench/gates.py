@@ -10,6 +10,7 @@ A gate file lists rules; each rule applies to the rows whose label (``target-pre
         p95_ms: 10                    # warm latency at batch 1, 95th percentile
         max_balanced_accuracy_drop: 0.01   # vs the reference model, absolute
         max_flip_rate: 0.03           # share of test images whose top-1 differs from the reference
+        max_confident_flip_rate: 0.01 # the same among those it answers with a lead of 0.2 or more
       - match: "*"
         allow_skipped: true           # Core ML off macOS, TensorRT without a GPU
 
@@ -46,6 +47,7 @@ class GateRule(BaseModel):
     max_balanced_accuracy_drop: float | None = Field(None, ge=0)
     max_melanoma_auc_drop: float | None = Field(None, ge=0)
     max_flip_rate: float | None = Field(None, ge=0, le=1)
+    max_confident_flip_rate: float | None = Field(None, ge=0, le=1)
     min_balanced_accuracy: float | None = Field(None, ge=0, le=1)
     allow_skipped: bool = False  # rows that cannot run here (status "skipped") pass, if any
     # matching rule allows it (and the row is not in `require`)
@@ -89,6 +91,7 @@ _LIMITS = {
     "max_balanced_accuracy_drop": ("balanced_accuracy_drop", "max", ""),
     "max_melanoma_auc_drop": ("melanoma_auc_drop", "max", ""),
     "max_flip_rate": ("flip_rate", "max", ""),
+    "max_confident_flip_rate": ("confident_flip_rate", "max", ""),
     "min_balanced_accuracy": ("balanced_accuracy", "min", ""),
 }
 #: Row fields a device measures without images; the others need labelled images.

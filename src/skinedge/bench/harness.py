@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from skinedge.bench.device import Device, LocalDevice
-from skinedge.bench.rows import DROP_FIELDS, SCORE_FIELDS, WORKER_FIELDS, BenchRow
+from skinedge.bench.rows import (
+    CONFIDENT_MARGIN,
+    DROP_FIELDS,
+    SCORE_FIELDS,
+    WORKER_FIELDS,
+    BenchRow,
+)
 from skinedge.errors import ConfigError, ModelError
 from skinedge.models.card import ModelCard
 from skinedge.utils.cpu import cpu_info
@@ -446,9 +452,9 @@ def run_bench(
         # As before the error type existed: the reference the user named cannot be run here
         # (its row's reason says why), reported as a message, not a traceback.
         raise ModelError(f"the reference {reference} could not be measured: {rows[0].reason}")
-    reference_top1 = probs[rows[0].label].argmax(1)
+    reference = probs[rows[0].label]
     probs.update(device_probs)
-    rows = [_against_reference(row, probs.get(row.label), reference_top1, ref_scores)
+    rows = [_against_reference(row, probs.get(row.label), reference, ref_scores)
             for row in [*rows, *device_rows]]
     test_info = {"source": test.source, "images": len(test), "classes": ref_card.classes,
                  "limited_to": limit}
@@ -456,12 +462,17 @@ def run_bench(
                        cpu=cpu_info(), devices=described)
 
 
-def _against_reference(row: BenchRow, probs: np.ndarray | None, reference_top1: np.ndarray,
+def _against_reference(row: BenchRow, probs: np.ndarray | None, reference: np.ndarray,
                        ref_scores: dict) -> BenchRow:
-    """The row with its top-1 flip rate and score drops against the reference (if it ran)."""
+    """The row with its top-1 flip rates and score drops against the reference's
+    probabilities (if it ran)."""
     if probs is None:
         return row
     drops = {drop: ref_scores[key] - getattr(row, key)
              for key, drop in zip(SCORE_FIELDS, DROP_FIELDS)
              if getattr(row, key) is not None and ref_scores.get(key) is not None}
-    return replace(row, flip_rate=float((probs.argmax(1) != reference_top1).mean()), **drops)
+    flips = probs.argmax(1) != reference.argmax(1)
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) >= CONFIDENT_MARGIN
+    return replace(row, flip_rate=float(flips.mean()), **drops,
+                   confident_flip_rate=float(flips[confident].mean()) if confident.any() else None)

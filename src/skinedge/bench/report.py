@@ -8,7 +8,7 @@ from pathlib import Path
 
 from skinedge.bench.gates import GateCheck
 from skinedge.bench.harness import BenchResult
-from skinedge.bench.rows import BenchRow
+from skinedge.bench.rows import CONFIDENT_MARGIN, BenchRow
 from skinedge.utils.cpu import cpu_summary, int8_dot_words
 from skinedge.utils.io import (
     atomic_write_texts,
@@ -24,6 +24,7 @@ COLUMNS = [  # (BenchRow field, header, format)
     ("accuracy", "acc", "{:.3f}"), ("balanced_accuracy", "bal. acc", "{:.3f}"),
     ("melanoma_auc", "mel AUC", "{:.3f}"), ("balanced_accuracy_drop", "Δ bal. acc", "{:+.3f}"),
     ("melanoma_auc_drop", "Δ mel AUC", "{:+.3f}"), ("flip_rate", "flips", "{:.1%}"),
+    ("confident_flip_rate", "confident flips", "{:.1%}"),
 ]
 
 
@@ -146,7 +147,9 @@ def render_markdown(result: BenchResult, checks: list[GateCheck] | None = None,
                "model call only (no JPEG decoding or resizing). Peak RSS is the worker process "
                "(Python, NumPy and torch included); model RSS is what loading and running the "
                "model added. Δ columns: change from the reference; flips: share of test images "
-               "whose top-1 class differs from it.", ""]
+               "whose top-1 class differs from it; confident flips: the same among the images "
+               f"it answers with a top-1 probability at least {CONFIDENT_MARGIN} above its "
+               "second (a flip elsewhere is a near-tie moving).", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     header = [h for _, h, _ in COLUMNS]

@@ -21,6 +21,8 @@ WORKER_FIELDS = ("backend", "threads", "cpus", "execution", "load_s", "cold_ms",
                  "model_rss_mb")
 SCORE_FIELDS = ("accuracy", "balanced_accuracy", "melanoma_auc")
 DROP_FIELDS = tuple(f"{key}_drop" for key in SCORE_FIELDS)
+#: A reference answer is confident when its top-1 probability leads the second by this much.
+CONFIDENT_MARGIN = 0.2
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class BenchRow:
         accuracy, balanced_accuracy, melanoma_auc: On the test images (AUC None without a
             melanoma class).
         flip_rate: Share of test images whose top-1 class differs from the reference's.
+        confident_flip_rate: The same among the images the reference answers confidently (its
+            top-1 probability leads its second by ``CONFIDENT_MARGIN`` or more): a flip there
+            changes an answer the model was sure of, not a near-tie.
         accuracy_drop, balanced_accuracy_drop, melanoma_auc_drop: Reference minus this row.
         device: The device that measured the row (``ssh:user@host``, ``adb:SERIAL``); None:
             this machine. A device row without scores ran on random inputs (latency only).
@@ -75,6 +80,7 @@ class BenchRow:
     balanced_accuracy: float | None = None
     melanoma_auc: float | None = None
     flip_rate: float | None = None
+    confident_flip_rate: float | None = None
     accuracy_drop: float | None = None
     balanced_accuracy_drop: float | None = None
     melanoma_auc_drop: float | None = None
@@ -104,6 +110,6 @@ class BenchRow:
             doc.update({key: getattr(self, key) for key in (*WORKER_FIELDS, *SCORE_FIELDS,
                                                             "flip_rate")})
             doc["cpus"] = None if self.cpus is None else list(self.cpus)
-        doc.update({key: value for key in DROP_FIELDS
+        doc.update({key: value for key in ("confident_flip_rate", *DROP_FIELDS)
                     if (value := getattr(self, key)) is not None})
         return doc
