@@ -29,6 +29,10 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     tta: Annotated[str, typer.Option(
         help="Test-time augmentation: none, or flips (mean of 4 flipped views; 4x compute).")] = "none",
+    robustness: Annotated[bool, typer.Option(
+        "--robustness", help="Also score the images as phones and apps present them (cropped, "
+        "squashed, letterboxed, recompressed, other white balance, portrait): robustness.md; "
+        "8x compute.")] = False,
 ) -> None:
     """Accuracy, balanced accuracy, per-class scores and AUCs, melanoma AUC and sensitivity at
     80%/90% specificity, ECE and the confusion matrix, as JSON, Markdown and PNG. A --data folder
@@ -46,7 +50,9 @@ def evaluate(
         result = evaluate_checkpoint(
             checkpoint, manifest=manifest, split=split, data=data, layout=layout,
             skip_bad=skip_bad, batch_size=batch_size, threads=threads, device=device, tta=tta, out_dir=out,
-            progress=CountProgress(progress, "predicting"), allow_outside_root=allow_outside_root)
+            progress=CountProgress(progress, "predicting"), allow_outside_root=allow_outside_root,
+            robustness=robustness,
+            presentation_progress=lambda name: console.print(f"presentation: {name}"))
     record_command(out, started=started, finished=now())
     m = result.metrics
     console.print(result.files["markdown"].read_text())
@@ -54,6 +60,8 @@ def evaluate(
         console.print(f"[yellow]note: {note}[/]")
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} row(s) skipped: {result.files['skipped']}[/]")
+    if result.robustness is not None:
+        console.print(result.robustness.files["markdown"].read_text())
     console.print(f"balanced accuracy {m['balanced_accuracy']:.4f}, melanoma AUC "
                   f"{m['melanoma_auc'] if m['melanoma_auc'] is None else round(m['melanoma_auc'], 4)}"
                   f"; reports in {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from skinedge.evaluate.metrics import (
 )
 from skinedge.evaluate.predict import predict_probs
 from skinedge.evaluate.report import write_report
+from skinedge.evaluate.robustness import RobustnessResult, render_robustness, robustness_rows
 from skinedge.models import load_checkpoint
 from skinedge.utils.device import resolve_device
 from skinedge.utils.io import atomic_write_text
@@ -48,6 +50,7 @@ class EvaluationResult:
     #: Classes of ``targets``: the model's, or ``["benign", "mel"]`` for melanoma detection.
     label_classes: list[str] = field(default_factory=list)
     task: str = "classification"  # or "melanoma-detection"
+    robustness: RobustnessResult | None = None  # evaluate_checkpoint(robustness=True)
 
 
 def evaluate_checkpoint(
@@ -66,6 +69,8 @@ def evaluate_checkpoint(
     out_dir: Path | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     allow_outside_root: bool = False,
+    robustness: bool = False,
+    presentation_progress: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     """Evaluate a checkpoint on a manifest split or on every image of a labelled folder.
 
@@ -85,6 +90,10 @@ def evaluate_checkpoint(
             ``metrics_confusion.png``, ``predictions.csv`` (and ``skipped.csv``) there; when
             ``data`` has bad rows, ``problems.csv`` lists every one.
         allow_outside_root: Accept image paths of ``data`` that lead outside the folder.
+        robustness: Also score the images as a phone and its apps present them
+            (:mod:`skinedge.evaluate.robustness`); written to ``robustness.json`` and
+            ``robustness.md``. The model's own classes only (not melanoma detection).
+        presentation_progress: Called with each presentation's name before it runs.
 
     Raises:
         ConfigError: neither or both of manifest/data.
@@ -128,6 +137,9 @@ def evaluate_checkpoint(
                 "sensitivity and specificity")
     if not len(dataset):
         raise DataError(f"{source}: no images to evaluate")
+    if robustness and task != "classification":
+        raise ConfigError(f"--robustness scores the model's own classes; {source} is labelled "
+                          "melanoma vs benign: leave --robustness out for it")
     probs, targets = predict_probs(model, dataset, batch_size=batch_size,
                                    num_workers=num_workers, device=torch_device, tta=tta,
                                    progress=progress)
@@ -157,6 +169,26 @@ def evaluate_checkpoint(
                                                          out / "predictions.csv")
         if skipped:
             result.files["skipped"] = write_problem_report(skipped, out / "skipped.csv")
+    if robustness:
+        def predict(transform):
+            if transform.name == "as-stored":  # what was just scored
+                return probs, targets
+            presented = LesionDataset(dataset.root, dataset.images, dataset.targets, transform)
+            return predict_probs(model, presented, batch_size=batch_size,
+                                 num_workers=num_workers, device=torch_device, tta=tta,
+                                 progress=progress)
+
+        rows = robustness_rows(predict, transform, card.classes, card.positive_class,
+                               progress=presentation_progress)
+        result.robustness = RobustnessResult(source, len(dataset), rows)
+        if out_dir is not None:
+            out = Path(out_dir)
+            result.robustness.files = {"json": out / "robustness.json",
+                                       "markdown": out / "robustness.md"}
+            atomic_write_text(result.robustness.files["json"],
+                              json.dumps(result.robustness.to_dict(), indent=2) + "\n")
+            atomic_write_text(result.robustness.files["markdown"], render_robustness(
+                result.robustness, f"Robustness of {Path(checkpoint)} on {source}"))
     return result
 
 
