@@ -148,12 +148,19 @@ TINY = ["model.arch=test_efficientnet", "model.pretrained=none", "preprocess.inp
         "augment.enabled=false", "model.drop_rate=0", "optim.scheduler=none"]
 
 
+#: The calibration temperature in ``tiny_checkpoint``'s card.
+TINY_TEMPERATURE = 1.7
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     """timm's test_efficientnet at 32 px, trained for a few epochs on the tiny colour-coded
     classes so that its predictions are confident: a flip under export means a broken export,
-    not a coin toss."""
+    not a coin toss. Its card carries a calibration temperature of :data:`TINY_TEMPERATURE`
+    (its 14 validation images are too few to fit one), so every runtime and export that
+    reproduces its probabilities proves it applies the temperature."""
     from skinedge.data import make_manifest, read_dataset
+    from skinedge.evaluate.calibration import TemperatureFit, set_temperature
     from skinedge.train.config import load_train_config
     from skinedge.train.trainer import train_classifier
 
@@ -162,7 +169,11 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     make_manifest(read_dataset(tiny_dataset)).save(manifest)
     cfg = load_train_config(None, [*TINY, "epochs=8", "optim.lr=1e-2",
                                    "early_stopping_patience=10", f"data.manifest={manifest}"])
-    return train_classifier(cfg, root / "train").best_dir
+    best = train_classifier(cfg, root / "train").best_dir
+    set_temperature(best, TemperatureFit(TINY_TEMPERATURE, images=0, nll_before=0.0,
+                                         nll_after=0.0, ece_before=0.0, ece_after=0.0,
+                                         source="tests: a set temperature"))
+    return best
 
 
 # Training fixtures (tiny_dataset split into a manifest).

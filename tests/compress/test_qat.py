@@ -85,11 +85,20 @@ def test_qat_checkpoint_is_int8_resumes_and_reloads(qat_run, tiny_checkpoint):
 
 @pytest.mark.parametrize("target", ["openvino", "onnx"])
 def test_qat_checkpoint_exports_as_int8_and_verifies(qat_run, target, tmp_path):
+    """Calibrated too: its temperature wraps the quantized model (the trained weight ranges
+    keep it out of the head's weights), and the verification holds the artifact to it."""
+    import shutil
+
+    from skinedge.evaluate.calibration import TemperatureFit, set_temperature
     from skinedge.export import export_checkpoint
 
-    result = export_checkpoint(qat_run[1].best_dir, target, out_dir=tmp_path, verify_images=14)
+    checkpoint = shutil.copytree(qat_run[1].best_dir, tmp_path / "best")
+    set_temperature(checkpoint, TemperatureFit(1.7, images=0, nll_before=0.0, nll_after=0.0,
+                                               ece_before=0.0, ece_after=0.0, source="test"))
+    result = export_checkpoint(checkpoint, target, out_dir=tmp_path / "out", verify_images=14)
     assert result.precision == "int8" and result.verification.status == "passed"
     assert result.card.artifact.details["variant"] == "qat"
+    assert result.card.artifact.output.temperature == 1.7
     assert result.path.name.endswith(f"_int8_qat{'.xml' if target == 'openvino' else '.onnx'}")
     if target == "onnx":
         import onnx

@@ -24,7 +24,8 @@ def ensemble_create(
     from skinedge.models import create_ensemble
 
     path = create_ensemble(members, out)
-    console.print(f"ensemble of {len(members)} members: {path}")
+    console.print(f"ensemble of {len(members)} members: {path} (uncalibrated: fit its "
+                  f"temperature with `skinedge calibrate {path}`)")
 
 
 @app.command("train")

@@ -68,6 +68,36 @@ def evaluate(
 
 
 @app.command()
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, e.g. runs/NAME/best (or an ensemble).")],
+    manifest: Annotated[Path | None, typer.Option(help="Split manifest; default: the one the card records.")] = None,
+    split: Annotated[str, typer.Option(help="Split to fit on: val (never test, which grades it).")] = "val",
+    min_images: Annotated[int, typer.Option(
+        help="Refuse to fit on fewer images (a fit on a handful follows them, not the model).")] = 100,
+    batch_size: int = 64,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Fit the checkpoint's temperature on the validation split and store it in its card: every
+    runtime then divides the logits by it and every export folds it in. Training does this by
+    itself at its end (train config `calibrate`); use this for ensembles and older checkpoints.
+    `skinedge evaluate` reports the ECE with and without it, and draws reliability.png."""
+    import torch
+
+    from skinedge.cli.progress import console
+    from skinedge.evaluate.calibration import calibrate_on_split
+    from skinedge.utils.device import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    fit = calibrate_on_split(checkpoint, manifest, split, batch_size=batch_size,
+                             min_images=min_images, device=resolve_device(device, option="--device"))
+    console.print(f"{checkpoint}: temperature {fit.temperature:.3f} fitted on {fit.images} images "
+                  f"of {fit.source}; NLL {fit.nll_before:.3f} -> {fit.nll_after:.3f}, "
+                  f"ECE {fit.ece_before:.3f} -> {fit.ece_after:.3f} (card.json updated)")
+
+
+@app.command()
 def explain(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
     images: Annotated[list[Path], typer.Argument(help="Image files to explain.")],

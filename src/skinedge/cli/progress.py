@@ -99,6 +99,15 @@ class RichTrainCallbacks(TrainCallbacks):
         if not self.progress.console.is_terminal:  # logs and CI get one line per epoch
             self.progress.console.print(f"epoch {epoch}: {summary}")
 
+    def on_calibrated(self, fit: dict[str, Any]) -> None:
+        if "skipped" in fit:
+            console.print(f"[yellow]calibration skipped: {fit['skipped']}[/]")
+            return
+        console.print(f"[bold]calibration[/] of best/ on {fit['images']} val images: temperature "
+                      f"{fit['temperature']:.3f}, ECE {fit['ece_before']:.3f} -> "
+                      f"{fit['ece_after']:.3f}, NLL {fit['nll_before']:.3f} -> "
+                      f"{fit['nll_after']:.3f}")
+
 
 class RichReporter(Reporter):
     """A pipeline's stages as rules, its counters and training runs as progress bars."""

@@ -24,12 +24,17 @@ from skinedge.data.classes import VOCABULARIES, get_vocabulary
 from skinedge.data.manifest import check_classes
 from skinedge.data.reading import Dataset, count_labels, vocabulary_of
 from skinedge.errors import ConfigError, DataError
+from skinedge.evaluate.calibration import (
+    expected_calibration_error,
+    plot_reliability,
+    reliability_bins,
+)
 from skinedge.evaluate.metrics import (
     bootstrap_intervals,
     compute_metrics,
     melanoma_detection_metrics,
 )
-from skinedge.evaluate.predict import predict_probs
+from skinedge.evaluate.predict import predict_logits, predict_probs, probs_from_logits
 from skinedge.evaluate.report import write_report
 from skinedge.evaluate.robustness import RobustnessResult, render_robustness, robustness_rows
 from skinedge.models import load_checkpoint
@@ -140,9 +145,10 @@ def evaluate_checkpoint(
     if robustness and task != "classification":
         raise ConfigError(f"--robustness scores the model's own classes; {source} is labelled "
                           "melanoma vs benign: leave --robustness out for it")
-    probs, targets = predict_probs(model, dataset, batch_size=batch_size,
-                                   num_workers=num_workers, device=torch_device, tta=tta,
-                                   progress=progress)
+    logits, targets = predict_logits(model, dataset, batch_size=batch_size,
+                                     num_workers=num_workers, device=torch_device, tta=tta,
+                                     progress=progress)
+    probs = probs_from_logits(logits, card.temperature)
     if task == "melanoma-detection":
         metrics = melanoma_detection_metrics(targets, probs, card.classes,
                                              melanoma_class=card.positive_class)
@@ -156,6 +162,7 @@ def evaluate_checkpoint(
         metrics["confidence_intervals"] = bootstrap_intervals(
             targets, probs, card.classes, melanoma_class=card.positive_class)
         class_names = card.class_names
+    metrics["calibration"] = calibration_summary(logits, targets, card, task)
     result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped, notes,
                               label_classes=label_classes, task=task)
     if out_dir is not None:
@@ -167,6 +174,12 @@ def evaluate_checkpoint(
             class_names=class_names)
         result.files["predictions"] = _write_predictions(result, card.classes,
                                                          out / "predictions.csv")
+        if task == "classification":
+            result.files["reliability"] = plot_reliability(
+                reliability_bins(probs_from_logits(logits), targets),
+                reliability_bins(probs, targets), out / "reliability.png",
+                title=f"{Path(checkpoint)} on {source}", temperature=card.temperature,
+                ece_before=metrics["calibration"]["ece_uncalibrated"], ece_after=metrics["ece"])
         if skipped:
             result.files["skipped"] = write_problem_report(skipped, out / "skipped.csv")
     if robustness:
@@ -176,7 +189,7 @@ def evaluate_checkpoint(
             presented = LesionDataset(dataset.root, dataset.images, dataset.targets, transform)
             return predict_probs(model, presented, batch_size=batch_size,
                                  num_workers=num_workers, device=torch_device, tta=tta,
-                                 progress=progress)
+                                 temperature=card.temperature, progress=progress)
 
         rows = robustness_rows(predict, transform, card.classes, card.positive_class,
                                progress=presentation_progress)
@@ -190,6 +203,20 @@ def evaluate_checkpoint(
             atomic_write_text(result.robustness.files["markdown"], render_robustness(
                 result.robustness, f"Robustness of {Path(checkpoint)} on {source}"))
     return result
+
+
+def calibration_summary(logits: np.ndarray, targets: np.ndarray, card, task: str) -> dict:
+    """The model's temperature, where it was fitted, and the top-1 ECE on these images without
+    it (``ece_uncalibrated``; the metrics' ``ece`` is with it). Melanoma detection scores
+    P(melanoma) as two classes, so its uncalibrated ECE is taken the same way."""
+    raw = probs_from_logits(logits)
+    if task == "melanoma-detection":
+        mel = card.classes.index(card.positive_class)
+        raw = np.stack([1.0 - raw[:, mel], raw[:, mel]], axis=1)
+    fitted = card.calibration or {}
+    return {"temperature": card.temperature, "fitted_on": fitted.get("source"),
+            "fitted_images": fitted.get("images"),
+            "ece_uncalibrated": expected_calibration_error(raw, targets)}
 
 
 def _read_folder(

@@ -15,7 +15,7 @@ TTA_MODES = ("none", "flips")
 
 
 @torch.no_grad()
-def predict_probs(
+def predict_logits(
     model: nn.Module,
     dataset: Dataset,
     *,
@@ -25,33 +25,66 @@ def predict_probs(
     tta: str = "none",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities for every item of a dataset, in order.
+    """The model's raw outputs for every item of a dataset, in order, per view.
 
     Args:
-        tta: ``none``, or ``flips``: average the softmax over the image and its horizontal,
-            vertical and double flips (dermoscopy has no canonical orientation); 4x the compute.
+        tta: ``none`` (one view), or ``flips``: the image and its horizontal, vertical and
+            double flips (dermoscopy has no canonical orientation); 4x the compute.
 
     Returns:
-        (probs (N, C) float64, targets (N,) int64).
+        (logits (V, N, C) float64, V views; targets (N,) int64).
     """
     if tta not in TTA_MODES:
         raise ConfigError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     was_training = model.training
     model.eval()
-    probs, targets, done = [], [], 0
+    logits, targets, done = [], [], 0
     for images, labels in loader:
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         views = [images] if tta == "none" else [
             images, images.flip(-1), images.flip(-2), images.flip(-1, -2)]
-        batch_probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)
-        probs.append(batch_probs.cpu().double())
+        logits.append(torch.stack([model(v).float() for v in views]).cpu().double())
         targets.append(labels)
         done += len(labels)
         if progress:
             progress(done, len(dataset))
     model.train(was_training)
-    probs_np = torch.cat(probs).numpy()
-    # float32 softmax rows can miss 1 by ~1e-7; renormalise in float64 for the metrics' check.
-    probs_np /= probs_np.sum(axis=1, keepdims=True)
-    return probs_np, torch.cat(targets).numpy().astype(np.int64)
+    return torch.cat(logits, dim=1).numpy(), torch.cat(targets).numpy().astype(np.int64)
+
+
+def probs_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(V, N, C) logits -> (N, C) probabilities: the mean over views of
+    ``softmax(logits / temperature)``, rows renormalised in float64."""
+    from skinedge.evaluate.calibration import scaled_softmax
+
+    probs = np.mean([scaled_softmax(view, temperature) for view in logits], axis=0)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def predict_probs(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    tta: str = "none",
+    temperature: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities for every item of a dataset, in order.
+
+    Args:
+        tta: ``none``, or ``flips``: average the softmax over the image and its horizontal,
+            vertical and double flips (see :func:`predict_logits`).
+        temperature: Divides the logits before the softmax (a checkpoint's
+            ``card.temperature``; 1 for raw probabilities).
+
+    Returns:
+        (probs (N, C) float64, targets (N,) int64).
+    """
+    logits, targets = predict_logits(model, dataset, batch_size=batch_size,
+                                     num_workers=num_workers, device=device, tta=tta,
+                                     progress=progress)
+    return probs_from_logits(logits, temperature), targets

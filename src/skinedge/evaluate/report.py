@@ -66,7 +66,15 @@ def render_markdown(
     if detection:
         summary += [("Sensitivity (melanoma is the top-1 class)", metrics["sensitivity"]),
                     ("Specificity (melanoma is not the top-1 class)", metrics["specificity"])]
-    summary.append(("Expected calibration error (top-1)", metrics["ece"]))
+    calibration = metrics.get("calibration") or {}
+    temperature = calibration.get("temperature", 1.0)
+    if temperature != 1.0:
+        summary.append((f"Expected calibration error (top-1), temperature {temperature:.3g}",
+                        metrics["ece"]))
+        summary.append(("Expected calibration error (top-1), uncalibrated (T = 1)",
+                        calibration["ece_uncalibrated"]))
+    else:
+        summary.append(("Expected calibration error (top-1)", metrics["ece"]))
 
     lines = [f"# {title}", "", "## Summary", ""]
     if detection:

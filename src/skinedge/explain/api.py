@@ -118,7 +118,7 @@ class Explainer:
         targets = None if target is None else [target] * len(images)
         with self._lock:
             results = explain_batch(self.model, inputs, shown, target_classes=targets,
-                                    method=self.method)
+                                    method=self.method, temperature=self.card.temperature)
         return list(zip(results, shown))
 
 

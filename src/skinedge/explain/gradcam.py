@@ -127,6 +127,7 @@ def explain_batch(
     target_classes: Sequence[int] | None = None,
     target_layer: nn.Module | None = None,
     method: str = "gradcam",
+    temperature: float = 1.0,
 ) -> list[CamResult]:
     """Explain a batch of images with a CAM method from ``pytorch_grad_cam``.
 
@@ -142,6 +143,8 @@ def explain_batch(
         target_layer: Layer to weight; default ``find_target_layer(model)``, or each member's
             for an :class:`skinedge.models.Ensemble`.
         method: One of ``CAM_METHODS`` ("gradcam", "gradcam++", "eigencam").
+        temperature: The model's calibration temperature (``card.temperature``): the
+            probabilities are ``softmax(logits / temperature)``, as every runtime gives them.
 
     Returns:
         One ``CamResult`` per image, in input order.
@@ -202,7 +205,7 @@ def explain_batch(
             p.grad = grad
         model.eval()
 
-    probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    probabilities = torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy()
     predicted = probabilities.argmax(axis=-1)
     results = []
     for i in range(batch):

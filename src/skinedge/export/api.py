@@ -117,6 +117,7 @@ def export_checkpoint(
     """
     from skinedge.compress.quantize import quantization_warnings
     from skinedge.models.checkpoint import load_card, load_checkpoint
+    from skinedge.models.temperature import fold_temperature
 
     spec = get_target(target)
     options = options or ExportOptions()
@@ -141,7 +142,9 @@ def export_checkpoint(
         raise ConfigError(f"a quantizer ({quantizer}) only applies to int8, not {precision}")
     checkpoint = Path(checkpoint)
     model, card = load_checkpoint(checkpoint)
-    model = model.eval().float().cpu()
+    # The calibration temperature goes inside the artifact: an app's own softmax of its
+    # outputs then gives the calibrated probabilities (ExportJob.card_for records it).
+    model = fold_temperature(model.eval().float().cpu(), card.temperature)
     notes = quantization_warnings(model) if precision == "int8" else []
     for note in notes:
         _log(log, f"warning: {note}")

@@ -72,7 +72,9 @@ DEFAULT_TOLERANCES = {
 
 @dataclass
 class ExportJob:
-    """Everything an exporter needs. ``model`` is the source classifier (eval mode, CPU, fp32)."""
+    """Everything an exporter needs. ``model`` is the source classifier (eval mode, CPU, fp32),
+    its calibration temperature folded in: its outputs are the logits the card's probabilities
+    are the softmax of."""
 
     model: nn.Module
     card: ModelCard
@@ -87,7 +89,12 @@ class ExportJob:
 
     def card_for(self, artifact: ArtifactInfo) -> ModelCard:
         """The source card with the artifact's section and precision, sealed
-        (:meth:`ModelCard.sealed`): every exporter embeds this card."""
+        (:meth:`ModelCard.sealed`): every exporter embeds this card. A calibrated card's
+        temperature is inside ``model`` (folded by ``export_checkpoint``), which the output's
+        ``temperature`` records, so runtimes do not apply it twice."""
+        if self.card.temperature != 1.0:
+            output = artifact.output.model_copy(update={"temperature": self.card.temperature})
+            artifact = artifact.model_copy(update={"output": output})
         return self.card.model_copy(
             update={"artifact": artifact, "precision": self.precision}).sealed()
 

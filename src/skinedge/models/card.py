@@ -33,7 +33,7 @@ CARD = "card.json"  # the card's file name in a checkpoint folder
 #: artifacts the target, precision and the input/output tensor specs).
 INTEGRITY_FIELDS = (
     "architecture", "classes", "class_names", "vocabulary", "positive_class", "preprocess",
-    "drop_rate", "precision", "weights_sha256", "members", "training.quantization",
+    "drop_rate", "precision", "weights_sha256", "temperature", "members", "training.quantization",
     "artifact.target", "artifact.precision", "artifact.input", "artifact.output",
     "members.path", "members.architecture", "members.weights_sha256",
 )
@@ -64,6 +64,9 @@ class TensorSpec(BaseModel):
     scale: float | None = None  # int8 tensors: real = scale * (q - zero_point)
     zero_point: int | None = None
     kind: str | None = None  # outputs: "logits" or "probabilities"
+    # outputs: the card's temperature, already inside the graph (folded into the classifier
+    # at export), so runtimes do not divide by it again; None: raw logits
+    temperature: float | None = None
 
 
 class ArtifactInfo(BaseModel):
@@ -114,6 +117,10 @@ class ModelCard(BaseModel):
     pretrained: str = "none"
     precision: str = "fp32"
     weights_sha256: str | None = None
+    # Probabilities are softmax(logits / temperature): fitted on the validation split
+    # (skinedge.evaluate.calibration), applied by every runtime, folded into every export.
+    temperature: float = Field(1.0, gt=0)
+    calibration: dict[str, Any] | None = None  # the fit: split, images, NLL and ECE before/after
     data: DataInfo = Field(default_factory=DataInfo)
     metrics: dict[str, Any] = Field(default_factory=dict)  # validation metrics of this checkpoint
     training: dict[str, Any] = Field(default_factory=dict)  # epoch, resolved config

@@ -90,6 +90,9 @@ def create_ensemble(members: Sequence[Path | str], out: Path | str) -> Path:
         "architecture": ARCHITECTURE, "members": entries, "metrics": {}, "training": {},
         "weights_sha256": ensemble_hash([e.weights_sha256 or "" for e in entries]),
         "pretrained": "members", "drop_rate": 0.0,
+        # the members' temperatures calibrate each alone; the mean of their probabilities
+        # is fitted anew (`skinedge calibrate`)
+        "temperature": 1.0, "calibration": None,
     }).sealed()
     atomic_write_text(tmp / CARD, card.to_json())
     fsync_path(tmp)

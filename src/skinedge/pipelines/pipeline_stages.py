@@ -143,9 +143,13 @@ def member(k: int):
 def ensemble(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
     """One checkpoint that averages the members' probabilities."""
     from skinedge.models import create_ensemble
+    from skinedge.train.ensemble import calibrate_ensemble
 
     members = [inputs[f"member-{k}"]["checkpoint"] for k in range(cfg.members.count)]
     path = create_ensemble([Path(m) for m in members], folder / "ensemble")
+    member_cfg = member_config(cfg, 0)
+    if member_cfg.calibrate:  # on the members' split, which their cards record
+        calibrate_ensemble(path, device=member_cfg.device)
     return {"checkpoint": str(path), "members": members}
 
 

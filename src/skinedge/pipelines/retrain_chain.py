@@ -259,13 +259,14 @@ def _ensemble(checkpoint: Path, card: ModelCard, folder: Path, chain: _Chain,
     from skinedge.models import create_ensemble
     from skinedge.models.card import CARD
     from skinedge.models.ensemble import ensemble_members
-    from skinedge.train.ensemble import member_dir
+    from skinedge.train.ensemble import calibrate_ensemble, member_dir
 
     members = [_retrain(path, member_dir(folder, k), chain, first=first)
                for k, (path, _) in enumerate(ensemble_members(checkpoint, card))]
     target = folder / "ensemble"
     if not (target / CARD).is_file():  # create_ensemble renames a finished folder into place
         create_ensemble([Path(m["checkpoint"]) for m in members], target)
+    calibrate_ensemble(target, chain.manifest)
     steps = [s for m in members for s in m["steps"]]
     steps.append({"step": _step_name(chain, target), "action": "ensemble",
                   "checkpoint": str(target), "members": len(members), "reused": False})

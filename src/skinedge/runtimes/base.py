@@ -190,9 +190,24 @@ class Runtime(ABC):
                 chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
             outputs.append(np.asarray(self._run(chunk))[:n])
         raw = np.concatenate(outputs).astype(np.float64)
-        kind = self.card.artifact.output.kind if self.card.artifact else "logits"
-        probs = softmax(raw) if kind == "logits" else raw
+        output = self.card.artifact.output if self.card.artifact else None
+        temperature = self.temperature
+        if output is not None and output.kind == "probabilities":
+            # softmax(log p / T) == softmax(logits / T): a per-row shift changes nothing
+            probs = raw if temperature == 1.0 else softmax(np.log(np.maximum(raw, 1e-300))
+                                                           / temperature)
+        else:
+            probs = softmax(raw / temperature)
         return probs / probs.sum(axis=1, keepdims=True)
+
+    @property
+    def temperature(self) -> float:
+        """What the raw outputs are still to be divided by: the card's calibration temperature,
+        or 1 where the export folded it into the graph (``artifact.output.temperature``)."""
+        output = self.card.artifact.output if self.card.artifact else None
+        if output is not None and output.temperature is not None:
+            return self.card.temperature / output.temperature
+        return self.card.temperature
 
     @abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray:

@@ -81,6 +81,9 @@ class TrainConfig(_Section):
     amp: bool = True  # mixed precision, on CUDA only
     seed: int = 0
     max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke tests and quick trials
+    # Fit best/'s temperature on the val split when training ends (card.temperature; see
+    # skinedge.evaluate.calibration): calibrated probabilities in every runtime and export.
+    calibrate: bool = True
 
     @field_validator("device")
     @classmethod

@@ -62,4 +62,23 @@ def train_ensemble(
     ensemble = out_dir / "ensemble"
     if not (ensemble / "card.json").is_file():
         create_ensemble([member_dir(out_dir, k) / "best" for k in range(len(sets))], ensemble)
+    if cfg.calibrate:
+        calibrate_ensemble(ensemble, cfg.data.manifest, device=cfg.device)
     return ensemble
+
+
+def calibrate_ensemble(ensemble: Path, manifest: Path | str | None = None,
+                       device: str = "auto", min_images: int | None = None) -> None:
+    """Fit a new ensemble's temperature on its validation split, unless it has one already
+    (a rerun after a kill) or the split is too small to fit on (card left at T = 1).
+
+    Each member's temperature calibrates that member alone; the mean of their probabilities
+    is a model of its own, usually less confident than its members, and is fitted anew."""
+    from skinedge.evaluate.calibration import MIN_CALIBRATION_IMAGES, calibrate_on_split
+    from skinedge.models import load_card
+    from skinedge.utils.device import resolve_device
+
+    if load_card(ensemble).calibration is None:
+        calibrate_on_split(ensemble, manifest, "val", required=False,
+                           device=resolve_device(device),
+                           min_images=min_images or MIN_CALIBRATION_IMAGES)

@@ -27,6 +27,11 @@ from torch.utils.data import Dataset
 from skinedge.data import LesionDataset, Manifest, build_eval_transform, build_train_transform
 from skinedge.data.synthetic import SyntheticSet, augmented_train_set, load_synthetic_set
 from skinedge.errors import ConfigError, DataError
+from skinedge.evaluate.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    TemperatureFit,
+    calibrate_checkpoint,
+)
 from skinedge.evaluate.metrics import compute_metrics
 from skinedge.models import ModelCard, create_classifier, save_checkpoint
 from skinedge.train import loop
@@ -62,6 +67,7 @@ class TrainResult:
     best_metric: float
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    calibration: TemperatureFit | None = None  # best/'s temperature, fitted on val
 
     @property
     def best_dir(self) -> Path:
@@ -161,7 +167,21 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
         barrier(dist)
     if run.scalars is not None:
         run.scalars.close()
-    return TrainResult(out_dir, state.best_epoch, state.best_metric, state.history, stopped_early)
+    calibration = None
+    if cfg.calibrate and dist.is_main and (out_dir / "best").is_dir():
+        if len(run.val_set) < MIN_CALIBRATION_IMAGES:
+            callbacks.on_calibrated({"skipped": f"{len(run.val_set)} val images, fewer than "
+                                                f"{MIN_CALIBRATION_IMAGES}: temperature left at 1"})
+        else:
+            # Refits from the raw logits each time, so a resumed run that calibrates again
+            # after a kill gets the same temperature.
+            calibration = calibrate_checkpoint(
+                out_dir / "best", run.val_set, source=f"{cfg.data.manifest}:val",
+                batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=run.device)
+            callbacks.on_calibrated(calibration.to_dict())
+    barrier(dist)
+    return TrainResult(out_dir, state.best_epoch, state.best_metric, state.history, stopped_early,
+                       calibration)
 
 
 def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallbacks,

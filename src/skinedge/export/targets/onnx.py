@@ -70,12 +70,18 @@ def _write_qat_onnx(job: ExportJob, path: Path) -> dict:
     import torch
 
     from skinedge.models.quantized import import_nncf
+    from skinedge.models.temperature import TemperatureScaled, split_temperature
 
     nncf = import_nncf()
+    # The calibration temperature wraps the quantized model (its weight ranges were trained,
+    # so it cannot go into the head's weights): strip inside, wrap again.
+    model, temperature = split_temperature(job.model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        stripped = nncf.strip(job.model, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
+        stripped = nncf.strip(model, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
                               example_input=job.example)
+        if temperature != 1.0:
+            stripped = TemperatureScaled(stripped, temperature)
         torch.onnx.export(stripped.eval(), (job.example,), str(path), dynamo=False,
                           opset_version=QAT_OPSET, input_names=[INPUT], output_names=[OUTPUT])
     quantization = job.card.training.get("quantization", {})

@@ -269,7 +269,8 @@ def standard_metadata(card: ModelCard, input_dtype: np.dtype) -> bytes:
     logits = t.table(
         (0, "off", t.string("logits")),
         (1, "off", t.string(f"Class logits, shape (1, {card.num_classes}): softmax gives the "
-                            f"probabilities skinedge reports; not thresholdable as scores.")),
+                            f"probabilities skinedge reports{_calibrated(card)}; not "
+                            f"thresholdable as scores.")),
         (3, "off", t.table((0, "u8", _FEATURE_PROPERTIES), (1, "off", t.table()))),
         (6, "off", labels))
     subgraph = t.table((2, "off", t.tables([image_input])), (3, "off", t.tables([logits])))
@@ -354,3 +355,10 @@ def export_tflite(job: ExportJob) -> Exported:
     flatbuffer = with_metadata(flatbuffer, CARD_KEY, card.to_json().encode())
     path.write_bytes(with_standard_metadata(flatbuffer, card))
     return Exported(path, [path], card, int8_layers=int8_layers)
+
+
+def _calibrated(card: ModelCard) -> str:
+    """How the logits' softmax is calibrated, for the metadata's output description."""
+    if card.temperature == 1.0:
+        return ""
+    return f" (calibrated: the temperature {card.temperature:.4g} fitted on validation is inside)"
