@@ -79,13 +79,16 @@ def calibrate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Fit the checkpoint's temperature on the validation split and store it in its card: every
-    runtime then divides the logits by it and every export folds it in. Training does this by
-    itself at its end (train config `calibrate`); use this for ensembles and older checkpoints.
-    `skinedge evaluate` reports the ECE with and without it, and draws reliability.png."""
+    runtime then divides the logits by it and every export folds it in. Then choose its lesion
+    check (what a runtime answers 'not a dermoscopic lesion image' for) on the same images and
+    on non-lesion pictures. Training does this by itself at its end (train config `calibrate`);
+    use this for ensembles and older checkpoints. `skinedge evaluate` reports the ECE with and
+    without it, draws reliability.png, and reports what the check refuses."""
     import torch
 
-    from skinedge.cli.progress import console
+    from skinedge.cli.progress import console, lesion_check_line
     from skinedge.evaluate.calibration import calibrate_on_split
+    from skinedge.models import load_card
     from skinedge.utils.device import resolve_device
 
     if threads:
@@ -95,6 +98,9 @@ def calibrate(
     console.print(f"{checkpoint}: temperature {fit.temperature:.3f} fitted on {fit.images} images "
                   f"of {fit.source}; NLL {fit.nll_before:.3f} -> {fit.nll_after:.3f}, "
                   f"ECE {fit.ece_before:.3f} -> {fit.ece_after:.3f} (card.json updated)")
+    check = load_card(checkpoint).ood
+    if check is not None:
+        console.print(lesion_check_line(check.fit))
 
 
 @app.command()

@@ -107,6 +107,16 @@ class RichTrainCallbacks(TrainCallbacks):
                       f"{fit['temperature']:.3f}, ECE {fit['ece_before']:.3f} -> "
                       f"{fit['ece_after']:.3f}, NLL {fit['nll_before']:.3f} -> "
                       f"{fit['nll_after']:.3f}")
+        if fit.get("ood"):
+            console.print(lesion_check_line(fit["ood"]))
+
+
+def lesion_check_line(ood: dict[str, Any]) -> str:
+    """One line on a fitted lesion check (``card.ood.fit``)."""
+    return (f"[bold]lesion check[/]: {ood['method']} above {ood['threshold']:.4g} is not a "
+            f"lesion; rejects {ood['false_rejection']:.1%} of {ood['lesion_images']} val "
+            f"lesions, catches {ood['detection']:.0%} of {ood['non_lesion_images']} non-lesion "
+            f"images ({ood['detection_held_out']:.0%} of {ood['non_lesion_held_out']} held out)")
 
 
 class RichReporter(Reporter):

@@ -163,6 +163,9 @@ def evaluate_checkpoint(
             targets, probs, card.classes, melanoma_class=card.positive_class)
         class_names = card.class_names
     metrics["calibration"] = calibration_summary(logits, targets, card, task)
+    if card.ood is not None:
+        metrics["lesion_check"] = lesion_check_summary(model, card, logits[0], targets,
+                                                       label_classes, device=torch_device)
     result = EvaluationResult(metrics, dataset.images, probs, targets, source, skipped, notes,
                               label_classes=label_classes, task=task)
     if out_dir is not None:
@@ -217,6 +220,26 @@ def calibration_summary(logits: np.ndarray, targets: np.ndarray, card, task: str
     return {"temperature": card.temperature, "fitted_on": fitted.get("source"),
             "fitted_images": fitted.get("images"),
             "ece_uncalibrated": expected_calibration_error(raw, targets)}
+
+
+def lesion_check_summary(model, card, logits: np.ndarray, targets: np.ndarray,
+                         label_classes: list[str], *, device: str = "cpu") -> dict:
+    """The card's lesion check on these images (all lesions: every refusal is a false one,
+    per labelled class too) and on the non-lesion images held out from its choice."""
+    from skinedge.evaluate.ood import held_out, non_lesion_images, non_lesion_logits
+    from skinedge.models.ood_score import ood_scores
+
+    check = card.ood
+    refused = ood_scores(logits, card.temperature, check.method) > check.threshold
+    others = [i for i in non_lesion_images() if held_out(i.group)]
+    caught = ood_scores(non_lesion_logits(model, card.preprocess, others, device=device),
+                        card.temperature, check.method) > check.threshold
+    by_class = {label: float(refused[targets == k].mean())
+                for k, label in enumerate(label_classes) if (targets == k).any()}
+    return {"method": check.method, "threshold": check.threshold,
+            "false_rejection": float(refused.mean()), "false_rejection_by_class": by_class,
+            "detection_held_out": float(caught.mean()), "non_lesion_held_out": len(others),
+            "chosen_on": check.fit.get("source")}
 
 
 def _read_folder(

@@ -184,9 +184,11 @@ def calibrate_checkpoint(
     num_workers: int = 0,
     device: str = "cpu",
     min_images: int = MIN_CALIBRATION_IMAGES,
+    ood: bool = True,
 ) -> TemperatureFit:
     """Fit the temperature of a checkpoint on ``dataset`` (its validation split) and write it
-    into the checkpoint's card (:func:`set_temperature`).
+    into the checkpoint's card (:func:`set_temperature`); with ``ood``, then choose its
+    lesion check on the same logits (:func:`skinedge.evaluate.ood.fit_ood`, in ``card.ood``).
 
     The logits are the model's raw ones whatever temperature the card already holds, so
     calibrating again refits from scratch rather than compounding.
@@ -209,12 +211,18 @@ def calibrate_checkpoint(
         raise DataError(f"{source}: {len(dataset)} images are too few to fit a temperature on "
                         f"(at least {min_images}): the fit would follow these few images, not "
                         "the model; use a larger validation split")
-    model, _ = load_checkpoint(checkpoint)
+    model, card = load_checkpoint(checkpoint)
     model.to(device)
     logits, targets = predict_logits(model, dataset, batch_size=batch_size,
                                      num_workers=num_workers, device=device)
     fit = fit_temperature(logits[0], targets, source=source)
-    set_temperature(checkpoint, fit)
+    check = None
+    if ood:
+        from skinedge.evaluate.ood import fit_lesion_check
+
+        check = fit_lesion_check(model, card.preprocess, logits[0], round(fit.temperature, 6),
+                                 source=source, batch_size=batch_size, device=device)
+    set_temperature(checkpoint, fit, ood=check)
     return fit
 
 
@@ -262,13 +270,14 @@ def calibrate_on_split(
                                 batch_size=batch_size, device=device, min_images=min_images)
 
 
-def set_temperature(checkpoint: Path | str, fit: TemperatureFit) -> Path:
+def set_temperature(checkpoint: Path | str, fit: TemperatureFit, *, ood=None) -> Path:
     """Write ``fit``'s temperature into a checkpoint's card, the fit under
-    ``card.calibration``, and seal it again (the temperature is covered by its integrity)."""
+    ``card.calibration``, and ``ood`` (a :class:`~skinedge.models.card.LesionCheck`, fitted on
+    this temperature) or none, and seal it again (both are covered by its integrity)."""
     from skinedge.models.card import CARD, checkpoint_dir, load_card
     from skinedge.utils.io import atomic_write_text
 
     card = load_card(checkpoint)
     calibrated = card.model_copy(update={"temperature": round(fit.temperature, 6),
-                                         "calibration": fit.to_dict()}).sealed()
+                                         "calibration": fit.to_dict(), "ood": ood}).sealed()
     return atomic_write_text(checkpoint_dir(Path(checkpoint)) / CARD, calibrated.to_json())

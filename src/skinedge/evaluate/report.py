@@ -75,6 +75,13 @@ def render_markdown(
                         calibration["ece_uncalibrated"]))
     else:
         summary.append(("Expected calibration error (top-1)", metrics["ece"]))
+    check = metrics.get("lesion_check")
+    if check:
+        rule = f"{check['method']} above {check['threshold']:.4g}"
+        summary.append((f"Lesions refused as not a lesion image ({rule})",
+                        check["false_rejection"]))
+        summary.append((f"Non-lesion images refused ({check['non_lesion_held_out']} held out "
+                        "from the check's choice)", check["detection_held_out"]))
 
     lines = [f"# {title}", "", "## Summary", ""]
     if detection:

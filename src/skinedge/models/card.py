@@ -12,7 +12,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,7 +33,8 @@ CARD = "card.json"  # the card's file name in a checkpoint folder
 #: artifacts the target, precision and the input/output tensor specs).
 INTEGRITY_FIELDS = (
     "architecture", "classes", "class_names", "vocabulary", "positive_class", "preprocess",
-    "drop_rate", "precision", "weights_sha256", "temperature", "members", "training.quantization",
+    "drop_rate", "precision", "weights_sha256", "temperature", "ood.method", "ood.threshold",
+    "members", "training.quantization",
     "artifact.target", "artifact.precision", "artifact.input", "artifact.output",
     "members.path", "members.architecture", "members.weights_sha256",
 )
@@ -67,6 +68,18 @@ class TensorSpec(BaseModel):
     # outputs: the card's temperature, already inside the graph (folded into the classifier
     # at export), so runtimes do not divide by it again; None: raw logits
     temperature: float | None = None
+
+
+class LesionCheck(BaseModel):
+    """The out-of-distribution check (:mod:`skinedge.evaluate.ood`): an image whose score
+    (``method`` on the calibrated logits) is above ``threshold`` is reported as not a
+    dermoscopic lesion image instead of a diagnosis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["energy", "msp"]
+    threshold: float
+    fit: dict[str, Any] = Field(default_factory=dict)  # rates on what it was chosen on
 
 
 class ArtifactInfo(BaseModel):
@@ -121,6 +134,7 @@ class ModelCard(BaseModel):
     # (skinedge.evaluate.calibration), applied by every runtime, folded into every export.
     temperature: float = Field(1.0, gt=0)
     calibration: dict[str, Any] | None = None  # the fit: split, images, NLL and ECE before/after
+    ood: LesionCheck | None = None  # refuses what is not a lesion; None: no check fitted
     data: DataInfo = Field(default_factory=DataInfo)
     metrics: dict[str, Any] = Field(default_factory=dict)  # validation metrics of this checkpoint
     training: dict[str, Any] = Field(default_factory=dict)  # epoch, resolved config

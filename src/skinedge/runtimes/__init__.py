@@ -2,6 +2,7 @@
 
 >>> rt = load_runtime("exports/tf_efficientnet_lite0_int8.tflite", threads=1)
 >>> rt.predict(["lesion.jpg"])          # (1, 7) probabilities, columns = rt.card.classes
+>>> rt.assess(["photo.jpg"]).verdicts(rt.card.classes)  # ["nv"], or ["not a dermoscopic lesion image"]
 
 One module per backend (``torch``, ``onnxruntime``, ``openvino``, ``litert``, ``coreml``,
 ``executorch``, ``tensorrt``), each registered with :func:`register_runtime`. Importing this package imports no
@@ -17,7 +18,7 @@ from typing import Any
 from skinedge.utils.lazy import lazy_exports
 
 _EXPORTS = {
-    "Runtime": "base", "artifact_label": "base", "softmax": "base",
+    "Assessment": "base", "Runtime": "base", "artifact_label": "base", "softmax": "base",
     "load_runtime": "registry", "read_artifact_card": "registry",
     "check_artifact_files": "registry", "verify_artifact": "registry",
     "register_runtime": "registry", "runtime_class": "registry",

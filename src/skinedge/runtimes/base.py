@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +23,21 @@ from skinedge.data.images import load_rgb
 from skinedge.data.transforms import preprocess_image
 from skinedge.errors import DataError, ModelError, SkinedgeError
 from skinedge.models.card import ModelCard, TensorSpec, check_card_integrity
+from skinedge.models.ood_score import NOT_A_LESION, ood_scores
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What :meth:`Runtime.assess` answers for N images."""
+
+    probabilities: np.ndarray  # (N, C), columns in card.classes order
+    ood_scores: np.ndarray | None  # (N,), higher: less like a lesion; None: no check in the card
+    lesion: np.ndarray  # (N,) bool: False: not a dermoscopic lesion image, no diagnosis
+
+    def verdicts(self, classes: Sequence[str]) -> list[str]:
+        """Per image, its top-1 class code, or :data:`NOT_A_LESION`."""
+        return [classes[int(row.argmax())] if ok else NOT_A_LESION
+                for row, ok in zip(self.probabilities, self.lesion, strict=True)]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -176,6 +192,35 @@ class Runtime(ABC):
 
     def predict_array(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) float64 for preprocessed images (N, 3, S, S) float32."""
+        return softmax(self._calibrated_logits(self._outputs(x)))
+
+    def assess(self, images: Sequence[Image.Image | str | Path]) -> Assessment:
+        """Probabilities and the card's lesion check for images (PIL or paths)."""
+        return self.assess_array(self.preprocess(images))
+
+    def assess_array(self, x: np.ndarray) -> Assessment:
+        """Probabilities (N, C) and, where the card carries a lesion check
+        (:mod:`skinedge.evaluate.ood`), which images are not dermoscopic lesion images: for
+        those, the probabilities are no diagnosis.
+
+        Raises:
+            ModelError: the check needs logits (``energy``) and the artifact gives
+                probabilities, which have lost the scale it reads.
+        """
+        z = self._calibrated_logits(self._outputs(x))
+        check = self.card.ood
+        if check is None:
+            return Assessment(softmax(z), None, np.ones(len(z), dtype=bool))
+        output = self.card.artifact.output if self.card.artifact else None
+        if check.method == "energy" and output is not None and output.kind == "probabilities":
+            raise ModelError(f"{self.path}: its card's lesion check scores energy, which needs "
+                             "the logits; this artifact outputs probabilities. Use a target "
+                             "that outputs logits, or predict() without the check")
+        scores = ood_scores(z, 1.0, check.method)
+        return Assessment(softmax(z), scores, scores <= check.threshold)
+
+    def _outputs(self, x: np.ndarray) -> np.ndarray:
+        """Raw outputs (N, C) float64 of preprocessed images, in the artifact's batch size."""
         x = np.asarray(x, dtype=np.float32)
         size = self.card.preprocess.input_size
         if x.ndim != 4 or x.shape[1:] != (3, size, size):
@@ -189,16 +234,15 @@ class Runtime(ABC):
             if n < step:  # static batch: pad, then drop the padding's outputs
                 chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
             outputs.append(np.asarray(self._run(chunk))[:n])
-        raw = np.concatenate(outputs).astype(np.float64)
+        return np.concatenate(outputs).astype(np.float64)
+
+    def _calibrated_logits(self, raw: np.ndarray) -> np.ndarray:
+        """The logits divided by the card's temperature (for artifacts that output
+        probabilities, their logs: the same up to a shift per row, which softmax ignores)."""
         output = self.card.artifact.output if self.card.artifact else None
-        temperature = self.temperature
         if output is not None and output.kind == "probabilities":
-            # softmax(log p / T) == softmax(logits / T): a per-row shift changes nothing
-            probs = raw if temperature == 1.0 else softmax(np.log(np.maximum(raw, 1e-300))
-                                                           / temperature)
-        else:
-            probs = softmax(raw / temperature)
-        return probs / probs.sum(axis=1, keepdims=True)
+            raw = np.log(np.maximum(raw, 1e-300))
+        return raw / self.temperature
 
     @property
     def temperature(self) -> float:

@@ -33,7 +33,7 @@ from skinedge.evaluate.calibration import (
     calibrate_checkpoint,
 )
 from skinedge.evaluate.metrics import compute_metrics
-from skinedge.models import ModelCard, create_classifier, save_checkpoint
+from skinedge.models import ModelCard, create_classifier, load_card, save_checkpoint
 from skinedge.train import loop
 from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.config import TrainConfig, load_data_manifest
@@ -178,7 +178,8 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
             calibration = calibrate_checkpoint(
                 out_dir / "best", run.val_set, source=f"{cfg.data.manifest}:val",
                 batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=run.device)
-            callbacks.on_calibrated(calibration.to_dict())
+            check = load_card(out_dir / "best").ood
+            callbacks.on_calibrated({**calibration.to_dict(), "ood": check and check.fit})
     barrier(dist)
     return TrainResult(out_dir, state.best_epoch, state.best_metric, state.history, stopped_early,
                        calibration)
