@@ -220,11 +220,39 @@ def render_calibration(folder: Path, docs: Path) -> list[str]:
              "| probabilities | ECE (top-1, 15 bins) |", "|---|---:|",
              f"| uncalibrated (T = 1) | {calibration['ece_uncalibrated']:.3f} |",
              f"| calibrated (T = {calibration['temperature']:.2f}) | {metrics['ece']:.3f} |", ""]
+    lines += _lesion_check_lines(metrics.get("lesion_check"), card.get("ood"))
     if (folder / "reliability.png").is_file():
         chart = docs / f"reliability-{folder.parent.name}.png"
         shutil.copyfile(folder / "reliability.png", chart)
         lines += [f"![reliability diagrams before and after]({chart.name})", ""]
     return lines
+
+
+def _lesion_check_lines(evaluated: dict | None, ood: dict | None) -> list[str]:
+    """The card's lesion check: how it was chosen, and what it refuses on the evaluated split."""
+    if not evaluated or not ood:
+        return []
+    fit = ood["fit"]
+    lines = ["### Refusing what is not a lesion", "",
+             f"The card's check: {ood['method']} of the calibrated logits above "
+             f"{ood['threshold']:.4g} is reported as \"not a dermoscopic lesion image\". "
+             f"Chosen on {fit['lesion_images']} lesions of `{fit['source']}` (at most "
+             f"{fit['max_false_rejection']:.0%} refused) and {fit['non_lesion_images']} "
+             f"non-lesion images; {fit['non_lesion_held_out']} more, from other photographs and "
+             "pattern kinds, held out (`skinedge.evaluate.ood`: scikit-image, scikit-learn and "
+             "Matplotlib sample photographs and their crops; flat colours, skin without a lesion, "
+             "noise, gradients, checkerboards, stripes, text, shapes).", "",
+             "| method | threshold | lesions refused (val) | non-lesion caught | held out caught "
+             "| AUROC |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in fit["methods"].items():
+        mark = " (chosen)" if name == ood["method"] else ""
+        lines.append(f"| {name}{mark} | {m['threshold']:.4g} | {m['false_rejection']:.1%} | "
+                     f"{m['detection']:.1%} | {m['detection_held_out']:.1%} | {m['auroc']:.3f} |")
+    by_class = ", ".join(f"{k} {v:.1%}" for k, v in evaluated["false_rejection_by_class"].items())
+    return [*lines, "",
+            f"On the evaluated split: {evaluated['false_rejection']:.1%} of its lesions refused "
+            f"({by_class}); {evaluated['detection_held_out']:.1%} of the "
+            f"{evaluated['non_lesion_held_out']} held-out non-lesion images refused.", ""]
 
 
 def _exporting_command(model: Path) -> str | None:
