@@ -48,6 +48,40 @@ def test_create_case_answers_the_runtime_prediction(api, served_onnx):
     mass = sum(p for c, p in zip(card.classes, expected) if c in malignant)
     assert case["malignant_probability"] == pytest.approx(mass, abs=1e-5)
     assert case["malignant"] == (case["prediction"] in malignant or mass >= 0.3)
+    assert case["lesion_image"] is True and case["ood_score"] is None  # its card has no check
+
+
+def test_a_picture_the_lesion_check_refuses_is_kept_without_a_diagnosis(make_settings,
+                                                                         tiny_checkpoint,
+                                                                         tmp_path):
+    """A card whose check refuses every picture (max-softmax above -1): the case is stored
+    with its probabilities, marked as not a lesion image, with the score that refused it."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from skinedge.evaluate.calibration import TemperatureFit, set_temperature
+    from skinedge.models import load_card
+    from skinedge.models.card import LesionCheck
+    from skinedge.service import create_app
+    from tests.service.conftest import add_accounts
+
+    refusing = shutil.copytree(tiny_checkpoint, tmp_path / "refusing")
+    card = load_card(refusing)
+    set_temperature(refusing, TemperatureFit(**card.calibration),
+                    ood=LesionCheck(method="msp", threshold=-1.0))
+    settings = make_settings(model=refusing, explain=None)
+    accounts = add_accounts(settings)
+    with TestClient(create_app(settings)) as client:
+        auth = accounts.auth()
+        case = client.post("/api/v1/cases", headers=auth,
+                           files={"image": ("x.jpg", jpeg(), "image/jpeg")}).json()
+        model = client.get("/api/v1/model", headers=auth).json()
+        listed = client.get("/api/v1/cases", headers=auth).json()["items"]
+    assert case["lesion_image"] is False and -1.0 < case["ood_score"] <= 0.0
+    assert len(case["probabilities"]) == len(card.classes)  # kept for the record
+    assert listed[0]["lesion_image"] is False
+    assert model["lesion_check"] is True and model["temperature"] == card.temperature
 
 
 def test_review_history_and_erasure(api):

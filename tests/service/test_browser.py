@@ -144,6 +144,8 @@ def test_clinician_flow(browser, live_server, shared_data, tmp_path, size):
         probabilities = [p for _, p in shown]
         assert probabilities == sorted(probabilities, reverse=True)
         top = case["probabilities"][0]
+        assert case["lesion_image"] is True  # the served model's card has no lesion check
+        expect(page.locator("#not-lesion-alert")).to_be_hidden()
         expect(page.locator("#prediction")).to_have_text(top["name"])
         expect(rows.first).to_contain_text(f"{top['probability'] * 100:.1f}%")
         fill = page.evaluate("""() => {

@@ -357,3 +357,43 @@ def test_migration_0002_adds_the_media_type_to_an_existing_store(tmp_path):
     with store.reading() as session:
         assert session.execute(text("SELECT media_type FROM blobs")).scalar() == "image/png"
     store.close()
+
+
+def test_migration_0003_marks_existing_cases_as_lesions(tmp_path):
+    """Cases stored before the lesion check were all answered as lesions: the upgrade says so
+    for them, new cases keep the check's answer, and a downgrade that would lose a refusal is
+    refused."""
+    from dataclasses import replace
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from skinedge.service.store import db
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = Config()
+    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+
+    def downgrade(store) -> None:
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0002")
+
+    store = Store.open(url, tmp_path / "data")
+    a, _ = actors(store)
+    older = store.create_case(a, png(1), 64, 48, prediction())
+    downgrade(store)  # no refusals yet: allowed
+    with store.reading() as session:
+        columns = [row[1] for row in session.execute(text("PRAGMA table_info(cases)"))]
+    assert "lesion" not in columns and "ood_score" not in columns
+    store.close()
+    store = Store.open(url, tmp_path / "data")  # upgrades the old rows to head
+    assert store.get_case(a, older.id).lesion is True
+    refused = store.create_case(a, png(2), 64, 48, replace(prediction(), lesion=False,
+                                                            ood_score=-0.1))
+    assert (store.get_case(a, refused.id).lesion, store.get_case(a, refused.id).ood_score) == (
+        False, -0.1)
+    with pytest.raises(RuntimeError, match="1 cases were refused"):
+        downgrade(store)
+    store.close()

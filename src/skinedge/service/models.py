@@ -51,9 +51,10 @@ class ServedModel:
         x = self.runtime.preprocess([image])
         with self._lock:
             start = time.perf_counter()  # inference alone, not the wait for the lock
-            probs = self.runtime.predict_array(x)[0]
+            assessment = self.runtime.assess_array(x)
             latency_ms = (time.perf_counter() - start) * 1000
-        probabilities = [float(p) for p in probs]
+        probabilities = [float(p) for p in assessment.probabilities[0]]
+        score = None if assessment.ood_scores is None else float(assessment.ood_scores[0])
         top = self.classes[max(range(len(probabilities)), key=probabilities.__getitem__)]
         malignant_p = sum(p for c, p in zip(self.classes, probabilities) if c in MALIGNANT_CODES)
         return Prediction(
@@ -61,7 +62,7 @@ class ServedModel:
             malignant=top in MALIGNANT_CODES or malignant_p >= self.settings.malignant_threshold,
             malignant_probability=malignant_p, model_label=self.label,
             model_architecture=self.card.architecture, card_sha256=self.card_sha256,
-            latency_ms=latency_ms)
+            latency_ms=latency_ms, lesion=bool(assessment.lesion[0]), ood_score=score)
 
     def overlay(self, image: bytes, target_class: str | None = None) -> bytes:
         """The Grad-CAM overlay (PNG) of a stored image (JPEG or PNG bytes)."""
@@ -87,6 +88,8 @@ class ServedModel:
             "input_size": self.card.preprocess.input_size,
             "resize_mode": self.card.preprocess.resize_mode,
             "malignant_threshold": self.settings.malignant_threshold,
+            "temperature": self.card.temperature,
+            "lesion_check": self.card.ood is not None,
             "registry_version": self.version,
             "deployment": self.deployment,
         }

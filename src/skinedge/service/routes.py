@@ -52,7 +52,8 @@ def case_out(view: CaseView, model: ServedModel) -> schemas.Case:
         malignant=view.malignant, malignant_probability=round(view.malignant_probability, 6),
         model=schemas.CaseModel(label=view.model_label, architecture=view.model_architecture,
                                 card_sha256=view.card_sha256),
-        latency_ms=round(view.latency_ms, 3),
+        latency_ms=round(view.latency_ms, 3), lesion_image=view.lesion,
+        ood_score=None if view.ood_score is None else round(view.ood_score, 6),
         image=schemas.ImageSize(width=view.width, height=view.height),
         patient_ref=view.patient_ref, body_site=view.body_site, review=review)
 

@@ -36,6 +36,10 @@ class ModelInfo(BaseModel):
     resize_mode: str = Field(description="How the model sees the image: crop (centre square) "
                              "or squash; the overlay covers the same region.")
     malignant_threshold: float
+    temperature: float = Field(description="The calibration temperature the probabilities are "
+                               "scaled by (1: uncalibrated).")
+    lesion_check: bool = Field(description="Whether the model refuses images that are not "
+                               "dermoscopic lesion images (its card's lesion check).")
     registry_version: str | None = Field(None, description="The model registry version "
                                          "served (none: a model given by path).")
     deployment: str | None = Field(None, description="The registry deployment served.")
@@ -79,6 +83,11 @@ class Case(BaseModel):
     malignant_probability: float
     model: CaseModel
     latency_ms: float = Field(description="Inference time alone.")
+    lesion_image: bool = Field(description="False: the model card's lesion check found this "
+                               "not to be a dermoscopic lesion image; the probabilities are no "
+                               "diagnosis (retake it with the dermatoscope).")
+    ood_score: float | None = Field(description="The lesion check's score (higher: less like "
+                                    "a lesion); null where the model has no check.")
     image: ImageSize
     patient_ref: str | None
     body_site: str | None

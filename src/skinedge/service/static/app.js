@@ -352,8 +352,11 @@
 
     const probs = item.probabilities || [];
     const top = probs.find((p) => p.code === item.prediction) || probs[0];
-    $("prediction").textContent = top ? top.name : item.prediction;
-    $("prediction-pct").textContent = top ? percent(top.probability) : "";
+    const lesion = item.lesion_image !== false;
+    $("not-lesion-alert").hidden = lesion;
+    $("prediction").textContent = !lesion ? "No diagnosis: not a lesion image"
+      : top ? top.name : item.prediction;
+    $("prediction-pct").textContent = lesion && top ? percent(top.probability) : "";
 
     const alert = $("malignant-alert");
     if (item.malignant) {
@@ -576,8 +579,11 @@
         dataset: { caseId: item.id, status: item.status },
       },
       el("span", { className: "history-main" },
-         el("span", { className: "history-pred" }, top ? top.name : className(item.prediction)),
-         top ? el("span", { className: "history-pct" }, percent(top.probability)) : null,
+         item.lesion_image === false
+           ? el("span", { className: "history-pred" }, "Not a lesion image")
+           : el("span", { className: "history-pred" }, top ? top.name : className(item.prediction)),
+         top && item.lesion_image !== false
+           ? el("span", { className: "history-pct" }, percent(top.probability)) : null,
          item.malignant ? el("span", { className: "tag-malignant" }, "malignant") : null),
       el("span", { className: "history-sub" },
          ...[formatDate(item.created_at), item.patient_ref, item.body_site]

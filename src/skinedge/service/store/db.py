@@ -79,6 +79,8 @@ class CaseView:
     model_architecture: str
     card_sha256: str
     latency_ms: float
+    lesion: bool
+    ood_score: float | None
     width: int
     height: int
     patient_ref: str | None
@@ -104,6 +106,8 @@ class Prediction:
     model_architecture: str
     card_sha256: str
     latency_ms: float
+    lesion: bool = True  # False: the card's lesion check refused it (no diagnosis)
+    ood_score: float | None = None  # the check's score; None: the card has no check
 
 
 def now() -> datetime:
@@ -377,6 +381,7 @@ class Store:
                         model_label=prediction.model_label,
                         model_architecture=prediction.model_architecture,
                         card_sha256=prediction.card_sha256, latency_ms=prediction.latency_ms,
+                        lesion=prediction.lesion, ood_score=prediction.ood_score,
                         patient_ref_enc=self._seal(patient_ref, "patient_ref", case_id),
                         body_site_enc=self._seal(body_site, "body_site", case_id),
                         status="unreviewed")
@@ -468,7 +473,8 @@ class Store:
             prediction=case.prediction, malignant=case.malignant,
             malignant_probability=case.malignant_probability, model_label=case.model_label,
             model_architecture=case.model_architecture, card_sha256=case.card_sha256,
-            latency_ms=case.latency_ms, width=case.width, height=case.height,
+            latency_ms=case.latency_ms, lesion=case.lesion, ood_score=case.ood_score,
+            width=case.width, height=case.height,
             patient_ref=self.open_field(case.patient_ref_enc, "patient_ref", case.id),
             body_site=self.open_field(case.body_site_enc, "body_site", case.id),
             review_action=case.review_action, review_label=case.review_label,

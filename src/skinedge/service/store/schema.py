@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
+from sqlalchemy import true as sql_true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -77,6 +78,10 @@ class Case(Base):
     model_architecture: Mapped[str] = mapped_column(String(128))
     card_sha256: Mapped[str] = mapped_column(String(64))
     latency_ms: Mapped[float] = mapped_column(Float)
+    # The model card's lesion check: False: not a dermoscopic lesion image (no diagnosis);
+    # its score, None where the card has no check.
+    lesion: Mapped[bool] = mapped_column(Boolean, server_default=sql_true())
+    ood_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     patient_ref_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     body_site_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="unreviewed")
