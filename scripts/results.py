@@ -12,7 +12,8 @@ Usage:
     python scripts/results.py --update --bench bench/NAME --out docs/RESULTS.md
         # one bench folder in a section of its own (bench-NAME)
     python scripts/results.py --update --robustness runs/RUN/eval-robustness --out docs/RESULTS.md
-        # `skinedge evaluate --robustness` in a section of its own (robustness-RUN)
+        # `skinedge evaluate --robustness` in a section of its own (robustness-RUN-FOLDER);
+        # several: a comparison section (robustness-comparison) first
     python scripts/results.py --update --calibration runs/RUN/eval-test --out docs/RESULTS.md
         # ECE with and without the card's temperature, reliability diagrams (calibration-RUN)
 
@@ -185,14 +186,50 @@ def render_bench(folder: Path, docs: Path) -> list[str]:
 
 
 def render_robustness(folder: Path) -> list[str]:
-    """`skinedge evaluate --robustness --out DIR`: the table per presentation and its command."""
+    """`skinedge evaluate --robustness --out DIR`: the table per presentation, its command and
+    the model's preprocessing (colour constancy changes what the presentations do)."""
     command = json.loads((folder / "command.json").read_text())
     doc = json.loads((folder / "robustness.json").read_text())
     table = (folder / "robustness.md").read_text().strip().splitlines()[1:]  # not its title
-    return [f"## Robustness: {folder.parent.name} ({doc['images']} images of `{doc['source']}`)",
-            "", f"- command: `{command['command']}`, finished {command.get('finished')}",
+    metrics = json.loads((folder / "metrics.json").read_text())
+    pre = json.loads((Path(metrics["checkpoint"]) / "card.json").read_text())["preprocess"]
+    return [f"## Robustness: {folder.parent.name}/{folder.name} ({doc['images']} images of "
+            f"`{doc['source']}`)", "",
+            f"- command: `{command['command']}`, finished {command.get('finished')}",
+            f"- model: `{metrics['checkpoint']}`, {_trained_by(Path(metrics['checkpoint']))}; "
+            f"preprocessing: colour constancy {pre.get('color_constancy', 'none')}, resize "
+            f"{pre.get('resize_mode', 'crop')}, {pre.get('input_size')} px",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in command["versions"].items()),
             *table, ""]
+
+
+def _trained_by(checkpoint: Path) -> str:
+    """The command that made a checkpoint (the nearest command.json above it), or its run's
+    resolved config where the run recorded no command."""
+    for parent in checkpoint.parents[:3]:
+        if (parent / "command.json").is_file():
+            return f"made by `{json.loads((parent / 'command.json').read_text())['command']}`"
+    return f"trained with the resolved config `{checkpoint.parent / 'config.yaml'}`"
+
+
+def render_robustness_comparison(folders: list[Path]) -> list[str]:
+    """One row per `evaluate --robustness` folder: its split, as stored, best, worst, spread."""
+    lines = ["## Robustness: the models side by side", "",
+             "Balanced accuracy; the tables per presentation follow in sections of their own.",
+             "", "| model | split | colour constancy | as stored | best | worst | spread |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for folder in folders:
+        doc = json.loads((folder / "robustness.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        pre = json.loads((Path(metrics["checkpoint"]) / "card.json").read_text())["preprocess"]
+        rows = {r["presentation"]: r["balanced_accuracy"] for r in doc["rows"]}
+        best, worst = max(rows, key=rows.get), min(rows, key=rows.get)
+        split = doc["source"].rsplit(":", 1)[-1]
+        lines.append(f"| `{metrics['checkpoint']}` | {split} | "
+                     f"{pre.get('color_constancy', 'none')} | {rows['as-stored']:.3f} | "
+                     f"{rows[best]:.3f} ({best}) | {rows[worst]:.3f} ({worst}) | "
+                     f"{doc['spread']:.3f} |")
+    return [*lines, ""]
 
 
 def render_calibration(folder: Path, docs: Path) -> list[str]:
@@ -408,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a `skinedge pipeline --out` folder (its section: pipeline)")
     parser.add_argument("--robustness", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --robustness --out` folder (repeatable; its "
-                             "section: robustness-RUN, RUN the folder above it)")
+                             "section: robustness-RUN-FOLDER, RUN the folder above it)")
     parser.add_argument("--calibration", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --out` folder of a calibrated checkpoint "
                              "(repeatable; its section: calibration-RUN)")
@@ -428,8 +465,12 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(("pipeline", render_pipeline(args.pipeline)))
         for folder in args.bench:  # each bench in a section of its own, named after it
             sections.append((f"bench-{folder.name}", render_bench(folder, args.out.parent)))
+        if len(args.robustness) > 1:
+            sections.append(("robustness-comparison",
+                             render_robustness_comparison(args.robustness)))
         for folder in args.robustness:
-            sections.append((f"robustness-{folder.parent.name}", render_robustness(folder)))
+            sections.append((f"robustness-{folder.parent.name}-{folder.name}",
+                             render_robustness(folder)))
         for folder in args.calibration:
             sections.append((f"calibration-{folder.parent.name}",
                              render_calibration(folder, args.out.parent)))

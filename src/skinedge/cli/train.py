@@ -28,13 +28,16 @@ def train(
     """
     from skinedge.cli.progress import RichTrainCallbacks, console, make_progress
     from skinedge.train.trainer import train_classifier
+    from skinedge.utils.provenance import now, record_command
 
+    started = now()
     cfg = load_run_config(out, config, overrides, resume, {"data.manifest": manifest})
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with make_progress() as progress:
         callbacks = RichTrainCallbacks(progress) if rank0 else None
         result = train_classifier(cfg, out, resume=resume, callbacks=callbacks)
     if rank0:
+        record_command(out, started=started, finished=now())  # what made this run, for reports
         note = " (stopped early)" if result.stopped_early else ""
         console.print(f"best epoch {result.best_epoch}: val {cfg.monitor} "
                       f"{result.best_metric:.4f}{note}\ncheckpoint: {result.best_dir}")
