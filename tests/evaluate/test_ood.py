@@ -153,3 +153,23 @@ def _run_manifest(checkpoint):
     from skinedge.models import load_card
 
     return load_card(checkpoint).data.manifest
+
+
+def test_an_energy_check_on_probability_outputs_is_refused_by_name(checked) -> None:
+    """Core ML artifacts output probabilities, whose logs have lost the scale energy reads."""
+    from skinedge.errors import ModelError
+    from skinedge.models.card import ArtifactInfo, LesionCheck, TensorSpec
+    from skinedge.runtimes import load_runtime
+
+    runtime = load_runtime(checked)
+    runtime.check_lesion_check()  # a checkpoint outputs logits
+    spec = TensorSpec(name="x", shape=[1, 7], layout="NC", dtype="float32",
+                      kind="probabilities")
+    runtime.card = runtime.card.model_copy(update={
+        "ood": LesionCheck(method="energy", threshold=0.0),
+        "artifact": ArtifactInfo(target="coreml", precision="fp32", source_checkpoint="x",
+                                 source_weights_sha256=None, input=spec, output=spec)})
+    with pytest.raises(ModelError, match="needs the logits"):
+        runtime.check_lesion_check()
+    with pytest.raises(ModelError, match="needs the logits"):
+        runtime.assess_array(np.zeros((1, 3, 32, 32), dtype=np.float32))

@@ -207,17 +207,24 @@ class Runtime(ABC):
             ModelError: the check needs logits (``energy``) and the artifact gives
                 probabilities, which have lost the scale it reads.
         """
+        self.check_lesion_check()
         z = self._calibrated_logits(self._outputs(x))
         check = self.card.ood
         if check is None:
             return Assessment(softmax(z), None, np.ones(len(z), dtype=bool))
-        output = self.card.artifact.output if self.card.artifact else None
-        if check.method == "energy" and output is not None and output.kind == "probabilities":
+        scores = ood_scores(z, 1.0, check.method)
+        return Assessment(softmax(z), scores, scores <= check.threshold)
+
+    def check_lesion_check(self) -> None:
+        """Raise ModelError where the card's lesion check cannot be computed from this
+        artifact's outputs (an energy check on an artifact that outputs probabilities): for
+        a service to refuse to start rather than fail on every image."""
+        check, output = self.card.ood, self.card.artifact.output if self.card.artifact else None
+        if (check is not None and check.method == "energy" and output is not None
+                and output.kind == "probabilities"):
             raise ModelError(f"{self.path}: its card's lesion check scores energy, which needs "
                              "the logits; this artifact outputs probabilities. Use a target "
                              "that outputs logits, or predict() without the check")
-        scores = ood_scores(z, 1.0, check.method)
-        return Assessment(softmax(z), scores, scores <= check.threshold)
 
     def _outputs(self, x: np.ndarray) -> np.ndarray:
         """Raw outputs (N, C) float64 of preprocessed images, in the artifact's batch size."""

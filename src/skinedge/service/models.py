@@ -33,6 +33,7 @@ class ServedModel:
         self.version = version
         self.deployment = deployment
         self.runtime = load_runtime(settings.model, threads=inference_threads(settings))
+        self.runtime.check_lesion_check()  # at start, not as a 5xx on every upload
         self.card = self.runtime.card
         # The card's seal covers every field that decides predictions: it names the model.
         self.card_sha256 = self.card.integrity or hashlib.sha256(
