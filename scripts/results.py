@@ -15,7 +15,8 @@ Usage:
         # `skinedge evaluate --robustness` in a section of its own (robustness-RUN-FOLDER);
         # several: a comparison section (robustness-comparison) first
     python scripts/results.py --update --calibration runs/RUN/eval-test --out docs/RESULTS.md
-        # ECE with and without the card's temperature, reliability diagrams (calibration-RUN)
+        # ECE with and without the card's temperature, reliability diagrams
+        # (calibration-RUN-FOLDER)
 
 Each run folder is what `skinedge quickstart --out RUN` leaves: command.json, manifest.json,
 train/{config.yaml,versions.json,metrics.jsonl,best/card.json}, eval/metrics.json.
@@ -241,12 +242,13 @@ def render_calibration(folder: Path, docs: Path) -> list[str]:
     command = json.loads((folder / "command.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     calibration = metrics.get("calibration")
-    if not calibration:
+    if not calibration or not calibration.get("fitted_on"):
         raise SystemExit(f"{folder}/metrics.json has no calibration: evaluate a checkpoint "
                          "whose card has a fitted temperature (`skinedge calibrate`)")
     card = json.loads((Path(metrics["checkpoint"]) / "card.json").read_text())
     fit = card.get("calibration") or {}
-    lines = [f"## Calibration: {folder.parent.name} (temperature scaling, {metrics['n']} images "
+    lines = [f"## Calibration: {folder.parent.name}/{folder.name} (temperature scaling, "
+             f"{metrics['n']} images "
              f"of `{metrics['source']}`)", "",
              f"- command: `{command['command']}`, finished {command.get('finished')}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in command["versions"].items()),
@@ -259,7 +261,7 @@ def render_calibration(folder: Path, docs: Path) -> list[str]:
              f"| calibrated (T = {calibration['temperature']:.2f}) | {metrics['ece']:.3f} |", ""]
     lines += _lesion_check_lines(metrics.get("lesion_check"), card.get("ood"))
     if (folder / "reliability.png").is_file():
-        chart = docs / f"reliability-{folder.parent.name}.png"
+        chart = docs / f"reliability-{folder.parent.name}-{folder.name}.png"
         shutil.copyfile(folder / "reliability.png", chart)
         lines += [f"![reliability diagrams before and after]({chart.name})", ""]
     return lines
@@ -448,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                              "section: robustness-RUN-FOLDER, RUN the folder above it)")
     parser.add_argument("--calibration", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --out` folder of a calibrated checkpoint "
-                             "(repeatable; its section: calibration-RUN)")
+                             "(repeatable; its section: calibration-RUN-FOLDER)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--update", action="store_true",
                         help="replace only the sections this call renders in --out (each names "
@@ -472,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append((f"robustness-{folder.parent.name}-{folder.name}",
                              render_robustness(folder)))
         for folder in args.calibration:
-            sections.append((f"calibration-{folder.parent.name}",
+            sections.append((f"calibration-{folder.parent.name}-{folder.name}",
                              render_calibration(folder, args.out.parent)))
         text = args.out.read_text() if args.out.is_file() else "# Measured results\n"
         for name, lines in sections:

@@ -189,16 +189,21 @@ def test_training_ends_by_calibrating_best_on_val(tmp_path) -> None:
 def test_an_ensemble_is_fitted_anew_once(tiny_checkpoint, tmp_path) -> None:
     """The members' temperatures do not carry over to the mean of their probabilities; a new
     ensemble is fitted on val, a too-small val leaves it at T = 1, and a rerun keeps the fit."""
+    from skinedge.evaluate.calibration import calibrate_on_split
     from skinedge.models import create_ensemble, load_card
     from skinedge.train.ensemble import calibrate_ensemble
 
     members = [shutil.copytree(tiny_checkpoint, tmp_path / f"m{k}") for k in range(2)]
+    calibrate_on_split(members[0], manifest_of(tiny_checkpoint), min_images=1)
+    assert load_card(members[0]).ood is not None
     ensemble = create_ensemble(members, tmp_path / "ensemble")
-    assert (load_card(ensemble).temperature, load_card(ensemble).calibration) == (1.0, None)
+    fresh = load_card(ensemble)  # nothing of member 0's fit carries over
+    assert (fresh.temperature, fresh.calibration, fresh.ood) == (1.0, None, None)
     calibrate_ensemble(ensemble, manifest_of(tiny_checkpoint))  # 14 val images: too few
     assert load_card(ensemble).calibration is None
     calibrate_ensemble(ensemble, manifest_of(tiny_checkpoint), min_images=1)
     fitted = load_card(ensemble)
     assert fitted.calibration["images"] == 14 and fitted.temperature != 1.0
+    assert fitted.ood.method == "msp" and set(fitted.ood.fit["methods"]) == {"msp"}
     calibrate_ensemble(ensemble, manifest_of(tiny_checkpoint), min_images=1)
     assert load_card(ensemble).integrity == fitted.integrity

@@ -78,7 +78,14 @@ def test_a_picture_the_lesion_check_refuses_is_kept_without_a_diagnosis(make_set
                            files={"image": ("x.jpg", jpeg(), "image/jpeg")}).json()
         model = client.get("/api/v1/model", headers=auth).json()
         listed = client.get("/api/v1/cases", headers=auth).json()["items"]
+        verify = client.post(f"/api/v1/cases/{case['id']}/review", headers=auth,
+                             json={"action": "verify"})
+        corrected = client.post(f"/api/v1/cases/{case['id']}/review", headers=auth,
+                                json={"action": "correct", "label": card.classes[0]})
+    assert verify.status_code == 422 and "no diagnosis" in verify.text
+    assert corrected.status_code == 200, corrected.text  # a clinician may say what it is
     assert case["lesion_image"] is False and -1.0 < case["ood_score"] <= 0.0
+    assert case["malignant"] is False  # no diagnosis, malignant or not
     assert len(case["probabilities"]) == len(card.classes)  # kept for the record
     assert listed[0]["lesion_image"] is False
     assert model["lesion_check"] is True and model["temperature"] == card.temperature

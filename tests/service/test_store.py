@@ -394,6 +394,10 @@ def test_migration_0003_marks_existing_cases_as_lesions(tmp_path):
                                                             ood_score=-0.1))
     assert (store.get_case(a, refused.id).lesion, store.get_case(a, refused.id).ood_score) == (
         False, -0.1)
+    from skinedge.service.store.export import export_reviewed
+
+    summary = export_reviewed(store, tmp_path / "export", include_unreviewed=True)
+    assert summary.skipped_unreviewed == 1 and sum(summary.per_class.values()) == 1  # no label
     with pytest.raises(RuntimeError, match="1 cases were refused"):
         downgrade(store)
     store.close()

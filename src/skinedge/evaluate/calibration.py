@@ -218,10 +218,12 @@ def calibrate_checkpoint(
     fit = fit_temperature(logits[0], targets, source=source)
     check = None
     if ood:
-        from skinedge.evaluate.ood import fit_lesion_check
+        from skinedge.evaluate.ood import METHODS, fit_lesion_check
 
+        # An ensemble outputs log-probabilities, whose energy is constant: msp only.
         check = fit_lesion_check(model, card.preprocess, logits[0], round(fit.temperature, 6),
-                                 source=source, batch_size=batch_size, device=device)
+                                 source=source, batch_size=batch_size, device=device,
+                                 methods=("msp",) if card.members else METHODS)
     set_temperature(checkpoint, fit, ood=check)
     return fit
 

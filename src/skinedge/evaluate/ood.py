@@ -123,7 +123,8 @@ class OODFit:
 
 def fit_ood(lesion_logits: np.ndarray, temperature: float, non_lesion_logits: np.ndarray,
             held_out_mask: Sequence[bool], *, max_false_rejection: float = MAX_FALSE_REJECTION,
-            source: str = "", non_lesion_sources: Sequence[str] = ()) -> OODFit:
+            source: str = "", non_lesion_sources: Sequence[str] = (),
+            methods: Sequence[str] = METHODS) -> OODFit:
     """Per method, the threshold that rejects at most ``max_false_rejection`` of the lesions;
     the method that detects more of the non-held-out non-lesion images (energy on a tie).
 
@@ -132,6 +133,7 @@ def fit_ood(lesion_logits: np.ndarray, temperature: float, non_lesion_logits: np
         temperature: The card's calibration temperature.
         non_lesion_logits: (M, C) raw logits of :func:`non_lesion_images`.
         held_out_mask: (M,) True for the images kept out of the choice.
+        methods: The scores to choose from (an ensemble's log-probabilities: ``msp`` only).
 
     Raises:
         ValueError: no lesions, or no non-lesion images on either side of the split.
@@ -143,27 +145,27 @@ def fit_ood(lesion_logits: np.ndarray, temperature: float, non_lesion_logits: np
                          f"non-lesion images to choose on and {int(mask.sum())} held out")
     if not 0.0 < max_false_rejection < 1.0:
         raise ValueError(f"max_false_rejection {max_false_rejection}: a share in (0, 1)")
-    methods = {}
-    for method in METHODS:
+    rates = {}
+    for method in methods:
         lesions = ood_scores(lesion_logits, temperature, method)
         others = ood_scores(non_lesion_logits, temperature, method)
         # The (1 - max) quantile from above: at most that share of lesions scores higher.
         threshold = float(np.quantile(lesions, 1.0 - max_false_rejection, method="higher"))
-        methods[method] = {
+        rates[method] = {
             "threshold": threshold,
             "false_rejection": float(np.mean(lesions > threshold)),
             "detection": float(np.mean(others[~mask] > threshold)),
             "detection_held_out": float(np.mean(others[mask] > threshold)),
             "auroc": _auroc(others[~mask], lesions),
         }
-    method = max(METHODS, key=lambda m: (methods[m]["detection"], m == "energy"))
-    chosen = methods[method]
+    method = max(rates, key=lambda m: (rates[m]["detection"], m == "energy"))
+    chosen = rates[method]
     return OODFit(method=method, threshold=chosen["threshold"],
                   max_false_rejection=max_false_rejection,
                   false_rejection=chosen["false_rejection"], detection=chosen["detection"],
                   detection_held_out=chosen["detection_held_out"],
                   lesion_images=len(lesion_logits), non_lesion_images=int((~mask).sum()),
-                  non_lesion_held_out=int(mask.sum()), methods=methods, source=source,
+                  non_lesion_held_out=int(mask.sum()), methods=rates, source=source,
                   non_lesion_sources=tuple(non_lesion_sources))
 
 
@@ -184,7 +186,8 @@ def non_lesion_logits(model, preprocess, items: Sequence[NonLesion], *, batch_si
 
 
 def fit_lesion_check(model, preprocess, lesion_logits: np.ndarray, temperature: float, *,
-                     source: str, batch_size: int = 64, device: str = "cpu"):
+                     source: str, batch_size: int = 64, device: str = "cpu",
+                     methods: Sequence[str] = METHODS):
     """The card's :class:`~skinedge.models.card.LesionCheck` for a model whose validation
     logits are ``lesion_logits``: :func:`fit_ood` against :func:`non_lesion_images`."""
     from skinedge.models.card import LesionCheck
@@ -192,7 +195,8 @@ def fit_lesion_check(model, preprocess, lesion_logits: np.ndarray, temperature: 
     items = non_lesion_images()
     logits = non_lesion_logits(model, preprocess, items, batch_size=batch_size, device=device)
     fit = fit_ood(lesion_logits, temperature, logits, [held_out(i.group) for i in items],
-                  source=source, non_lesion_sources=sorted({i.group for i in items}))
+                  source=source, non_lesion_sources=sorted({i.group for i in items}),
+                  methods=methods)
     return LesionCheck(method=fit.method, threshold=fit.threshold, fit=fit.to_dict())
 
 

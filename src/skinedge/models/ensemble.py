@@ -92,7 +92,7 @@ def create_ensemble(members: Sequence[Path | str], out: Path | str) -> Path:
         "pretrained": "members", "drop_rate": 0.0,
         # the members' temperatures calibrate each alone; the mean of their probabilities
         # is fitted anew (`skinedge calibrate`)
-        "temperature": 1.0, "calibration": None,
+        "temperature": 1.0, "calibration": None, "ood": None,
     }).sealed()
     atomic_write_text(tmp / CARD, card.to_json())
     fsync_path(tmp)

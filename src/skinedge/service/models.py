@@ -60,7 +60,9 @@ class ServedModel:
         malignant_p = sum(p for c, p in zip(self.classes, probabilities) if c in MALIGNANT_CODES)
         return Prediction(
             classes=self.classes, probabilities=probabilities, prediction=top,
-            malignant=top in MALIGNANT_CODES or malignant_p >= self.settings.malignant_threshold,
+            # a picture the lesion check refuses gets no diagnosis, malignant or not
+            malignant=bool(assessment.lesion[0]) and (
+                top in MALIGNANT_CODES or malignant_p >= self.settings.malignant_threshold),
             malignant_probability=malignant_p, model_label=self.label,
             model_architecture=self.card.architecture, card_sha256=self.card_sha256,
             latency_ms=latency_ms, lesion=bool(assessment.lesion[0]), ood_score=score)

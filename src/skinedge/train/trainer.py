@@ -175,11 +175,17 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: TrainCallba
         else:
             # Refits from the raw logits each time, so a resumed run that calibrates again
             # after a kill gets the same temperature.
-            calibration = calibrate_checkpoint(
-                out_dir / "best", run.val_set, source=f"{cfg.data.manifest}:val",
-                batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=run.device)
-            check = load_card(out_dir / "best").ood
-            callbacks.on_calibrated({**calibration.to_dict(), "ood": check and check.fit})
+            try:
+                calibration = calibrate_checkpoint(
+                    out_dir / "best", run.val_set, source=f"{cfg.data.manifest}:val",
+                    batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+                    device=run.device)
+            except (DataError, ValueError) as exc:  # the other ranks wait at the barrier
+                callbacks.on_calibrated({"skipped": f"calibration failed: {exc}; best/ keeps "
+                                                    "temperature 1 (`skinedge calibrate`)"})
+            else:
+                check = load_card(out_dir / "best").ood
+                callbacks.on_calibrated({**calibration.to_dict(), "ood": check and check.fit})
     barrier(dist)
     return TrainResult(out_dir, state.best_epoch, state.best_metric, state.history, stopped_early,
                        calibration)

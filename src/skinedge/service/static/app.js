@@ -373,7 +373,7 @@
 
     const list = $("prob-list");
     list.replaceChildren();
-    for (const p of probs) {
+    for (const p of lesion ? probs : []) {  // a refused picture: no probabilities shown
       const fill = el("span", { className: "bar-fill" });
       fill.style.width = `${Math.max(0, Math.min(1, p.probability)) * 100}%`;
       const row = el("li", {

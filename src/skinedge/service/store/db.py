@@ -560,6 +560,10 @@ class Store:
         """Verify the model's answer, or correct it to ``label``; a later review replaces it."""
         with self.case_transaction(actor, f"case.{action}", case_id) as session:
             case = self.owned(session, actor, case_id)
+            if action == "verify" and not case.lesion:
+                raise DataError("the model gave no diagnosis for this case: its lesion check "
+                                "found no dermoscopic lesion image. If it is a lesion, send "
+                                "action 'correct' with its class; if not, erase the case")
             if action == "verify":
                 if label is not None and label != case.prediction:
                     raise DataError(f"verify confirms the model's answer {case.prediction!r}; "

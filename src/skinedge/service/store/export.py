@@ -64,7 +64,8 @@ class ExportSummary:
     Attributes:
         folder: The export folder.
         per_class: Cases written per ``dx`` class code.
-        skipped_unreviewed: Unreviewed cases left out (0 with ``include_unreviewed``).
+        skipped_unreviewed: Unreviewed cases left out (with ``include_unreviewed``, only the
+            pictures the lesion check refused: they carry no label).
         reused: Images kept from an interrupted export instead of being written again.
         replaced: Whether a previous export in ``folder`` was replaced.
         models: ``(model label, architecture, card sha256) -> classes`` of the cases written.
@@ -228,7 +229,8 @@ def _read_cases(store: Store, include_unreviewed: bool) -> tuple[list[_Row], int
         reviewers = {u.id: u.name for u in session.scalars(select(User))}
         rows, skipped = [], 0
         for case, size, media_type in found:
-            if case.status == "unreviewed" and not include_unreviewed:
+            # an unreviewed refused picture has no label at all, not even the model's
+            if case.status == "unreviewed" and not (include_unreviewed and case.lesion):
                 skipped += 1
                 continue
             rows.append(_row(store, case, size, media_type, reviewers))

@@ -26,8 +26,8 @@ def downgrade() -> None:
         sa.text("SELECT count(*) FROM cases WHERE NOT lesion")).scalar()
     if refused:
         raise RuntimeError(f"{refused} cases were refused as not lesion images, which revision "
-                           "0002 cannot record; export them (skinedge feedback export) before "
-                           "downgrading")
+                           "0002 cannot record (it would show them as diagnosed); erase them, "
+                           "or stay at this revision")
     # Plain DROP COLUMNs (SQLite >= 3.35), as in 0002: a batch rebuild would drop the table.
     op.execute("ALTER TABLE cases DROP COLUMN ood_score")
     op.execute("ALTER TABLE cases DROP COLUMN lesion")
