@@ -76,7 +76,7 @@ def test_evaluate_scores_every_presentation(tiny_checkpoint, tmp_path) -> None:
     subprocess.run([sys.executable, "scripts/results.py", "--update", "--robustness", str(out),
                     "--out", str(results)], check=True, cwd=Path(__file__).parents[2])
     text = results.read_text()
-    assert "kept" in text and f"<!-- section: robustness-{tmp_path.name} -->" in text
+    assert "kept" in text and f"<!-- section: robustness-{tmp_path.name}-out -->" in text
     assert "- command: `" in text and "| cool |" in text
 
 

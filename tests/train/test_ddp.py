@@ -38,7 +38,7 @@ def test_train_with_two_cpu_processes(tiny_manifest, tmp_path) -> None:
     assert log.count("best epoch 1") == 1  # only rank 0 prints the summary
     # rank 0 alone wrote: one of each, no temporary or displaced checkpoint folders left
     assert sorted(p.name for p in out.iterdir()) == [
-        "best", "config.yaml", "last", "metrics.jsonl", "versions.json"]
+        "best", "command.json", "config.yaml", "last", "metrics.jsonl", "versions.json"]
     assert (out / "last" / "trainer_state.pt").is_file()
     assert (out / "best" / "card.json").is_file()
     lines = (out / "metrics.jsonl").read_text().splitlines()

@@ -411,7 +411,7 @@ def run_bench(
         raise ConfigError(f"{reference}: the reference must be a checkpoint folder (PyTorch), "
                          f"not an exported artifact")
     if manifest is None and data is None:
-        from skinedge.export.api import resolve_manifest
+        from skinedge.models.card import resolve_manifest
 
         manifest = resolve_manifest(None, ref_card, reference)
     given = [BenchRow("torch-fp32", reference, reference=True)]

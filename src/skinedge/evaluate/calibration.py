@@ -254,8 +254,7 @@ def calibrate_on_split(
     from skinedge.data import LesionDataset, build_eval_transform, load_manifest
     from skinedge.data.manifest import check_classes
     from skinedge.errors import ConfigError
-    from skinedge.export.api import resolve_manifest
-    from skinedge.models.card import checkpoint_dir, load_card
+    from skinedge.models.card import checkpoint_dir, load_card, resolve_manifest
 
     if split not in ("train", "val"):
         raise ConfigError(f"split {split!r}: fit the temperature on val (or train), never on "

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from skinedge.errors import ConfigError, NotFoundError
+from skinedge.errors import ConfigError
 from skinedge.export.base import ExportError, ExportJob, Tolerance, VerificationFailed, get_target
 from skinedge.export.records import (
     AccuracyControl,
@@ -29,7 +29,7 @@ from skinedge.export.records import (
     VerificationResult,
     calibrates_int8,
 )
-from skinedge.models.card import ModelCard
+from skinedge.models.card import ModelCard, resolve_manifest
 from skinedge.utils.backends import MissingBackendError
 from skinedge.utils.cpu import cpu_info, cpu_summary
 from skinedge.utils.io import atomic_write_text, path_size, sha256_tree, writing
@@ -53,22 +53,6 @@ class ExportResult:
 def _log(log: Callable[[str], None] | None, message: str) -> None:
     if log:
         log(message)
-
-
-def resolve_manifest(manifest: Path | str | None, card: ModelCard, checkpoint: Path) -> Path:
-    if manifest is not None:
-        return Path(manifest)
-    recorded = card.data.manifest
-    candidates = [Path(recorded)] if recorded else []
-    # A run folder keeps its manifest beside train/ (quickstart layout): runs/NAME/manifest.json.
-    candidates += [p / "manifest.json" for p in checkpoint.resolve().parents[:3]]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise NotFoundError(
-        f"{checkpoint}: export needs real images (calibration from the training split, "
-        f"verification on the validation split) but the model's manifest "
-        f"{recorded or '(none recorded)'} is not here: pass --manifest PATH")
 
 
 def export_checkpoint(

@@ -299,3 +299,26 @@ def _parse_card(file: Path) -> ModelCard:
     except ValidationError as exc:
         raise ModelError(f"{file}: not a valid model card ({exc.error_count()} problem(s)):\n"
                          f"{exc}\nrestore it from the training run") from exc
+
+
+def resolve_manifest(manifest: Path | str | None, card: ModelCard, checkpoint: Path) -> Path:
+    """``manifest`` if given, else the split manifest the card records, else a run folder's
+    ``manifest.json`` beside the checkpoint's run (quickstart layout).
+
+    Raises:
+        NotFoundError: none of them is a file.
+    """
+    if manifest is not None:
+        return Path(manifest)
+    recorded = card.data.manifest
+    candidates = [Path(recorded)] if recorded else []
+    # A run folder keeps its manifest beside train/ (quickstart layout): runs/NAME/manifest.json.
+    candidates += [p / "manifest.json" for p in checkpoint.resolve().parents[:3]]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise NotFoundError(
+        f"{checkpoint}: this needs the model's own images (export: calibration from the "
+        f"training split and verification on the validation split; calibrate: the validation "
+        f"split) but the model's manifest {recorded or '(none recorded)'} is not here: pass "
+        f"--manifest PATH")

@@ -40,8 +40,8 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
     """A QAT config derived from the FP32 checkpoint's card and its training config: same
     architecture, preprocessing, loss and data; a short, low learning-rate fine-tune."""
     from skinedge.compress.qat import QATConfig
-    from skinedge.export.api import resolve_manifest
     from skinedge.models import load_card
+    from skinedge.models.card import resolve_manifest
     from skinedge.models.checkpoint import WEIGHTS, checkpoint_dir
     from skinedge.utils.config import apply_overrides, validate_config
 
