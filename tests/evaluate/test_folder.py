@@ -62,6 +62,25 @@ def test_melanoma_vs_benign_folder_is_scored_as_melanoma_detection(tiny_checkpoi
     assert "Sensitivity (melanoma is the top-1 class)" in (out / "metrics.md").read_text()
 
 
+def test_a_folder_of_some_classes_is_scored_over_the_classes_present(tiny_checkpoint, tmp_path):
+    """A subset of the model's classes (ISIC 2019 mapped into the 7, a clinic's own folder):
+    balanced accuracy is the mean recall over the classes present, and the report says so."""
+    import numpy as np
+
+    data = make_tiny_dataset(tmp_path / "subset", per_class=6, codes=("mel", "nv", "bkl"))
+    out = tmp_path / "out"
+
+    result, output = _evaluate(tiny_checkpoint, data, out)
+
+    assert result.exit_code == 0, output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes_absent"] == ["bcc", "akiec", "df", "vasc"]
+    recalls = [metrics["per_class"][c]["recall"] for c in ("mel", "nv", "bkl")]
+    assert metrics["balanced_accuracy"] == pytest.approx(float(np.mean(recalls)))
+    note = "balanced accuracy is the mean recall over the 3 classes present"
+    assert note in output and note in " ".join((out / "metrics.md").read_text().split())
+
+
 def test_folder_of_another_vocabulary_is_one_error_with_a_way_out(tiny_checkpoint, tmp_path):
     """ISIC 2019 labels (scc) on the ISIC 2018 model: one message, not a line per row."""
     data = make_tiny_dataset(tmp_path / "isic2019-like", per_class=6, codes=("mel", "nv", "scc"))

@@ -162,6 +162,12 @@ def evaluate_checkpoint(
         metrics["confidence_intervals"] = bootstrap_intervals(
             targets, probs, card.classes, melanoma_class=card.positive_class)
         class_names = card.class_names
+        absent = [c for k, c in enumerate(card.classes) if not (targets == k).any()]
+        if absent:  # e.g. ISIC 2019 mapped into the 7 classes, or a folder of a few classes
+            metrics["classes_absent"] = absent
+            notes.append(f"{source} has no image of {', '.join(absent)}: balanced accuracy is "
+                         f"the mean recall over the {len(card.classes) - len(absent)} classes "
+                         "present, and the absent classes have no AUC")
     metrics["calibration"] = calibration_summary(logits, targets, card, task)
     if card.ood is not None:
         metrics["lesion_check"] = lesion_check_summary(model, card, logits[0], targets,

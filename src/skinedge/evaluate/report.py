@@ -84,6 +84,8 @@ def render_markdown(
                         "from the check's choice)", check["detection_held_out"]))
 
     lines = [f"# {title}", "", "## Summary", ""]
+    lines += [f"Note: {note}." for note in metrics.get("notes") or []]
+    lines += [""] if metrics.get("notes") else []
     if detection:
         lines += ["Melanoma detection: a multi-class model on melanoma-vs-benign labels. AUC and "
                   "sensitivity at fixed specificity score P(melanoma); accuracy, sensitivity, "
