@@ -193,7 +193,7 @@ def render_robustness(folder: Path) -> list[str]:
     doc = json.loads((folder / "robustness.json").read_text())
     table = (folder / "robustness.md").read_text().strip().splitlines()[1:]  # not its title
     metrics = json.loads((folder / "metrics.json").read_text())
-    pre = json.loads((Path(metrics["checkpoint"]) / "card.json").read_text())["preprocess"]
+    pre = _card_of(metrics)["preprocess"]
     return [f"## Robustness: {folder.parent.name}/{folder.name} ({doc['images']} images of "
             f"`{doc['source']}`)", "",
             f"- command: `{command['command']}`, finished {command.get('finished')}",
@@ -202,6 +202,11 @@ def render_robustness(folder: Path) -> list[str]:
             f"{pre.get('resize_mode', 'crop')}, {pre.get('input_size')} px",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in command["versions"].items()),
             *table, ""]
+
+
+def _card_of(metrics: dict) -> dict:
+    """The model card of the checkpoint an evaluate folder's metrics.json names."""
+    return json.loads((Path(metrics["checkpoint"]) / "card.json").read_text())
 
 
 def _trained_by(checkpoint: Path) -> str:
@@ -222,7 +227,7 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
     for folder in folders:
         doc = json.loads((folder / "robustness.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
-        pre = json.loads((Path(metrics["checkpoint"]) / "card.json").read_text())["preprocess"]
+        pre = _card_of(metrics)["preprocess"]
         rows = {r["presentation"]: r["balanced_accuracy"] for r in doc["rows"]}
         best, worst = max(rows, key=rows.get), min(rows, key=rows.get)
         split = doc["source"].rsplit(":", 1)[-1]
@@ -245,7 +250,7 @@ def render_calibration(folder: Path, docs: Path) -> list[str]:
     if not calibration or not calibration.get("fitted_on"):
         raise SystemExit(f"{folder}/metrics.json has no calibration: evaluate a checkpoint "
                          "whose card has a fitted temperature (`skinedge calibrate`)")
-    card = json.loads((Path(metrics["checkpoint"]) / "card.json").read_text())
+    card = _card_of(metrics)
     fit = card.get("calibration") or {}
     lines = [f"## Calibration: {folder.parent.name}/{folder.name} (temperature scaling, "
              f"{metrics['n']} images "

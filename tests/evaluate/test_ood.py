@@ -93,22 +93,31 @@ def test_calibrating_chooses_the_check_and_seals_it_in_the_card(checked) -> None
 
 
 def test_the_runtime_answers_not_a_lesion_above_the_threshold(checked, tiny_dataset) -> None:
+    """The runtime's scores are the card's method on the torch model's own logits divided by
+    the card's temperature, and its verdicts follow the card's threshold."""
+    import torch
+
+    from skinedge.models import load_checkpoint
     from skinedge.runtimes import load_runtime
 
     runtime = load_runtime(checked)
-    check = runtime.card.ood
+    model, card = load_checkpoint(checked)
     lesions = sorted((tiny_dataset / "images").glob("*.jpg"))[:6]
     photos = [i.image for i in non_lesion_images()[:12]]
-    assessment = runtime.assess([*lesions, *photos])
-    np.testing.assert_allclose(assessment.probabilities, runtime.predict([*lesions, *photos]))
-    expected = ood_scores(np.log(assessment.probabilities), 1.0, check.method)
-    if check.method == "msp":
-        np.testing.assert_allclose(assessment.ood_scores, expected, atol=1e-9)
-    np.testing.assert_array_equal(assessment.lesion, assessment.ood_scores <= check.threshold)
-    verdicts = assessment.verdicts(runtime.card.classes)
-    for verdict, lesion in zip(verdicts, assessment.lesion, strict=True):
-        assert (verdict == NOT_A_LESION) == (not lesion)
-        assert verdict == NOT_A_LESION or verdict in runtime.card.classes
+    x = runtime.preprocess([*lesions, *photos])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).double().numpy()
+    expected = ood_scores(logits, card.temperature, card.ood.method)
+    assessment = runtime.assess_array(x)
+    np.testing.assert_allclose(assessment.ood_scores, expected, atol=1e-6)
+    np.testing.assert_allclose(assessment.probabilities, runtime.predict_array(x))
+    lesion = expected <= card.ood.threshold
+    near = np.abs(expected - card.ood.threshold) < 1e-6  # too close to call either way
+    np.testing.assert_array_equal(assessment.lesion[~near], lesion[~near])
+    verdicts = assessment.verdicts(card.classes)
+    for verdict, ok, row in zip(verdicts, assessment.lesion, assessment.probabilities,
+                                strict=True):
+        assert verdict == (card.classes[int(row.argmax())] if ok else NOT_A_LESION)
 
 
 def test_a_card_without_a_check_calls_everything_a_lesion(tiny_checkpoint, tiny_dataset) -> None:
