@@ -194,3 +194,23 @@ def test_import_and_help_do_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_split_of_several_folders_maps_labels_and_counts_per_source(tmp_path) -> None:
+    from tests.conftest import make_tiny_dataset
+
+    make_tiny_dataset(tmp_path / "data" / "ham", per_class=4)
+    make_tiny_dataset(tmp_path / "data" / "isic2020", per_class=6, size=(56, 64),
+                      codes=("mel", "benign"))
+    result = invoke("data", "split", tmp_path / "data" / "ham", tmp_path / "data" / "isic2020",
+                    "--classes", "isic2018", "--out", tmp_path / "manifest.json")
+    assert result.exit_code == 0, result.output
+    out = text(result)
+    assert "images per source" in out and "isic2020 │ melanoma" in out
+    assert "6 image(s) are labelled only melanoma vs benign" in out
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["name"] for s in doc["sources"]] == ["ham", "isic2020"]
+
+    result = invoke("data", "split", tmp_path / "data" / "ham", tmp_path / "data" / "ham",
+                    "--out", tmp_path / "again.json")
+    assert result.exit_code != 0 and "side by side" in text(result)

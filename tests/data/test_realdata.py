@@ -81,3 +81,22 @@ def test_isic2019_sample_reads(shared_data):
     # Lesion ids where ISIC published one (MSK...), the image itself otherwise.
     assert any(r.group.startswith("MSK") for r in dataset.records)
     assert any(r.group == r.image for r in dataset.records)
+
+
+def test_the_three_samples_split_together_as_each_splits_alone(shared_data, tmp_path):
+    """ISIC 2019's mel/nv/bkl join the 7 classes, ISIC 2020's benign is 'not-mel', and the
+    HAM10000 rows are split exactly as `skinedge data split ham10000-sample` splits them."""
+    from skinedge.data import make_manifest
+    from skinedge.data.sources import split_folders
+
+    names = ("ham10000-sample", "isic2019-sample", "isic2020-sample")
+    made = split_folders([_sample(shared_data, n) for n in names], tmp_path / "m.json",
+                         classes="isic2018", check_images=False)
+    manifest = made.manifest
+    assert len(manifest.rows) == 2525 + 1204 + 727 and made.skipped == []
+    assert manifest.partial == 700
+    ham = make_manifest(read_dataset(shared_data / "ham10000-sample", check_images=False))
+    assert manifest.sources[0].split_hash == ham.split_hash
+    assert {r.label for r in manifest.rows if r.source == "isic2019-sample"} == {"mel", "nv", "bkl"}
+    patients = {r.group for r in manifest.rows if r.source == "isic2020-sample"}
+    assert all(g.startswith("isic2020-sample/IP_") for g in patients)  # grouped by patient

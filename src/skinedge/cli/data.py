@@ -15,10 +15,10 @@ app = typer.Typer(help="Dataset folders: grouped splits and downloads.", no_args
 
 @app.command("split")
 def split(
-    data: Annotated[Path, typer.Argument(help="Dataset folder (labels.csv, HAM10000, ISIC 2018/2019/2020 or class folders).")],
+    data: Annotated[list[Path], typer.Argument(help="Dataset folder (labels.csv, HAM10000, ISIC 2018/2019/2020 or class folders); several side by side make one multi-source split.")],
     out: Annotated[Path, typer.Option(help="Manifest JSON to write.")],
     layout: Annotated[str | None, typer.Option(help="Layout name; detected when omitted.")] = None,
-    classes: Annotated[str | None, typer.Option(help="isic2018, isic2019 or melanoma; inferred when omitted.")] = None,
+    classes: Annotated[str | None, typer.Option(help="isic2018, isic2019 or melanoma; inferred when omitted (several folders: their labels are mapped into it).")] = None,
     ratios: Annotated[tuple[float, float, float], typer.Option(help="train val test fractions.")] = (0.7, 0.15, 0.15),
     seed: Annotated[int, typer.Option(help="Shuffle seed of the split.")] = 0,
     skip_bad: Annotated[bool, typer.Option(help="Leave bad rows out and list them in skipped.csv beside the manifest.")] = False,
@@ -27,22 +27,45 @@ def split(
     allow_outside_root: Annotated[bool, typer.Option(
         "--allow-outside-root", help="Accept image paths and symlinks that lead outside the folder (a folder you trust).")] = False,
 ) -> None:
-    """Make a stratified train/val/test split grouped by lesion (or patient) id, as a manifest."""
+    """Make a stratified train/val/test split grouped by lesion (or patient) id, as a manifest.
+
+    Several folders (HAM10000, ISIC 2019, ISIC 2020 style, side by side) are each split on
+    their own, as one folder would be, and written as one manifest with their labels mapped
+    into one vocabulary: ISIC 2020's 'benign' becomes the partial label 'not-mel'.
+    """
     from rich.markup import escape
 
     from skinedge.cli.progress import CountProgress, console, make_progress
     from skinedge.data.classes import VOCABULARIES
+    from skinedge.data.sources import split_folders
     from skinedge.data.splitting import split_folder
 
+    label_hint = ("fix the row, or choose the class vocabulary with --classes "
+                  f"({', '.join(VOCABULARIES)})")
+    notes: list[str] = []
     with make_progress() as progress:
-        manifest, skipped_path = split_folder(
-            data, out, layout=layout, classes=classes, ratios=ratios, seed=seed,
-            skip_bad=skip_bad, check_images=check_images, max_pixels=max_pixels,
-            progress=CountProgress(progress, "checking images"),
-            allow_outside_root=allow_outside_root,
-            label_hint="fix the row, or choose the class vocabulary with --classes "
-                       f"({', '.join(VOCABULARIES)})")
+        if len(data) == 1:
+            manifest, skipped_path = split_folder(
+                data[0], out, layout=layout, classes=classes, ratios=ratios, seed=seed,
+                skip_bad=skip_bad, check_images=check_images, max_pixels=max_pixels,
+                progress=CountProgress(progress, "checking images"),
+                allow_outside_root=allow_outside_root, label_hint=label_hint)
+        else:
+            made = split_folders(
+                data, out, layout=layout, classes=classes, ratios=ratios, seed=seed,
+                skip_bad=skip_bad, check_images=check_images, max_pixels=max_pixels,
+                progress=lambda name: CountProgress(progress, f"checking {name}"),
+                allow_outside_root=allow_outside_root, label_hint=label_hint)
+            manifest, skipped_path, notes = made.manifest, made.skipped_report, made.notes
     console.print(_counts_table(manifest))
+    if manifest.sources:
+        console.print(_sources_table(manifest))
+    if manifest.partial:
+        console.print(f"{manifest.partial} image(s) are labelled only melanoma vs benign: their "
+                      "'benign' is the partial label 'not-mel' (some class other than melanoma), "
+                      "which training scores as -log(1 - p_mel)")
+    for note in notes:
+        console.print(f"[yellow]{escape(note)}[/]")
     if manifest.ungrouped:
         console.print(f"[yellow]{manifest.ungrouped} of {len(manifest.rows)} images have no "
                       "lesion or patient id: each is its own group, so photos of one lesion may "
@@ -66,7 +89,7 @@ def _counts_table(manifest):
 
     table = Table(title=f"{manifest.root.name}: {manifest.layout}, {manifest.classes}")
     table.add_column("split")
-    codes = manifest.vocabulary.codes
+    codes = list(next(iter(manifest.counts().values())))
     for code in codes:
         table.add_column(code, justify="right")
     table.add_column("images", justify="right")
@@ -104,3 +127,16 @@ def download(
     else:
         console.print(f"ready: {folder}  (next: skinedge data split {folder} "
                       f"--out {folder}/manifest.json)")
+
+
+def _sources_table(manifest):
+    from rich.table import Table
+
+    table = Table(title="images per source")
+    for column in ("source", "classes", "train", "val", "test"):
+        table.add_column(column, justify="left" if column in ("source", "classes") else "right")
+    by_source = manifest.source_counts()
+    for source in manifest.sources:
+        counts = by_source[source.name]
+        table.add_row(source.name, source.classes, *(str(counts[s]) for s in ("train", "val", "test")))
+    return table

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skinedge.data.classes import target_index
 from skinedge.data.dataset import LesionDataset
 from skinedge.data.transforms import PreprocessConfig, build_eval_transform
 from skinedge.errors import DataError
@@ -65,8 +66,9 @@ def manifest_arrays(
     if limit is not None and limit < len(rows):
         keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:limit])
         rows = [rows[i] for i in keep]
-    codes = list(manifest.vocabulary.codes)
-    return load_arrays(manifest.root, [r.image for r in rows], [codes.index(r.label) for r in rows],
+    vocab = manifest.vocabulary  # partial "not-mel" rows: target -1 (NOT_POSITIVE)
+    return load_arrays(manifest.root, [r.image for r in rows],
+                       [target_index(vocab, r.label) for r in rows],
                        preprocess, source=source or f"manifest:{split}", progress=progress)
 
 

@@ -130,3 +130,62 @@ def infer_vocabulary(raw_labels: set[str]) -> ClassVocabulary:
         f"({', '.join(sorted(VOCABULARIES))}); fix the labels, or name the vocabulary when "
         "splitting (`skinedge data split --classes`)"
     )
+
+
+#: A partial label: the row is known *not* to be the positive class (ISIC 2020's "benign" says a
+#: lesion is no melanoma, not which of the other classes it is). It names no class, so it is
+#: never a class code; training scores it as ``-log(1 - p_mel)``
+#: (:class:`~skinedge.train.losses.PartialLabelLoss`), evaluation as a melanoma-detection
+#: negative.
+NOT_POSITIVE_LABEL = "not-mel"
+#: Its target index in a dataset (class targets are ``0 .. C-1``).
+NOT_POSITIVE = -1
+
+#: (from, into) -> label in ``from`` -> label in ``into`` (a class code, NOT_POSITIVE_LABEL, or
+#: None: no class, the row cannot be used). Same-vocabulary pairs map every code to itself.
+LABEL_MAPS: dict[tuple[str, str], dict[str, str | None]] = {
+    # HAM's akiec is actinic keratosis *and* intraepithelial carcinoma (Bowen's disease, an SCC
+    # in situ); an invasive SCC has no HAM class of its own and akiec is its nearest (a
+    # judgement: such rows teach "keratinocyte lesion, not benign"). UNK names no class.
+    ("isic2019", "isic2018"): {"mel": "mel", "nv": "nv", "bcc": "bcc", "ak": "akiec",
+                               "bkl": "bkl", "df": "df", "vasc": "vasc", "scc": "akiec",
+                               "unk": None},
+    ("isic2018", "isic2019"): {"mel": "mel", "nv": "nv", "bcc": "bcc", "bkl": "bkl", "df": "df",
+                               "vasc": "vasc", "akiec": None},  # akiec is ak or scc in situ
+    ("melanoma", "isic2018"): {"mel": "mel", "benign": NOT_POSITIVE_LABEL},
+    ("melanoma", "isic2019"): {"mel": "mel", "benign": NOT_POSITIVE_LABEL},
+}
+
+
+def map_label(label: str, source: str, target: str) -> str | None:
+    """A ``source``-vocabulary class code in the ``target`` vocabulary: a class code,
+    :data:`NOT_POSITIVE_LABEL` (a partial label), or None (no class there).
+
+    Raises:
+        ConfigError: no mapping between the two vocabularies; the message lists the known ones.
+    """
+    if source == target:
+        return label if label in get_vocabulary(source).codes or label == NOT_POSITIVE_LABEL \
+            else None
+    try:
+        table = LABEL_MAPS[(source, target)]
+    except KeyError:
+        known = ", ".join(f"{a} -> {b}" for a, b in LABEL_MAPS)
+        raise ConfigError(f"no mapping from the {source} classes into the {target} classes; "
+                          f"known: {known}") from None
+    return table.get(label)
+
+
+def target_index(vocabulary: ClassVocabulary, label: str) -> int:
+    """A manifest label's training target: its class index, or :data:`NOT_POSITIVE`.
+
+    Raises:
+        DataError: the label is neither a class of ``vocabulary`` nor a partial label it can
+            take (a vocabulary without the positive class cannot take "not-mel").
+    """
+    if label in vocabulary.codes:
+        return vocabulary.codes.index(label)
+    if label == NOT_POSITIVE_LABEL and vocabulary.positive in vocabulary.codes:
+        return NOT_POSITIVE
+    raise DataError(f"label {label!r} is not one of the {vocabulary.name} classes "
+                    f"({', '.join(vocabulary.codes)}) nor the partial label {NOT_POSITIVE_LABEL!r}")

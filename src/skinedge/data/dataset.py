@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from skinedge.data.classes import target_index
 from skinedge.data.images import ImageError, load_rgb
 from skinedge.errors import DataError
 
@@ -18,7 +19,8 @@ class LesionDataset(TorchDataset):
     Args:
         root: Folder the image paths are relative to.
         images: Image paths relative to ``root``.
-        targets: Class index per image.
+        targets: Class index per image, or ``NOT_POSITIVE`` (-1) for a row labelled only
+            "not melanoma" (see :func:`skinedge.data.classes.target_index`).
         transform: PIL RGB image -> tensor (3, S, S).
     """
 
@@ -53,4 +55,4 @@ class LesionDataset(TorchDataset):
         rows = manifest.subset(split)
         vocab = manifest.vocabulary
         return cls(manifest.root, [r.image for r in rows],
-                   [vocab.codes.index(r.label) for r in rows], transform)
+                   [target_index(vocab, r.label) for r in rows], transform)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from skinedge.data.classes import ClassVocabulary, get_vocabulary
+from skinedge.data.classes import NOT_POSITIVE_LABEL, ClassVocabulary, get_vocabulary
 from skinedge.data.paths import OPT_IN, OutsideRootError, normalize_image_path, resolve_inside
 from skinedge.data.reading import Dataset
 from skinedge.data.records import Record
@@ -36,9 +36,39 @@ SCHEMA = "skinedge.manifest/1"
 class ManifestRow:
     image: str
     group: str
-    label: str
+    label: str  # a class code, or NOT_POSITIVE_LABEL (a partial label) in a multi-source split
     split: str
     sha256: str
+    source: str = ""  # the source folder's name in a multi-source split
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset folder of a multi-source split.
+
+    Attributes:
+        name: The folder, relative to the manifest's root (``isic2020-sample``); rows of this
+            source have images under it and groups prefixed with it.
+        layout: Layout the folder was read with.
+        classes: The folder's own vocabulary, mapped into the manifest's by
+            :func:`skinedge.data.classes.map_label`.
+        split_hash: The split hash of this folder split on its own (``skinedge data split
+            FOLDER`` with the same seed and ratios): a model trained on that split is scored
+            on the same test images here.
+    """
+
+    name: str
+    layout: str
+    classes: str
+    split_hash: str
+
+
+def _row_dict(row: ManifestRow) -> dict:
+    """A row as stored; a single-source row has no ``source`` (its hash is as it always was)."""
+    out = asdict(row)
+    if not out["source"]:
+        del out["source"]
+    return out
 
 
 @dataclass
@@ -56,6 +86,8 @@ class Manifest:
     allow_outside_root: bool = False
     # Images stored sideways or flipped whose EXIF orientation is applied when they are read.
     exif_oriented: list[str] = field(default_factory=list)
+    # Several folders in one split (``skinedge data split A B C``); empty for one folder.
+    sources: list[Source] = field(default_factory=list)
 
     @property
     def vocabulary(self) -> ClassVocabulary:
@@ -64,7 +96,7 @@ class Manifest:
     @property
     def split_hash(self) -> str:
         """Hash of the rows (not of where they lie): identifies the split across machines."""
-        payload = json.dumps([asdict(r) for r in self.rows], sort_keys=True).encode()
+        payload = json.dumps([_row_dict(r) for r in self.rows], sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
 
     def subset(self, split: str) -> list[ManifestRow]:
@@ -84,10 +116,26 @@ class Manifest:
         counts = Counter(r.sha256 for r in self.rows)
         return sum(n for n in counts.values() if n > 1)
 
+    @property
+    def partial(self) -> int:
+        """Rows labelled only "not melanoma" (:data:`NOT_POSITIVE_LABEL`)."""
+        return sum(r.label == NOT_POSITIVE_LABEL for r in self.rows)
+
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per split and class."""
+        """Images per split and class (and ``not-mel`` when some rows carry that partial label)."""
         table = Counter((r.split, r.label) for r in self.rows)
-        return {s: {c: table.get((s, c), 0) for c in self.vocabulary.codes} for s in SPLITS}
+        labels = [*self.vocabulary.codes, *([NOT_POSITIVE_LABEL] if self.partial else [])]
+        return {s: {c: table.get((s, c), 0) for c in labels} for s in SPLITS}
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        """Images per source and split (a multi-source split; empty otherwise)."""
+        table = Counter((r.source, r.split) for r in self.rows)
+        return {s.name: {split: table.get((s.name, split), 0) for split in SPLITS}
+                for s in self.sources}
+
+    def source_roots(self) -> list[Path]:
+        """The dataset folders: each source's, or the root of a single-folder split."""
+        return [self.root / s.name for s in self.sources] or [self.root]
 
     def class_warnings(self) -> list[str]:
         """Classes this split cannot serve: empty, a single image or lesion, or too few lesions
@@ -110,7 +158,9 @@ class Manifest:
             "class_warnings": self.class_warnings(),
             "allow_outside_root": self.allow_outside_root,
             "exif_oriented": self.exif_oriented,
-            "rows": [asdict(r) for r in self.rows],
+            **({"sources": [asdict(s) for s in self.sources],
+                "source_counts": self.source_counts()} if self.sources else {}),
+            "rows": [_row_dict(r) for r in self.rows],
         }
         return atomic_write_text(path, json.dumps(doc, indent=1))
 
@@ -221,11 +271,13 @@ def load_manifest(
         fields = _ManifestDoc.model_validate(doc)
     except ValidationError as exc:
         raise _invalid(path, _schema_problems(exc, doc)) from None
+    sources = [Source(**s.model_dump()) for s in fields.sources]
     manifest = Manifest(
-        root=_resolve_root(Path(fields.root), root), layout=fields.layout,
+        root=_resolve_root(Path(fields.root), root, sources), layout=fields.layout,
         classes=fields.classes, seed=fields.seed, ratios=fields.ratios,
         rows=[ManifestRow(**r.model_dump()) for r in fields.rows], created=fields.created,
         allow_outside_root=fields.allow_outside_root, exif_oriented=fields.exif_oriented,
+        sources=sources,
     )
     problems = _row_problems(manifest, allow_outside_root or fields.allow_outside_root)
     if fields.split_hash != manifest.split_hash:
@@ -247,6 +299,16 @@ class _RowDoc(BaseModel):
     label: str
     split: str
     sha256: str
+    source: str = ""
+
+
+class _SourceDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    layout: str
+    classes: str
+    split_hash: str
 
 
 class _ManifestDoc(BaseModel):
@@ -261,6 +323,7 @@ class _ManifestDoc(BaseModel):
     split_hash: str
     allow_outside_root: bool = False
     exif_oriented: list[str] = []
+    sources: list[_SourceDoc] = []
     rows: list[_RowDoc]
 
 
@@ -339,14 +402,21 @@ def _row_problems(manifest: Manifest, allow_outside_root: bool) -> _Problems:
     if not manifest.rows:
         problems.add("field 'rows': no rows")
     seen: dict[str, list[int]] = defaultdict(list)
+    sources = {s.name for s in manifest.sources}
+    labels = codes
+    if codes is not None and sources and manifest.vocabulary.positive in codes:
+        labels = (*codes, NOT_POSITIVE_LABEL)
     for i, r in enumerate(manifest.rows):
         name = f"rows[{i}] {r.image}"
         if r.split not in SPLITS:
             problems.add("unknown split", f"{name}: {r.split!r}",
                          hint=f"valid splits are {', '.join(SPLITS)}")
-        if codes is not None and r.label not in codes:
+        if labels is not None and r.label not in labels:
             problems.add(f"label not in the {manifest.classes} classes", f"{name}: {r.label!r}",
-                         hint=f"valid labels are {', '.join(codes)}")
+                         hint=f"valid labels are {', '.join(labels)}")
+        if (r.source != "" and r.source not in sources) or (sources and r.source == ""):
+            problems.add("row of no listed source", f"{name}: {r.source!r}",
+                         hint=f"sources are {', '.join(sorted(sources)) or 'none (one folder)'}")
         seen[normalize_image_path(r.image)].append(i)
         try:
             resolve_inside(manifest.root, r.image, allow_outside=allow_outside_root)
@@ -362,12 +432,18 @@ def _row_problems(manifest: Manifest, allow_outside_root: bool) -> _Problems:
     return problems
 
 
-def _resolve_root(recorded: Path, override: Path | str | None) -> Path:
+def _resolve_root(recorded: Path, override: Path | str | None,
+                  sources: Sequence[Source] = ()) -> Path:
+    """Where the images are: ``override``, the recorded root, or under ``$SKINEDGE_DATA``
+    (the recorded folder's name there; for a multi-source split, ``$SKINEDGE_DATA`` itself
+    when it holds every source folder)."""
     if override is not None:
         return Path(override).resolve()
     if recorded.is_dir():
         return recorded
     env = os.environ.get("SKINEDGE_DATA")
+    if env and sources and all((Path(env) / s.name).is_dir() for s in sources):
+        return Path(env).resolve()
     if env and (Path(env) / recorded.name).is_dir():
         return (Path(env) / recorded.name).resolve()
     return recorded

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skinedge.data.classes import target_index
 from skinedge.data.manifest import Manifest
 from skinedge.errors import DataError
 from skinedge.utils.io import atomic_write_text, sha256_file
@@ -136,7 +137,7 @@ def augmented_train_set(manifest: Manifest, synthetic: SyntheticSet | None, tran
     rows = manifest.subset("train")
     codes = list(manifest.vocabulary.codes)
     images = [r.image for r in rows]
-    targets = [codes.index(r.label) for r in rows]
+    targets = [target_index(manifest.vocabulary, r.label) for r in rows]
     if synthetic is not None:
         images += [str(synthetic.root / r.image) for r in synthetic.rows]
         targets += [codes.index(r.label) for r in synthetic.rows]

@@ -20,9 +20,10 @@ from skinedge.data import (
     read_dataset,
     write_problem_report,
 )
-from skinedge.data.classes import VOCABULARIES, get_vocabulary
+from skinedge.data.classes import NOT_POSITIVE_LABEL, VOCABULARIES, get_vocabulary
 from skinedge.data.manifest import check_classes
 from skinedge.data.reading import Dataset, count_labels, vocabulary_of
+from skinedge.data.sources import source_of
 from skinedge.errors import ConfigError, DataError
 from skinedge.evaluate.calibration import (
     expected_calibration_error,
@@ -32,6 +33,7 @@ from skinedge.evaluate.calibration import (
 from skinedge.evaluate.metrics import (
     bootstrap_intervals,
     compute_metrics,
+    compute_partial_metrics,
     melanoma_detection_metrics,
 )
 from skinedge.evaluate.predict import predict_logits, predict_probs, probs_from_logits
@@ -114,13 +116,21 @@ def evaluate_checkpoint(
     transform = build_eval_transform(card.preprocess)
     skipped: list[DataProblem] = []
     notes: list[str] = []
+    row_sources: list[str] = []
     label_classes, task = list(card.classes), "classification"
     if manifest is not None:
         man = load_manifest(manifest)
         check_classes(man, card.classes, manifest)
         dataset = LesionDataset.from_manifest(man, split, transform)
         source = f"{manifest}:{split}"
-        if card.data.split_hash and man.split_hash != card.data.split_hash:
+        row_sources = [r.source for r in man.subset(split)]
+        trained_on = source_of(man, card.data.split_hash)
+        if trained_on is not None:
+            notes.append(
+                f"the model was trained on {trained_on} split on its own (split "
+                f"{card.data.split_hash[:12]}): this manifest's {split} images of {trained_on} "
+                "are that split's, and the other sources are external to the model")
+        elif card.data.split_hash and man.split_hash != card.data.split_hash:
             notes.append(
                 f"the model was trained on split {card.data.split_hash[:12]}, not on this "
                 f"manifest's {man.split_hash[:12]}: its {split} images may include training images")
@@ -158,9 +168,17 @@ def evaluate_checkpoint(
             melanoma_class="mel", y_pred=(probs.argmax(axis=1) == mel).astype(np.int64))
         class_names = dict(VOCABULARIES["melanoma"].names)
     else:
-        metrics = compute_metrics(targets, probs, card.classes, melanoma_class=card.positive_class)
+        metrics = compute_partial_metrics(targets, probs, card.classes,
+                                          melanoma_class=card.positive_class)
+        exact = targets >= 0
         metrics["confidence_intervals"] = bootstrap_intervals(
-            targets, probs, card.classes, melanoma_class=card.positive_class)
+            targets[exact], probs[exact], card.classes, melanoma_class=card.positive_class)
+        if metrics.get("partial_rows"):
+            notes.append(
+                f"{metrics['partial_rows']} image(s) of {source} are labelled only melanoma vs "
+                "benign: they count in the melanoma AUC and sensitivity (as non-melanomas), not "
+                "in the class figures, which are over the other "
+                f"{len(targets) - metrics['partial_rows']}")
         class_names = card.class_names
         absent = [c for k, c in enumerate(card.classes) if not (targets == k).any()]
         if absent:  # e.g. ISIC 2019 mapped into the 7 classes, or a folder of a few classes
@@ -168,6 +186,8 @@ def evaluate_checkpoint(
             notes.append(f"{source} has no image of {', '.join(absent)}: balanced accuracy is "
                          f"the mean recall over the {len(card.classes) - len(absent)} classes "
                          "present, and the absent classes have no AUC")
+    if len(set(row_sources)) > 1:
+        metrics["per_source"] = per_source_metrics(row_sources, targets, probs, card)
     metrics["calibration"] = calibration_summary(logits, targets, card, task)
     if card.ood is not None:
         metrics["lesion_check"] = lesion_check_summary(model, card, logits[0], targets,
@@ -184,25 +204,30 @@ def evaluate_checkpoint(
         result.files["predictions"] = _write_predictions(result, card.classes,
                                                          out / "predictions.csv")
         if task == "classification":
+            exact = targets >= 0
             result.files["reliability"] = plot_reliability(
-                reliability_bins(probs_from_logits(logits), targets),
-                reliability_bins(probs, targets), out / "reliability.png",
+                reliability_bins(probs_from_logits(logits)[exact], targets[exact]),
+                reliability_bins(probs[exact], targets[exact]), out / "reliability.png",
                 title=f"{Path(checkpoint)} on {source}", temperature=card.temperature,
                 ece_before=metrics["calibration"]["ece_uncalibrated"], ece_after=metrics["ece"])
         if skipped:
             result.files["skipped"] = write_problem_report(skipped, out / "skipped.csv")
     if robustness:
+        # The class figures: rows labelled only melanoma vs benign are left out.
+        kept = np.flatnonzero(targets >= 0)
+        images = [dataset.images[i] for i in kept]
+
         def predict(transform):
             if transform.name == "as-stored":  # what was just scored
-                return probs, targets
-            presented = LesionDataset(dataset.root, dataset.images, dataset.targets, transform)
+                return probs[kept], targets[kept]
+            presented = LesionDataset(dataset.root, images, targets[kept].tolist(), transform)
             return predict_probs(model, presented, batch_size=batch_size,
                                  num_workers=num_workers, device=torch_device, tta=tta,
                                  temperature=card.temperature, progress=progress)
 
         rows = robustness_rows(predict, transform, card.classes, card.positive_class,
                                progress=presentation_progress)
-        result.robustness = RobustnessResult(source, len(dataset), rows)
+        result.robustness = RobustnessResult(source, len(kept), rows)
         if out_dir is not None:
             out = Path(out_dir)
             result.robustness.files = {"json": out / "robustness.json",
@@ -219,6 +244,8 @@ def calibration_summary(logits: np.ndarray, targets: np.ndarray, card, task: str
     it (``ece_uncalibrated``; the metrics' ``ece`` is with it). Melanoma detection scores
     P(melanoma) as two classes, so its uncalibrated ECE is taken the same way."""
     raw = probs_from_logits(logits)
+    exact = targets >= 0  # "not melanoma" rows have no top-1 class to be right about
+    raw, targets = raw[exact], targets[exact]
     if task == "melanoma-detection":
         mel = card.classes.index(card.positive_class)
         raw = np.stack([1.0 - raw[:, mel], raw[:, mel]], axis=1)
@@ -226,6 +253,36 @@ def calibration_summary(logits: np.ndarray, targets: np.ndarray, card, task: str
     return {"temperature": card.temperature, "fitted_on": fitted.get("source"),
             "fitted_images": fitted.get("images"),
             "ece_uncalibrated": expected_calibration_error(raw, targets)}
+
+
+def per_source_metrics(sources: list[str], targets: np.ndarray, probs: np.ndarray,
+                       card) -> dict[str, dict]:
+    """Each source's figures in a multi-source split: the class figures (over the classes it
+    has) when its rows carry classes, melanoma detection when they are labelled melanoma vs
+    benign; with bootstrap intervals of balanced accuracy and melanoma AUC."""
+    sources_arr = np.asarray(sources)
+    mel = card.classes.index(card.positive_class) if card.positive_class in card.classes else None
+    out = {}
+    for name in dict.fromkeys(sources):
+        rows = sources_arr == name
+        y, p = targets[rows], probs[rows]
+        if (y >= 0).all():
+            metrics = compute_metrics(y, p, card.classes, melanoma_class=card.positive_class)
+            metrics["confidence_intervals"] = bootstrap_intervals(
+                y, p, card.classes, melanoma_class=card.positive_class)
+            metrics["classes_absent"] = [c for k, c in enumerate(card.classes)
+                                         if not (y == k).any()]
+        elif mel is not None:
+            is_mel = (y == mel).astype(np.int64)
+            metrics = melanoma_detection_metrics(is_mel, p, card.classes,
+                                                 melanoma_class=card.positive_class)
+            metrics["confidence_intervals"] = bootstrap_intervals(
+                is_mel, np.stack([1.0 - p[:, mel], p[:, mel]], axis=1), ["benign", "mel"],
+                melanoma_class="mel", y_pred=(p.argmax(axis=1) == mel).astype(np.int64))
+        else:
+            continue
+        out[name] = metrics
+    return out
 
 
 def lesion_check_summary(model, card, logits: np.ndarray, targets: np.ndarray,
@@ -306,6 +363,7 @@ def _write_predictions(result: EvaluationResult, classes: list[str], path: Path)
     writer = csv.writer(buffer)
     writer.writerow(["image", "label", "predicted", *[f"p_{c}" for c in classes]])
     for image, target, row in zip(result.images, result.targets, result.probs):
-        writer.writerow([image, labels[target], classes[int(row.argmax())],
+        label = labels[target] if target >= 0 else NOT_POSITIVE_LABEL
+        writer.writerow([image, label, classes[int(row.argmax())],
                          *[f"{p:.6f}" for p in row]])
     return atomic_write_text(path, buffer.getvalue())

@@ -195,7 +195,9 @@ def calibrate_checkpoint(
 
     Args:
         dataset: Preprocessed images with labels in the card's class order (a
-            :class:`~skinedge.data.LesionDataset` of the validation split).
+            :class:`~skinedge.data.LesionDataset` of the validation split). Rows labelled
+            only "not melanoma" (target -1) are left out of the fit and kept for the lesion
+            check, which needs no label.
         source: Where the images came from, recorded in the card (``manifest.json:val``).
         min_images: Refuse to fit on fewer images: on a handful of images that the model
             gets all right the fitted temperature runs to the edge of its range.
@@ -215,7 +217,8 @@ def calibrate_checkpoint(
     model.to(device)
     logits, targets = predict_logits(model, dataset, batch_size=batch_size,
                                      num_workers=num_workers, device=device)
-    fit = fit_temperature(logits[0], targets, source=source)
+    exact = targets >= 0  # rows labelled only "not melanoma" (-1) name no class to fit on
+    fit = fit_temperature(logits[0][exact], targets[exact], source=source)
     check = None
     if ood:
         from skinedge.evaluate.ood import METHODS, fit_lesion_check

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-__all__ = ["compute_metrics", "melanoma_detection_metrics"]
+__all__ = ["compute_metrics", "compute_partial_metrics", "melanoma_detection_metrics"]
 
 #: How far a row of ``probs`` may sum from 1 (float16/float32 softmax outputs drift a little).
 ROW_SUM_TOLERANCE = 1e-3
@@ -310,6 +310,46 @@ def melanoma_detection_metrics(
     metrics.update(task="melanoma-detection",
                    sensitivity=metrics["per_class"]["mel"]["recall"],
                    specificity=metrics["per_class"]["benign"]["recall"])
+    return metrics
+
+
+def compute_partial_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    melanoma_class: str | None = "mel",
+    specificities: Sequence[float] = (0.8, 0.9),
+) -> dict:
+    """:func:`compute_metrics` of a split whose rows may carry the partial label "not
+    melanoma" (target ``-1``, ISIC 2020's benign in a multi-source split).
+
+    Class figures (accuracy, balanced accuracy, per-class, ECE, confusion matrix) are over the
+    rows with a class; the melanoma figures (``melanoma_auc``, ``melanoma_sensitivity_at_spec``)
+    over every row, a partial row being a non-melanoma. ``partial_rows`` counts them. Without
+    partial rows this is :func:`compute_metrics`.
+
+    Raises:
+        ValueError: as :func:`compute_metrics`; also when every row is partial.
+    """
+    y_true = np.asarray(y_true)
+    partial = y_true == -1
+    if not partial.any():
+        return compute_metrics(y_true, probs, classes, melanoma_class=melanoma_class,
+                               specificities=specificities)
+    if partial.all():
+        raise ValueError("every row is labelled only 'not melanoma': score them with "
+                         "melanoma_detection_metrics")
+    probs = np.asarray(probs)
+    metrics = compute_metrics(y_true[~partial], probs[~partial], classes,
+                              melanoma_class=melanoma_class, specificities=specificities)
+    if melanoma_class is not None and melanoma_class in classes:
+        mel = melanoma_detection_metrics(
+            (y_true == list(classes).index(melanoma_class)).astype(np.int64), probs, classes,
+            melanoma_class=melanoma_class, specificities=specificities)
+        metrics.update(melanoma_auc=mel["melanoma_auc"],
+                       melanoma_sensitivity_at_spec=mel["melanoma_sensitivity_at_spec"])
+    metrics.update(n=int(len(y_true)), partial_rows=int(partial.sum()))
     return metrics
 
 

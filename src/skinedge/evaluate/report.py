@@ -103,6 +103,9 @@ def render_markdown(
         lines += _table(["Metric", "Value"], [[label, _fmt(v)] for label, v in summary],
                         ["l", "r"])
 
+    if metrics.get("per_source"):
+        lines += ["", "## Per source", ""] + per_source_table(metrics["per_source"])
+
     lines += ["", "## Per class", ""]
     rows = []
     for code, name in zip(classes, names, strict=True):
@@ -121,6 +124,33 @@ def render_markdown(
     ]
     lines += _table(["True \\ Predicted", *names], matrix_rows, ["l"] + ["r"] * len(names))
     return "\n".join(lines) + "\n"
+
+
+def per_source_table(per_source: Mapping[str, Mapping]) -> list[str]:
+    """Markdown lines: one row per source of a multi-source split, with bootstrap intervals.
+
+    A source labelled melanoma vs benign has no balanced accuracy over the model's classes
+    (n/a); its melanoma figures score P(melanoma).
+    """
+    rows = []
+    for name, m in per_source.items():
+        ci = m.get("confidence_intervals") or {}
+        spec = m["melanoma_sensitivity_at_spec"]
+        detection = m.get("task") == "melanoma-detection"
+        classes = [c for c in m["classes"] if c not in (m.get("classes_absent") or [])]
+        mel = m["per_class"].get("mel", {}).get("support") or 0
+        rows.append([
+            _escape(name),
+            "mel vs benign" if detection else ", ".join(classes),
+            str(m["n"]), str(mel),
+            "n/a" if detection else f"{_fmt(m['balanced_accuracy'])} "
+                                    f"({_interval(ci.get('balanced_accuracy'))})",
+            f"{_fmt(m['melanoma_auc'])} ({_interval(ci.get('melanoma_auc'))})",
+            _fmt(spec.get("0.80")), _fmt(spec.get("0.90")), _fmt(m["ece"]),
+        ])
+    header = ["Source", "Labels", "Images", "Melanomas", "Balanced accuracy (95% CI)",
+              "Melanoma AUC (95% CI)", "Sens. @ 80% spec.", "Sens. @ 90% spec.", "ECE"]
+    return _table(header, rows, ["l", "l"] + ["r"] * 7)
 
 
 def plot_confusion_matrix(

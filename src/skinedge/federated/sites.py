@@ -26,21 +26,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skinedge.data.classes import get_vocabulary
+from skinedge.data.classes import get_vocabulary, map_label, target_index
 from skinedge.errors import DataError
 from skinedge.federated.config import FederatedConfig, SiteSpec
 
 #: The federation's classes: HAM10000 / ISIC 2018 order.
 FEDERATION_VOCABULARY = "isic2018"
-#: Site label -> federation class code, per site vocabulary (None: no class, excluded).
-LABEL_MAPS: dict[str, dict[str, str | None]] = {
-    "isic2018": {c: c for c in get_vocabulary("isic2018").codes},
-    "isic2019": {"mel": "mel", "nv": "nv", "bcc": "bcc", "ak": "akiec", "bkl": "bkl",
-                 "df": "df", "vasc": "vasc", "scc": "akiec", "unk": None},
-    "melanoma": {"mel": "mel", "benign": "not-mel"},
-}
-
-
 @dataclass
 class SiteRows:
     """One split of a site: image paths (relative to ``root``) and federation targets."""
@@ -76,19 +67,11 @@ def federation_target(vocabulary: str, label: str) -> int | None:
     """The federation target of a site's label: a class index, NOT_POSITIVE, or None.
 
     Raises:
-        DataError: a vocabulary the federation has no mapping for.
+        ConfigError: a vocabulary the federation has no mapping for.
     """
-    from skinedge.train.losses import NOT_POSITIVE
-
-    if vocabulary not in LABEL_MAPS:
-        raise DataError(f"no mapping from the {vocabulary!r} vocabulary to the federation's "
-                        f"classes; known: {', '.join(LABEL_MAPS)}")
-    code = LABEL_MAPS[vocabulary].get(label)
-    if code is None:
-        return None
-    if code == "not-mel":
-        return NOT_POSITIVE
-    return get_vocabulary(FEDERATION_VOCABULARY).codes.index(code)
+    target = FEDERATION_VOCABULARY
+    code = map_label(label, vocabulary, target)
+    return None if code is None else target_index(get_vocabulary(target), code)
 
 
 def load_site(spec: SiteSpec, cfg: FederatedConfig) -> SiteData:

@@ -116,9 +116,11 @@ class ValidationResult:
 
     @property
     def loss(self) -> float:
-        """Mean negative log-likelihood of the true class."""
-        true = self.probs[np.arange(len(self.targets)), self.targets]
-        return float(-np.log(np.clip(true, 1e-12, 1)).mean())
+        """Mean negative log-likelihood of the true class, over the rows with a class (rows
+        labelled only "not melanoma", target -1, count in the melanoma metrics instead)."""
+        exact = self.targets >= 0
+        true = self.probs[np.flatnonzero(exact), self.targets[exact]]
+        return float(-np.log(np.clip(true, 1e-12, 1)).mean()) if exact.any() else float("nan")
 
 
 def seed_epoch(seed: int, epoch: int) -> None:

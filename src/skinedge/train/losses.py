@@ -8,6 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Target of a row known only *not* to be the positive class (ISIC 2020's "benign"): defined
+# with the vocabularies, re-exported beside the loss that reads it.
+from skinedge.data.classes import NOT_POSITIVE  # noqa: F401
+
 
 def class_weights(counts: Sequence[int], mode: str) -> torch.Tensor | None:
     """Per-class loss weights from training counts, normalised to mean 1 over present classes.
@@ -56,9 +60,6 @@ def build_loss(kind: str, weights: torch.Tensor | None, *, gamma: float = 2.0,
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
 
 
-#: Target of a row known only *not* to be the positive class: ISIC 2020's "benign" says a
-#: lesion is no melanoma, not which of the other classes it is.
-NOT_POSITIVE = -1
 
 
 class PartialLabelLoss(nn.Module):

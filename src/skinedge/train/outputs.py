@@ -31,7 +31,7 @@ def base_card(cfg: TrainConfig, manifest: Manifest, provenance: str) -> ModelCar
         preprocess=cfg.preprocess, drop_rate=cfg.model.drop_rate, pretrained=provenance,
         data=DataInfo(manifest=str(cfg.data.manifest), split_hash=manifest.split_hash,
                       layout=manifest.layout, counts=manifest.counts(),
-                      licence=cfg.data.licence or detect_licence(manifest.root)),
+                      licence=cfg.data.licence or dataset_licence(manifest)),
         versions=package_versions(),
     )
 
@@ -44,6 +44,12 @@ def epoch_card(base: ModelCard, cfg: TrainConfig, epoch: int, metrics: dict[str,
         "metrics": {"split": "val", **metrics},
         "training": {"epoch": epoch, "config": cfg.model_dump(mode="json"), **training},
     })
+
+
+def dataset_licence(manifest: Manifest) -> str:
+    """The licence of the manifest's folder, or of each source folder (distinct ones joined)."""
+    found = dict.fromkeys(detect_licence(root) for root in manifest.source_roots())
+    return "; ".join(found)
 
 
 def detect_licence(root: Path) -> str:

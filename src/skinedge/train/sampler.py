@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -57,8 +58,7 @@ class ShardedSampler(Sampler[int]):
 
 
 def balanced_weights(targets: Sequence[int], num_classes: int) -> list[float]:
-    """Weight 1 / (images of its class) per image."""
-    counts = [0] * num_classes
-    for t in targets:
-        counts[t] += 1
+    """Weight 1 / (images of its class) per image; rows labelled only "not melanoma"
+    (target -1) are a stratum of their own."""
+    counts = Counter(targets)
     return [1.0 / counts[t] for t in targets]

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from skinedge.data import LesionDataset, Manifest, build_eval_transform, build_train_transform
+from skinedge.data.classes import NOT_POSITIVE, NOT_POSITIVE_LABEL
 from skinedge.data.synthetic import SyntheticSet, augmented_train_set, load_synthetic_set
 from skinedge.errors import ConfigError, DataError
 from skinedge.evaluate.calibration import (
@@ -32,7 +33,7 @@ from skinedge.evaluate.calibration import (
     TemperatureFit,
     calibrate_checkpoint,
 )
-from skinedge.evaluate.metrics import compute_metrics
+from skinedge.evaluate.metrics import compute_partial_metrics
 from skinedge.models import ModelCard, create_classifier, load_card, save_checkpoint
 from skinedge.train import loop
 from skinedge.train.callbacks import TrainCallbacks
@@ -44,7 +45,7 @@ from skinedge.train.distributed import (
     init_distributed,
     wrap_for_training,
 )
-from skinedge.train.losses import build_loss, class_weights
+from skinedge.train.losses import PartialLabelLoss, build_loss, class_weights
 from skinedge.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -211,7 +212,10 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
         "cuda", enabled=cfg.amp and device.type == "cuda"))
     state.scheduler = build_scheduler(state.optimizer, cfg)
     fit_set = objective.train_dataset(train_set) if objective is not None else train_set
-    criterion = _build_criterion(cfg, counts, objective).to(device)
+    partial = train_set.targets.count(NOT_POSITIVE)
+    criterion = _build_criterion(cfg, counts, objective,
+                                 positive=vocab.codes.index(vocab.positive) if partial else None
+                                 ).to(device)
     if not resume and dist.is_main:
         refuse_existing_run(out_dir)
     if resume:
@@ -231,7 +235,9 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
                val_set, sampler, criterion, card, card_training, objective, callbacks)
     start_info = {
         "train": len(train_set), "val": len(val_set), "classes": list(vocab.codes),
-        "class_counts": dict(zip(vocab.codes, counts)), "device": str(device),
+        "class_counts": {**dict(zip(vocab.codes, counts)),
+                         **({NOT_POSITIVE_LABEL: partial} if partial else {})},
+        "device": str(device),
         "world_size": dist.world_size, "start_epoch": state.next_epoch, "epochs": cfg.epochs,
         "pretrained": provenance,
         "synthetic": synthetic.counts() if synthetic is not None else {},
@@ -258,8 +264,8 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any], b
     val = loop.validate(state.model, run.val_set, device=run.device,
                         batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
                         progress=run.callbacks.on_validate)
-    metrics = compute_metrics(val.targets, val.probs, run.card.classes,
-                              melanoma_class=run.card.positive_class)
+    metrics = compute_partial_metrics(val.targets, val.probs, run.card.classes,
+                                      melanoma_class=run.card.positive_class)
     current = metrics[cfg.monitor] if metrics[cfg.monitor] is not None else -math.inf
     step_scheduler(state.scheduler, cfg, epoch, current)
     improved = state.update_best(epoch, current)
@@ -342,11 +348,24 @@ def _build_model(cfg: TrainConfig, num_classes: int, objective: Objective | None
     return model, provenance
 
 
-def _build_criterion(cfg: TrainConfig, counts: list[int],
-                     objective: Objective | None) -> nn.Module:
+def _build_criterion(cfg: TrainConfig, counts: list[int], objective: Objective | None,
+                     positive: int | None = None) -> nn.Module:
     """``cfg.loss`` with class weights from the train split's ``counts``, wrapped by the
-    objective's criterion."""
+    objective's criterion. With ``positive`` (the melanoma output, when some train rows are
+    labelled only "not melanoma") the loss is :class:`PartialLabelLoss`.
+
+    Raises:
+        ConfigError: partial rows with a focal loss or label smoothing (not defined for them).
+    """
     weights = class_weights(counts, cfg.loss.class_weights)
+    if positive is not None:
+        if cfg.loss.kind != "ce" or cfg.loss.label_smoothing:
+            raise ConfigError(
+                "the train split has rows labelled only 'not melanoma' (a multi-source split), "
+                "which the partial-label cross-entropy learns from; it has no focal or "
+                "label-smoothed form: set loss.kind=ce and loss.label_smoothing=0")
+        criterion = PartialLabelLoss(positive, weights)
+        return objective.criterion(criterion) if objective is not None else criterion
     criterion = build_loss(cfg.loss.kind, weights, gamma=cfg.loss.focal_gamma,
                            label_smoothing=cfg.loss.label_smoothing)
     return objective.criterion(criterion) if objective is not None else criterion
