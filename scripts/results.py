@@ -272,6 +272,48 @@ def render_calibration(folder: Path, docs: Path) -> list[str]:
     return lines
 
 
+def render_sources(folders: list[Path]) -> list[str]:
+    """`skinedge evaluate --manifest MULTI --out DIR` folders of several models on one
+    multi-source split: one table, a row per model and source (the class figures of a source
+    labelled with classes, melanoma detection for one labelled melanoma vs benign)."""
+    lines = ["## Several sources: each model on each source's test images", ""]
+    rows = []
+    for folder in folders:
+        command = json.loads((folder / "command.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        if not metrics.get("per_source"):
+            raise SystemExit(f"{folder}/metrics.json has no per-source figures: evaluate on a "
+                             "manifest made from several folders (`skinedge data split A B C`)")
+        card = _card_of(metrics)
+        lines += [f"- `{metrics['checkpoint']}` ({card['data'].get('manifest')}, "
+                  f"{_trained_by(Path(metrics['checkpoint']))}): `{command['command']}`, "
+                  f"finished {command.get('finished')}"]
+        lines += [f"  - note: {note}" for note in metrics.get("notes") or []]
+        for source, m in metrics["per_source"].items():
+            ci = m.get("confidence_intervals") or {}
+            spec = m["melanoma_sensitivity_at_spec"]
+            detection = m.get("task") == "melanoma-detection"
+            bal = "n/a (mel vs benign)" if detection else (
+                f"{m['balanced_accuracy']:.3f} ({_span(ci.get('balanced_accuracy'))})")
+            rows.append(f"| `{folder.parent.name}/{folder.name}` | {source} | {m['n']} | "
+                        f"{m['per_class'].get('mel', {}).get('support', 0)} | {bal} | "
+                        f"{_fmt(m['melanoma_auc'])} ({_span(ci.get('melanoma_auc'))}) | "
+                        f"{_fmt(spec.get('0.80'))} | {_fmt(spec.get('0.90'))} | "
+                        f"{m['ece']:.3f} |")
+    versions = json.loads((folders[0] / "command.json").read_text())["versions"]
+    lines += ["- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+              "Bootstrap 95% intervals (1000 resamples) in brackets; a source's balanced "
+              "accuracy is over the classes it has.", "",
+              "| evaluation | source | images | melanomas | balanced accuracy | melanoma AUC | "
+              "sens. @ 80% spec. | sens. @ 90% spec. | ECE |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|", *rows, ""]
+    return lines
+
+
+def _span(bounds: list[float] | None) -> str:
+    return "n/a" if not bounds else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
+
 def _lesion_check_lines(evaluated: dict | None, ood: dict | None) -> list[str]:
     """The card's lesion check: how it was chosen, and what it refuses on the evaluated split."""
     if not evaluated or not ood:
@@ -456,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --out` folder of a calibrated checkpoint "
                              "(repeatable; its section: calibration-RUN-FOLDER)")
+    parser.add_argument("--sources", action="append", type=Path, default=[],
+                        help="a `skinedge evaluate --manifest MULTI --out` folder on a multi-"
+                             "source split (repeatable: the models side by side; section: "
+                             "sources)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--update", action="store_true",
                         help="replace only the sections this call renders in --out (each names "
@@ -478,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         for folder in args.robustness:
             sections.append((f"robustness-{folder.parent.name}-{folder.name}",
                              render_robustness(folder)))
+        if args.sources:
+            sections.append(("sources", render_sources(args.sources)))
         for folder in args.calibration:
             sections.append((f"calibration-{folder.parent.name}-{folder.name}",
                              render_calibration(folder, args.out.parent)))
@@ -490,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.runs:
         parser.error("name the run folders (or use --update with --gan, --pipeline, --bench, "
-                     "--robustness or --calibration)")
+                     "--robustness, --calibration or --sources)")
     parts = [
         "# Measured results",
         "",

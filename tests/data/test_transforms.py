@@ -188,3 +188,39 @@ def test_preprocess_turns_a_phone_photo_upright_whoever_opened_it(tmp_path):
     shown = display_image(opened, cfg)
     assert shown[0, :, 0].mean() > 150 and shown[-1, :, 2].mean() > 150
     assert torch.equal(build_eval_transform(cfg)(opened), torch.from_numpy(from_loader))
+
+
+def test_white_balance_augmentation_moves_red_against_blue_within_its_bound():
+    from skinedge.data.transforms import _RandomWhiteBalance
+
+    grey = Image.new("RGB", (32, 32), (128, 128, 128))
+    torch.manual_seed(0)
+    ratios = []
+    for _ in range(200):
+        r, g, b = _channel_means(_RandomWhiteBalance(0.15)(grey))
+        assert g == 128 and abs(r - 128) <= 0.15 * 128 + 1 and abs((r - 128) + (b - 128)) <= 1
+        ratios.append(r / b)
+    assert min(ratios) < 0.8 and max(ratios) > 1.25  # both warm and cool, near the bound
+
+
+def test_phone_copy_augmentation_is_a_smaller_jpeg_copy_drawn_with_its_probability():
+    from skinedge.data.transforms import _RandomPhoneCopy
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    copies = [_RandomPhoneCopy(0.5)(image) for _ in range(100)]
+    changed = [c for c in copies if c is not image]
+    assert 30 < len(changed) < 70
+    assert all(c.width <= 128 and c.width / c.height == pytest.approx(4 / 3, rel=0.1)
+               for c in changed)
+    assert all(_RandomPhoneCopy(0.0)(image) is image for _ in range(10))
+
+
+def test_train_transform_takes_the_phone_augmentations_and_checks_the_ratio():
+    aug = AugmentConfig(aspect_ratio=(0.5625, 1.7778), white_balance=0.1, phone_copy=0.3)
+    transform = build_train_transform(PreprocessConfig(input_size=32), aug)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), np.uint8))
+    assert transform(image).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="aspect_ratio"):
+        AugmentConfig(aspect_ratio=(2.0, 1.0))

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skinedge.data.images import exif_orientation
 
@@ -61,6 +61,21 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.2, ge=0)
     saturation: float = Field(0.2, ge=0)
     hue: float = Field(0.0, ge=0, le=0.5)  # PIL hue shifts cost as much as the rest together
+    # What a phone and the apps around it do to a photo (skinedge.evaluate.robustness measures
+    # the same). Aspect ratios of the random crop, each resized to a square: a 4:3 crop is
+    # squashed as ISIC 2018's stored test images are; (9/16, 16/9) spans 16:9 frames.
+    aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    # White balance along the warm-cool axis: red x (1 + t), blue x (1 - t), |t| <= this.
+    white_balance: float = Field(0.0, ge=0, lt=1)
+    # Probability of a phone-grade copy: downscaled by 0.35-1, then JPEG at quality 35-90.
+    phone_copy: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _ratio_range(cls, ratio: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"aspect_ratio must be (low, high) with 0 < low <= high, got {ratio}")
+        return ratio
 
 
 def shades_of_gray(image: Image.Image, p: float = 6.0) -> Image.Image:
@@ -99,6 +114,45 @@ class _Normalize:
         if self.cfg.equalize:
             image = equalize_luminance(image)
         return image
+
+
+class _RandomWhiteBalance:
+    """Move the white balance along the warm-cool axis: red x (1 + t), blue x (1 - t), with
+    t uniform in [-amount, amount] (torch RNG, so epochs stay seeded)."""
+
+    def __init__(self, amount: float):
+        self.amount = amount
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
+
+        t = (2 * float(torch.rand(())) - 1) * self.amount
+        pixels = np.asarray(image, dtype=np.float32) * np.array([1 + t, 1, 1 - t], np.float32)
+        return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+
+class _RandomPhoneCopy:
+    """With probability ``p``, the image as a messaging app passes it on: downscaled by a
+    factor in [0.35, 1], then JPEG at quality 35-90 (torch RNG)."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import io
+
+        import torch
+
+        draws = torch.rand(3).tolist()
+        if draws[0] >= self.p:
+            return image
+        scale = 0.35 + 0.65 * draws[1]
+        size = (max(8, round(image.width * scale)), max(8, round(image.height * scale)))
+        small = image.resize(size, Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        small.save(buffer, format="JPEG", quality=35 + round(55 * draws[2]))
+        buffer.seek(0)
+        return Image.open(buffer).convert("RGB")
 
 
 class _RandomRot90:
@@ -204,7 +258,10 @@ def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
     steps = [_Normalize(cfg)]
     if cfg.resize_mode == "squash":
         steps.append(T.Resize((size, size), interpolation=_interpolation(cfg)))
-    steps.append(T.RandomResizedCrop(size, scale=aug.crop_scale, interpolation=_interpolation(cfg)))
+    if aug.phone_copy:
+        steps.append(_RandomPhoneCopy(aug.phone_copy))
+    steps.append(T.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.aspect_ratio,
+                                     interpolation=_interpolation(cfg)))
     if aug.hflip:
         steps.append(T.RandomHorizontalFlip())
     if aug.vflip:
@@ -215,6 +272,8 @@ def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
         steps.append(T.RandomRotation(aug.rotation_degrees, interpolation=T.InterpolationMode.BILINEAR))
     if any((aug.brightness, aug.contrast, aug.saturation, aug.hue)):
         steps.append(T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue))
+    if aug.white_balance:
+        steps.append(_RandomWhiteBalance(aug.white_balance))
     steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
     return T.Compose(steps)
 

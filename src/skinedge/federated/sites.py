@@ -11,10 +11,12 @@ vasc), whatever its own labels are:
   of its own and akiec is its nearest (a judgement: such rows teach "keratinocyte lesion, not
   benign"). ``unk`` rows have no class: they are excluded and counted. |
 | melanoma (ISIC 2020) | ``mel -> mel``; ``benign`` is a *partial* label (some class other than
-  melanoma): its target is :data:`~skinedge.train.losses.NOT_POSITIVE` and the loss is
+  melanoma): its target is :data:`~skinedge.data.classes.NOT_POSITIVE` and the loss is
   ``-log(1 - p_mel)`` (:class:`~skinedge.train.losses.PartialLabelLoss`). |
 
-Rows excluded by the mapping are counted in :attr:`SiteData.excluded`, never silently dropped.
+The mapping is :data:`skinedge.data.classes.LABEL_MAPS`, the one a multi-source split uses
+(``skinedge data split A B C``). Rows excluded by it are counted in :attr:`SiteData.excluded`,
+never silently dropped.
 The experiment's sites (disjoint slices of the shared ISIC samples) are made by
 :mod:`skinedge.federated.experiment_sites`.
 """
