@@ -161,3 +161,56 @@ def test_a_single_folder_manifest_keeps_its_split_hash(tiny_manifest):
     doc = json.loads(tiny_manifest.read_text())
     assert "source" not in doc["rows"][0] and "sources" not in doc
     assert load_manifest(tiny_manifest).split_hash == doc["split_hash"]
+
+
+def _row(source, group, split, sha, image=None):
+    from skinedge.data.manifest import ManifestRow
+
+    return ManifestRow(image or f"{source}/{group}-{sha}.jpg", f"{source}/{group}", "nv", split,
+                       sha, source=source)
+
+
+def test_an_earlier_source_never_moves_and_a_copy_in_two_splits_is_left_out():
+    from skinedge.data.sources import _follow_copies
+
+    rows = [_row("a", "A1", "train", "x"), _row("a", "A2", "test", "y"),
+            _row("a", "A3", "val", "w", image="a/ISIC_0000001.jpg"),
+            # b/B1 copies a/A1 (train): it moves there, whole group
+            _row("b", "B1", "test", "x"), _row("b", "B1", "test", "z"),
+            # b/B2 copies a/A3 (val, same ISIC id) and a/A2 (test, same bytes): left out
+            _row("b", "B2", "val", "x2", image="b/ISIC_0000001.jpg"), _row("b", "B2", "val", "y")]
+    kept, moved, dropped = _follow_copies(rows)
+    split = {r.image: r.split for r in kept}
+    assert split["a/A1-x.jpg"] == "train" and split["a/A2-y.jpg"] == "test"
+    assert split["b/B1-x.jpg"] == split["b/B1-z.jpg"] == "train" and moved == {"b": 2}
+    assert {r.group for r in dropped} == {"b/B2"} and len(kept) == 5
+
+
+def test_partial_labels_pass_into_any_vocabulary_with_melanoma():
+    assert map_label(NOT_POSITIVE_LABEL, "isic2019", "isic2018") == NOT_POSITIVE_LABEL
+    assert map_label(NOT_POSITIVE_LABEL, "isic2018", "melanoma") == NOT_POSITIVE_LABEL
+
+
+def test_sources_are_checked_when_the_manifest_loads(three_sources, tmp_path):
+    from dataclasses import replace
+
+    from skinedge.data.manifest import ManifestRow
+    from skinedge.errors import DataError
+
+    made = split_folders([three_sources / "ham", three_sources / "isic2020"], tmp_path / "m.json",
+                         classes="isic2018")
+    manifest = made.manifest
+    # a row of no source (a clinician's correction appended by retraining) is allowed
+    extra = ManifestRow("/elsewhere/case.jpg", "case", "mel", "train", "0" * 64)
+    replace(manifest, rows=[*manifest.rows, extra], allow_outside_root=True).save(tmp_path / "a.json")
+    assert len(load_manifest(tmp_path / "a.json", verify=False).rows) == len(manifest.rows) + 1
+
+    twice = replace(manifest, sources=[*manifest.sources, manifest.sources[0]])
+    twice.save(tmp_path / "b.json")
+    with pytest.raises(DataError, match="source 'ham' listed 2 times"):
+        load_manifest(tmp_path / "b.json", verify=False)
+    wrong = replace(manifest, rows=[replace(manifest.rows[0], source="isic2020"),
+                                    *manifest.rows[1:]])
+    wrong.save(tmp_path / "c.json")
+    with pytest.raises(DataError, match="row outside its source's folder"):
+        load_manifest(tmp_path / "c.json", verify=False)

@@ -205,9 +205,9 @@ def run_worker(model: Path, inputs: Path, probs: Path, settings: BenchSettings) 
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict:
-    from skinedge.evaluate.metrics import compute_metrics
+    from skinedge.evaluate.metrics import compute_partial_metrics
 
-    m = compute_metrics(labels, probs, card.classes, melanoma_class=card.positive_class)
+    m = compute_partial_metrics(labels, probs, card.classes, melanoma_class=card.positive_class)
     return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
             "melanoma_auc": m["melanoma_auc"]}
 

@@ -164,9 +164,10 @@ def map_label(label: str, source: str, target: str) -> str | None:
     Raises:
         ConfigError: no mapping between the two vocabularies; the message lists the known ones.
     """
+    if label == NOT_POSITIVE_LABEL:  # a manifest's partial label, into any vocabulary with mel
+        return label if get_vocabulary(target).positive in get_vocabulary(target).codes else None
     if source == target:
-        return label if label in get_vocabulary(source).codes or label == NOT_POSITIVE_LABEL \
-            else None
+        return label if label in get_vocabulary(source).codes else None
     try:
         table = LABEL_MAPS[(source, target)]
     except KeyError:

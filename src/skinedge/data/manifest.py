@@ -54,13 +54,18 @@ class Source:
             :func:`skinedge.data.classes.map_label`.
         split_hash: The split hash of this folder split on its own (``skinedge data split
             FOLDER`` with the same seed and ratios): a model trained on that split is scored
-            on the same test images here.
+            on the same test images here, but for ``moved`` and ``dropped``.
+        moved: Images put in another split than their standalone one, to follow a copy of
+            theirs in an earlier source (see :mod:`skinedge.data.sources`).
+        dropped: Images left out because their copies in earlier sources sit in two splits.
     """
 
     name: str
     layout: str
     classes: str
     split_hash: str
+    moved: int = 0
+    dropped: int = 0
 
 
 def _row_dict(row: ManifestRow) -> dict:
@@ -309,6 +314,8 @@ class _SourceDoc(BaseModel):
     layout: str
     classes: str
     split_hash: str
+    moved: int = 0
+    dropped: int = 0
 
 
 class _ManifestDoc(BaseModel):
@@ -403,6 +410,12 @@ def _row_problems(manifest: Manifest, allow_outside_root: bool) -> _Problems:
         problems.add("field 'rows': no rows")
     seen: dict[str, list[int]] = defaultdict(list)
     sources = {s.name for s in manifest.sources}
+    for name, n in Counter(s.name for s in manifest.sources).items():
+        if n > 1:
+            problems.add(f"source {name!r} listed {n} times")
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            problems.add(f"source name {name!r} is not a folder name",
+                         hint="a source is a folder directly under the root")
     labels = codes
     if codes is not None and sources and manifest.vocabulary.positive in codes:
         labels = (*codes, NOT_POSITIVE_LABEL)
@@ -414,9 +427,12 @@ def _row_problems(manifest: Manifest, allow_outside_root: bool) -> _Problems:
         if labels is not None and r.label not in labels:
             problems.add(f"label not in the {manifest.classes} classes", f"{name}: {r.label!r}",
                          hint=f"valid labels are {', '.join(labels)}")
-        if (r.source != "" and r.source not in sources) or (sources and r.source == ""):
+        if r.source and r.source not in sources:
             problems.add("row of no listed source", f"{name}: {r.source!r}",
                          hint=f"sources are {', '.join(sorted(sources)) or 'none (one folder)'}")
+        elif r.source and not normalize_image_path(r.image).startswith(f"{r.source}/"):
+            problems.add("row outside its source's folder", f"{name}: source {r.source!r}",
+                         hint="a source's images lie in its folder under the root")
         seen[normalize_image_path(r.image)].append(i)
         try:
             resolve_inside(manifest.root, r.image, allow_outside=allow_outside_root)

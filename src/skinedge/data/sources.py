@@ -13,14 +13,16 @@ writes one manifest over all of them:
 * each source records the split hash of its standalone split, so a model trained on one folder
   is scored on the very test images it never saw;
 * an image present in two folders (the same bytes, or the same ISIC image id: ISIC 2019 re-ships
-  HAM10000) goes where its first copy went, so a copy cannot sit in train while its twin is in
-  test; those moves are counted and said.
+  HAM10000) goes, with its whole group, where its copy in the earlier folder went, so a copy
+  cannot sit in train while its twin is in test; an earlier folder's rows never move, and a
+  group whose copies sit in two splits is left out. Both are counted per source and said.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,7 +130,9 @@ def combine_manifests(root: Path, names: Sequence[str], parts: Sequence[Manifest
     ``classes``; rows whose label has no class there are left out (the caller reported them).
 
     Returns:
-        (manifest, notes): notes say which rows followed a copy in another source.
+        (manifest, notes): notes say which rows followed a copy in an earlier source, and
+        which were left out because their copies sit in two splits (counted per source in
+        ``Source.moved`` and ``Source.dropped``).
     """
     rows: list[ManifestRow] = []
     oriented: list[str] = []
@@ -140,12 +144,16 @@ def combine_manifests(root: Path, names: Sequence[str], parts: Sequence[Manifest
             rows.append(ManifestRow(f"{name}/{r.image}", f"{name}/{r.group}", label, r.split,
                                     r.sha256, source=name))
         oriented += [f"{name}/{image}" for image in part.exif_oriented]
-    rows, moved = _follow_copies(rows)
+    rows, moved, dropped = _follow_copies(rows)
     notes = [f"{n} image(s) of {source} are copies of images in an earlier source (same bytes "
-             f"or ISIC id) and were put in that copy's split; its splits differ from its "
-             "standalone split by those rows" for source, n in moved.items()]
-    sources = [Source(name, part.layout, part.classes, part.split_hash)
-               for name, part in zip(names, parts)]
+             "or ISIC id), put in that copy's split and kept as rows of both sources; its "
+             "splits differ from its standalone split by those rows" for source, n in moved.items()]
+    left_out = Counter(r.source for r in dropped)
+    notes += [f"{n} image(s) of {source} were left out: copies of theirs in earlier sources sit "
+              f"in two splits (e.g. {next(r.image for r in dropped if r.source == source)})"
+              for source, n in left_out.items()]
+    sources = [Source(name, part.layout, part.classes, part.split_hash, moved.get(name, 0),
+                      left_out.get(name, 0)) for name, part in zip(names, parts)]
     manifest = Manifest(root.resolve(), MULTI_SOURCE, classes, parts[0].seed, parts[0].ratios,
                         rows, allow_outside_root=any(p.allow_outside_root for p in parts),
                         exif_oriented=oriented, sources=sources)
@@ -174,35 +182,38 @@ def _source_names(folders: Sequence[Path | str]) -> tuple[list[Path], list[str]]
     return roots, [r.name for r in roots]
 
 
-def _follow_copies(rows: list[ManifestRow]) -> tuple[list[ManifestRow], dict[str, int]]:
-    """Rows whose group shares an image (bytes or ISIC id) with an earlier source's group take
-    that group's split, whole groups at a time; (rows, moved rows per source)."""
-    parent = {r.group: r.group for r in rows}
-
-    def find(group: str) -> str:
-        while parent[group] != group:
-            parent[group] = parent[parent[group]]
-            group = parent[group]
-        return group
-
-    first: dict[str, str] = {}
-    for r in rows:
-        isic = _ISIC_ID.search(Path(r.image).name)
-        for key in (r.sha256, isic and isic.group(0)):
-            if not key:
+def _follow_copies(rows: list[ManifestRow]) -> tuple[list[ManifestRow], dict[str, int],
+                                                   list[ManifestRow]]:
+    """Rows of a later source whose group shares an image (bytes or ISIC id) with an earlier
+    source take that copy's split, whole groups at a time; an earlier source's rows never move.
+    A group whose copies sit in two splits of earlier sources is left out (it would put one
+    image in two splits). Returns (rows kept, moved rows per source, rows left out)."""
+    split_of_key: dict[str, str] = {}  # image key -> split, over the sources seen so far
+    out, moved, dropped = [], {}, []
+    for source in dict.fromkeys(r.source for r in rows):
+        mine = [r for r in rows if r.source == source]
+        wanted: dict[str, set[str]] = {}
+        for r in mine:
+            wanted.setdefault(r.group, set()).update(
+                split_of_key[key] for key in _keys(r) if key in split_of_key)
+        kept = []
+        for r in mine:
+            splits = wanted[r.group]
+            if len(splits) > 1:
+                dropped.append(r)
                 continue
-            other = first.setdefault(key, r.group)
-            a, b = find(other), find(r.group)
-            if a != b:
-                parent[b] = a  # rows come in source order: the earlier group leads
-    split_of: dict[str, str] = {}
-    for r in rows:
-        split_of.setdefault(find(r.group), r.split)
-    out, moved = [], {}
-    for r in rows:
-        split = split_of[find(r.group)]
-        if split != r.split:
-            moved[r.source] = moved.get(r.source, 0) + 1
-            r = replace(r, split=split)
-        out.append(r)
-    return out, moved
+            if splits and (split := next(iter(splits))) != r.split:
+                moved[source] = moved.get(source, 0) + 1
+                r = replace(r, split=split)
+            kept.append(r)
+        for r in kept:
+            for key in _keys(r):
+                split_of_key.setdefault(key, r.split)
+        out += kept
+    return out, moved, dropped
+
+
+def _keys(row: ManifestRow) -> list[str]:
+    """What identifies a row's image across sources: its bytes, and its ISIC id if named so."""
+    isic = _ISIC_ID.search(Path(row.image).name)
+    return [row.sha256, *([isic.group(0)] if isic else [])]

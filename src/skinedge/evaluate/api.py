@@ -117,6 +117,7 @@ def evaluate_checkpoint(
     skipped: list[DataProblem] = []
     notes: list[str] = []
     row_sources: list[str] = []
+    detection_sources: set[str] = set()
     label_classes, task = list(card.classes), "classification"
     if manifest is not None:
         man = load_manifest(manifest)
@@ -124,12 +125,16 @@ def evaluate_checkpoint(
         dataset = LesionDataset.from_manifest(man, split, transform)
         source = f"{manifest}:{split}"
         row_sources = [r.source for r in man.subset(split)]
+        detection_sources = {s.name for s in man.sources if s.classes == "melanoma"}
         trained_on = source_of(man, card.data.split_hash)
         if trained_on is not None:
+            own = next(s for s in man.sources if s.name == trained_on)
+            changed = (f", but for {own.moved} image(s) moved to follow copies in an earlier "
+                       f"source (some may be its training images)" if own.moved else "")
             notes.append(
                 f"the model was trained on {trained_on} split on its own (split "
                 f"{card.data.split_hash[:12]}): this manifest's {split} images of {trained_on} "
-                "are that split's, and the other sources are external to the model")
+                f"are that split's{changed}; the other sources are external to the model")
         elif card.data.split_hash and man.split_hash != card.data.split_hash:
             notes.append(
                 f"the model was trained on split {card.data.split_hash[:12]}, not on this "
@@ -173,6 +178,12 @@ def evaluate_checkpoint(
         exact = targets >= 0
         metrics["confidence_intervals"] = bootstrap_intervals(
             targets[exact], probs[exact], card.classes, melanoma_class=card.positive_class)
+        if not exact.all() and card.positive_class in card.classes:
+            # the melanoma AUC is over every row (partial ones are non-melanomas): so its interval
+            mel = card.classes.index(card.positive_class)
+            metrics["confidence_intervals"]["melanoma_auc"] = bootstrap_intervals(
+                (targets == mel).astype(np.int64), np.stack([1 - probs[:, mel], probs[:, mel]], 1),
+                ["benign", "mel"], melanoma_class="mel")["melanoma_auc"]
         if metrics.get("partial_rows"):
             notes.append(
                 f"{metrics['partial_rows']} image(s) of {source} are labelled only melanoma vs "
@@ -187,7 +198,8 @@ def evaluate_checkpoint(
                          f"the mean recall over the {len(card.classes) - len(absent)} classes "
                          "present, and the absent classes have no AUC")
     if len(set(row_sources)) > 1:
-        metrics["per_source"] = per_source_metrics(row_sources, targets, probs, card)
+        metrics["per_source"] = per_source_metrics(row_sources, targets, probs, card,
+                                                   detection=detection_sources)
     metrics["calibration"] = calibration_summary(logits, targets, card, task)
     if card.ood is not None:
         metrics["lesion_check"] = lesion_check_summary(model, card, logits[0], targets,
@@ -255,18 +267,19 @@ def calibration_summary(logits: np.ndarray, targets: np.ndarray, card, task: str
             "ece_uncalibrated": expected_calibration_error(raw, targets)}
 
 
-def per_source_metrics(sources: list[str], targets: np.ndarray, probs: np.ndarray,
-                       card) -> dict[str, dict]:
+def per_source_metrics(sources: list[str], targets: np.ndarray, probs: np.ndarray, card, *,
+                       detection: set[str] = frozenset()) -> dict[str, dict]:
     """Each source's figures in a multi-source split: the class figures (over the classes it
-    has) when its rows carry classes, melanoma detection when they are labelled melanoma vs
-    benign; with bootstrap intervals of balanced accuracy and melanoma AUC."""
+    has), or melanoma detection for the sources in ``detection`` (labelled melanoma vs benign,
+    whichever of the two its rows hold); with bootstrap intervals of balanced accuracy and
+    melanoma AUC."""
     sources_arr = np.asarray(sources)
     mel = card.classes.index(card.positive_class) if card.positive_class in card.classes else None
     out = {}
     for name in dict.fromkeys(sources):
         rows = sources_arr == name
         y, p = targets[rows], probs[rows]
-        if (y >= 0).all():
+        if name not in detection and (y >= 0).all():
             metrics = compute_metrics(y, p, card.classes, melanoma_class=card.positive_class)
             metrics["confidence_intervals"] = bootstrap_intervals(
                 y, p, card.classes, melanoma_class=card.positive_class)

@@ -209,8 +209,10 @@ def calibrate_checkpoint(
     from skinedge.evaluate.predict import predict_logits
     from skinedge.models.checkpoint import load_checkpoint
 
-    if len(dataset) < min_images:
-        raise DataError(f"{source}: {len(dataset)} images are too few to fit a temperature on "
+    labelled = sum(t >= 0 for t in getattr(dataset, "targets", range(len(dataset))))
+    if labelled < min_images:
+        raise DataError(f"{source}: {labelled} images with a class are too few to fit a "
+                        "temperature on "
                         f"(at least {min_images}): the fit would follow these few images, not "
                         "the model; use a larger validation split")
     model, card = load_checkpoint(checkpoint)

@@ -336,9 +336,17 @@ def _verify(path: Path, model, images: ImageArrays, tol: Tolerance, threads: int
         "failed" if problems else "passed", "; ".join(problems), images=len(images),
         source=images.source, max_prob_diff=max_diff, mean_prob_diff=mean_diff, flips=flips,
         flip_rate=flip_rate,
-        accuracy_reference=float((reference.argmax(1) == images.labels).mean()),
-        accuracy_artifact=float((probs.argmax(1) == images.labels).mean()),
+        accuracy_reference=_top1_accuracy(reference, images.labels),
+        accuracy_artifact=_top1_accuracy(probs, images.labels),
         tolerance=tol), execution
+
+
+def _top1_accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Top-1 accuracy over the images with a class (-1: labelled only "not melanoma")."""
+    labelled = np.asarray(labels) >= 0
+    if not labelled.any():
+        return None
+    return float((probs[labelled].argmax(1) == np.asarray(labels)[labelled]).mean())
 
 
 def _write_report(path: Path, target: str, precision: str, checkpoint: Path,

@@ -222,7 +222,7 @@ def paired_bootstrap_delta(targets: np.ndarray, probs_a: np.ndarray, probs_b: np
     """
     rng = np.random.default_rng(seed)
     pred_a, pred_b = probs_a.argmax(axis=1), probs_b.argmax(axis=1)
-    classes = np.unique(targets)
+    classes = np.unique(targets[targets >= 0])  # -1: a partial "not melanoma" row, no class
 
     def balanced(pred: np.ndarray, y: np.ndarray) -> float:
         return float(np.mean([np.mean(pred[y == c] == c) for c in classes if np.any(y == c)]))

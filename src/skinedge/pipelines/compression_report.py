@@ -125,7 +125,7 @@ def build_compression_report(
 
 
 def _model_row(role: str, path: Path, bench: BenchRow, result) -> dict[str, Any]:
-    from skinedge.evaluate.metrics import compute_metrics
+    from skinedge.evaluate.metrics import compute_partial_metrics
     from skinedge.runtimes import read_artifact_card
 
     card = read_artifact_card(path)
@@ -140,8 +140,8 @@ def _model_row(role: str, path: Path, bench: BenchRow, result) -> dict[str, Any]
     probs = (result.probs or {}).get(bench.label)
     if probs is None:
         return row
-    m = compute_metrics(result.labels, probs, result.test["classes"],
-                        melanoma_class=card.positive_class)
+    m = compute_partial_metrics(result.labels, probs, result.test["classes"],
+                                melanoma_class=card.positive_class)
     row.update({
         "balanced_accuracy": m["balanced_accuracy"], "melanoma_auc": m["melanoma_auc"],
         "accuracy": m["accuracy"], "ece": m["ece"],

@@ -171,7 +171,7 @@ def compare_on_val(fp32: Path, int8: Path, man) -> dict[str, float]:
     the validation split: QAT moves weights, so its exports are verified against the INT8
     checkpoint, and this is the drop from the FP32 model."""
     from skinedge.data import LesionDataset, build_eval_transform
-    from skinedge.evaluate.metrics import compute_metrics
+    from skinedge.evaluate.metrics import compute_partial_metrics
     from skinedge.evaluate.predict import predict_probs
     from skinedge.models import load_checkpoint
 
@@ -182,7 +182,7 @@ def compare_on_val(fp32: Path, int8: Path, man) -> dict[str, float]:
         val = LesionDataset.from_manifest(man, "val", build_eval_transform(card.preprocess))
         probs, targets = predict_probs(model, val)
         top1[name] = probs.argmax(1)
-        result[f"{name}_balanced_accuracy"] = compute_metrics(
+        result[f"{name}_balanced_accuracy"] = compute_partial_metrics(
             targets, probs, card.classes, melanoma_class=card.positive_class)["balanced_accuracy"]
     result["agreement"] = float((top1["fp32"] == top1["int8"]).mean())
     result["images"] = len(top1["fp32"])

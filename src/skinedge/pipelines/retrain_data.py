@@ -194,8 +194,9 @@ def extend_manifest(base: Manifest, feedback: FeedbackSplit) -> Manifest:
     oriented = [*base.exif_oriented, *((folder / image).as_posix()
                                        for image in feedback.exif_oriented
                                        if image in train_images)]
+    # A multi-source base keeps its sources; feedback rows belong to none of them.
     return Manifest(base.root, base.layout, base.classes, base.seed, base.ratios, rows,
-                    allow_outside_root=True, exif_oriented=oriented)
+                    allow_outside_root=True, exif_oriented=oriented, sources=base.sources)
 
 
 def holdout_manifest(base: Manifest, feedback: FeedbackSplit) -> Manifest:
