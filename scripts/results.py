@@ -222,20 +222,34 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
     """One row per `evaluate --robustness` folder: its split, as stored, best, worst, spread."""
     lines = ["## Robustness: the models side by side", "",
              "Balanced accuracy; the tables per presentation follow in sections of their own.",
-             "", "| model | split | colour constancy | as stored | best | worst | spread |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "", "| model | split | colour constancy | phone augmentation | as stored | best | "
+             "worst | spread |", "|---|---|---|---|---:|---:|---:|---:|"]
     for folder in folders:
         doc = json.loads((folder / "robustness.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
-        pre = _card_of(metrics)["preprocess"]
+        card = _card_of(metrics)
+        pre = card["preprocess"]
         rows = {r["presentation"]: r["balanced_accuracy"] for r in doc["rows"]}
         best, worst = max(rows, key=rows.get), min(rows, key=rows.get)
         split = doc["source"].rsplit(":", 1)[-1]
         lines.append(f"| `{metrics['checkpoint']}` | {split} | "
-                     f"{pre.get('color_constancy', 'none')} | {rows['as-stored']:.3f} | "
+                     f"{pre.get('color_constancy', 'none')} | {_phone_augmentation(card)} | "
+                     f"{rows['as-stored']:.3f} | "
                      f"{rows[best]:.3f} ({best}) | {rows[worst]:.3f} ({worst}) | "
                      f"{doc['spread']:.3f} |")
     return [*lines, ""]
+
+
+def _phone_augmentation(card: dict) -> str:
+    """The phone augmentations a checkpoint was trained with (AugmentConfig), or "none"."""
+    augment = ((card.get("training") or {}).get("config") or {}).get("augment") or {}
+    low, high = augment.get("aspect_ratio") or (3 / 4, 4 / 3)
+    parts = [f"crop aspect {low:.2f}-{high:.2f}"] if (low, high) != (0.75, 4 / 3) else []
+    if augment.get("white_balance"):
+        parts.append(f"white balance +-{augment['white_balance']:g}")
+    if augment.get("phone_copy"):
+        parts.append(f"phone copies {augment['phone_copy']:.0%}")
+    return ", ".join(parts) or "none"
 
 
 def render_calibration(folder: Path, docs: Path) -> list[str]:

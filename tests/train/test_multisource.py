@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +84,22 @@ def test_training_learns_from_partial_rows_and_evaluation_reports_each_source(
     assert "## Per source" in report and "| isic2020 | mel vs benign | 30 | 10 |" in report
     predictions = (tmp_path / "eval" / "predictions.csv").read_text()
     assert predictions.count(",not-mel,") == 20
+
+    # the CLI's folder (with its command.json) renders into docs/RESULTS.md's sources section
+    from typer.testing import CliRunner
+
+    from skinedge.cli.main import app
+    out = tmp_path / "eval-cli"
+    invoked = CliRunner().invoke(app, ["evaluate", str(result.best_dir), "--manifest",
+                                       str(multi_manifest), "--split", "all", "--out", str(out),
+                                       "--device", "cpu"])
+    assert invoked.exit_code == 0, invoked.output
+    results = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, "scripts/results.py", "--update", "--sources", str(out),
+                    "--out", str(results)], check=True, cwd=Path(__file__).parents[2])
+    text = results.read_text()
+    assert "<!-- section: sources -->" in text
+    assert "| isic2020 | 30 | 10 | n/a (mel vs benign) |" in text and "- command: `skinedge" in text
 
 
 def test_partial_rows_refuse_losses_that_have_no_partial_form(multi_manifest, tmp_path):
