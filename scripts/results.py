@@ -245,6 +245,8 @@ def _phone_augmentation(card: dict) -> str:
     augment = ((card.get("training") or {}).get("config") or {}).get("augment") or {}
     low, high = augment.get("aspect_ratio") or (3 / 4, 4 / 3)
     parts = [f"crop aspect {low:.2f}-{high:.2f}"] if (low, high) != (0.75, 4 / 3) else []
+    if augment.get("rot90"):
+        parts.append("quarter turns")
     if augment.get("white_balance"):
         parts.append(f"white balance +-{augment['white_balance']:g}")
     if augment.get("phone_copy"):
@@ -322,6 +324,32 @@ def render_sources(folders: list[Path]) -> list[str]:
               "sens. @ 80% spec. | sens. @ 90% spec. | ECE |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|", *rows, ""]
     return lines
+
+
+def render_evaluations(folders: list[Path]) -> list[str]:
+    """`skinedge evaluate --out DIR` folders side by side: the model, what it was scored on, and
+    the headline figures with their bootstrap intervals (e.g. models on an external folder)."""
+    lines = ["## Evaluations side by side", "",
+             "| evaluation | model | scored on | images | balanced accuracy | melanoma AUC | "
+             "sens. @ 90% spec. | ECE |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    commands = []
+    for folder in folders:
+        command = json.loads((folder / "command.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        ci = metrics.get("confidence_intervals") or {}
+        lines.append(
+            f"| `{folder.parent.name}/{folder.name}` | `{metrics['checkpoint']}` | "
+            f"`{metrics['source']}` | {metrics['n']} | {metrics['balanced_accuracy']:.3f} "
+            f"({_span(ci.get('balanced_accuracy'))}) | {_fmt(metrics['melanoma_auc'])} "
+            f"({_span(ci.get('melanoma_auc'))}) | "
+            f"{_fmt(metrics['melanoma_sensitivity_at_spec'].get('0.90'))} | "
+            f"{metrics['ece']:.3f} |")
+        commands.append(f"- `{folder.parent.name}/{folder.name}`: `{command['command']}`, "
+                        f"finished {command.get('finished')}; the model "
+                        f"{_trained_by(Path(metrics['checkpoint']))}")
+    versions = json.loads((folders[0] / "command.json").read_text())["versions"]
+    return [*lines, "", "Bootstrap 95% intervals (1000 resamples) in brackets.", "", *commands,
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
 
 
 def _span(bounds: list[float] | None) -> str:
@@ -516,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a `skinedge evaluate --manifest MULTI --out` folder on a multi-"
                              "source split (repeatable: the models side by side; section: "
                              "sources)")
+    parser.add_argument("--evaluation", action="append", type=Path, default=[],
+                        help="a `skinedge evaluate --out` folder (repeatable: side by side; "
+                             "section: evaluations-NAME, NAME from --evaluations-name)")
+    parser.add_argument("--evaluations-name", default="external",
+                        help="name of the section --evaluation renders into")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--update", action="store_true",
                         help="replace only the sections this call renders in --out (each names "
@@ -538,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         for folder in args.robustness:
             sections.append((f"robustness-{folder.parent.name}-{folder.name}",
                              render_robustness(folder)))
+        if args.evaluation:
+            sections.append((f"evaluations-{args.evaluations_name}",
+                             render_evaluations(args.evaluation)))
         if args.sources:
             sections.append(("sources", render_sources(args.sources)))
         for folder in args.calibration:
