@@ -99,7 +99,7 @@ def test_training_learns_from_partial_rows_and_evaluation_reports_each_source(
                     "--out", str(results)], check=True, cwd=Path(__file__).parents[2])
     text = results.read_text()
     assert "<!-- section: sources -->" in text
-    assert "| isic2020 | 30 | 10 | n/a (mel vs benign) |" in text and "- command: `skinedge" in text
+    assert "| isic2020 | 30 | 10 | n/a (mel vs benign) |" in text and "): `" in text
 
 
 def test_partial_rows_refuse_losses_that_have_no_partial_form(multi_manifest, tmp_path):
