@@ -222,7 +222,7 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
     """One row per `evaluate --robustness` folder: its split, as stored, best, worst, spread."""
     lines = ["## Robustness: the models side by side", "",
              "Balanced accuracy; the tables per presentation follow in sections of their own.",
-             "", "| model | split | colour constancy | phone augmentation | as stored | best | "
+             "", "| model | images scored | colour constancy | phone augmentation | as stored | best | "
              "worst | spread |", "|---|---|---|---|---:|---:|---:|---:|"]
     for folder in folders:
         doc = json.loads((folder / "robustness.json").read_text())
@@ -231,7 +231,7 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
         pre = card["preprocess"]
         rows = {r["presentation"]: r["balanced_accuracy"] for r in doc["rows"]}
         best, worst = max(rows, key=rows.get), min(rows, key=rows.get)
-        split = doc["source"].rsplit(":", 1)[-1]
+        split = f"`{doc['source']}` ({doc['images']} images)"
         lines.append(f"| `{metrics['checkpoint']}` | {split} | "
                      f"{pre.get('color_constancy', 'none')} | {_phone_augmentation(card)} | "
                      f"{rows['as-stored']:.3f} | "
