@@ -365,7 +365,7 @@ def _build_criterion(cfg: TrainConfig, counts: list[int], objective: Objective |
                 "which the partial-label cross-entropy learns from; it has no focal or "
                 "label-smoothed form: set loss.kind=ce and loss.label_smoothing=0")
         criterion = PartialLabelLoss(positive, weights)
-        return objective.criterion(criterion) if objective is not None else criterion
-    criterion = build_loss(cfg.loss.kind, weights, gamma=cfg.loss.focal_gamma,
-                           label_smoothing=cfg.loss.label_smoothing)
+    else:
+        criterion = build_loss(cfg.loss.kind, weights, gamma=cfg.loss.focal_gamma,
+                               label_smoothing=cfg.loss.label_smoothing)
     return objective.criterion(criterion) if objective is not None else criterion
