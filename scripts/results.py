@@ -391,6 +391,18 @@ def _exporting_command(model: Path) -> str | None:
     return None
 
 
+# INT8 methods the export issue keeps as fallbacks after plain post-training quantization:
+# a row made by one says so beside its verdict.
+FALLBACKS = {"qac": "NNCF accuracy control", "pt2e-qat": "quantization-aware distillation",
+             "qat": "quantization-aware training"}
+
+
+def _fallback(label: str) -> str:
+    """`` (fallback: ...)`` for a row whose label ends in a fallback method's variant."""
+    method = next((m for v, m in FALLBACKS.items() if label.endswith(f"-int8-{v}")), None)
+    return f" (fallback: {method})" if method else ""
+
+
 def _export_targets(rows: dict) -> list[str]:
     ok = {k: r for k, r in rows.items() if r.get("p50_ms") is not None and r["status"] == "ok"}
     on_device = {k: r for k, r in ok.items() if " @ " in k}  # latency only, another runtime
@@ -432,7 +444,7 @@ def _export_targets(rows: dict) -> list[str]:
                    f"{'meets' if within else 'misses'} the within-1-point target, "
                    f"{'meets' if under else 'misses'} the under-3% flips target")
         confident = r.get("confident_flip_rate")
-        out.append(f"{k}: balanced accuracy {r['balanced_accuracy']:.3f} (change "
+        out.append(f"{k}{_fallback(k)}: balanced accuracy {r['balanced_accuracy']:.3f} (change "
                    f"{0.0 - drop:+.3f}), flips {flips:.1%}"
                    + (f" ({confident:.1%} of confident answers)" if confident is not None else "")
                    + f": {verdict}")

@@ -315,7 +315,7 @@ def test_export_takes_no_calibration_images_where_int8_is_not_calibrated(
      "bad --export 'openvino:fp32:qac': a quantizer (qac) only applies to int8, not fp32"),
     (["--export", "tflite:int8:nope"],
      "bad --export 'tflite:int8:nope': target tflite has no quantizer 'nope'; choose one of "
-     "pt2e, aeq, or leave it out for pt2e"),
+     "pt2e, aeq, pt2e-qat, or leave it out for pt2e"),
     (["--export", "all:int8"], "bad --export 'all:int8': all exports every target"),
     (["--export", "onnx:int8", "--calibration-images", "0"],
      "--calibration-images 0: a number of training images to calibrate the INT8 exports on"),

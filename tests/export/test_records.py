@@ -25,8 +25,8 @@ MEASURED = {  # a passed verification, as export reports have it (keys in their 
 
 
 def test_bad_quantizer_word_is_refused_with_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"quantizer 'int4': choose one of aeq, pt2e, ptq, "
-                                          r"qac, qat"):
+    with pytest.raises(ConfigError, match=r"quantizer 'int4': choose one of aeq, pt2e, pt2e-qat, "
+                                          r"ptq, qac, qat"):
         ExportOptions(quantizer="int4")
     assert issubclass(ConfigError, ValueError)  # callers catching ValueError still do
 

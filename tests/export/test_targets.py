@@ -181,6 +181,50 @@ def test_pt2e_int8_report_says_where_error_enters(target, tiny_checkpoint, expor
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("target", ["tflite", "executorch"])
+def test_pt2e_qat_export_is_distilled_verified_and_labelled(target, tiny_checkpoint,
+                                                            tmp_path) -> None:
+    """The fallback INT8 method: calibration, then quantization-aware distillation over the
+    whole training split; the card says what it did on which images, and the artifact passes
+    the same verification as any INT8 export."""
+    if TARGETS[target].missing_backend("int8"):
+        pytest.skip(f"{target} not installed")
+    from skinedge.data.manifest import load_manifest
+    from skinedge.models.card import load_card, resolve_manifest
+    from skinedge.runtimes.base import artifact_label
+
+    lines: list[str] = []
+    result = export_checkpoint(tiny_checkpoint, target, precision="int8", out_dir=tmp_path,
+                               calibration_images=40, verify_images=14, log=lines.append,
+                               options=ExportOptions(quantizer="pt2e-qat", qat_epochs=1))
+    assert result.verification.status == "passed"
+    card = read_artifact_card(result.path)
+    qat = card.artifact.details["qat"]
+    manifest = load_manifest(resolve_manifest(None, load_card(tiny_checkpoint), tiny_checkpoint))
+    train = [row for row in manifest.rows if row.split == "train"]
+    assert qat["images"] == len(train) and qat["epochs"] == 1 and len(qat["images_sha256"]) == 64
+    assert qat["steps"] == max(1, len(train) // 16) and qat["images_source"].endswith(":train")
+    assert card.artifact.calibration["images"] == 40  # ranges still come from calibration
+    assert artifact_label(card) == f"{target}-int8-pt2e-qat" and "pt2e-qat" in result.path.name
+    assert any("INT8 distillation: epoch 1/1" in line for line in lines)
+    report = json.loads(result.report.read_text())
+    assert np.isfinite(report["int8_layers"]["logits_sqnr_db"])
+
+
+def test_qat_epochs_without_pt2e_qat_is_refused(tiny_checkpoint, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from skinedge.cli.main import app
+
+    result = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", "tflite",
+                                      "--precision", "int8", "--qat-epochs", "3",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "--qat-epochs applies to --quantizer pt2e-qat" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_coreml_package_loads_back_as_a_spec_with_an_image_input(tiny_checkpoint, exports) -> None:
     ct = pytest.importorskip("coremltools")
     for precision in TARGETS["coreml"].precisions:  # the parity cases need macOS

@@ -61,9 +61,14 @@ def export(
     calibration_images: Annotated[int, typer.Option(help="INT8 calibration images from the training split.")] = 300,
     verify_images: Annotated[int, typer.Option(help="Validation images the artifact is checked on (0: none).")] = 64,
     quantizer: Annotated[str | None, typer.Option(
-        help="INT8 method. TFLite: pt2e (default; int8 in/out with --float-first 0) or aeq (ai-edge-quantizer). "
-             "OpenVINO: ptq (default) or qac (NNCF accuracy control: layers back to float until "
-             "top-1 agreement with the checkpoint drops at most --max-drop).")] = None,
+        help="INT8 method. TFLite: pt2e (default; int8 in/out with --float-first 0), aeq "
+             "(ai-edge-quantizer) or pt2e-qat. ExecuTorch: pt2e (default) or pt2e-qat (pt2e, then "
+             "quantization-aware distillation to the checkpoint over the training split: the "
+             "fallback, minutes on a CPU). OpenVINO: ptq (default) or qac (NNCF accuracy "
+             "control: layers back to float until top-1 agreement with the checkpoint drops at "
+             "most --max-drop).")] = None,
+    qat_epochs: Annotated[int | None, typer.Option(
+        help="--quantizer pt2e-qat: epochs of distillation over the training split (default 2).")] = None,
     max_drop: Annotated[float, typer.Option(help="qac: allowed drop of top-1 agreement (absolute).")] = 0.01,
     overflow_fix: Annotated[str, typer.Option(
         help="ONNX/OpenVINO INT8: auto (enable on x86 CPUs without VNNI, whose int8 kernels "
@@ -79,13 +84,20 @@ def export(
     checkpoint on validation images right after export (non-zero exit if it drifts)."""
     from skinedge.cli.progress import console
     from skinedge.export import ExportError, ExportOptions, export_checkpoint
+    from skinedge.export.base import PT2E_QAT
     from skinedge.export.records import calibrates_int8, takes_float_first
 
     # Refused before anything is loaded or written to --out.
     check_count(float_first, "--float-first", 0,
                 "a number of leading convolutions to keep in float (0: none)")
+    check_count(qat_epochs, "--qat-epochs", 1, "a number of distillation epochs")
+    if qat_epochs is not None and quantizer != PT2E_QAT:
+        raise ConfigError(f"--qat-epochs applies to --quantizer {PT2E_QAT} (--target tflite or "
+                          f"executorch, --precision int8): leave it out, or add --quantizer "
+                          f"{PT2E_QAT}")
     options = ExportOptions(quantizer=quantizer, max_drop=max_drop, overflow_fix=overflow_fix,
-                            **({} if float_first is None else {"float_first": float_first}))
+                            **({} if float_first is None else {"float_first": float_first}),
+                            **({} if qat_epochs is None else {"qat_epochs": qat_epochs}))
     calibrates = calibrates_int8(target, precision, quantizer)
     if float_first is not None and not takes_float_first(target, precision, quantizer):
         raise ConfigError(f"--float-first applies to calibrated INT8 (--precision int8 with "

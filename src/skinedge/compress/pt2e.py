@@ -15,9 +15,13 @@ fix, 13 after; ExecuTorch 67 before, 15 after.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 _CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
@@ -154,6 +158,144 @@ def _is_quantize(node: torch.fx.Node) -> bool:
 #: ``graph.meta`` key of a :func:`quantize_pt2e` graph: how its biases were corrected, or
 #: why they were not.
 BIAS_CORRECTION = "skinedge_bias_correction"
+#: ``graph.meta`` key of a :func:`quantize_pt2e` graph: what its quantization-aware
+#: distillation did (:class:`DistillQAT`), None without it.
+QAT_RECORD = "skinedge_qat"
+
+# Quantization-aware distillation, the fallback when post-training INT8 misses its flips
+# bound. The learning rate is small on purpose: the BatchNorm-folded depthwise weights of
+# EfficientNet-Lite are tiny, and on the quickstart Lite0 a rate ten times higher moved the
+# logits away from the float model's within an epoch instead of towards them. The bench
+# section ``bench-lite0-pt2e-qat`` of docs/RESULTS.md measures the result.
+QAT_EPOCHS = 2
+QAT_LR = 3e-6
+QAT_BATCH = 16
+_MSE_WEIGHT = 0.1  # logits MSE beside the KL term: SQNR is what the flips follow
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DistillQAT:
+    """Quantization-aware distillation of a PT2E INT8 graph: after calibration, its weights
+    (BatchNorm folded in) are fine-tuned through the fake quantizers so that its logits follow
+    the float model's on training images (KL of the softmaxes plus logits MSE; random flips,
+    which change no lesion's class). Activation ranges stay where calibration put them;
+    weight ranges follow the weights. Labels are not used: the target is the float model, so
+    the INT8 model learns to agree with it, not to beat it.
+
+    Attributes:
+        images: (N, 3, S, S) float32 training images, preprocessed as the card says (NCHW,
+            whatever the module's layout: ``channels_last`` says how to feed it).
+        channels_last: The module takes NHWC input (TFLite's).
+        epochs, lr, batch_size, seed: The fine-tuning (Adam).
+        log: Progress lines, one every few dozen steps.
+    """
+
+    images: np.ndarray
+    channels_last: bool = False
+    epochs: int = QAT_EPOCHS
+    lr: float = QAT_LR
+    batch_size: int = QAT_BATCH
+    seed: int = 0
+    log: Callable[[str], None] | None = None
+
+    def batch(self, index: np.ndarray, flip: tuple[bool, bool] = (False, False)) -> torch.Tensor:
+        x = torch.from_numpy(self.images[index])
+        for dim, on in zip((2, 3), flip):
+            x = x.flip(dim) if on else x
+        return x.permute(0, 2, 3, 1).contiguous() if self.channels_last else x
+
+
+def fake_quantized(config: Any) -> Any:
+    """``config`` (a PT2E ``QuantizationConfig``, torchao's or litert-torch's) with each
+    observer wrapped in a ``FakeQuantize`` that computes its parameters with that observer.
+
+    Not the quantizers' own ``is_qat`` configs: their ``FusedMovingAvgObsFakeQuantize``
+    fake-quantizes per-channel weights with other scales than the observer gives at
+    conversion (some channels by a factor of 2, measured), so what training optimised is not
+    what is exported; and litert-torch's QAT conv + BatchNorm annotation fails on torch 2.14
+    (BatchNorm is folded before annotation here, so it is not needed).
+    """
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    def wrap(spec):
+        if not isinstance(spec, QuantizationSpec):
+            return spec
+        return dataclasses.replace(spec, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+            observer=spec.observer_or_fake_quant_ctr))
+
+    return dataclasses.replace(config, input_activation=wrap(config.input_activation),
+                               output_activation=wrap(config.output_activation),
+                               weight=wrap(config.weight))
+
+
+def _distill_qat(module: torch.nn.Module, sample: tuple, quantizer: Any, images: list,
+                 qat: DistillQAT) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    """The converted graph (weights not folded) after calibration on ``images`` and
+    quantization-aware distillation, and a record of the fine-tuning."""
+    import copy
+
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e.fake_quantize import (
+        FakeQuantize,
+        disable_fake_quant,
+        disable_observer,
+        enable_fake_quant,
+    )
+    from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    teacher = module.eval()
+    quantizer.set_global(fake_quantized(quantizer.global_config))
+    example = torch.cat([sample[0]] * 2)
+    shapes = torch.export.ShapesCollection()
+    shapes[example] = {0: torch.export.Dim("batch", min=1, max=4096)}
+    graph = torch.export.export(copy.deepcopy(module), (example,), dynamic_shapes=shapes).module()
+    _fuse_conv_bn_(graph)  # eval-mode BatchNorm into the convolutions, as PTQ does
+    graph = prepare_qat_pt2e(graph, quantizer)
+    fakes = [m for m in graph.modules() if isinstance(m, FakeQuantize)]
+    graph.apply(disable_fake_quant)  # calibrate on float activations, as PTQ does
+    with torch.no_grad():
+        for start in range(0, len(images), 32):
+            graph(torch.cat(images[start:start + 32]))
+    for fake in fakes:  # activations keep their calibrated ranges; weights follow the weights
+        if not isinstance(fake.activation_post_process, PerChannelMinMaxObserver):
+            fake.disable_observer()
+    graph.apply(enable_fake_quant)
+
+    torch.manual_seed(qat.seed)
+    rng = np.random.default_rng(qat.seed)
+    params = [p for p in graph.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=qat.lr)
+    steps_per_epoch = max(1, len(qat.images) // qat.batch_size)
+    losses, started = [], time.perf_counter()
+    for epoch in range(qat.epochs):
+        order = rng.permutation(len(qat.images))
+        for step in range(steps_per_epoch):
+            index = np.sort(order[step * qat.batch_size:(step + 1) * qat.batch_size])
+            x = qat.batch(index, tuple(rng.random(2) < 0.5))
+            with torch.no_grad():
+                target = teacher(x)
+            out = graph(x)
+            loss = (F.kl_div(F.log_softmax(out, 1), F.log_softmax(target, 1), log_target=True,
+                             reduction="batchmean") + _MSE_WEIGHT * F.mse_loss(out, target))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if qat.log and (step % 25 == 0 or step == steps_per_epoch - 1):
+                qat.log(f"INT8 distillation: epoch {epoch + 1}/{qat.epochs}, step "
+                        f"{step + 1}/{steps_per_epoch}, loss {np.mean(losses[-25:]):.4f}")
+    graph.apply(disable_observer)
+    record = {"method": "quantization-aware distillation to the float model's logits (KL + "
+                        f"{_MSE_WEIGHT} x logits MSE), Adam, BatchNorm folded first",
+              "images": len(qat.images), "epochs": qat.epochs, "lr": qat.lr,
+              "batch_size": qat.batch_size, "steps": len(losses),
+              "loss_first_epoch": float(f"{np.mean(losses[:steps_per_epoch]):.4g}"),
+              "loss_last_epoch": float(f"{np.mean(losses[-steps_per_epoch:]):.4g}"),
+              "seconds": round(time.perf_counter() - started, 1)}
+    return convert_pt2e(graph, fold_quantize=False), record
 
 
 def _calibrate(module: torch.nn.Module, sample: tuple, quantizer: Any, images: list,
@@ -184,7 +326,7 @@ def _calibrate(module: torch.nn.Module, sample: tuple, quantizer: Any, images: l
 
 def quantize_pt2e(module: torch.nn.Module, sample: tuple, quantizer: Any, images: list,
                   *, fold_quantize: bool = True, bias_correction: bool = False,
-                  diagnose: int = DIAGNOSIS_IMAGES,
+                  qat: DistillQAT | None = None, diagnose: int = DIAGNOSIS_IMAGES,
                   ) -> tuple[torch.fx.GraphModule, dict[str, Any] | None]:
     """``torch.export`` -> the quantizer's annotation -> calibration -> conversion, in eval
     mode, and the per-layer SQNR of the result
@@ -209,6 +351,9 @@ def quantize_pt2e(module: torch.nn.Module, sample: tuple, quantizer: Any, images
         fold_quantize: Fold the quantized weights into int8 constants; the diagnosis always
             runs on the unfolded graph (a copy, when this is True).
         bias_correction: NNCF's ranges and fast bias correction; False: torchao's observers.
+        qat: Fine-tune the calibrated graph by quantization-aware distillation (the fallback
+            when post-training INT8 misses its bound); ``graph.meta[QAT_RECORD]`` says what
+            it did. Not with ``bias_correction``.
         diagnose: How many of ``images`` the diagnosis runs on (0: none).
 
     Returns:
@@ -221,14 +366,22 @@ def quantize_pt2e(module: torch.nn.Module, sample: tuple, quantizer: Any, images
 
     from skinedge.compress.int8_diagnosis import layer_sqnr
 
+    record = None
+    if qat is not None:
+        if bias_correction:
+            raise ValueError("quantization-aware distillation replaces bias correction")
+        graph, record = _distill_qat(module, sample, quantizer, images, qat)
+        note = "none (quantization-aware distillation)"
     with torch.no_grad():
-        graph, note = _calibrate(module, sample, quantizer, images, bias_correction)
+        if qat is None:
+            graph, note = _calibrate(module, sample, quantizer, images, bias_correction)
         graph = move_exported_model_to_eval(graph)
         unfolded = copy.deepcopy(graph) if diagnose and fold_quantize else graph
         if fold_quantize:
             constant_fold(graph, _is_quantize)
             graph = torch.fx.GraphModule(graph, graph.graph)
     graph.meta[BIAS_CORRECTION] = note
+    graph.meta[QAT_RECORD] = record
     if not diagnose:
         return graph, None
     return graph, layer_sqnr(unfolded, torch.cat(images[:diagnose]))

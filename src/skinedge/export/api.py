@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from skinedge.errors import ConfigError
-from skinedge.export.base import ExportError, ExportJob, Tolerance, VerificationFailed, get_target
+from skinedge.export.base import (
+    PT2E_QAT,
+    ExportError,
+    ExportJob,
+    Tolerance,
+    VerificationFailed,
+    get_target,
+)
 from skinedge.export.records import (
     AccuracyControl,
     Calibration,
@@ -133,7 +140,7 @@ def export_checkpoint(
     for note in notes:
         _log(log, f"warning: {note}")
     cannot_run = spec.runs_here()  # Core ML off macOS, TensorRT without its GPU: no verification
-    calibration, control, verification = _prepare_images(
+    calibration, control, verification, distill = _prepare_images(
         spec, precision, model, card, checkpoint, manifest, options,
         calibration_images=calibration_images,
         verify_images=verify_images if verify and cannot_run is None else 0, log=log)
@@ -153,7 +160,8 @@ def export_checkpoint(
             workdir.mkdir()
             job = ExportJob(model=model, card=card, source=str(checkpoint.resolve()),
                             precision=precision, workdir=workdir, stem=stem,
-                            calibration=calibration, options=options, control=control)
+                            calibration=calibration, options=options, control=control,
+                            distill=distill, log=log)
             _log(log, f"exporting {checkpoint} to {target} {precision}")
             try:
                 exported = spec.export(job)
@@ -233,10 +241,11 @@ def _qat_precision(spec, precision: str | None, checkpoint: Path | str,
 def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Path,
                     manifest: Path | str | None, options: ExportOptions, *,
                     calibration_images: int, verify_images: int, log,
-                    ) -> tuple[Calibration | None, AccuracyControl | None, ImageArrays | None]:
+                    ) -> tuple[Calibration | None, AccuracyControl | None, ImageArrays | None,
+                               ImageArrays | None]:
     """Calibration images (training split), for accuracy-controlled INT8 the control images and
-    the float model's top-1 on them, and verification images (validation split), as arrays
-    preprocessed by the card."""
+    the float model's top-1 on them, verification images (validation split), and for
+    ``pt2e-qat`` the whole training split, as arrays preprocessed by the card."""
     import torch
 
     from skinedge.data.arrays import manifest_arrays
@@ -245,13 +254,13 @@ def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Pa
     calibrate = calibrates_int8(spec.name, precision, options.quantizer,
                                 source_precision=card.precision)  # the CLI's rule, too
     if not calibrate and verify_images <= 0:
-        return None, None, None
+        return None, None, None, None
     manifest_path = resolve_manifest(manifest, card, checkpoint)
     man = load_manifest(manifest_path)
     if list(man.vocabulary.codes) != card.classes:
         raise ExportError(f"{manifest_path} has classes {list(man.vocabulary.codes)}, the "
                           f"model predicts {card.classes}")
-    calibration = control = verification = None
+    calibration = control = verification = distill = None
     if calibrate:
         _log(log, f"calibration: {calibration_images} training images from {manifest_path}")
         train = manifest_arrays(man, "train", card.preprocess, limit=calibration_images,
@@ -270,7 +279,11 @@ def _prepare_images(spec, precision: str, model, card: ModelCard, checkpoint: Pa
             logits = torch.cat([model(torch.from_numpy(tuning.x[i:i + 64]))
                                 for i in range(0, len(tuning), 64)])
         control = AccuracyControl(tuning.x, float_top1=logits.argmax(1).numpy())
-    return calibration, control, verification
+    if calibrate and options.quantizer == PT2E_QAT:
+        distill = manifest_arrays(man, "train", card.preprocess, source=f"{manifest_path}:train")
+        _log(log, f"quantization-aware distillation: {len(distill)} training images, "
+                  f"{options.qat_epochs} epochs")
+    return calibration, control, verification, distill
 
 
 def _earlier_export_stands(report: Path) -> bool:

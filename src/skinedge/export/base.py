@@ -19,9 +19,12 @@ from skinedge.models.card import ArtifactInfo, ModelCard
 from skinedge.utils.backends import missing
 
 if TYPE_CHECKING:
+    from skinedge.data.arrays import ImageArrays
     from skinedge.export.records import AccuracyControl, Calibration, ExportOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: The PT2E targets' fallback INT8 method: calibration, then quantization-aware distillation.
+PT2E_QAT = "pt2e-qat"
 
 
 class ExportError(SkinedgeError, RuntimeError):
@@ -86,6 +89,32 @@ class ExportJob:
     options: ExportOptions  # quantizer, accuracy-control budget, overflow fix
     control: AccuracyControl | None = None  # qac: validation images and the float model's top-1
     batch_size: int = 1
+    distill: ImageArrays | None = None  # pt2e-qat: the training split it is fine-tuned on
+    log: Callable[[str], None] | None = None  # progress of long exports
+
+    def qat(self, *, channels_last: bool = False):
+        """The quantization-aware distillation of a ``pt2e-qat`` export
+        (:class:`~skinedge.compress.pt2e.DistillQAT`), None for any other quantizer."""
+        if self.options.quantizer != PT2E_QAT:
+            return None
+        if self.distill is None:
+            raise ExportError(f"{self.stem}: pt2e-qat needs the training images it is "
+                              f"fine-tuned on (export_checkpoint loads them)")
+        from skinedge.compress.pt2e import DistillQAT
+
+        return DistillQAT(self.distill.x, channels_last=channels_last,
+                          epochs=self.options.qat_epochs, log=self.log)
+
+    def qat_details(self, graph) -> dict[str, Any]:
+        """The card's ``details["qat"]`` for a ``pt2e-qat`` graph ({} otherwise)."""
+        from skinedge.compress.pt2e import QAT_RECORD
+
+        record = graph.meta.get(QAT_RECORD)
+        if record is None:
+            return {}
+        return {"qat": {**record, "images_source": self.distill.source,
+                        "images_sha256": self.distill.fingerprint,
+                        "note": "fallback: post-training INT8 calibration, then fine-tuned"}}
 
     def card_for(self, artifact: ArtifactInfo) -> ModelCard:
         """The source card with the artifact's section and precision, sealed

@@ -144,6 +144,8 @@ class ExportOptions:
             :func:`skinedge.compress.quantize.resolve_overflow_fix`.
         float_first: Calibrated INT8 (NNCF and PT2E): the first convolutions, with their
             norm and activation, left in float (:data:`FLOAT_FIRST`).
+        qat_epochs: ``pt2e-qat``: epochs of quantization-aware distillation over the whole
+            training split (:class:`skinedge.compress.pt2e.DistillQAT`).
     """
 
     quantizer: str | None = None
@@ -151,6 +153,7 @@ class ExportOptions:
     max_control: int = 200
     overflow_fix: OverflowFix = "auto"
     float_first: int = FLOAT_FIRST
+    qat_epochs: int = 2  # skinedge.compress.pt2e.QAT_EPOCHS (not imported: it pulls in torch)
 
     def __post_init__(self) -> None:
         _choice("quantizer", self.quantizer, known_quantizers(), optional=True)
@@ -161,6 +164,9 @@ class ExportOptions:
         if self.float_first < 0:
             raise ConfigError(f"float_first {self.float_first}: a number of leading "
                               "convolutions to keep in float (0: none)")
+        if self.qat_epochs < 1:
+            raise ConfigError(f"qat_epochs {self.qat_epochs}: at least one epoch of "
+                              "quantization-aware distillation")
         if self.max_control < 1:
             raise ConfigError(f"max_control {self.max_control}: at least one validation image")
 

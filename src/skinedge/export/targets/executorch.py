@@ -4,9 +4,10 @@ on Android and iOS.
 ``torch.export`` -> ``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` ->
 ``to_executorch``. INT8 is PT2E: ExecuTorch's ``XNNPACKQuantizer`` (symmetric int8, weights per
 channel; conv + ReLU6 quantized after the clip, :mod:`skinedge.compress.pt2e`), calibrated in
-torch on the training images, then lowered to XNNPACK's int8 kernels; input and output stay
-float32 (NCHW image in, logits out). Operators XNNPACK cannot take run on ExecuTorch's portable
-kernels (slower): the export warns and names them.
+torch on the training images (quantizer ``pt2e``; ``pt2e-qat`` then fine-tunes it by
+quantization-aware distillation to the float model, the fallback), then lowered to XNNPACK's
+int8 kernels; input and output stay float32 (NCHW image in, logits out). Operators XNNPACK
+cannot take run on ExecuTorch's portable kernels (slower): the export warns and names them.
 
 The card is the program's constant method :data:`~skinedge.runtimes.executorch.CARD_METHOD`,
 read by the ExecuTorch backend (:mod:`skinedge.runtimes.executorch`).
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 
-from skinedge.export.base import Exported, ExportError, ExportJob, register_target
+from skinedge.export.base import PT2E_QAT, Exported, ExportError, ExportJob, register_target
 from skinedge.models.card import ArtifactInfo, TensorSpec
 from skinedge.runtimes.executorch import CARD_METHOD, EXTRA, FORWARD
 from skinedge.utils.backends import require
@@ -44,14 +45,16 @@ def int8_quantizer(float_first: int):
 
 
 def _quantize_int8(job: ExportJob, sample: tuple):
-    """The model with PT2E int8 quantize/dequantize ops, calibrated on ``job.calibration``, and
-    the per-layer SQNR of it."""
+    """The model with PT2E int8 quantize/dequantize ops, calibrated on ``job.calibration``
+    (``pt2e-qat``: then fine-tuned by quantization-aware distillation), and the per-layer SQNR
+    of it."""
     import torch
 
     from skinedge.compress.pt2e import quantize_pt2e
 
     images = [torch.from_numpy(image[None]) for image in job.calibration.images]
-    return quantize_pt2e(job.model, sample, int8_quantizer(job.options.float_first), images)
+    return quantize_pt2e(job.model, sample, int8_quantizer(job.options.float_first), images,
+                         qat=job.qat())
 
 
 def _lower(job: ExportJob, module, sample: tuple, card_json: bytes):
@@ -97,7 +100,7 @@ def _warn_undelegated(job: ExportJob, edge) -> None:
 @register_target(
     name="executorch", suffix=".pte", extra=EXTRA, requires=("executorch", "torchao"),
     precisions=("fp32", "int8"), default_precision="fp32",
-    int8_extra=None, int8_requires=(),
+    int8_extra=None, int8_requires=(), quantizers=("pt2e", PT2E_QAT),
     description="ExecuTorch .pte with the XNNPACK delegate (Android and iOS); INT8 via PT2E "
                 "with XNNPACKQuantizer",
     # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py); 3: FLOAT_FIRST
@@ -115,6 +118,8 @@ def export_executorch(job: ExportJob) -> Exported:
         details["quantizer"] = ("PT2E XNNPACKQuantizer (symmetric int8, weights per channel; "
                                 "conv + ReLU6 quantized after the clip); float32 input and output")
         details["float_first"] = job.options.float_first
+        if qat := job.qat_details(module):
+            details.update(qat, variant=PT2E_QAT)
     info = ArtifactInfo(
         target="executorch", precision=job.precision, source_checkpoint=job.source,
         source_weights_sha256=job.card.weights_sha256,

@@ -11,6 +11,9 @@ quantizers, chosen with ``ExportOptions.quantizer``:
   quantizes inputs with the tensor's scale and zero point).
 * ``aeq``: ai-edge-quantizer's static int8 recipe applied to the FP32 flatbuffer; float input
   and output, int8 inside.
+* ``pt2e-qat``: ``pt2e``, then quantization-aware distillation to the float model's logits over
+  the training split (:class:`skinedge.compress.pt2e.DistillQAT`): the fallback when the
+  post-training file misses its flips bound. Minutes on a CPU, not seconds.
 
 FP16 stores weights as float16 (ai-edge-quantizer float casting); compute stays float.
 The card is a flatbuffer ``metadata`` entry that the LiteRT backend reads
@@ -35,13 +38,13 @@ import zipfile
 import numpy as np
 
 from skinedge import __version__
-from skinedge.export.base import Exported, ExportError, ExportJob, register_target
+from skinedge.export.base import PT2E_QAT, Exported, ExportError, ExportJob, register_target
 from skinedge.models.card import ArtifactInfo, ModelCard, TensorSpec
 from skinedge.runtimes.litert import CARD_KEY, with_metadata
 from skinedge.utils.backends import require
 from skinedge.utils.io import package_versions
 
-QUANTIZERS = ("pt2e", "aeq")  # the first is the default
+QUANTIZERS = ("pt2e", "aeq", PT2E_QAT)  # the first is the default
 
 
 def _convert(module, sample, **kwargs):
@@ -85,9 +88,9 @@ def _float_flatbuffer(job: ExportJob) -> bytes:
     return bytes(_convert(nhwc_model(job.model), sample).model_content())
 
 
-def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None]:
-    """The INT8 flatbuffer (float ends, or full-integer with ``float_first=0``) and the
-    per-layer SQNR of its PT2E graph."""
+def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None, dict]:
+    """The INT8 flatbuffer (float ends, or full-integer with ``float_first=0``), the
+    per-layer SQNR of its PT2E graph, and the card details of its distillation (``pt2e-qat``)."""
     import torch
 
     require("litert_torch", "tflite")
@@ -100,9 +103,9 @@ def _pt2e_int8(job: ExportJob) -> tuple[bytes, dict | None]:
     images = [torch.from_numpy(image[None]).permute(0, 2, 3, 1).contiguous()
               for image in job.calibration.images]
     graph, diagnosis = quantize_pt2e(nhwc_model(job.model), sample, quantizer, images,
-                                     fold_quantize=False)
+                                     fold_quantize=False, qat=job.qat(channels_last=True))
     model = _convert(graph, sample, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    return bytes(model.model_content()), diagnosis
+    return bytes(model.model_content()), diagnosis, job.qat_details(graph)
 
 
 def _aeq(float_model: bytes, job: ExportJob) -> bytes:
@@ -321,11 +324,13 @@ def export_tflite(job: ExportJob) -> Exported:
     quantizer = job.options.quantizer or QUANTIZERS[0]  # checked by export_checkpoint
     details: dict = {"converter": "litert_torch.convert"}
     int8_layers = None
-    if job.precision == "int8" and quantizer == "pt2e":
-        flatbuffer, int8_layers = _pt2e_int8(job)
+    if job.precision == "int8" and quantizer in ("pt2e", PT2E_QAT):
+        flatbuffer, int8_layers, qat = _pt2e_int8(job)
         details["quantizer"] = ("litert-torch PT2E (symmetric int8, weights per channel; "
                                 "conv + ReLU6 quantized after the clip)")
         details["float_first"] = job.options.float_first
+        if qat:
+            details.update(qat, variant=PT2E_QAT)
     else:
         flatbuffer = _float_flatbuffer(job)
         if job.precision == "fp16":
