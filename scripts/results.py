@@ -17,6 +17,8 @@ Usage:
     python scripts/results.py --update --calibration runs/RUN/eval-test --out docs/RESULTS.md
         # ECE with and without the card's temperature, reliability diagrams
         # (calibration-RUN-FOLDER)
+    python scripts/results.py --update --pt2e-seeds bench/pt2e-qat-seeds --out docs/RESULTS.md
+        # TFLite INT8 per calibration seed, pt2e against pt2e-qat (pt2e-seeds)
 
 Each run folder is what `skinedge quickstart --out RUN` leaves: command.json, manifest.json,
 train/{config.yaml,versions.json,metrics.jsonl,best/card.json}, eval/metrics.json.
@@ -183,6 +185,45 @@ def render_bench(folder: Path, docs: Path) -> list[str]:
     lines += [f"Targets of the export issue ({s['threads'] or 'default'} thread(s), one run; only "
               "rows with status ok count as meeting a target):", ""]
     lines += [f"- {text}" for text in _export_targets(rows)]
+    return [*lines, ""]
+
+
+def render_pt2e_seeds(folder: Path) -> list[str]:
+    """`python scripts/pt2e_qat_seeds.py --out DIR`: TFLite PT2E INT8 against the float model
+    per calibration seed, post-training and quantization-aware distillation side by side."""
+    doc = json.loads((folder / "pt2e-seeds.json").read_text())
+    rows = doc["rows"]
+    lines = ["## TFLite INT8 over calibration seeds: post-training against quantization-aware "
+             "distillation", "",
+             f"- command: `{doc['command']}`, finished {doc['finished']}",
+             f"- model: `{doc['checkpoint']}`; splits of `{doc['manifest']}`; each seed draws "
+             f"{doc['calibration_images']} calibration images of the {doc['training_images']} "
+             f"training images; `pt2e-qat` then distils over all {doc['training_images']}; first "
+             f"{doc['float_first']} convolutions and the classifier in float, as "
+             "`skinedge export` leaves them",
+             f"- machine: {doc['machine']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()), "",
+             "Measured in the TFLite file (LiteRT, XNNPACK, 1 thread) against the float model "
+             "with its temperature, as the bench measures; flips: images whose top-1 class "
+             "differs.", "",
+             "| seed | method | test flips | test logits SQNR (dB) | test Δ bal. acc | val flips "
+             "| val logits SQNR (dB) | seconds |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        t, v = r["test"], r["val"]
+        lines.append(f"| {r['seed']} | {r['method']} | {t['flips']}/{t['images']} "
+                     f"({t['flip_rate']:.1%}) | {t['sqnr_db']:.1f} | "
+                     f"{t['balanced_accuracy_change']:+.3f} | {v['flips']}/{v['images']} "
+                     f"({v['flip_rate']:.1%}) | {v['sqnr_db']:.1f} | {r['seconds']} |")
+    lines.append("")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        flips = [r["test"]["flip_rate"] for r in mine]
+        sqnr = [r["test"]["sqnr_db"] for r in mine]
+        lines.append(f"- {method} over {len(mine)} seeds, test: flips {min(flips):.1%} to "
+                     f"{max(flips):.1%} (mean {sum(flips) / len(flips):.1%}), logits SQNR "
+                     f"{min(sqnr):.1f} to {max(sqnr):.1f} dB; under 3% flips in "
+                     f"{sum(f < 0.03 for f in flips)} of {len(mine)}")
     return [*lines, ""]
 
 
@@ -561,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
                              "section: evaluations-NAME, NAME from --evaluations-name)")
     parser.add_argument("--evaluations-name", default="external",
                         help="name of the section --evaluation renders into")
+    parser.add_argument("--pt2e-seeds", type=Path,
+                        help="a `python scripts/pt2e_qat_seeds.py --out` folder (its section: "
+                             "pt2e-seeds)")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--update", action="store_true",
                         help="replace only the sections this call renders in --out (each names "
@@ -588,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
                              render_evaluations(args.evaluation)))
         if args.sources:
             sections.append(("sources", render_sources(args.sources)))
+        if args.pt2e_seeds is not None:
+            sections.append(("pt2e-seeds", render_pt2e_seeds(args.pt2e_seeds)))
         for folder in args.calibration:
             sections.append((f"calibration-{folder.parent.name}-{folder.name}",
                              render_calibration(folder, args.out.parent)))

@@ -211,6 +211,36 @@ def test_pt2e_qat_export_is_distilled_verified_and_labelled(target, tiny_checkpo
     assert np.isfinite(report["int8_layers"]["logits_sqnr_db"])
 
 
+@pytest.mark.slow
+def test_pt2e_seeds_script_measures_both_methods_and_renders_a_section(tiny_checkpoint,
+                                                                       tmp_path) -> None:
+    """``scripts/pt2e_qat_seeds.py`` (each calibration seed, pt2e and pt2e-qat, in the TFLite
+    file) and its RESULTS section."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if TARGETS["tflite"].missing_backend("int8"):
+        pytest.skip("litert not installed")
+    root, out = Path(__file__).parents[2], tmp_path / "seeds"
+    subprocess.run([sys.executable, "scripts/pt2e_qat_seeds.py", str(tiny_checkpoint),
+                    "--seeds", "0", "1", "--calibration", "8", "--out", str(out)],
+                   check=True, cwd=root, capture_output=True)
+    doc = json.loads((out / "pt2e-seeds.json").read_text())
+    assert [(r["seed"], r["method"]) for r in doc["rows"]] == [
+        (0, "pt2e"), (0, "pt2e-qat"), (1, "pt2e"), (1, "pt2e-qat")]
+    for row in doc["rows"]:
+        assert row["test"]["images"] > 0 and 0 <= row["test"]["flip_rate"] <= 1
+        assert np.isfinite(row["val"]["sqnr_db"])
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Measured results\n\nkept\n")
+    subprocess.run([sys.executable, "scripts/results.py", "--update", "--pt2e-seeds", str(out),
+                    "--out", str(results)], check=True, cwd=root)
+    text = results.read_text()
+    assert "kept" in text and "<!-- section: pt2e-seeds -->" in text
+    assert "| 1 | pt2e-qat |" in text and "- pt2e-qat over 2 seeds, test: flips" in text
+
+
 def test_qat_epochs_without_pt2e_qat_is_refused(tiny_checkpoint, tmp_path) -> None:
     from typer.testing import CliRunner
 
