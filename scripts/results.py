@@ -220,10 +220,12 @@ def render_pt2e_seeds(folder: Path) -> list[str]:
         mine = [r for r in rows if r["method"] == method]
         flips = [r["test"]["flip_rate"] for r in mine]
         sqnr = [r["test"]["sqnr_db"] for r in mine]
+        val = [r["val"]["flip_rate"] for r in mine]
         lines.append(f"- {method} over {len(mine)} seeds, test: flips {min(flips):.1%} to "
                      f"{max(flips):.1%} (mean {sum(flips) / len(flips):.1%}), logits SQNR "
                      f"{min(sqnr):.1f} to {max(sqnr):.1f} dB; under 3% flips in "
-                     f"{sum(f < 0.03 for f in flips)} of {len(mine)}")
+                     f"{sum(f < 0.03 for f in flips)} of {len(mine)}; validation flips "
+                     f"{min(val):.1%} to {max(val):.1%}")
     return [*lines, ""]
 
 
