@@ -236,3 +236,19 @@ def test_a_pte_without_a_card_or_truncated_is_a_model_error_naming_it(tiny_check
         with pytest.raises(ModelError) as caught:
             read(path)
         assert str(path) in str(caught.value) and "ExecuTorch could not load it" in str(caught.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_openvino_computes_every_precision_in_f32_on_cpu(precision, tiny_checkpoint,
+                                                          tmp_path) -> None:
+    """Not bf16, the CPU plugin's default where the CPU has it (AVX512-BF16, AMX): FP16 weights
+    and the float layers of INT8 are computed in float, as the parity check assumes."""
+    from skinedge.export import TARGETS, export_checkpoint
+
+    if TARGETS["openvino"].missing_backend(precision):
+        pytest.skip("openvino not installed")
+    result = export_checkpoint(tiny_checkpoint, "openvino", precision=precision,
+                               out_dir=tmp_path, calibration_images=16, verify_images=0)
+    runtime = load_runtime(result.path, threads=1)
+    assert runtime.execution()["inference_precision"] == "f32"
