@@ -89,8 +89,9 @@ def main() -> None:
     sample = (torch.zeros(1, *splits["test"].x.shape[2:], 3),)
     rows = []
     for seed in args.seeds:
-        pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:args.calibration])
-        calib = [torch.from_numpy(train.x[i][None]).permute(0, 2, 3, 1).contiguous() for i in pick]
+        drawn = manifest_arrays(manifest, "train", card.preprocess, limit=args.calibration,
+                                seed=seed)  # as skinedge export draws them (its seed is 0)
+        calib = [torch.from_numpy(x[None]).permute(0, 2, 3, 1).contiguous() for x in drawn.x]
         for method in ("pt2e", "pt2e-qat"):
             begun = time.perf_counter()
             qat = (DistillQAT(train.x, channels_last=True, seed=seed,

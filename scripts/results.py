@@ -274,8 +274,8 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
         pre = card["preprocess"]
         rows = {r["presentation"]: r["balanced_accuracy"] for r in doc["rows"]}
         best, worst = max(rows, key=rows.get), min(rows, key=rows.get)
-        split = f"`{doc['source']}` ({doc['images']} images)"
-        lines.append(f"| `{metrics['checkpoint']}` | {split} | "
+        scored = f"`{doc['source']}` ({doc['images']} images)"
+        lines.append(f"| `{metrics['checkpoint']}` | {scored} | "
                      f"{pre.get('color_constancy', 'none')} | {_phone_augmentation(card)} | "
                      f"{rows['as-stored']:.3f} | "
                      f"{rows[best]:.3f} ({best}) | {rows[worst]:.3f} ({worst}) | "

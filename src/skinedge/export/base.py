@@ -106,7 +106,8 @@ class ExportJob:
                           epochs=self.options.qat_epochs, log=self.log)
 
     def qat_details(self, graph) -> dict[str, Any]:
-        """The card's ``details["qat"]`` for a ``pt2e-qat`` graph ({} otherwise)."""
+        """The card details of a ``pt2e-qat`` graph: its ``qat`` record and ``variant`` ({}
+        for any other graph)."""
         from skinedge.compress.pt2e import QAT_RECORD
 
         record = graph.meta.get(QAT_RECORD)
@@ -114,7 +115,8 @@ class ExportJob:
             return {}
         return {"qat": {**record, "images_source": self.distill.source,
                         "images_sha256": self.distill.fingerprint,
-                        "note": "fallback: post-training INT8 calibration, then fine-tuned"}}
+                        "note": "fallback: post-training INT8 calibration, then fine-tuned"},
+                "variant": PT2E_QAT}
 
     def card_for(self, artifact: ArtifactInfo) -> ModelCard:
         """The source card with the artifact's section and precision, sealed

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from skinedge.compress.pt2e import QAT_EPOCHS
 from skinedge.compress.quantize import OverflowFix
 from skinedge.errors import ConfigError
 from skinedge.export.base import Tolerance
@@ -153,7 +154,7 @@ class ExportOptions:
     max_control: int = 200
     overflow_fix: OverflowFix = "auto"
     float_first: int = FLOAT_FIRST
-    qat_epochs: int = 2  # skinedge.compress.pt2e.QAT_EPOCHS (not imported: it pulls in torch)
+    qat_epochs: int = QAT_EPOCHS
 
     def __post_init__(self) -> None:
         _choice("quantizer", self.quantizer, known_quantizers(), optional=True)

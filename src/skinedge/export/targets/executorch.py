@@ -118,8 +118,7 @@ def export_executorch(job: ExportJob) -> Exported:
         details["quantizer"] = ("PT2E XNNPACKQuantizer (symmetric int8, weights per channel; "
                                 "conv + ReLU6 quantized after the clip); float32 input and output")
         details["float_first"] = job.options.float_first
-        if qat := job.qat_details(module):
-            details.update(qat, variant=PT2E_QAT)
+        details.update(job.qat_details(module))
     info = ArtifactInfo(
         target="executorch", precision=job.precision, source_checkpoint=job.source,
         source_weights_sha256=job.card.weights_sha256,

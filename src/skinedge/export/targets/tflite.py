@@ -329,8 +329,7 @@ def export_tflite(job: ExportJob) -> Exported:
         details["quantizer"] = ("litert-torch PT2E (symmetric int8, weights per channel; "
                                 "conv + ReLU6 quantized after the clip)")
         details["float_first"] = job.options.float_first
-        if qat:
-            details.update(qat, variant=PT2E_QAT)
+        details.update(qat)
     else:
         flatbuffer = _float_flatbuffer(job)
         if job.precision == "fp16":
