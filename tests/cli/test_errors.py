@@ -252,7 +252,7 @@ def test_a_misspelt_pretrained_lists_the_valid_words(pretrained, expected, tiny_
      "--float-first 0 or more"),
     (["--target", "onnx", "--precision", "fp32", "--float-first", "2"],
      "--float-first applies to calibrated INT8 (--precision int8 with --target onnx, openvino, "
-     "tflite, executorch, web or tensorrt; not --quantizer aeq or qat): leave it out for "
+     "tflite, executorch, web or tensorrt; not --quantizer qat): leave it out for "
      "--target onnx --precision fp32"),
 ])
 def test_export_refuses_meaningless_counts_before_writing(args, expected, tiny_checkpoint,

@@ -162,11 +162,13 @@ def test_mediapipe_classifier_agrees_with_load_runtime(exported, images, precisi
     assert max_diff < 1e-4
 
 
-def test_int8_with_float_first_layers_loads_in_mediapipe(exported, images, tmp_path) -> None:
-    """PT2E INT8 keeps its first convolutions in float by default (FLOAT_FIRST), so its input
+@pytest.mark.parametrize("quantizer", ["pt2e", "aeq"])
+def test_int8_with_float_first_layers_loads_in_mediapipe(exported, images, tmp_path,
+                                                         quantizer) -> None:
+    """INT8 keeps its first convolutions in float by default (FLOAT_FIRST), so its input
     is float32 and MediaPipe's ImageClassifier takes the file and agrees with load_runtime."""
     _mediapipe()
-    path = exported("int8", "pt2e")
+    path = exported("int8", quantizer)
     runtime = load_runtime(path, threads=1)
     assert runtime.card.artifact.input.dtype == "float32"
     assert runtime.card.artifact.details["float_first"] > 0
@@ -180,13 +182,13 @@ def test_int8_with_float_first_layers_loads_in_mediapipe(exported, images, tmp_p
     assert np.abs(got - expected).max() < 1e-4
 
 
-@pytest.mark.parametrize(("quantizer", "float_first"), [("pt2e", 0), ("aeq", None)],
-                         ids=["pt2e-full-integer", "aeq"])
-def test_int8_input_is_named_and_mediapipe_refuses_it(exported, quantizer, float_first) -> None:
+@pytest.mark.parametrize("quantizer", ["pt2e", "aeq"])
+def test_int8_input_is_named_and_mediapipe_refuses_it(exported, quantizer) -> None:
+    """Full-integer files (float_first=0) take int8 input, which MediaPipe refuses."""
     vision = _mediapipe()
     import mediapipe as mp
 
-    path = exported("int8", quantizer, float_first)
+    path = exported("int8", quantizer, 0)
     card = read_artifact_card(path)
     assert any("int8" in note for note in card.artifact.details["tflite_metadata"]
                ["mediapipe_differs"])

@@ -61,8 +61,8 @@ def export(
     calibration_images: Annotated[int, typer.Option(help="INT8 calibration images from the training split.")] = 300,
     verify_images: Annotated[int, typer.Option(help="Validation images the artifact is checked on (0: none).")] = 64,
     quantizer: Annotated[str | None, typer.Option(
-        help="INT8 method. TFLite: pt2e (default; int8 in/out with --float-first 0), aeq "
-             "(ai-edge-quantizer) or pt2e-qat. ExecuTorch: pt2e (default) or pt2e-qat (pt2e, then "
+        help="INT8 method. TFLite: pt2e (default) or aeq (ai-edge-quantizer), int8 in/out with "
+             "--float-first 0; or pt2e-qat. ExecuTorch: pt2e (default) or pt2e-qat (pt2e, then "
              "quantization-aware distillation to the checkpoint over the training split: the "
              "fallback, minutes on a CPU). OpenVINO: ptq (default) or qac (NNCF accuracy "
              "control: layers back to float until top-1 agreement with the checkpoint drops at "
@@ -74,7 +74,7 @@ def export(
         help="ONNX/OpenVINO INT8: auto (enable on x86 CPUs without VNNI, whose int8 kernels "
              "saturate), enable, first_layer_only or disable.")] = "auto",
     float_first: Annotated[int | None, typer.Option(
-        help="Calibrated INT8 (ONNX, OpenVINO, TFLite pt2e, ExecuTorch): the first N "
+        help="Calibrated INT8 (ONNX, OpenVINO, TFLite pt2e and aeq, ExecuTorch): the first N "
              "convolutions, with their norm and activation, stay in float (default 3; 0: "
              "full integer, a TFLite file with int8 input).")] = None,
     threads: Annotated[int | None, typer.Option(
@@ -102,7 +102,7 @@ def export(
     if float_first is not None and not takes_float_first(target, precision, quantizer):
         raise ConfigError(f"--float-first applies to calibrated INT8 (--precision int8 with "
                           f"--target onnx, openvino, tflite, executorch, web or tensorrt; not "
-                          f"--quantizer aeq or qat): leave it out for --target {target} "
+                          f"--quantizer qat): leave it out for --target {target} "
                           f"--precision {precision or 'default'}"
                           + (f" --quantizer {quantizer}" if quantizer else ""))
     if calibrates and calibration_images < 1:  # a QAT checkpoint is exported uncalibrated

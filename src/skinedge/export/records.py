@@ -111,8 +111,8 @@ def calibrates_int8(target: str, precision: str | None = None, quantizer: str | 
 def takes_float_first(target: str, precision: str | None = None,
                       quantizer: str | None = None) -> bool:
     """Whether ``ExportOptions.float_first`` shapes this export: calibrated INT8
-    (:func:`calibrates_int8`) by NNCF or PT2E, not ai-edge-quantizer's recipe."""
-    return calibrates_int8(target, precision, quantizer) and quantizer != "aeq"
+    (:func:`calibrates_int8`) by NNCF, PT2E or ai-edge-quantizer."""
+    return calibrates_int8(target, precision, quantizer)
 
 
 def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False) -> None:
@@ -143,7 +143,7 @@ class ExportOptions:
         max_control: ``qac``: validation images it is tuned on, disjoint from verification.
         overflow_fix: ONNX/OpenVINO INT8, see
             :func:`skinedge.compress.quantize.resolve_overflow_fix`.
-        float_first: Calibrated INT8 (NNCF and PT2E): the first convolutions, with their
+        float_first: Calibrated INT8 (NNCF, PT2E, ai-edge-quantizer): the first convolutions, with their
             norm and activation, left in float (:data:`FLOAT_FIRST`).
         qat_epochs: ``pt2e-qat``: epochs of quantization-aware distillation over the whole
             training split (:class:`skinedge.compress.pt2e.DistillQAT`).
