@@ -87,7 +87,10 @@ def test_the_folder_is_a_self_contained_page(web_exports) -> None:
     assert card["artifact"]["target"] == "web" and card["classes"]
     worker = (folder / "sw.js").read_text()
     assert "__FILES__" not in worker and '"model.onnx"' in worker
-    assert load_runtime(folder).card.artifact.target == "web"
+    runtime = load_runtime(folder)
+    assert runtime.card.artifact.target == "web"
+    execution = runtime.execution()  # the bench's "execution each runtime chose" line
+    assert "error" not in execution and execution["compute_ops"]
 
 
 @pytest.mark.slow

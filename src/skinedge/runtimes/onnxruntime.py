@@ -90,7 +90,12 @@ class OnnxRuntime(Runtime):
         the compute ops of the graph it runs (:func:`compute_ops`)."""
         providers = self.session.get_providers()
         return {"provider": providers[0] if providers else None,
-                "compute_ops": compute_ops(self.path)}
+                "compute_ops": compute_ops(self.model_file)}
+
+    @property
+    def model_file(self) -> Path:
+        """The ``.onnx`` file the session runs."""
+        return self.path
 
 
 def compute_ops(path: Path) -> dict[str, int]:

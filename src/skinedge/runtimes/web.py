@@ -34,3 +34,7 @@ class WebFolderRuntime(OnnxRuntime):
     @staticmethod
     def read_card(path: Path) -> ModelCard:
         return OnnxRuntime.read_card(Path(path) / MODEL)
+
+    @property
+    def model_file(self) -> Path:
+        return Path(self.path) / MODEL
