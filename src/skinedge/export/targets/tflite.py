@@ -132,8 +132,8 @@ def _aeq(float_model: bytes, job: ExportJob) -> bytes:
     from ai_edge_quantizer.qtyping import TFLOperationName
 
     q = quantizer.Quantizer(float_model)
-    chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter):
+    chatter = io.StringIO()  # the library's messages and progress bars
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         if job.precision == "fp16":
             q.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED,
                                      num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
@@ -158,9 +158,12 @@ def min_max_ranges(float_model: bytes, recipe: list[dict], images: np.ndarray) -
     manager.load_quantization_recipe(recipe)
     name = _input_name(float_model)
     samples = [{name: image[None].transpose(0, 2, 3, 1).copy()} for image in images]
-    ranges = calibrator.Calibrator(float_model, num_threads=2,
-                                   qsv_update_func=qsv_utils.min_max_update)
-    with contextlib.redirect_stdout(io.StringIO()):
+    chatter = io.StringIO()  # its progress bar and the interpreter's debugging warning
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+        ranges = calibrator.Calibrator(float_model, num_threads=2,
+                                       qsv_update_func=qsv_utils.min_max_update)
         ranges.calibrate({"serving_default": samples}, manager)
     return ranges.get_model_qsvs()
 
