@@ -115,16 +115,19 @@ def _aeq(float_model: bytes, job: ExportJob) -> bytes:
     """ai-edge-quantizer on the FP32 flatbuffer: FP16 weights, or static INT8 (weights per
     channel, activations per tensor) calibrated on the job's images.
 
-    INT8 departs from the library's defaults in two places, both measured on the phone-recipe
-    Lite0 (``runs/exp-phone``, TFLite file against FP32 on the 371 HAM10000 test images):
+    INT8 departs from the library's defaults in two places. Measured on the phone-recipe Lite0
+    against its TFLite FP32 file, 371 HAM10000 test images (docs/RESULTS.md, sections
+    ``bench-phone-lite0-targets`` before, ``bench-phone-lite0-aeq`` and
+    ``bench-phone-lite0-aeq-float0`` after):
 
-    * Activation ranges are the calibration images' min and max. The library's calibrator
-      keeps a moving average (factor 0.95) of each image's range, which ends near one typical
-      image's extremes and clips the rest: the logits' range came out as [-3.5, 3.1] where the
-      calibration images reach [-6.5, 5.8], so confident answers saturated into ties. Logits
-      SQNR 13.3 -> 21.6 dB, flips 6.5% -> 3.5%.
-    * As PT2E does, everything up to the ``float_first``-th convolution and the classifier
-      stay float (:func:`_float_ends`): 21.6 -> 24.5 dB, flips 1.9%.
+    * Activation ranges are the calibration images' min and max (:func:`min_max_ranges`). The
+      library's calibrator keeps a moving average (factor 0.95) of each image's range, which
+      ends near one typical image's extremes and clips every wider one, the logits included:
+      confident answers saturated into ties. Full-integer file: top-1 flips 6.5% -> 2.2%
+      (2.1% -> 0% of confident answers), balanced accuracy -0.8 -> -0.4 points.
+    * With ``float_first``, the input, everything up to the ``float_first``-th convolution and
+      the classifier stay float, as PT2E keeps them (:func:`_float_ends`): flips 1.9%,
+      balanced accuracy +0.3 points, and faster than the full-integer file on that CPU.
     """
     require("ai_edge_quantizer", "tflite")
     from ai_edge_quantizer import quantizer, recipe
