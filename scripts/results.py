@@ -19,6 +19,8 @@ Usage:
         # (calibration-RUN-FOLDER)
     python scripts/results.py --update --pt2e-seeds bench/pt2e-qat-seeds --out docs/RESULTS.md
         # TFLite INT8 per calibration seed, pt2e against pt2e-qat (pt2e-seeds)
+    python scripts/results.py --update --compression compression/NAME --out docs/RESULTS.md
+        # teacher, best single model, student FP32 and INT8 (compression-NAME)
 
 Each run folder is what `skinedge quickstart --out RUN` leaves: command.json, manifest.json,
 train/{config.yaml,versions.json,metrics.jsonl,best/card.json}, eval/metrics.json.
@@ -511,7 +513,6 @@ def render_compression(folder: Path) -> list[str]:
              *made_by,
              "- versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()), "",
              (folder / "compression.md").read_text().strip(), ""]
-    lines += ["The whole chain is `scripts/ham10000-compression.sh`.", ""]
     met = sum(c["ok"] for c in doc["checks"])
     lines += [f"{met} of {len(doc['checks'])} targets of the compression issue met in this run.", ""]
     return lines
@@ -524,13 +525,17 @@ def _provenance(model: Path) -> str:
         doc = json.loads(command.read_text())
         if str(model) in doc.get("artifacts", []):
             return f"made by `{doc['command']}`"
-    reports = sorted(model.parent.glob(f"{model.stem}.*.export.json"))
+    # Several targets share a file stem (x_fp32.onnx, x_fp32.xml): the report that lists it.
+    reports = [(path, json.loads(path.read_text()))
+               for path in sorted(model.parent.glob(f"{model.stem}.*.export.json"))]
+    reports = [(path, doc) for path, doc in reports
+               if any(Path(f["path"]).name == model.name for f in doc.get("files", []))]
     if reports:
-        doc = json.loads(reports[0].read_text())
+        path, doc = reports[0]
         check = doc["verification"]
         flips = f", {check['flip_rate']:.1%} flips" if "flip_rate" in check else ""
         return (f"exported from `{doc['checkpoint']}` ({doc['target']} {doc['precision']}; "
-                f"verification {check['status']}{flips}; report `{reports[0]}`)")
+                f"verification {check['status']}{flips}; report `{path}`)")
     card_file = model / "card.json"
     if not card_file.is_file():
         return "provenance not recorded"
@@ -579,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", action="append", type=Path, default=[],
                         help="a `skinedge bench --out` folder (repeatable)")
     parser.add_argument("--compression", action="append", type=Path, default=[],
-                        help="a `skinedge compress report --out` folder (repeatable)")
+                        help="a `skinedge compress report --out` folder (repeatable; with "
+                             "--update its section: compression-FOLDER)")
     parser.add_argument("--gan", type=Path, help="a `skinedge gan train --out` folder")
     parser.add_argument("--quality", type=Path, help="its `skinedge gan quality --out` folder")
     parser.add_argument("--ablation", type=Path,
@@ -636,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(("sources", render_sources(args.sources)))
         if args.pt2e_seeds is not None:
             sections.append(("pt2e-seeds", render_pt2e_seeds(args.pt2e_seeds)))
+        for folder in args.compression:
+            sections.append((f"compression-{folder.name}", render_compression(folder)))
         for folder in args.calibration:
             sections.append((f"calibration-{folder.parent.name}-{folder.name}",
                              render_calibration(folder, args.out.parent)))
