@@ -52,7 +52,7 @@ def test_ranges_are_the_calibration_images_min_and_max(float_model) -> None:
 
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (12, 3, 32, 32)).astype(np.float32)
-    images[5] *= 0.1  # one image with a narrow range, one with a wide one
+    images[5] *= 0.1  # one image far narrower than the rest
     interpreter = _interpreter(float_model)
     source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     logits = []
