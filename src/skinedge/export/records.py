@@ -120,8 +120,8 @@ def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False)
         raise ConfigError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
 
 
-#: Leading convolutions that calibrated INT8 leaves in float by default (PT2E also keeps the
-#: classifier float, so the model takes float input and gives float logits, as NNCF's models do
+#: Leading convolutions that calibrated INT8 leaves in float by default (PT2E and aeq also keep
+#: the classifier float, so the model takes float input and gives float logits, as NNCF's models do
 #: and MediaPipe Tasks require): on EfficientNet-Lite0 the stem and block 0's depthwise and
 #: pointwise convolutions (at 112 x 112, a few percent of the multiply-adds), which see the
 #: image's colour and carried most of its INT8 error. On the quickstart Lite0 (HAM10000 test
@@ -143,8 +143,8 @@ class ExportOptions:
         max_control: ``qac``: validation images it is tuned on, disjoint from verification.
         overflow_fix: ONNX/OpenVINO INT8, see
             :func:`skinedge.compress.quantize.resolve_overflow_fix`.
-        float_first: Calibrated INT8 (NNCF, PT2E, ai-edge-quantizer): the first convolutions, with their
-            norm and activation, left in float (:data:`FLOAT_FIRST`).
+        float_first: Calibrated INT8 (NNCF, PT2E, ai-edge-quantizer): the first
+            convolutions, with their norm and activation, left in float (:data:`FLOAT_FIRST`).
         qat_epochs: ``pt2e-qat``: epochs of quantization-aware distillation over the whole
             training split (:class:`skinedge.compress.pt2e.DistillQAT`).
     """
