@@ -104,3 +104,38 @@ def test_int8_export_keeps_the_float_ends(tiny_checkpoint, tmp_path, float_first
     assert all(d == schema.TensorType.INT8 for d in dtypes[kept:-1])
     assert layers[-1][0] == "FULLY_CONNECTED"
     assert dtypes[-1] == (schema.TensorType.INT8 if float_first == 0 else schema.TensorType.FLOAT32)
+
+
+def test_the_export_report_says_where_error_enters(tiny_checkpoint, tmp_path) -> None:
+    """Per-layer SQNR of the int8 file against the FP32 one, written into the .export.json:
+    no error before the first int8 op (the float ends), a finite SQNR after it."""
+    if reason := TARGETS["tflite"].missing_backend("int8"):
+        pytest.skip(reason)
+    import json
+
+    result = export_checkpoint(tiny_checkpoint, "tflite", precision="int8", out_dir=tmp_path,
+                               calibration_images=20, verify_images=14,
+                               options=ExportOptions(quantizer="aeq"))
+    diagnosis = json.loads(result.report.read_text())["int8_layers"]
+    rows = diagnosis["layers"]
+    assert diagnosis["images"] == 16 and rows
+    assert [r["sqnr_db"] for r in rows[:FLOAT_FIRST]] == [None] * FLOAT_FIRST
+    quantized = [r for r in rows[FLOAT_FIRST:] if r["sqnr_db"] is not None]
+    assert quantized and all(5 < r["sqnr_db"] < 80 for r in quantized)
+    assert 5 < diagnosis["logits_sqnr_db"] < 80
+    assert any(r["layer"].startswith("wrapped.blocks.") for r in rows)  # module paths
+    drops = [r["drop_db"] for r in diagnosis["weakest"]]
+    assert drops and drops == sorted(drops, reverse=True)
+
+
+def test_tflite_tensor_names_become_module_paths() -> None:
+    from skinedge.compress.int8_diagnosis import _tflite_layer_name
+
+    name = ("litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/timm.models."
+            "efficientnet.EfficientNet_wrapped/timm.layers.norm_act.BatchNormAct2d_bn1;;"
+            "litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/timm.models."
+            "efficientnet.EfficientNet_wrapped/torch.nn.modules.container.Sequential_blocks/"
+            "torch.nn.modules.container.Sequential_1/timm.models._efficientnet_blocks."
+            "InvertedResidual_0/torch.nn.modules.conv.Conv2d_conv_pwl;2")
+    assert _tflite_layer_name(name) == "wrapped.blocks.1.0.conv_pwl"
+    assert _tflite_layer_name("serving_default_output_0_output") == "serving_default_output_0_output"

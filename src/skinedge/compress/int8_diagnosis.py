@@ -1,5 +1,6 @@
 """Where INT8 error enters a network: per-layer SQNR of a PT2E-quantized graph against itself in
-float, written into the export report of every PT2E artifact (TFLite, ExecuTorch).
+float, written into the export report of every PT2E artifact (TFLite, ExecuTorch); for an
+ai-edge-quantizer ``.tflite`` file, against its FP32 file (:func:`tflite_layer_sqnr`).
 
 Two numbers per layer, both ``10 log10(sum x^2 / sum (x - x_q)^2)`` over a few calibration
 images (higher is better; about 6 dB per bit, so 30 dB is roughly 5 clean bits):
@@ -144,6 +145,90 @@ def layer_sqnr(quantized: torch.fx.GraphModule, images: np.ndarray | torch.Tenso
             "weakest": sorted(quantized_rows, key=lambda r: r["local_sqnr_db"])[:top]}
 
 
+def tflite_layer_sqnr(float_model: bytes, quantized: bytes, images: np.ndarray,
+                      *, top: int = 5) -> dict[str, Any]:
+    """Per-layer SQNR of an INT8 ``.tflite`` file against its FP32 source file, for INT8 that
+    was not made in torch (ai-edge-quantizer): every op's output tensor is compared with the
+    tensor of the same name in the float file, both run by LiteRT's built-in kernels with every
+    tensor kept.
+
+    Only the cumulative ``sqnr_db`` can be measured this way (LiteRT runs a whole graph, not one
+    op on the float file's inputs): ``local_sqnr_db`` is None and ``drop_db``, the fall in SQNR
+    from the op's quantized input to its output, stands in for it (``weakest`` ranks by it).
+
+    Args:
+        images: NHWC float inputs (N, H, W, C), run one at a time.
+
+    Returns:
+        As :func:`layer_sqnr`, each row with ``drop_db`` besides.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    def run(flatbuffer: bytes) -> tuple[Any, list[dict[str, np.ndarray]]]:
+        interpreter = Interpreter(
+            model_content=flatbuffer, experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+        source = interpreter.get_input_details()[0]
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        outputs = [i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0]
+        runs = []
+        for image in images:
+            x = image[None]
+            if source["dtype"] != np.float32:  # full-integer file
+                scale, zero = source["quantization"]
+                info = np.iinfo(source["dtype"])
+                x = np.clip(np.round(x / scale + zero), info.min, info.max)
+            interpreter.set_tensor(source["index"], x.astype(source["dtype"]))
+            interpreter.invoke()
+            values = {}
+            for index in outputs:
+                value = interpreter.get_tensor(index).astype(np.float64)
+                if details[index]["dtype"] != np.float32:
+                    scale, zero = details[index]["quantization"]
+                    value = (value - zero) * scale
+                values[details[index]["name"]] = value
+            runs.append(values)
+        return interpreter, runs
+
+    _, reference = run(float_model)
+    interpreter, own = run(quantized)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    rows, seen = [], {}
+    for op in interpreter._get_ops_details():
+        name = next((details[i]["name"] for i in op["outputs"] if i >= 0), None)
+        if name is None or name not in reference[0] or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if reference[0][name].shape != own[0][name].shape:
+            continue
+        signal = sum(float((r[name] ** 2).sum()) for r in reference)
+        noise = sum(float(((r[name] - o[name]) ** 2).sum()) for r, o in zip(reference, own))
+        sqnr = _sqnr_db(signal, noise)
+        inputs = [seen[details[i]["name"]] for i in op["inputs"]
+                  if i >= 0 and details[i]["name"] in seen and seen[details[i]["name"]] is not None]
+        drop = (round(min(inputs) - sqnr, 2) if inputs and sqnr is not None else None)
+        seen[name] = sqnr
+        rows.append({"layer": _tflite_layer_name(name), "op": op["op_name"].lower(),
+                     "sqnr_db": sqnr, "local_sqnr_db": None, "drop_db": drop})
+    sink = interpreter.get_output_details()[0]["name"]
+    logits = (sum(float((r[sink] ** 2).sum()) for r in reference),
+              sum(float(((r[sink] - o[sink]) ** 2).sum()) for r, o in zip(reference, own)))
+    ranked = [r for r in rows if r["drop_db"] is not None]
+    return {"images": len(images), "logits_sqnr_db": _sqnr_db(*logits), "layers": rows,
+            "weakest": sorted(ranked, key=lambda r: -r["drop_db"])[:top]}
+
+
+def _tflite_layer_name(tensor: str) -> str:
+    """litert-torch's tensor name -> the module path, as :func:`_layer_name` gives it:
+    ``.../timm...InvertedResidual_0/torch.nn.modules.conv.Conv2d_conv_pwl;2`` (the last of
+    the fused names) -> ``wrapped.blocks.1.0.conv_pwl``; other names as they are."""
+    last = tensor.split(";;")[-1].split(";")[0]
+    parts = [p.rsplit(".", 1)[-1] for p in last.split("/")[1:]]
+    if not parts or not all("_" in p for p in parts):
+        return tensor
+    return ".".join(p.split("_", 1)[1] for p in parts)
+
+
 def _first_tensor(value: Any) -> torch.Tensor:
     while isinstance(value, (tuple, list)):
         value = value[0]
@@ -155,8 +240,13 @@ def describe(diagnosis: dict[str, Any]) -> str:
     def db(value: float | None) -> str:
         return "no error" if value is None else f"{value:.1f} dB"
 
-    weakest = ", ".join(f"{r['layer']} ({r['op']}) {db(r['local_sqnr_db'])}"
-                        for r in diagnosis["weakest"])
+    if any("drop_db" in r for r in diagnosis["weakest"]):  # a .tflite file's diagnosis
+        weakest = ", ".join(f"{r['layer']} ({r['op']}) -{r['drop_db']:.1f} dB"
+                            for r in diagnosis["weakest"])
+        kind = "largest SQNR drops"
+    else:
+        weakest = ", ".join(f"{r['layer']} ({r['op']}) {db(r['local_sqnr_db'])}"
+                            for r in diagnosis["weakest"])
+        kind = "weakest layers by their own error"
     return (f"INT8 error by layer (SQNR against float on {diagnosis['images']} calibration "
-            f"images): logits {db(diagnosis['logits_sqnr_db'])}; weakest layers by their own "
-            f"error: {weakest}")
+            f"images): logits {db(diagnosis['logits_sqnr_db'])}; {kind}: {weakest}")

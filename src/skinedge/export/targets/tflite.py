@@ -405,7 +405,13 @@ def export_tflite(job: ExportJob) -> Exported:
             flatbuffer = _aeq(flatbuffer, job)
             details["quantizer"] = "ai-edge-quantizer float casting (fp16 weights)"
         elif job.precision == "int8":
-            flatbuffer = _aeq(flatbuffer, job)
+            from skinedge.compress.int8_diagnosis import tflite_layer_sqnr
+            from skinedge.compress.pt2e import DIAGNOSIS_IMAGES
+
+            quantized = _aeq(flatbuffer, job)
+            images = job.calibration.images[:DIAGNOSIS_IMAGES].transpose(0, 2, 3, 1)
+            int8_layers = tflite_layer_sqnr(flatbuffer, quantized, images)
+            flatbuffer = quantized
             details["quantizer"] = ("ai-edge-quantizer static_wi8_ai8, activation ranges "
                                     "min/max over the calibration images")
             details["float_first"] = job.options.float_first
