@@ -164,57 +164,63 @@ def tflite_layer_sqnr(float_model: bytes, quantized: bytes, images: np.ndarray,
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    def run(flatbuffer: bytes) -> tuple[Any, list[dict[str, np.ndarray]]]:
+    def interpreter_for(flatbuffer: bytes):
         interpreter = Interpreter(
             model_content=flatbuffer, experimental_preserve_all_tensors=True,
             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interpreter.allocate_tensors()
-        source = interpreter.get_input_details()[0]
-        details = {d["index"]: d for d in interpreter.get_tensor_details()}
-        outputs = [i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0]
-        runs = []
-        for image in images:
-            x = image[None]
-            if source["dtype"] != np.float32:  # full-integer file
-                scale, zero = source["quantization"]
-                info = np.iinfo(source["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max)
-            interpreter.set_tensor(source["index"], x.astype(source["dtype"]))
-            interpreter.invoke()
-            values = {}
-            for index in outputs:
-                value = interpreter.get_tensor(index).astype(np.float64)
-                if details[index]["dtype"] != np.float32:
-                    scale, zero = details[index]["quantization"]
-                    value = (value - zero) * scale
-                values[details[index]["name"]] = value
-            runs.append(values)
-        return interpreter, runs
+        return interpreter
 
-    _, reference = run(float_model)
-    interpreter, own = run(quantized)
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    def run(interpreter, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Every op's output for one image, dequantized, by tensor name."""
+        source = interpreter.get_input_details()[0]
+        x = image[None]
+        if source["dtype"] != np.float32:  # a full-integer file
+            scale, zero = source["quantization"]
+            info = np.iinfo(source["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        interpreter.set_tensor(source["index"], x.astype(source["dtype"]))
+        interpreter.invoke()
+        values = {}
+        for index in outputs[id(interpreter)]:
+            detail = details[id(interpreter)][index]
+            value = interpreter.get_tensor(index).astype(np.float64)
+            if detail["dtype"] != np.float32:
+                scale, zero = detail["quantization"]
+                value = (value - zero) * scale
+            values[detail["name"]] = value
+        return values
+
+    reference, own = interpreter_for(float_model), interpreter_for(quantized)
+    details = {id(i): {d["index"]: d for d in i.get_tensor_details()} for i in (reference, own)}
+    # LiteRT lists ops only through this private call (no public op listing).
+    ops = own._get_ops_details()
+    outputs = {id(i): [t for op in i._get_ops_details() for t in op["outputs"] if t >= 0]
+               for i in (reference, own)}
+    sink = own.get_output_details()[0]["name"]
+    sums: dict[str, np.ndarray] = {}  # tensor name -> (signal, noise), over the images
+    for image in images:  # one image at a time: every tensor of Lite0 is tens of MB
+        expected, got = run(reference, image), run(own, image)
+        for name, value in got.items():
+            if name in expected and expected[name].shape == value.shape:
+                acc = sums.setdefault(name, np.zeros(2))
+                acc += (float((expected[name] ** 2).sum()),
+                        float(((expected[name] - value) ** 2).sum()))
+    names = details[id(own)]
     rows, seen = [], {}
-    for op in interpreter._get_ops_details():
-        name = next((details[i]["name"] for i in op["outputs"] if i >= 0), None)
-        if name is None or name not in reference[0] or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+    for op in ops:
+        name = next((names[t]["name"] for t in op["outputs"] if t >= 0), None)
+        if name not in sums or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
             continue
-        if reference[0][name].shape != own[0][name].shape:
-            continue
-        signal = sum(float((r[name] ** 2).sum()) for r in reference)
-        noise = sum(float(((r[name] - o[name]) ** 2).sum()) for r, o in zip(reference, own))
-        sqnr = _sqnr_db(signal, noise)
-        inputs = [seen[details[i]["name"]] for i in op["inputs"]
-                  if i >= 0 and details[i]["name"] in seen and seen[details[i]["name"]] is not None]
-        drop = (round(min(inputs) - sqnr, 2) if inputs and sqnr is not None else None)
+        sqnr = _sqnr_db(*sums[name])
+        inputs = [seen[names[t]["name"]] for t in op["inputs"]
+                  if t >= 0 and seen.get(names[t]["name"]) is not None]
+        drop = round(min(inputs) - sqnr, 2) if inputs and sqnr is not None else None
         seen[name] = sqnr
         rows.append({"layer": _tflite_layer_name(name), "op": op["op_name"].lower(),
                      "sqnr_db": sqnr, "local_sqnr_db": None, "drop_db": drop})
-    sink = interpreter.get_output_details()[0]["name"]
-    logits = (sum(float((r[sink] ** 2).sum()) for r in reference),
-              sum(float(((r[sink] - o[sink]) ** 2).sum()) for r, o in zip(reference, own)))
     ranked = [r for r in rows if r["drop_db"] is not None]
-    return {"images": len(images), "logits_sqnr_db": _sqnr_db(*logits), "layers": rows,
+    return {"images": len(images), "logits_sqnr_db": _sqnr_db(*sums[sink]), "layers": rows,
             "weakest": sorted(ranked, key=lambda r: -r["drop_db"])[:top]}
 
 
