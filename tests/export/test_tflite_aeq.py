@@ -27,8 +27,8 @@ def float_model(tiny_checkpoint) -> bytes:
                  .model_content())
 
 
-def _ops(flatbuffer: bytes) -> list[tuple[str, int, int]]:
-    """(op name, input dtype, weight dtype or -1) of each op, in execution order."""
+def _ops(flatbuffer: bytes) -> list[tuple[str, int]]:
+    """(op name, weight dtype or -1) of each op, in execution order."""
     from ai_edge_litert import schema_py_generated as schema
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -39,7 +39,7 @@ def _ops(flatbuffer: bytes) -> list[tuple[str, int, int]]:
         code = model.operatorCodes[op.opcodeIndex]
         name = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
         weight = graph.tensors[op.inputs[1]].type if len(op.inputs) > 1 and op.inputs[1] >= 0 else -1
-        out.append((name, graph.tensors[op.inputs[0]].type, weight))
+        out.append((name, weight))
     return out
 
 
@@ -71,8 +71,8 @@ def test_float_ends_are_the_first_convolutions_and_the_classifier(float_model, f
     from skinedge.export.targets.tflite import _float_ends
 
     ops = _ops(float_model)
-    convs = [i for i, (name, _, _) in enumerate(ops) if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    classifier = max(i for i, (name, _, _) in enumerate(ops) if name == "FULLY_CONNECTED")
+    convs = [i for i, (name, _) in enumerate(ops) if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    classifier = max(i for i, (name, _) in enumerate(ops) if name == "FULLY_CONNECTED")
     scopes = _float_ends(float_model, first)
     assert len(scopes) == (0 if first == 0 else 1 + convs[first - 1] + 1 + 1)  # input, ops, classifier
     assert all(scope.endswith(";") for scope in scopes)
@@ -96,7 +96,7 @@ def test_int8_export_keeps_the_float_ends(tiny_checkpoint, tmp_path, float_first
     assert "min/max" in details["quantizer"]
     assert result.card.artifact.input.dtype == ("int8" if float_first == 0 else "float32")
     flat = result.path.read_bytes()
-    layers = [(name, weight) for name, _, weight in _ops(flat)
+    layers = [(name, weight) for name, weight in _ops(flat)
               if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
     dtypes = [weight for _, weight in layers]
     kept = 0 if float_first == 0 else float_first

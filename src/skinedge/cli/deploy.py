@@ -85,7 +85,7 @@ def export(
     from skinedge.cli.progress import console
     from skinedge.export import ExportError, ExportOptions, export_checkpoint
     from skinedge.export.base import PT2E_QAT
-    from skinedge.export.records import calibrates_int8, takes_float_first
+    from skinedge.export.records import calibrates_int8
 
     # Refused before anything is loaded or written to --out.
     check_count(float_first, "--float-first", 0,
@@ -99,7 +99,7 @@ def export(
                             **({} if float_first is None else {"float_first": float_first}),
                             **({} if qat_epochs is None else {"qat_epochs": qat_epochs}))
     calibrates = calibrates_int8(target, precision, quantizer)
-    if float_first is not None and not takes_float_first(target, precision, quantizer):
+    if float_first is not None and not calibrates_int8(target, precision, quantizer):
         raise ConfigError(f"--float-first applies to calibrated INT8 (--precision int8 with "
                           f"--target onnx, openvino, tflite, executorch, web or tensorrt; not "
                           f"--quantizer qat): leave it out for --target {target} "
@@ -189,7 +189,7 @@ def bench(
     from skinedge.bench.profiles import load_profile
     from skinedge.bench.report import print_table, write_outputs
     from skinedge.cli.progress import console
-    from skinedge.export.records import calibrates_int8, takes_float_first
+    from skinedge.export.records import calibrates_int8
     from skinedge.utils.provenance import command_line
 
     # Every option checked before anything is exported or measured.
@@ -206,7 +206,7 @@ def bench(
                    if calibrates else ""))
     check_count(float_first, "--float-first", 0,
                 "a number of leading convolutions to keep in float (0: none)")
-    if float_first is not None and not any(takes_float_first(*spec) for spec in exports):
+    if float_first is not None and not any(calibrates_int8(*spec) for spec in exports):
         raise ConfigError("--float-first applies to the calibrated INT8 exports of --export "
                           "(onnx, openvino, tflite, executorch, web or tensorrt at int8), and "
                           "none is asked for: leave it out, or add one such as --export onnx:int8")

@@ -164,57 +164,54 @@ def tflite_layer_sqnr(float_model: bytes, quantized: bytes, images: np.ndarray,
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    def interpreter_for(flatbuffer: bytes):
-        interpreter = Interpreter(
-            model_content=flatbuffer, experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interpreter.allocate_tensors()
-        return interpreter
+    from skinedge.models.card import TensorSpec
+    from skinedge.runtimes.base import dequantize_output, quantize_input
 
-    def run(interpreter, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Every op's output for one image, dequantized, by tensor name."""
-        source = interpreter.get_input_details()[0]
-        x = image[None]
-        if source["dtype"] != np.float32:  # a full-integer file
-            scale, zero = source["quantization"]
-            info = np.iinfo(source["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        interpreter.set_tensor(source["index"], x.astype(source["dtype"]))
-        interpreter.invoke()
-        values = {}
-        for index in outputs[id(interpreter)]:
-            detail = details[id(interpreter)][index]
-            value = interpreter.get_tensor(index).astype(np.float64)
-            if detail["dtype"] != np.float32:
-                scale, zero = detail["quantization"]
-                value = (value - zero) * scale
-            values[detail["name"]] = value
-        return values
+    def spec(detail: dict) -> TensorSpec:
+        scale, zero = detail["quantization"]
+        return TensorSpec(name=detail["name"], shape=list(detail["shape"]), layout="NHWC",
+                          dtype=np.dtype(detail["dtype"]).name, scale=scale, zero_point=zero)
 
-    reference, own = interpreter_for(float_model), interpreter_for(quantized)
-    details = {id(i): {d["index"]: d for d in i.get_tensor_details()} for i in (reference, own)}
-    # LiteRT lists ops only through this private call (no public op listing).
-    ops = own._get_ops_details()
-    outputs = {id(i): [t for op in i._get_ops_details() for t in op["outputs"] if t >= 0]
-               for i in (reference, own)}
-    sink = own.get_output_details()[0]["name"]
+    class File:
+        """One file in LiteRT's built-in kernels, every tensor kept."""
+
+        def __init__(self, flatbuffer: bytes):
+            self.interpreter = Interpreter(
+                model_content=flatbuffer, experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self.interpreter.allocate_tensors()
+            self.source = spec(self.interpreter.get_input_details()[0])
+            self.tensors = {d["index"]: spec(d) for d in self.interpreter.get_tensor_details()}
+            self.ops = self.interpreter._get_ops_details()  # LiteRT has no public op listing
+
+        def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+            """Every op's output for one image, dequantized, by tensor name."""
+            index = self.interpreter.get_input_details()[0]["index"]
+            self.interpreter.set_tensor(index, quantize_input(image[None], self.source))
+            self.interpreter.invoke()
+            return {self.tensors[t].name: dequantize_output(
+                        self.interpreter.get_tensor(t), self.tensors[t]).astype(np.float64)
+                    for op in self.ops for t in op["outputs"] if t >= 0}
+
+    reference, own = File(float_model), File(quantized)
+    sink = own.interpreter.get_output_details()[0]["name"]
     sums: dict[str, np.ndarray] = {}  # tensor name -> (signal, noise), over the images
     for image in images:  # one image at a time: every tensor of Lite0 is tens of MB
-        expected, got = run(reference, image), run(own, image)
+        expected, got = reference.run(image), own.run(image)
         for name, value in got.items():
             if name in expected and expected[name].shape == value.shape:
                 acc = sums.setdefault(name, np.zeros(2))
                 acc += (float((expected[name] ** 2).sum()),
                         float(((expected[name] - value) ** 2).sum()))
-    names = details[id(own)]
+    names = {t: tensor.name for t, tensor in own.tensors.items()}
     rows, seen = [], {}
-    for op in ops:
-        name = next((names[t]["name"] for t in op["outputs"] if t >= 0), None)
+    for op in own.ops:
+        name = next((names[t] for t in op["outputs"] if t >= 0), None)
         if name not in sums or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
             continue
         sqnr = _sqnr_db(*sums[name])
-        inputs = [seen[names[t]["name"]] for t in op["inputs"]
-                  if t >= 0 and seen.get(names[t]["name"]) is not None]
+        inputs = [seen[names[t]] for t in op["inputs"]
+                  if t >= 0 and seen.get(names[t]) is not None]
         drop = round(min(inputs) - sqnr, 2) if inputs and sqnr is not None else None
         seen[name] = sqnr
         rows.append({"layer": _tflite_layer_name(name), "op": op["op_name"].lower(),

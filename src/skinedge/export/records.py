@@ -86,7 +86,8 @@ def check_export_choice(target: str, precision: str | None = None,
 
 def calibrates_int8(target: str, precision: str | None = None, quantizer: str | None = None,
                     *, source_precision: str | None = None) -> bool:
-    """Whether an export calibrates INT8 on training images (and so needs at least one).
+    """Whether an export calibrates INT8 on training images (and so needs at least one);
+    these are also the exports that ``ExportOptions.float_first`` shapes.
 
     Only INT8 through a target whose INT8 is calibrated (``ExportTarget.int8_calibrated``;
     Core ML quantizes weights alone) calibrates; a quantization-aware trained checkpoint
@@ -106,13 +107,6 @@ def calibrates_int8(target: str, precision: str | None = None, quantizer: str | 
     chosen = check_export_choice(target, precision, quantizer)
     return (chosen == "int8" and TARGETS[target].int8_calibrated and quantizer != QAT
             and source_precision != "int8")
-
-
-def takes_float_first(target: str, precision: str | None = None,
-                      quantizer: str | None = None) -> bool:
-    """Whether ``ExportOptions.float_first`` shapes this export: calibrated INT8
-    (:func:`calibrates_int8`) by NNCF, PT2E or ai-edge-quantizer."""
-    return calibrates_int8(target, precision, quantizer)
 
 
 def _choice(name: str, value: object, allowed: tuple, *, optional: bool = False) -> None:
