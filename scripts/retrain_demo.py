@@ -158,6 +158,7 @@ RUNS = {
     "shuffled labels": ("shuffled", []),
     "shuffled labels, fine-tuned harder": ("shuffled", HARDER),
     "melanomas called naevi": ("mel-as-nv", []),
+    "melanomas called naevi, fine-tuned harder": ("mel-as-nv", HARDER),
     "a new clinic's corrections": ("clinic-true", []),
     "a new clinic, shuffled labels": ("clinic-shuffled", []),
 }

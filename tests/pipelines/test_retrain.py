@@ -18,7 +18,9 @@ from skinedge.pipelines.promotion import (
     corrected_cases_gate,
     decide,
     fixed_test_gate,
+    label_prior,
     paired_bootstrap,
+    paired_gain,
     protected_classes_gate,
 )
 from skinedge.pipelines.retrain import RetrainConfig
@@ -287,19 +289,60 @@ def test_paired_bootstrap_resamples_both_models_together():
     assert gate.passed, gate.reason
 
 
-def test_corrected_cases_gate_refuses_a_tie_and_a_balanced_accuracy_drop():
-    y = np.array([0, 0, 0, 0, 1, 1])
-    base = np.array([0, 0, 1, 1, 1, 1])
-    assert not corrected_cases_gate(y, base, base, 2, min_gain=0.0, source="h").passed
-    better = np.array([0, 0, 0, 1, 1, 1])
-    assert corrected_cases_gate(y, better, base, 2, min_gain=0.0, source="h").passed
-    assert not corrected_cases_gate(y, better, base, 2, min_gain=0.2, source="h").passed
-    # More right overall, but the rare class lost: balanced accuracy drops.
-    y2 = np.array([0] * 8 + [1, 1])
-    base2 = np.array([0] * 6 + [1, 1] + [1, 1])
-    cand2 = np.array([0] * 8 + [0, 1])
-    gate = corrected_cases_gate(y2, cand2, base2, 2, min_gain=0.0, source="h")
-    assert not gate.passed and "balanced accuracy dropped" in gate.reason
+def _probs(top: np.ndarray, n_classes: int, confidence: float) -> np.ndarray:
+    """(N, C) probabilities with ``confidence`` on each ``top`` class, the rest spread evenly."""
+    out = np.full((len(top), n_classes), (1 - confidence) / (n_classes - 1))
+    out[np.arange(len(top)), top] = confidence
+    return out
+
+
+def test_corrected_cases_gate_needs_lower_log_loss_than_the_base_and_than_the_label_prior():
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, 120, p=[0.6, 0.3, 0.1])
+    prior = label_prior({"nv": 60, "mel": 30, "bcc": 10}, ["nv", "mel", "bcc"])
+    base = _probs(np.where(rng.random(120) < 0.6, y, (y + 1) % 3), 3, 0.7)
+
+    same = corrected_cases_gate(y, base, base, prior, min_gain=0.0, source="h", alpha=0.05)
+    assert not same.passed and "than the base beyond chance" in same.reason
+    assert same.figures["log_loss_gain"]["gain"] == 0 and same.figures["log_loss_gain"]["p"] == 1
+
+    # The corrections taught it: 20 more cases right, every right answer surer.
+    fixed = np.flatnonzero(base.argmax(1) != y)[:20]
+    top = base.argmax(1)
+    top[fixed] = y[fixed]
+    better = _probs(top, 3, 0.8)
+    gate = corrected_cases_gate(y, better, base, prior, min_gain=0.0, source="h", alpha=0.05)
+    assert gate.passed, gate.reason
+    assert gate.figures["log_loss_gain"]["p"] < 0.05
+    assert gate.figures["log_loss_gain_over_prior"]["p"] < 0.05
+    assert gate.figures["fixed_by_candidate"] == 20 and gate.figures["broken_by_candidate"] == 0
+    assert not corrected_cases_gate(y, better, base, prior, min_gain=0.5, source="h",
+                                    alpha=0.05).passed  # accuracy gain 0.17 < 0.5
+
+    # Labels that carry no information (shuffled): an overconfident base is beaten by a
+    # candidate that only learnt to be unsure, but the label prior is not.
+    shuffled = rng.permutation(y)
+    confident = _probs(rng.integers(0, 3, 120), 3, 0.95)
+    unsure = 0.9 * prior + 0.1 * confident
+    gate = corrected_cases_gate(shuffled, unsure, confident, prior, min_gain=0.0, source="h",
+                                alpha=0.05)
+    assert gate.figures["log_loss_gain"]["p"] < 0.05  # "better" than the base
+    assert not gate.passed and "class frequencies" in gate.reason
+    # Without alpha the figures are reported, not required.
+    assert corrected_cases_gate(shuffled, unsure, confident, prior, min_gain=0.0,
+                                source="h").passed
+
+
+def test_label_prior_and_paired_gain():
+    prior = label_prior({"mel": 3, "nv": 5, "unknown": 9}, ["mel", "nv", "bcc"])
+    assert prior == pytest.approx(np.array([3.5, 5.5, 0.5]) / 9.5)  # unknown codes ignored
+    noise = np.random.default_rng(1).normal(0, 1, 400)
+    assert paired_gain(noise, noise, n_boot=500, level=0.95, seed=0)["p"] == 1.0
+    gain = paired_gain(noise + 0.3, noise, n_boot=500, level=0.95, seed=0)
+    assert gain["gain"] == pytest.approx(0.3) and gain["p"] == pytest.approx(1 / 501)
+    lo, hi = paired_gain(noise + np.random.default_rng(2).normal(0, 1, 400), noise,
+                         n_boot=500, level=0.95, seed=0)["interval"]
+    assert lo < 0 < hi  # pure noise: the interval straddles 0
 
 
 def test_protected_classes_gate_refuses_missed_melanomas_behind_a_steady_balanced_accuracy():
@@ -394,23 +437,20 @@ def test_a_database_password_is_never_recorded():
         "skinedge retrain --feedback postgresql://app:***@db:5432/x"
 
 
-def test_sign_test_tells_a_real_gain_from_noise():
+def test_sign_test_is_reported_beside_the_log_loss():
     from skinedge.pipelines.promotion import sign_test
 
     assert sign_test(0, 0) == 1.0
     assert sign_test(4, 3) == pytest.approx(0.5)
     assert sign_test(10, 0) == pytest.approx(1 / 1024)
-    y = np.array([0] * 10 + [1] * 10)
-    base = np.array([1] * 6 + [0] * 4 + [1] * 10)  # 6 wrong
-    one_more = base.copy()
-    one_more[0] = 0  # 1 fixed, 0 broken: better, p = 0.5
-    assert corrected_cases_gate(y, one_more, base, 2, min_gain=0.0, source="h").passed
     assert RetrainConfig().gates.holdout_alpha == 0.05  # required by default
-    gate = corrected_cases_gate(y, one_more, base, 2, min_gain=0.0, source="h", alpha=0.05)
-    assert not gate.passed and "not beyond chance" in gate.reason
-    all_fixed = y.copy()  # 6 fixed: p = 1/64
-    assert corrected_cases_gate(y, all_fixed, base, 2, min_gain=0.0, source="h",
-                                alpha=0.05).passed
+    y = np.array([0] * 10 + [1] * 10)
+    base = _probs(np.array([1] * 6 + [0] * 4 + [1] * 10), 2, 0.7)
+    candidate = _probs(y, 2, 0.7)  # the 6 wrong answers fixed
+    gate = corrected_cases_gate(y, candidate, base, np.array([0.5, 0.5]), min_gain=0.0,
+                                source="h", alpha=0.05)
+    assert gate.figures["sign_test_p"] == pytest.approx(1 / 64)
+    assert "6 fixed, 0 broken" in gate.reason
 
 
 def test_a_gan_run_is_refreshed_on_the_corrections_in_train_and_feeds_the_fine_tune(

@@ -14,12 +14,18 @@ Four gates, each a :class:`GateResult`:
     when a class's recall interval lies below 0 or its recall drops by more than
     ``max_class_drop``. The test split is the one set of trusted labels: the gates below read
     the feedback's own labels, so they cannot see feedback that is wrong.
-(c) ``corrected-cases``: the held-out corrected cases. The candidate must be better than the
-    base beyond chance: accuracy higher by more than ``min_gain``, balanced accuracy (over the
-    classes present) not lower, and the one-sided exact sign test (McNemar's) on the cases only
-    one model gets right at p < ``alpha``. Without the test, one case more out of a hundred
-    passes; with it, a candidate that is not better passes with probability at most ``alpha``
-    (shuffled labels in the feedback make both models' answers coin flips on the held-out part).
+(c) ``corrected-cases``: the held-out corrected cases, judged by log-loss (the cross-entropy of
+    each model's calibrated probabilities for the clinicians' label), a proper score that moves
+    with every case rather than only with the few whose top-1 answer changes. The candidate
+    must have (1) lower log-loss than the base, and (2) lower log-loss than the label prior
+    (the class frequencies of the corrections that joined train: what a model that ignores
+    the image predicts), each beyond chance: a one-sided paired bootstrap of the mean gain,
+    p < ``alpha``; and (3) an accuracy gain of at least ``min_gain`` (0: not lower than the
+    base's). (2) is what labels that carry no information fail: shuffled labels cannot be
+    predicted from the images better than their frequencies, while a candidate that merely
+    became less sure of itself can beat an overconfident base on them. Both models'
+    temperatures were fitted on the trusted validation split. Top-1 figures and the exact
+    sign test (McNemar's) on the cases only one model gets right are reported beside.
 (d) ``deployment-budgets``: every check of the deployment's bench gate (latency, parity) and
     every export of the base version's targets passed.
 
@@ -29,7 +35,7 @@ Pure NumPy: the caller computes the predictions.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -202,40 +208,100 @@ def sign_test(fixed: int, broken: int) -> float:
     return float(sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n) if n else 1.0
 
 
+def log_loss(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(N,) each case's log-loss, ``-log p(label)``, with p floored at 1e-12."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    picked = np.asarray(probs, dtype=np.float64)[np.arange(len(y_true)), y_true]
+    return -np.log(np.clip(picked, 1e-12, 1.0))
+
+
+def label_prior(counts: Mapping[str, int], classes: Sequence[str], *,
+                smoothing: float = 0.5) -> np.ndarray:
+    """(C,) class frequencies of ``counts`` (label code -> cases) over ``classes``, each count
+    plus ``smoothing`` so that a class without cases keeps a small probability."""
+    prior = np.full(len(classes), smoothing, dtype=np.float64)
+    for code, n in counts.items():
+        if code in classes:
+            prior[list(classes).index(code)] += n
+    return prior / prior.sum()
+
+
+def paired_gain(reference: np.ndarray, candidate: np.ndarray, *, n_boot: int, level: float,
+                seed: int) -> dict[str, Any]:
+    """Mean per-case gain ``reference - candidate`` (of a loss: positive is better), its
+    paired-bootstrap interval and one-sided p-value (the share of resampled means at or
+    below 0, counting the observed sample as one of them)."""
+    gains = np.asarray(reference, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([  # 200 resamples at a time: a large held-out set stays small
+        gains[rng.integers(0, len(gains), (min(200, n_boot - done), len(gains)))].mean(axis=1)
+        for done in range(0, n_boot, 200)])
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return {"gain": float(gains.mean()), "interval": [float(lo), float(hi)],
+            "p": float((1 + (means <= 0).sum()) / (n_boot + 1))}
+
+
 def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.ndarray,
-                         n_classes: int, *, min_gain: float, source: str,
-                         alpha: float | None = None) -> GateResult:
-    """Gate (c): better than the base on the held-out corrected cases, by more than chance (the
-    sign test's p-value below ``alpha``; ``alpha=None`` reports it without requiring it)."""
-    y_true, candidate, base = (np.asarray(a, dtype=np.int64) for a in (y_true, candidate, base))
-    acc_c, acc_b = float((candidate == y_true).mean()), float((base == y_true).mean())
-    bal_c = balanced_accuracy(y_true, candidate, n_classes)
-    bal_b = balanced_accuracy(y_true, base, n_classes)
-    figures = {"n": len(y_true), "source": source, "min_gain": min_gain,
-               "candidate_accuracy": acc_c, "base_accuracy": acc_b,
-               "candidate_balanced_accuracy": bal_c, "base_balanced_accuracy": bal_b,
-               "accuracy_gain": acc_c - acc_b, "balanced_accuracy_gain": bal_c - bal_b,
-               "fixed_by_candidate": int(((candidate == y_true) & (base != y_true)).sum()),
-               "broken_by_candidate": int(((candidate != y_true) & (base == y_true)).sum()),
-               "alpha": alpha}
-    figures["sign_test_p"] = sign_test(figures["fixed_by_candidate"],
-                                       figures["broken_by_candidate"])
-    what = (f"accuracy {acc_c:.4f} vs base {acc_b:.4f}, balanced accuracy {bal_c:.4f} vs "
-            f"{bal_b:.4f} on {len(y_true)} held-out cases ({figures['fixed_by_candidate']} "
-            f"fixed, {figures['broken_by_candidate']} broken; one-sided sign test p="
-            f"{figures['sign_test_p']:.3g})")
+                         prior: np.ndarray, *, min_gain: float, source: str,
+                         alpha: float | None = None, n_boot: int = 2000, level: float = 0.95,
+                         seed: int = 0) -> GateResult:
+    """Gate (c): better than the base on the held-out corrected cases, and better than the
+    corrections' label prior, beyond chance (module docstring).
+
+    Args:
+        y_true: (N,) the clinicians' labels, class indices.
+        candidate: (N, C) the candidate's calibrated probabilities.
+        base: (N, C) the base model's.
+        prior: (C,) :func:`label_prior` of the corrections that joined train.
+        min_gain: Accuracy gain required (0: not lower than the base's).
+        source: The held-out manifest.
+        alpha: Largest one-sided p-value of both log-loss gains; None reports them without
+            requiring them.
+        n_boot, level, seed: The paired bootstrap.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    candidate, base = np.asarray(candidate), np.asarray(base)
+    n_classes = candidate.shape[1]
+    top_c, top_b = candidate.argmax(1), base.argmax(1)
+    acc_c, acc_b = float((top_c == y_true).mean()), float((top_b == y_true).mean())
+    loss_c, loss_b = log_loss(y_true, candidate), log_loss(y_true, base)
+    loss_0 = log_loss(y_true, np.broadcast_to(prior, candidate.shape))
+    boot = dict(n_boot=n_boot, level=level, seed=seed)
+    over_base, over_prior = paired_gain(loss_b, loss_c, **boot), paired_gain(loss_0, loss_c,
+                                                                              **boot)
+    fixed = int(((top_c == y_true) & (top_b != y_true)).sum())
+    broken = int(((top_c != y_true) & (top_b == y_true)).sum())
+    figures = {"n": len(y_true), "source": source, "min_gain": min_gain, "alpha": alpha,
+               "candidate_log_loss": float(loss_c.mean()), "base_log_loss": float(loss_b.mean()),
+               "prior_log_loss": float(loss_0.mean()), "prior": [float(p) for p in prior],
+               "log_loss_gain": over_base, "log_loss_gain_over_prior": over_prior,
+               "level": level, "n_boot": n_boot,
+               "candidate_accuracy": acc_c, "base_accuracy": acc_b, "accuracy_gain": acc_c - acc_b,
+               "candidate_balanced_accuracy": balanced_accuracy(y_true, top_c, n_classes),
+               "base_balanced_accuracy": balanced_accuracy(y_true, top_b, n_classes),
+               "fixed_by_candidate": fixed, "broken_by_candidate": broken,
+               "sign_test_p": sign_test(fixed, broken)}
+    figures["balanced_accuracy_gain"] = (figures["candidate_balanced_accuracy"]
+                                         - figures["base_balanced_accuracy"])
+    what = (f"log-loss {loss_c.mean():.4f} vs base {loss_b.mean():.4f} (gain "
+            f"{over_base['gain']:+.4f}, p={over_base['p']:.3g}) and vs label prior "
+            f"{loss_0.mean():.4f} (gain {over_prior['gain']:+.4f}, p={over_prior['p']:.3g}); "
+            f"accuracy {acc_c:.4f} vs {acc_b:.4f} ({fixed} fixed, {broken} broken) on "
+            f"{len(y_true)} held-out cases")
     title = "Better on the held-out corrected cases"
-    if acc_c - acc_b <= min_gain:
-        word = "a tie" if acc_c == acc_b else ("worse" if acc_c < acc_b else "not enough")
-        return GateResult("corrected-cases", title, False,
-                          f"{what}: accuracy gain {acc_c - acc_b:+.4f} is {word} (it must exceed "
-                          f"min_gain {min_gain:g})", figures)
-    if bal_c < bal_b:
-        return GateResult("corrected-cases", title, False,
-                          f"{what}: balanced accuracy dropped by {bal_b - bal_c:.4f}", figures)
-    if alpha is not None and figures["sign_test_p"] >= alpha:
-        return GateResult("corrected-cases", title, False,
-                          f"{what}: better, but not beyond chance (p >= alpha {alpha:g})",
+    failed = []
+    if alpha is not None and over_base["p"] >= alpha:
+        failed.append("no lower log-loss than the base beyond chance (p >= alpha "
+                      f"{alpha:g})")
+    if alpha is not None and over_prior["p"] >= alpha:
+        failed.append("it predicts the labels no better than their class frequencies alone "
+                      f"do (p >= alpha {alpha:g}), as with labels that carry no information "
+                      "about the images")
+    if acc_c - acc_b < min_gain:
+        failed.append(f"accuracy gain {acc_c - acc_b:+.4f} is below min_gain {min_gain:g}")
+    if failed:
+        return GateResult("corrected-cases", title, False, f"{what}: " + "; ".join(failed),
                           figures)
     return GateResult("corrected-cases", title, True, f"{what}: better", figures)
 

@@ -109,9 +109,11 @@ class GateSection(_Section):
     # drop at most; codes of the base's vocabulary.
     protected: list[str] = Field(default_factory=lambda: ["mel"])
     max_class_drop: float = Field(0.05, ge=0, le=1)
-    min_gain: float = Field(0.0, ge=0, le=1)  # accuracy gain needed on held-out corrections
-    # The held-out gain must be beyond chance: one-sided exact sign test on the cases only one
-    # model gets right, p < holdout_alpha. None: reported, not required (not advised).
+    # Accuracy gain needed on the held-out corrections (0: not lower than the base's).
+    min_gain: float = Field(0.0, ge=0, le=1)
+    # The held-out log-loss gains (over the base, and over the corrections' label prior) must
+    # be beyond chance: one-sided paired bootstrap, p < holdout_alpha. None: reported, not
+    # required (not advised).
     holdout_alpha: float | None = Field(0.05, gt=0, lt=1)
     seed: int = 0
 

@@ -337,9 +337,10 @@ def gates(config: RetrainConfig, done: dict[str, dict[str, Any]], folder: Path, 
                                          max_class_drop=g.max_class_drop,
                                          source=test["base"].source),
         promotion.corrected_cases_gate(
-            held["base"].targets, held["candidate"].probs.argmax(1),
-            held["base"].probs.argmax(1), n_classes, min_gain=g.min_gain,
-            source=held["base"].source, alpha=g.holdout_alpha),
+            held["base"].targets, held["candidate"].probs, held["base"].probs,
+            promotion.label_prior(data["counts"]["train"], list(base["classes"])),
+            min_gain=g.min_gain, source=held["base"].source, alpha=g.holdout_alpha,
+            n_boot=g.n_boot, level=g.level, seed=g.seed),
         promotion.budgets_gate(done["5-bench"]["checks"], gate_file=base["gate_source"],
                                applicable=bool(base["artifacts"])),
     ]
@@ -461,6 +462,9 @@ def _registration(config: RetrainConfig, done: dict[str, dict[str, Any]], out: P
                     "test_balanced_accuracy_interval": test["interval"],
                     "holdout_accuracy": held["candidate_accuracy"],
                     "holdout_accuracy_gain": held["accuracy_gain"],
+                    "holdout_log_loss_gain": held["log_loss_gain"]["gain"],
+                    "holdout_log_loss_p": held["log_loss_gain"]["p"],
+                    "holdout_log_loss_p_over_prior": held["log_loss_gain_over_prior"]["p"],
                     "holdout_sign_test_p": held["sign_test_p"],
                     **{f"test_{code}_recall": protected[code]["candidate"]
                        for code in figures["protected-classes"]["protected"]
