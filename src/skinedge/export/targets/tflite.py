@@ -54,6 +54,7 @@ def _convert(module, sample, **kwargs):
     """litert_torch.convert, with its progress chatter kept out of our output; a failing op is
     named in the error."""
     litert_torch = require("litert_torch", "tflite")
+    nhwc_constant_pad()
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter):
@@ -63,6 +64,40 @@ def _convert(module, sample, **kwargs):
         raise ExportError(f"litert-torch could not convert the model: {exc}\n{tail}\n"
                           f"(the op it cannot lower is named above; replace that layer, or export "
                           f"to ONNX/OpenVINO instead)") from exc
+
+
+def nhwc_constant_pad() -> bool:
+    """Let litert-torch's layout pass keep constant padding in NHWC (True once registered).
+
+    timm's ``Conv2dSame`` (the stride-2 convolutions of the ``tf_`` EfficientNets) pads
+    asymmetrically with ``F.pad`` before a VALID convolution. litert-torch 0.10's pass that
+    moves the graph to NHWC has no rewrite for ``aten.constant_pad_nd``, so it leaves the pad in
+    NCHW between two TRANSPOSEs. In FP32 the converter folds those away; in a PT2E INT8 graph
+    the quantize/dequantize pairs around the pad stop it, and each such convolution costs two
+    int8 TRANSPOSEs. The rewrite reorders the pad widths to NHWC (``F.pad`` lists the last
+    dimension first: NCHW's (W, H, C, N) pairs become NHWC's (C, W, H, N)). Upstream's own
+    rewrite, where a release has one, is kept.
+    """
+    try:
+        import torch
+        from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import (
+            layout_rewrite,
+        )
+    except ImportError:  # another litert-torch layout: convert as it is
+        return False
+    op = torch.ops.aten.constant_pad_nd.default
+    if op in layout_rewrite.rewriters:
+        return True
+
+    @layout_rewrite.rewriters.register(op)
+    def _constant_pad_nhwc(node) -> None:
+        x, pad, *rest = node.args
+        pairs = [list(pad[i:i + 2]) for i in range(0, len(pad), 2)]
+        pairs += [[0, 0]] * (4 - len(pairs))  # (W, H, C, N), each (before, after)
+        width, height, channels, batch = pairs
+        node.args = (x, [*channels, *width, *height, *batch], *rest)
+
+    return True
 
 
 def nhwc_model(model):
@@ -386,8 +421,8 @@ def with_standard_metadata(flatbuffer: bytes, card: ModelCard) -> bytes:
     description="TFLite (LiteRT) via litert-torch, NHWC input; INT8 by PT2E (float ends) "
                 "or ai-edge-quantizer static int8",
     # 2: PT2E INT8 quantizes ReLU6 after its clip (compress/pt2e.py); 3: FLOAT_FIRST;
-    # 4: aeq INT8 with min/max ranges and float ends
-    revision=4,
+    # 4: aeq INT8 with min/max ranges and float ends; 5: constant pads in NHWC
+    revision=5,
 )
 def export_tflite(job: ExportJob) -> Exported:
     quantizer = job.options.quantizer or QUANTIZERS[0]  # checked by export_checkpoint
