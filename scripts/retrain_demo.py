@@ -14,7 +14,8 @@ What it does, each step cached in ``--work`` (outside git: the images are CC BY-
    gate file, and promote it to ``server``;
 3. write feedback folders (what `skinedge feedback export` writes), ``status`` corrected where
    the base model's answer differs from the label and verified where it agrees:
-   - ``true``: the held-back images with their true labels;
+   - ``true``: the held-back images with their true labels, fine-tuned with the default
+     settings and harder (as the shuffled labels are, so that the two differ only in labels);
    - ``shuffled``: the same images, labels permuted (seed 0): a deliberately worse candidate,
      fine-tuned once with the same settings and once harder (5 epochs at the base's full
      learning rate) so that the wrong labels are learnt;
@@ -155,6 +156,7 @@ HARDER = ["--set", "finetune.lr_scale=1.0", "--set", "finetune.epochs=5"]
 #: The retraining runs: name -> (feedback folder, extra arguments).
 RUNS = {
     "corrections": ("true", []),
+    "corrections, fine-tuned harder": ("true", HARDER),
     "shuffled labels": ("shuffled", []),
     "shuffled labels, fine-tuned harder": ("shuffled", HARDER),
     "melanomas called naevi": ("mel-as-nv", []),

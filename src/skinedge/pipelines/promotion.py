@@ -267,9 +267,9 @@ def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.nda
     acc_c, acc_b = float((top_c == y_true).mean()), float((top_b == y_true).mean())
     loss_c, loss_b = log_loss(y_true, candidate), log_loss(y_true, base)
     loss_0 = log_loss(y_true, np.broadcast_to(prior, candidate.shape))
-    boot = dict(n_boot=n_boot, level=level, seed=seed)
-    over_base, over_prior = paired_gain(loss_b, loss_c, **boot), paired_gain(loss_0, loss_c,
-                                                                              **boot)
+    boot = {"n_boot": n_boot, "level": level, "seed": seed}  # the same resamples for both
+    over_base = paired_gain(loss_b, loss_c, **boot)
+    over_prior = paired_gain(loss_0, loss_c, **boot)
     fixed = int(((top_c == y_true) & (top_b != y_true)).sum())
     broken = int(((top_c != y_true) & (top_b == y_true)).sum())
     figures = {"n": len(y_true), "source": source, "min_gain": min_gain, "alpha": alpha,
