@@ -247,6 +247,8 @@ def retrain(feedback: Path, work: Path, out: Path, extra: list[str],
     exe = Path(sys.executable).with_name("skinedge")
     subprocess.run([str(exe), *command[1:], *resume], check=True)
     seconds = time.perf_counter() - started
+    if resume:  # the run's wall time over its attempts
+        seconds += previous or 0.0
     return json.loads((out / "retrain.json").read_text()), shlex.join(command), seconds
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from skinedge.cli.main import app
 from skinedge.pipelines.promotion import (
     budgets_gate,
+    class_counts,
     corrected_cases_gate,
     decide,
     fixed_test_gate,
@@ -299,10 +300,11 @@ def _probs(top: np.ndarray, n_classes: int, confidence: float) -> np.ndarray:
 def test_corrected_cases_gate_needs_lower_log_loss_than_the_base_and_than_the_label_prior():
     rng = np.random.default_rng(0)
     y = rng.choice(3, 120, p=[0.6, 0.3, 0.1])
-    prior = label_prior({"nv": 60, "mel": 30, "bcc": 10}, ["nv", "mel", "bcc"])
+    counts = class_counts({"nv": 60, "mel": 30, "bcc": 10}, ["nv", "mel", "bcc"])
+    prior = (counts + 0.5) / (counts + 0.5).sum()
     base = _probs(np.where(rng.random(120) < 0.6, y, (y + 1) % 3), 3, 0.7)
 
-    same = corrected_cases_gate(y, base, base, prior, min_gain=0.0, source="h", alpha=0.05)
+    same = corrected_cases_gate(y, base, base, counts, min_gain=0.0, source="h", alpha=0.05)
     assert not same.passed and "than the base beyond chance" in same.reason
     assert same.figures["log_loss_gain"]["gain"] == 0 and same.figures["log_loss_gain"]["p"] == 1
 
@@ -311,12 +313,12 @@ def test_corrected_cases_gate_needs_lower_log_loss_than_the_base_and_than_the_la
     top = base.argmax(1)
     top[fixed] = y[fixed]
     better = _probs(top, 3, 0.8)
-    gate = corrected_cases_gate(y, better, base, prior, min_gain=0.0, source="h", alpha=0.05)
+    gate = corrected_cases_gate(y, better, base, counts, min_gain=0.0, source="h", alpha=0.05)
     assert gate.passed, gate.reason
     assert gate.figures["log_loss_gain"]["p"] < 0.05
     assert gate.figures["log_loss_gain_over_prior"]["p"] < 0.05
     assert gate.figures["fixed_by_candidate"] == 20 and gate.figures["broken_by_candidate"] == 0
-    assert not corrected_cases_gate(y, better, base, prior, min_gain=0.5, source="h",
+    assert not corrected_cases_gate(y, better, base, counts, min_gain=0.5, source="h",
                                     alpha=0.05).passed  # accuracy gain 0.17 < 0.5
 
     # Labels that carry no information (shuffled): an overconfident base is beaten by a
@@ -324,18 +326,40 @@ def test_corrected_cases_gate_needs_lower_log_loss_than_the_base_and_than_the_la
     shuffled = rng.permutation(y)
     confident = _probs(rng.integers(0, 3, 120), 3, 0.95)
     unsure = 0.9 * prior + 0.1 * confident
-    gate = corrected_cases_gate(shuffled, unsure, confident, prior, min_gain=0.0, source="h",
+    gate = corrected_cases_gate(shuffled, unsure, confident, counts, min_gain=0.0, source="h",
                                 alpha=0.05)
     assert gate.figures["log_loss_gain"]["p"] < 0.05  # "better" than the base
     assert not gate.passed and "class frequencies" in gate.reason
     # Without alpha the figures are reported, not required.
-    assert corrected_cases_gate(shuffled, unsure, confident, prior, min_gain=0.0,
+    assert corrected_cases_gate(shuffled, unsure, confident, counts, min_gain=0.0,
                                 source="h").passed
 
 
+def test_a_clinic_with_fewer_classes_is_judged_among_its_own_classes():
+    """The prior knows the clinic sends only two of the four classes; the model, which still
+    puts probability on the other two, is compared with it among those two."""
+    rng = np.random.default_rng(3)
+    y = rng.choice([0, 1], 300, p=[0.7, 0.3])
+    counts = class_counts({"nv": 70, "mel": 30}, ["nv", "mel", "bcc", "df"])
+    right = rng.random(300) < 0.9
+    top = np.where(right, y, 1 - y)
+    candidate = np.full((300, 4), 0.15)
+    candidate[np.arange(300), top] = 0.55  # 0.3 of its mass on classes the clinic never sends
+    base = np.full((300, 4), 0.25)
+    gate = corrected_cases_gate(y, candidate, base, counts, min_gain=0.0, source="h",
+                                alpha=0.05)
+    assert gate.passed, gate.reason
+    assert gate.figures["prior_classes"] == [0, 1]
+    # Over all four classes it would lose to the prior: 0.55 at best against 0.7.
+    assert gate.figures["candidate_log_loss"] > gate.figures["prior_log_loss"]
+
+
 def test_label_prior_and_paired_gain():
-    prior = label_prior({"mel": 3, "nv": 5, "unknown": 9}, ["mel", "nv", "bcc"])
-    assert prior == pytest.approx(np.array([3.5, 5.5, 0.5]) / 9.5)  # unknown codes ignored
+    counts = class_counts({"mel": 3, "nv": 5, "unknown": 9}, ["mel", "nv", "bcc", "df"])
+    assert counts.tolist() == [3, 5, 0, 0]  # unknown codes ignored
+    used, prior = label_prior(counts, np.array([0, 1, 3]))  # df only among the held-out
+    assert used.tolist() == [0, 1, 3]
+    assert prior == pytest.approx(np.array([3.5, 5.5, 0.5]) / 9.5)
     noise = np.random.default_rng(1).normal(0, 1, 400)
     assert paired_gain(noise, noise, n_boot=500, level=0.95, seed=0)["p"] == 1.0
     gain = paired_gain(noise + 0.3, noise, n_boot=500, level=0.95, seed=0)

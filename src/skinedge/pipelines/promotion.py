@@ -19,8 +19,8 @@ Four gates, each a :class:`GateResult`:
     with every case rather than only with the few whose top-1 answer changes. The candidate
     must have (1) lower log-loss than the base, and (2) lower log-loss than the label prior
     (the class frequencies of the corrections that joined train: what a model that ignores
-    the image predicts), each beyond chance: a one-sided paired bootstrap of the mean gain,
-    p < ``alpha``; and (3) an accuracy gain of at least ``min_gain`` (0: not lower than the
+    the image predicts), both predicting among the classes the feedback uses, each beyond
+    chance: a one-sided paired bootstrap of the mean gain, p < ``alpha``; and (3) an accuracy gain of at least ``min_gain`` (0: not lower than the
     base's). (2) is what labels that carry no information fail: shuffled labels cannot be
     predicted from the images better than their frequencies, while a candidate that merely
     became less sure of itself can beat an overconfident base on them. Both models'
@@ -215,15 +215,24 @@ def log_loss(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(picked, 1e-12, 1.0))
 
 
-def label_prior(counts: Mapping[str, int], classes: Sequence[str], *,
-                smoothing: float = 0.5) -> np.ndarray:
-    """(C,) class frequencies of ``counts`` (label code -> cases) over ``classes``, each count
-    plus ``smoothing`` so that a class without cases keeps a small probability."""
-    prior = np.full(len(classes), smoothing, dtype=np.float64)
+def class_counts(counts: Mapping[str, int], classes: Sequence[str]) -> np.ndarray:
+    """(C,) ``counts`` (label code -> cases) by class index; codes not in ``classes`` ignored."""
+    out = np.zeros(len(classes), dtype=np.float64)
     for code, n in counts.items():
         if code in classes:
-            prior[list(classes).index(code)] += n
-    return prior / prior.sum()
+            out[list(classes).index(code)] += n
+    return out
+
+
+def label_prior(train_counts: np.ndarray, y_true: np.ndarray, *,
+                smoothing: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The classes the feedback uses (those of ``train_counts`` or of the held-out labels
+    ``y_true``, as indices) and their frequencies in ``train_counts``, each count plus
+    ``smoothing`` so that a class seen only among the held-out cases keeps some probability."""
+    counts = np.asarray(train_counts, dtype=np.float64)
+    used = np.flatnonzero((counts > 0) | (np.bincount(y_true, minlength=len(counts)) > 0))
+    prior = counts[used] + smoothing
+    return used, prior / prior.sum()
 
 
 def paired_gain(reference: np.ndarray, candidate: np.ndarray, *, n_boot: int, level: float,
@@ -243,7 +252,7 @@ def paired_gain(reference: np.ndarray, candidate: np.ndarray, *, n_boot: int, le
 
 
 def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.ndarray,
-                         prior: np.ndarray, *, min_gain: float, source: str,
+                         train_counts: np.ndarray, *, min_gain: float, source: str,
                          alpha: float | None = None, n_boot: int = 2000, level: float = 0.95,
                          seed: int = 0) -> GateResult:
     """Gate (c): better than the base on the held-out corrected cases, and better than the
@@ -253,7 +262,8 @@ def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.nda
         y_true: (N,) the clinicians' labels, class indices.
         candidate: (N, C) the candidate's calibrated probabilities.
         base: (N, C) the base model's.
-        prior: (C,) :func:`label_prior` of the corrections that joined train.
+        train_counts: (C,) the corrections that joined train, by class
+            (:func:`class_counts`): their frequencies are the label prior.
         min_gain: Accuracy gain required (0: not lower than the base's).
         source: The held-out manifest.
         alpha: Largest one-sided p-value of both log-loss gains; None reports them without
@@ -266,15 +276,24 @@ def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.nda
     top_c, top_b = candidate.argmax(1), base.argmax(1)
     acc_c, acc_b = float((top_c == y_true).mean()), float((top_b == y_true).mean())
     loss_c, loss_b = log_loss(y_true, candidate), log_loss(y_true, base)
-    loss_0 = log_loss(y_true, np.broadcast_to(prior, candidate.shape))
+    # Against the prior, both predict among the classes the feedback uses: the prior knows
+    # which those are (a clinic that sends only mel/nv/bkl), the model does not.
+    used, prior = label_prior(train_counts, y_true)
+    within = np.searchsorted(used, y_true)
+    restricted = candidate[:, used] / np.clip(candidate[:, used].sum(1, keepdims=True),
+                                              1e-12, None)
+    loss_r = log_loss(within, restricted)
+    loss_0 = log_loss(within, np.broadcast_to(prior, restricted.shape))
     boot = {"n_boot": n_boot, "level": level, "seed": seed}  # the same resamples for both
     over_base = paired_gain(loss_b, loss_c, **boot)
-    over_prior = paired_gain(loss_0, loss_c, **boot)
+    over_prior = paired_gain(loss_0, loss_r, **boot)
     fixed = int(((top_c == y_true) & (top_b != y_true)).sum())
     broken = int(((top_c != y_true) & (top_b == y_true)).sum())
     figures = {"n": len(y_true), "source": source, "min_gain": min_gain, "alpha": alpha,
                "candidate_log_loss": float(loss_c.mean()), "base_log_loss": float(loss_b.mean()),
                "prior_log_loss": float(loss_0.mean()), "prior": [float(p) for p in prior],
+               "prior_classes": [int(k) for k in used],
+               "candidate_log_loss_within_prior_classes": float(loss_r.mean()),
                "log_loss_gain": over_base, "log_loss_gain_over_prior": over_prior,
                "level": level, "n_boot": n_boot,
                "candidate_accuracy": acc_c, "base_accuracy": acc_b, "accuracy_gain": acc_c - acc_b,
@@ -285,8 +304,9 @@ def corrected_cases_gate(y_true: np.ndarray, candidate: np.ndarray, base: np.nda
     figures["balanced_accuracy_gain"] = (figures["candidate_balanced_accuracy"]
                                          - figures["base_balanced_accuracy"])
     what = (f"log-loss {loss_c.mean():.4f} vs base {loss_b.mean():.4f} (gain "
-            f"{over_base['gain']:+.4f}, p={over_base['p']:.3g}) and vs label prior "
-            f"{loss_0.mean():.4f} (gain {over_prior['gain']:+.4f}, p={over_prior['p']:.3g}); "
+            f"{over_base['gain']:+.4f}, p={over_base['p']:.3g}); among the {len(used)} "
+            f"classes the feedback uses {loss_r.mean():.4f} vs label prior {loss_0.mean():.4f} "
+            f"(gain {over_prior['gain']:+.4f}, p={over_prior['p']:.3g}); "
             f"accuracy {acc_c:.4f} vs {acc_b:.4f} ({fixed} fixed, {broken} broken) on "
             f"{len(y_true)} held-out cases")
     title = "Better on the held-out corrected cases"

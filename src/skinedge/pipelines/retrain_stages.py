@@ -338,7 +338,7 @@ def gates(config: RetrainConfig, done: dict[str, dict[str, Any]], folder: Path, 
                                          source=test["base"].source),
         promotion.corrected_cases_gate(
             held["base"].targets, held["candidate"].probs, held["base"].probs,
-            promotion.label_prior(data["counts"]["train"], list(base["classes"])),
+            promotion.class_counts(data["counts"]["train"], list(base["classes"])),
             min_gain=g.min_gain, source=held["base"].source, alpha=g.holdout_alpha,
             n_boot=g.n_boot, level=g.level, seed=g.seed),
         promotion.budgets_gate(done["5-bench"]["checks"], gate_file=base["gate_source"],
