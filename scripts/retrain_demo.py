@@ -303,13 +303,14 @@ def render(doc: dict) -> list[str]:
         "gates: paired bootstrap (2000 resamples, 95%) of balanced accuracy and of melanoma "
         "recall on the base manifest's fixed test split (refused below 0, or a drop over 0.02 "
         "and 0.05); on the held-out cases, log-loss lower than the base's and than the label "
-        "prior's (the class frequencies of the feedback that joined train), each by a "
+        "prior's (the class frequencies of the feedback that joined train; the candidate's "
+        "probabilities renormalised over the classes the feedback uses), each by a "
         "one-sided paired bootstrap (2000 resamples) at p < 0.05, and accuracy not lower",
         "",
         "| run | feedback | test split: balanced accuracy, candidate vs base (diff, 95% CI) "
         "| test split: melanoma recall (diff, 95% CI) "
-        "| held-out cases: log-loss candidate vs base (gain, p) vs label prior (gain, p); "
-        "accuracy (fixed / broken) "
+        "| held-out cases: log-loss candidate vs base (gain, p); among the feedback's classes, "
+        "candidate vs label prior (gain, p); accuracy (fixed / broken) "
         "| budgets | decision | wall |",
         "|---|---|---|---|---|---|---|---:|",
     ]
@@ -331,7 +332,9 @@ def render(doc: dict) -> list[str]:
             f"[{m_lo:+.3f}, {m_hi:+.3f}], n={mel['n']}): "
             f"{mark(g['protected-classes']['passed'])} "
             f"| {h['candidate_log_loss']:.3f} vs {h['base_log_loss']:.3f} "
-            f"({h['log_loss_gain']['gain']:+.3f}, p={h['log_loss_gain']['p']:.2g}) vs "
+            f"({h['log_loss_gain']['gain']:+.3f}, p={h['log_loss_gain']['p']:.2g}); "
+            f"{len(h['prior_classes'])} classes: "
+            f"{h['candidate_log_loss_within_prior_classes']:.3f} vs "
             f"{h['prior_log_loss']:.3f} ({h['log_loss_gain_over_prior']['gain']:+.3f}, "
             f"p={h['log_loss_gain_over_prior']['p']:.2g}); accuracy "
             f"{h['candidate_accuracy']:.3f} vs {h['base_accuracy']:.3f} "
