@@ -20,12 +20,13 @@ Four gates, each a :class:`GateResult`:
     must have (1) lower log-loss than the base, and (2) lower log-loss than the label prior
     (the class frequencies of the corrections that joined train: what a model that ignores
     the image predicts), both predicting among the classes the feedback uses, each beyond
-    chance: a one-sided paired bootstrap of the mean gain, p < ``alpha``; and (3) an accuracy gain of at least ``min_gain`` (0: not lower than the
-    base's). (2) is what labels that carry no information fail: shuffled labels cannot be
-    predicted from the images better than their frequencies, while a candidate that merely
-    became less sure of itself can beat an overconfident base on them. Both models'
-    temperatures were fitted on the trusted validation split. Top-1 figures and the exact
-    sign test (McNemar's) on the cases only one model gets right are reported beside.
+    chance: a one-sided paired bootstrap of the mean gain, p < ``alpha``; and (3) an accuracy
+    gain of at least ``min_gain`` (0: not lower than the base's). (2) is what labels that carry
+    no information fail: shuffled labels cannot be predicted from the images better than their
+    frequencies, while a candidate that merely became less sure of itself can beat an
+    overconfident base on them. Each model's temperature was fitted on the trusted validation
+    split when it was trained. Top-1 figures and the exact sign test (McNemar's) on the cases
+    only one model gets right are reported beside.
 (d) ``deployment-budgets``: every check of the deployment's bench gate (latency, parity) and
     every export of the base version's targets passed.
 
