@@ -8,6 +8,7 @@ import pytest
 
 from skinedge.export import TARGETS, export_checkpoint
 from skinedge.export.records import FLOAT_FIRST, ExportOptions
+from tests.export.tflite_ops import tflite_ops
 
 pytestmark = pytest.mark.slow
 
@@ -25,22 +26,6 @@ def float_model(tiny_checkpoint) -> bytes:
     size = card.preprocess.input_size
     return bytes(_convert(nhwc_model(model.eval()), (torch.zeros(1, size, size, 3),))
                  .model_content())
-
-
-def _ops(flatbuffer: bytes) -> list[tuple[str, int]]:
-    """(op name, weight dtype or -1) of each op, in execution order."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
-    graph = model.subgraphs[0]
-    out = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        name = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
-        weight = graph.tensors[op.inputs[1]].type if len(op.inputs) > 1 and op.inputs[1] >= 0 else -1
-        out.append((name, weight))
-    return out
 
 
 def test_ranges_are_the_calibration_images_min_and_max(float_model) -> None:
@@ -70,7 +55,7 @@ def test_ranges_are_the_calibration_images_min_and_max(float_model) -> None:
 def test_float_ends_are_the_first_convolutions_and_the_classifier(float_model, first) -> None:
     from skinedge.export.targets.tflite import _float_ends
 
-    ops = _ops(float_model)
+    ops = tflite_ops(float_model)
     convs = [i for i, (name, _) in enumerate(ops) if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     classifier = max(i for i, (name, _) in enumerate(ops) if name == "FULLY_CONNECTED")
     scopes = _float_ends(float_model, first)
@@ -96,7 +81,7 @@ def test_int8_export_keeps_the_float_ends(tiny_checkpoint, tmp_path, float_first
     assert "min/max" in details["quantizer"]
     assert result.card.artifact.input.dtype == ("int8" if float_first == 0 else "float32")
     flat = result.path.read_bytes()
-    layers = [(name, weight) for name, weight in _ops(flat)
+    layers = [(name, weight) for name, weight in tflite_ops(flat)
               if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
     dtypes = [weight for _, weight in layers]
     kept = 0 if float_first == 0 else float_first

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from skinedge.export import TARGETS
+from tests.export.tflite_ops import tflite_ops
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +38,7 @@ def _net():
 
 
 def _op_names(flatbuffer: bytes) -> list[str]:
-    from ai_edge_litert import schema_py_generated as schema
-
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
-    return [names[max(model.operatorCodes[op.opcodeIndex].builtinCode,
-                      model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)]
-            for op in model.subgraphs[0].operators]
+    return [name for name, _ in tflite_ops(flatbuffer)]
 
 
 def _run(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
