@@ -29,8 +29,10 @@ def gan_train(
                             "and classes), with fresh optimizers and kimg from zero.")] = None,
 ) -> None:
     """Train a StyleGAN2-style (or DCGAN) class-conditional GAN with DiffAugment, R1 and a
-    generator EMA, writing a checkpoint and a sample grid per class every snapshot; with
-    --init-from, fine-tune another run (e.g. on a manifest extended with new images)."""
+    generator EMA, against its own discriminator or a projected one (model.discriminator=
+    projected: frozen EfficientNet-Lite features), writing a checkpoint and a sample grid per
+    class every snapshot; with --init-from, fine-tune another run (e.g. on a manifest extended
+    with new images)."""
     from skinedge.cli.progress import console, make_progress
     from skinedge.synth.gan import GANConfig, train_gan
     from skinedge.utils.provenance import now, record_command

@@ -33,7 +33,16 @@ class GANDataSection(_Section):
 
 
 class GANModelSection(_Section):
-    arch: Literal["stylegan2", "dcgan"] = "stylegan2"
+    arch: Literal["stylegan2", "dcgan"] = "stylegan2"  # the generator
+    # own: the generator arch's discriminator (residual for stylegan2, convolutional for
+    # dcgan); projected: frozen ImageNet EfficientNet-Lite features, randomly mixed, judged by
+    # small discriminators per scale (Sauer et al. 2021; pair it with loss.objective=hinge).
+    discriminator: Literal["own", "projected"] = "own"
+    feature_network: Literal["tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                             "tf_efficientnet_lite2"] = "tf_efficientnet_lite1"  # projected only
+    projection_channels: int = Field(64, ge=8)  # projected only: CCM width at 1/4 scale
+    # projected only: imagenet (packaged weights); none (random frozen features, for tests)
+    feature_weights: Literal["imagenet", "none"] = "imagenet"
     # label: one class-conditional model (classes share what they have in common);
     # per_class: one unconditional model per class, as in the paper.
     conditioning: Literal["label", "per_class"] = "label"
@@ -45,6 +54,8 @@ class GANModelSection(_Section):
 
 
 class GANLossSection(_Section):
+    # logistic: non-saturating logistic loss (StyleGAN2); hinge: as the projected GAN paper
+    objective: Literal["logistic", "hinge"] = "logistic"
     r1_gamma: float = Field(0.1, ge=0)  # R1 penalty on real images; 0 disables
     r1_interval: int = Field(16, ge=1)  # lazy regularisation: every N discriminator steps
     style_mixing: float = Field(0.9, ge=0, le=1)  # StyleGAN2 only

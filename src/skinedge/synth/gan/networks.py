@@ -12,9 +12,10 @@ from torch import nn
 from skinedge.errors import ModelError, NotFoundError
 from skinedge.synth.gan.config import GANConfig
 from skinedge.synth.gan.dcgan import DCGANDiscriminator, DCGANGenerator
+from skinedge.synth.gan.projected import ProjectedDiscriminator
 from skinedge.synth.gan.stylegan import ResidualDiscriminator, StyleGAN2Generator
 
-#: arch name -> (generator class, discriminator class)
+#: arch name -> (generator class, its own discriminator class)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "stylegan2": (StyleGAN2Generator, ResidualDiscriminator),
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
@@ -24,14 +25,21 @@ CHECKPOINT = "last.pt"
 
 
 def create_gan(cfg: GANConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """A fresh (generator, discriminator) pair for ``cfg.model.arch``."""
+    """A fresh (generator, discriminator) pair for ``cfg.model.arch`` and
+    ``cfg.model.discriminator``."""
     m = cfg.model
     generator_class, discriminator_class = ARCHITECTURES[m.arch]
     generator = generator_class(cfg.resolution, num_classes, z_dim=m.z_dim, w_dim=m.w_dim,
                                 mapping_layers=m.mapping_layers, channel_base=m.channel_base,
                                 channel_max=m.channel_max)
-    discriminator = discriminator_class(cfg.resolution, num_classes, channel_base=m.channel_base,
-                                        channel_max=m.channel_max)
+    if m.discriminator == "projected":
+        discriminator = ProjectedDiscriminator(
+            cfg.resolution, num_classes, channel_base=m.channel_base, channel_max=m.channel_max,
+            feature_network=m.feature_network, projection_channels=m.projection_channels,
+            pretrained=m.feature_weights)
+    else:
+        discriminator = discriminator_class(cfg.resolution, num_classes,
+                                            channel_base=m.channel_base, channel_max=m.channel_max)
     return generator, discriminator
 
 

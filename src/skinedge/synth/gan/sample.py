@@ -66,7 +66,8 @@ def discriminator_scores(discriminator: nn.Module, label: int, images: np.ndarra
         x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
         x = (x.float() / 127.5 - 1).to(device)
         labels = torch.full((len(x),), label, dtype=torch.long, device=device)
-        scores.append(discriminator(x, labels).float().cpu().numpy())
+        logits = discriminator(x, labels).reshape(len(x), -1)  # patch logits: their mean
+        scores.append(logits.mean(dim=1).float().cpu().numpy())
     return np.concatenate(scores) if scores else np.empty(0, np.float32)
 
 

@@ -270,7 +270,9 @@ def _train_one(cfg: GANConfig, out_dir: Path, classes: list[str], paths: Sequenc
 
 def _train_step(cfg: GANConfig, step: int, generator: nn.Module, discriminator: nn.Module,
                 g_opt, d_opt, real: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """One discriminator step (plus R1 every ``r1_interval``) and one generator step."""
+    """One discriminator step (plus R1 every ``r1_interval``) and one generator step, with the
+    non-saturating logistic loss or the hinge loss (``loss.objective``); the discriminator's
+    logits may be one per image (B,) or patch logits (B, N)."""
     policy = cfg.diffaugment
     mixing = cfg.loss.style_mixing if cfg.model.arch == "stylegan2" else 0.0
     z_shape = (real.shape[0], generator.z_dim)
@@ -282,7 +284,10 @@ def _train_step(cfg: GANConfig, step: int, generator: nn.Module, discriminator: 
         fake = generator(torch.randn(z_shape, device=real.device), labels, mixing_prob=mixing)
     logits_real = discriminator(diff_augment(real, policy), labels)
     logits_fake = discriminator(diff_augment(fake, policy), labels)
-    d_loss = F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
+    if cfg.loss.objective == "hinge":
+        d_loss = F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
+    else:
+        d_loss = F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
     d_opt.zero_grad(set_to_none=True)
     d_loss.backward()
     d_opt.step()
@@ -304,7 +309,8 @@ def _train_step(cfg: GANConfig, step: int, generator: nn.Module, discriminator: 
     discriminator.requires_grad_(False)
     fake = generator(torch.randn(z_shape, device=real.device), labels, mixing_prob=mixing,
                      update_w_avg=cfg.model.arch == "stylegan2")
-    g_loss = F.softplus(-discriminator(diff_augment(fake, policy), labels)).mean()
+    logits_fake = discriminator(diff_augment(fake, policy), labels)
+    g_loss = (-logits_fake if cfg.loss.objective == "hinge" else F.softplus(-logits_fake)).mean()
     g_opt.zero_grad(set_to_none=True)
     g_loss.backward()
     g_opt.step()
@@ -318,7 +324,8 @@ def _optimizers(cfg: GANConfig, generator: nn.Module, discriminator: nn.Module):
     # Lazy R1 (Karras et al. 2020, appendix B): rescale D's Adam so that the occasional
     # regularisation step does not change its effective hyper-parameters.
     ratio = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=o.d_lr * ratio,
+    trained = [p for p in discriminator.parameters() if p.requires_grad]  # not frozen features
+    d_opt = torch.optim.Adam(trained, lr=o.d_lr * ratio,
                              betas=(o.beta1 ** ratio, o.beta2 ** ratio))
     return g_opt, d_opt
 
