@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from skinedge.synth.selection import (
     Candidate,
     SelectionConfig,
+    explain_shortfalls,
     read_ledger,
     real_nn_distances,
     select_candidates,
@@ -147,7 +148,9 @@ def test_synthetic_quotas():
 
 
 @pytest.mark.parametrize("bad", [{"target": 0}, {"target": "mean"}, {"max_per_class": -1},
-                                 {"realism_weight": 1.5}, {"unknown": 1}])
+                                 {"realism_weight": 1.5}, {"unknown": 1},
+                                 {"min_classifier_confidence": 1.2},
+                                 {"min_classifier_confidence": "val"}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValidationError):
         SelectionConfig(**bad)
@@ -279,3 +282,46 @@ def test_a_copy_of_an_isolated_real_image_is_caught_by_the_local_ratio(world):
     assert "real/lonely.jpg" in decisions[0].reason
     decisions, _ = run(cands, feats, conf, real, images, groups, copy_ratio=0)
     assert decisions[0].kept  # only the local test caught it
+
+
+def test_validation_sets_each_classes_confidence_bar_from_its_real_images(world):
+    """A class the classifier is unsure of (its real validation images score 0.1-0.3) gets a
+    low bar; a class it knows (0.8-1.0) a high one; each rejection names its bar."""
+    rng, real, images, groups = world
+    feats = spread_points(rng, real, groups, 12)
+    unsure, _, _ = make_candidates(feats[:6], label="b", conf=np.full(6, 0.9))
+    known, _, _ = make_candidates(feats[6:], label="c", prefix="h")
+    conf = np.array([0.05, 0.12, 0.2, 0.25, 0.5, 0.9,  # b: bar 0.14
+                     0.5, 0.7, 0.85, 0.9, 0.95, 0.99])  # c: bar 0.84
+    validation = {"b": np.linspace(0.1, 0.3, 11), "c": np.linspace(0.8, 1.0, 11)}
+    cfg = SelectionConfig(target="max", min_classifier_confidence="validation",
+                          min_discriminator_quantile=0)
+    decisions, thr = select_candidates(unsure + known, feats, conf, real, images, groups, COUNTS,
+                                       cfg, validation_confidence=validation)
+    assert thr.classifier_confidence == pytest.approx({"b": 0.14, "c": 0.84})
+    assert thr.confidence_source["b"] == "0.2-quantile of 11 real validation images"
+    assert [d.kept for d in decisions] == [False, False, True, True, True, True,
+                                           False, False, True, True, True, True]
+    assert decisions[1].reason == ("classifier confidence 0.12 < 0.14 (0.2-quantile of 11 real "
+                                   "validation images)")
+    fixed, _ = run(unsure + known, feats, conf, real, images, groups, target="max",
+                   min_discriminator_quantile=0)  # one bar of 0.3 for both
+    assert [d.kept for d in fixed[:6]] == [False, False, False, False, True, True]
+    with pytest.raises(ValueError, match=r"validation images of every class.*\['c'\]"):
+        select_candidates(unsure + known, feats, conf, real, images, groups, COUNTS, cfg,
+                          validation_confidence={"b": validation["b"]})
+
+
+def test_a_class_short_of_its_quota_is_explained(world):
+    rng, real, images, groups = world
+    copies = real[[3, 50]] + 1e-3 * rng.normal(size=(2, D))
+    cands, feats, conf = make_candidates(np.concatenate([copies, spread_points(rng, real, groups,
+                                                                               4)]),
+                                         conf=[0.9, 0.9, 0.9, 0.1, 0.9, 0.9])
+    decisions, thr = run(cands, feats, conf, real, images, groups)  # b's quota: 20
+    why = explain_shortfalls(summarize(decisions), thr)
+    assert why == {"b": "kept 3 of a quota of 20; of 6 candidates, 2 near-copies of a real "
+                        "training image, 1 below classifier confidence 0.3; fewer candidates "
+                        "than the quota: sample at least 20"}
+    enough, thr = run(cands, feats, conf, real, images, groups, target=13)  # quota 3
+    assert explain_shortfalls(summarize(enough), thr) == {}

@@ -87,6 +87,36 @@ def test_selection_rejects_planted_near_copies_and_keeps_diverse_candidates(
     assert json.loads((tmp_path / "set" / "selection.json").read_text())["features"]
 
 
+def test_validation_bars_come_from_the_classifiers_real_validation_images(
+        tiny_checkpoint, tmp_path) -> None:
+    from skinedge.synth.metrics import classifier_features, uint8_to_unit
+
+    manifest = load_manifest(manifest_of(tiny_checkpoint))
+    planted_candidates(tmp_path / "cand", manifest, {"split_hash": manifest.split_hash})
+    cfg = SelectionConfig(target=20, min_discriminator_quantile=0, privacy_quantile=0.9,
+                          diversity_quantile=0.0, min_classifier_confidence="validation",
+                          validation_quantile=0.5)
+    select_synthetic(tmp_path / "cand", manifest, tmp_path / "set", classifier=tiny_checkpoint,
+                     cfg=cfg)
+    doc = json.loads((tmp_path / "set" / "selection.json").read_text())
+    codes = list(manifest.vocabulary.codes)
+    extractor = classifier_features(tiny_checkpoint)
+    for code in ("df", "vasc"):
+        val = [manifest.root / r.image for r in manifest.subset("val") if r.label == code]
+        _, probs = extractor.classify(uint8_to_unit(load_thumbnails(val, 16)))
+        expected = float(np.median(probs[:, codes.index(code)]))
+        assert doc["thresholds"]["classifier_confidence"][code] == pytest.approx(expected)
+        assert doc["thresholds"]["confidence_source"][code] == \
+            f"0.5-quantile of {len(val)} real validation images"
+        # a handful of candidates per class for a quota near 20: every class falls short
+        assert doc["shortfalls"][code].startswith(f"kept {doc['summary'][code]['kept']} of a "
+                                                  "quota of")
+        assert "sample at least" in doc["shortfalls"][code]
+    ledger = read_ledger(tmp_path / "set" / "ledger.csv")
+    low = [d for d in ledger if d.reason.startswith("classifier confidence")]
+    assert all("0.5-quantile of" in d.reason for d in low)
+
+
 def test_turned_and_mirrored_copies_are_near_copies_of_their_source(tiny_checkpoint, tmp_path):
     manifest = load_manifest(manifest_of(tiny_checkpoint))
     kinds = planted_candidates(tmp_path / "cand", manifest, {"split_hash": manifest.split_hash},

@@ -25,6 +25,7 @@ from skinedge.synth.selection import (
     Candidate,
     Decision,
     SelectionConfig,
+    explain_shortfalls,
     select_candidates,
     summarize,
     synthetic_quotas,
@@ -141,9 +142,19 @@ def select_synthetic(
                            progress=report("reading candidates"))
     fake_features, probs = extractor.classify(uint8_to_unit(fake))
     confidence = probs[np.arange(len(candidates)), [codes.index(c.label) for c in candidates]]
+    validation = None
+    if cfg.min_classifier_confidence == "validation":  # per-class bars from real val images
+        val = [r for r in manifest.subset("val") if r.label in {c.label for c in candidates}]
+        images = load_thumbnails([manifest.root / r.image for r in val], resolution,
+                                 progress=report("reading real validation images"))
+        _, val_probs = extractor.classify(uint8_to_unit(images))
+        true = np.array([codes.index(r.label) for r in val], dtype=np.int64)
+        val_conf = val_probs[np.arange(len(val)), true] if len(val) else np.empty(0)
+        validation = {code: val_conf[true == codes.index(code)] for code in codes}
     decisions, thresholds = select_candidates(
         candidates, fake_features, confidence, real_features, [r.image for r in train],
-        [r.group for r in train], real_counts, cfg, real_views=real_views)
+        [r.group for r in train], real_counts, cfg, real_views=real_views,
+        validation_confidence=validation)
     if mode == "none":
         decisions = _first_by_seed(decisions, thresholds.quotas)
 
@@ -160,7 +171,8 @@ def select_synthetic(
               "checkpoints": meta.get("checkpoints"), "features": extractor.name,
               "classifier": str(Path(classifier).resolve()),
               "config": cfg.model_dump(mode="json"), "thresholds": asdict(thresholds),
-              "summary": summarize(decisions),
+              "summary": (summary := summarize(decisions)),
+              "shortfalls": explain_shortfalls(summary, thresholds),
               "created": created_time()}
     synthetic = SyntheticSet(out_dir.resolve(), manifest.split_hash, manifest.classes, rows, source)
     synthetic.save()

@@ -21,7 +21,7 @@ import io
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -45,8 +45,13 @@ class SelectionConfig(BaseModel):
     max_per_class: int | None = Field(None, ge=0)  # cap on synthetic images kept per class
     # Reject scores below this quantile of the class's candidates' discriminator scores.
     min_discriminator_quantile: float = Field(0.2, ge=0, le=1)
-    # Reject when the classifier gives the intended class a lower probability.
-    min_classifier_confidence: float = Field(0.3, ge=0, le=1)
+    # Reject when the classifier gives the intended class a lower probability: a number for
+    # every class, or "validation": per class, the `validation_quantile` of the probability the
+    # classifier gives that class on its real validation images. A classifier unsure of a rare
+    # class (df) then holds its candidates to what its real images reach, not to a bar that
+    # most real df images miss too; a class it knows well gets a higher bar.
+    min_classifier_confidence: float | Literal["validation"] = 0.3
+    validation_quantile: float = Field(0.2, ge=0, le=1)
     # Near-copy: closer to a real training image than this quantile of the real images' own
     # distances to their nearest real image of another lesion.
     privacy_quantile: float = Field(0.05, ge=0, le=1)
@@ -62,6 +67,14 @@ class SelectionConfig(BaseModel):
     # a turned or mirrored copy of a patient's lesion is still a near-copy (the caller computes
     # the views' features: `skinedge.synth.candidates.select_synthetic` does).
     dihedral: bool = True
+
+    @field_validator("min_classifier_confidence")
+    @classmethod
+    def _probability(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 <= value <= 1:
+            raise ValueError(f"min_classifier_confidence={value}: use a probability from 0 to 1 "
+                             "or 'validation' (per class, from the real validation images)")
+        return value
 
     @field_validator("target")
     @classmethod
@@ -100,11 +113,79 @@ class Decision:
 
 @dataclass
 class SelectionThresholds:
-    """Thresholds computed from the data, for the report."""
+    """Thresholds computed from the data, for the report.
+
+    Attributes:
+        classifier_confidence: Per class, the least probability of the intended class a
+            candidate needs.
+        confidence_source: Where those come from: the fixed setting, or the validation
+            quantile and how many real validation images of each class it was taken over.
+    """
 
     privacy_distance: float
     diversity_distance: float
     quotas: dict[str, int]
+    classifier_confidence: dict[str, float] = field(default_factory=dict)
+    confidence_source: dict[str, str] = field(default_factory=dict)
+
+
+def confidence_thresholds(cfg: SelectionConfig, classes: Sequence[str],
+                          validation_confidence: dict[str, np.ndarray] | None = None,
+                          ) -> tuple[dict[str, float], dict[str, str]]:
+    """Per class, the least classifier probability of the intended class a candidate needs,
+    and where it comes from.
+
+    Args:
+        cfg: Selection config (``min_classifier_confidence``, ``validation_quantile``).
+        classes: Classes that have candidates.
+        validation_confidence: With ``min_classifier_confidence="validation"``: per class, the
+            probability the classifier gives that class on each of its real validation images.
+
+    Raises:
+        DataError: ``validation`` without validation probabilities for a class (no real
+            validation images of it).
+    """
+    if cfg.min_classifier_confidence != "validation":
+        value = float(cfg.min_classifier_confidence)
+        return dict.fromkeys(classes, value), dict.fromkeys(classes, "min_classifier_confidence")
+    missing = [c for c in classes if not len((validation_confidence or {}).get(c, ()))]
+    if missing:
+        raise DataError(f"min_classifier_confidence=validation needs real validation images of "
+                        f"every class with candidates; none of {missing}: give a number instead "
+                        "(e.g. --set min_classifier_confidence=0.3)")
+    q = cfg.validation_quantile
+    values = {c: float(np.quantile(validation_confidence[c], q)) for c in classes}
+    sources = {c: f"{q:g}-quantile of {len(validation_confidence[c])} real validation images"
+               for c in classes}
+    return values, sources
+
+
+def explain_shortfalls(summary: dict[str, dict[str, int]],
+                       thresholds: SelectionThresholds) -> dict[str, str]:
+    """Per class that kept fewer candidates than its quota, a sentence saying why.
+
+    Args:
+        summary: :func:`summarize` of the decisions.
+        thresholds: The thresholds used.
+    """
+    out = {}
+    for label, row in summary.items():
+        quota = thresholds.quotas.get(label, 0)
+        if row["kept"] >= quota:
+            continue
+        conf = thresholds.classifier_confidence.get(label)
+        words = {"near-copy": "near-copies of a real training image",
+                 "discriminator": "below the class's discriminator quantile",
+                 "classifier": "below classifier confidence "
+                               + (f"{conf:.3g}" if conf is not None else "the threshold"),
+                 "duplicate": "duplicates of kept images"}
+        rejected = [f"{row[kind]} {text}" for kind, text in words.items() if row[kind]]
+        text = (f"kept {row['kept']} of a quota of {quota}; of {row['candidates']} candidates, "
+                + (", ".join(rejected) if rejected else "none rejected"))
+        if row["candidates"] < quota:
+            text += f"; fewer candidates than the quota: sample at least {quota}"
+        out[label] = text
+    return out
 
 
 def synthetic_quotas(real_counts: dict[str, int], cfg: SelectionConfig,
@@ -226,6 +307,7 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
                       real_images: Sequence[str], real_groups: Sequence[str],
                       real_counts: dict[str, int], cfg: SelectionConfig, *,
                       real_views: dict[str, np.ndarray] | None = None,
+                      validation_confidence: dict[str, np.ndarray] | None = None,
                       ) -> tuple[list[Decision], SelectionThresholds]:
     """Decide, for every candidate, whether it joins the training split.
 
@@ -242,6 +324,9 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
             ``real_features`` order (e.g. ``"rotated 90"``). A candidate's nearest real image
             is its nearest view, named in the ledger, and the real images' own cross-lesion
             distances, from which the thresholds come, use the views alike.
+        validation_confidence: Per class, the classifier's probability of that class on each
+            real validation image of it; needed when ``cfg.min_classifier_confidence`` is
+            ``validation`` (see :func:`confidence_thresholds`).
 
     Returns:
         One `Decision` per candidate, in input order, and the thresholds used.
@@ -254,10 +339,13 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
     _check_inputs(candidates, cand, conf, disc, real, real_images, real_groups, real_counts,
                   views)
     nn = real_nn_distances(real, real_groups, list(views.values()))
+    labels = sorted({c.label for c in candidates})
+    min_conf, conf_source = confidence_thresholds(cfg, labels, validation_confidence)
     thresholds = SelectionThresholds(
         privacy_distance=float(np.quantile(nn, cfg.privacy_quantile)),
         diversity_distance=float(np.quantile(nn, cfg.diversity_quantile)),
-        quotas=synthetic_quotas(real_counts, cfg))
+        quotas=synthetic_quotas(real_counts, cfg),
+        classifier_confidence=min_conf, confidence_source=conf_source)
     center = real.mean(axis=0)
     view_names = ["", *views]
     every = np.concatenate([real, *views.values()]) - center  # view k of image j: k * M + j
@@ -270,7 +358,7 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
     # Canonical order (class, seed, image): results do not depend on the input order.
     order = sorted(range(len(candidates)),
                    key=lambda i: (candidates[i].label, candidates[i].seed, candidates[i].image))
-    for label in sorted({c.label for c in candidates}):
+    for label in labels:
         members = np.array([i for i in order if candidates[i].label == label], dtype=np.int64)
         disc_min = float(np.quantile(disc[members], cfg.min_discriminator_quantile))
         survivors = []
@@ -289,9 +377,9 @@ def select_candidates(candidates: Sequence[Candidate], candidate_features: np.nd
             elif disc[i] < disc_min:
                 d.reason = (f"discriminator score {disc[i]:.4g} below the class's "
                             f"{cfg.min_discriminator_quantile:g}-quantile ({disc_min:.4g})")
-            elif conf[i] < cfg.min_classifier_confidence:
-                d.reason = (f"classifier confidence {conf[i]:.3g} < "
-                            f"{cfg.min_classifier_confidence:g}")
+            elif conf[i] < min_conf[label]:
+                d.reason = (f"classifier confidence {conf[i]:.3g} < {min_conf[label]:.3g} "
+                            f"({conf_source[label]})")
             else:
                 survivors.append(i)
         _greedy_pick(np.array(survivors, dtype=np.int64), cand, disc, conf, decisions,
