@@ -39,3 +39,30 @@ def _announce(arm: str, progress):
 
     console.print(f"[bold]arm {arm}[/]")
     return RichTrainCallbacks(progress)
+
+
+@app.command("kfold")
+def kfold(
+    config: Annotated[Path, typer.Option("--config", "-c",
+                                         help="K-fold ablation YAML (KFoldAblationConfig).")],
+    out: Annotated[Path, typer.Option(help="Folder of every fold's split, GANs, runs and "
+                                           "evaluations.")],
+    overrides: SetOpt = None,
+) -> None:
+    """Classic augmentation against GAN augmentation over lesion-grouped folds: a GAN and the
+    classifiers trained on each fold's train split, every image tested once, the difference
+    pooled over folds and seeds with a lesion bootstrap and the difference this design can
+    detect, as kfold.md and kfold.json. Rerun to continue."""
+    from skinedge.cli.progress import StageProgress, console, make_progress
+    from skinedge.pipelines.kfold import KFoldAblationConfig, run_kfold_ablation
+    from skinedge.utils.config import load_config
+    from skinedge.utils.provenance import now, record_command
+
+    started = now()
+    cfg = load_config(config, list(overrides or []), KFoldAblationConfig,
+                      kind="k-fold ablation config")
+    with make_progress() as progress:
+        run_kfold_ablation(cfg, out, callbacks=lambda name: _announce(name, progress),
+                           progress=StageProgress(progress))
+    record_command(out, started=started, finished=now())
+    console.print((out / "kfold.md").read_text())

@@ -200,7 +200,7 @@ def make_manifest(
     twin is in test. The ``group`` column keeps the original lesion/patient id.
     """
     hashes = _hash_files(dataset.root, [r.image for r in dataset.records], progress)
-    merged = _merge_groups_sharing_files(dataset.records, hashes)
+    merged = merge_groups_sharing_files(dataset.records, hashes)
     assignment = split_groups(
         [Record(r.image, merged[r.group], r.label, r.source) for r in dataset.records],
         ratios, seed)
@@ -214,7 +214,7 @@ def make_manifest(
                     exif_oriented=[image for image in dataset.exif_rotated if image in kept])
 
 
-def _merge_groups_sharing_files(records: Sequence[Record], hashes: dict[str, str]) -> dict[str, str]:
+def merge_groups_sharing_files(records: Sequence[Record], hashes: dict[str, str]) -> dict[str, str]:
     """Map group -> representative group, uniting groups that hold byte-identical files."""
     parent = {r.group: r.group for r in records}
 
