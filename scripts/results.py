@@ -39,7 +39,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from results_gan import render_gan  # scripts/ is on sys.path when run as a script
+from results_gan import (  # scripts/ is on sys.path when run as a script
+    render_gan,
+    render_gan_comparison,
+)
 from results_pipeline import render_pipeline
 
 from skinedge.evaluate.report import render_markdown
@@ -593,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", default="gan",
                         help="name of the section --gan renders into (another name for a second "
                              "GAN, e.g. the DCGAN baseline, keeps the first)")
+    parser.add_argument("--gan-compare", nargs="+", type=Path, metavar="RUN QUALITY",
+                        help="GAN runs side by side: pairs of a `skinedge gan train --out` folder "
+                             "and its `skinedge gan quality --out` folder (into --section)")
     parser.add_argument("--pipeline", type=Path,
                         help="a `skinedge pipeline --out` folder (its section: pipeline)")
     parser.add_argument("--robustness", action="append", type=Path, default=[],
@@ -625,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.gan is not None:
             sections.append((args.section, render_gan(args.gan, args.quality, args.ablation,
                                                args.out.parent)))
+        if args.gan_compare:
+            if len(args.gan_compare) % 2:
+                parser.error("--gan-compare takes pairs: RUN QUALITY [RUN QUALITY ...]")
+            pairs = list(zip(args.gan_compare[::2], args.gan_compare[1::2]))
+            sections.append((args.section, render_gan_comparison(pairs, args.out.parent)))
         if args.pipeline is not None:
             sections.append(("pipeline", render_pipeline(args.pipeline)))
         for folder in args.bench:  # each bench in a section of its own, named after it

@@ -76,6 +76,13 @@ def _render_selection(ablation: Path) -> list[str]:
             lines.append(f"| {code} | {row['candidates']} | {row['kept']} | {row['near-copy']} | "
                          f"{row['discriminator']} | {row['classifier']} | {row['duplicate']} | "
                          f"{row['quota']} |")
+        conf = t.get("classifier_confidence") or {}
+        if conf:
+            lines += ["", "Classifier-confidence bar per class: " + ", ".join(
+                f"{code} {value:.3g} ({t['confidence_source'][code]})"
+                for code, value in conf.items())]
+        for code, why in (doc.get("shortfalls") or {}).items():
+            lines.append(f"- {code} short of its quota: {why}")
     return lines
 
 
@@ -105,3 +112,89 @@ def _render_ablation(ablation: Path) -> list[str]:
 def _command(folder: Path) -> str:
     path = folder / "command.json"
     return json.loads(path.read_text())["command"] if path.is_file() else "not recorded"
+
+
+#: Issue 17's targets for a GAN worth its place: FID (EfficientNet-Lite0 ImageNet features) at
+#: most half of the 64 px StyleGAN2-style run's overall 99.6 (section gan), recall above 0.2.
+FID_TARGET = 99.6 / 2
+RECALL_TARGET = 0.2
+
+
+def render_gan_comparison(pairs: list[tuple[Path, Path]], docs: Path) -> list[str]:
+    """GAN runs side by side: how each was trained, its per-class quality on one feature
+    network, its last sample grid, and the issue's targets checked from the numbers.
+
+    Args:
+        pairs: (``skinedge gan train --out`` folder, its ``skinedge gan quality --out`` folder).
+        docs: Where the grids are copied (beside RESULTS.md).
+    """
+    runs = []
+    for gan, quality in pairs:
+        cfg = yaml.safe_load((gan / "config.yaml").read_text())
+        history = [json.loads(line) for line in (gan / "metrics.jsonl").read_text().splitlines()]
+        runs.append((gan, cfg, history, json.loads((quality / "quality.json").read_text())))
+    features = {doc["features"] for *_, doc in runs}
+    if len(features) > 1:
+        raise SystemExit(f"the quality folders used different feature networks {features}; "
+                         "compare runs on one")
+    lines = [f"## GAN side by side: {', '.join(gan.name for gan, *_ in runs)}", "",
+             "Each run trained for the minutes shown on one thread; the runs shared this "
+             "machine side by side (same CPU, same wall time, one core each).", "",
+             "| run | generator | discriminator | loss | px | batch | kimg | steps | minutes | "
+             "s/step |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for gan, cfg, history, _ in runs:
+        m, last = cfg["model"], history[-1]
+        disc = m.get("discriminator", "own")
+        disc = (f"projected ({m['feature_network']}, CCM {m['projection_channels']})"
+                if disc == "projected" else {"stylegan2": "residual", "dcgan": "dcgan"}[m["arch"]])
+        loss = cfg["loss"].get("objective", "logistic") + (
+            f", R1 {cfg['loss']['r1_gamma']}" if cfg["loss"]["r1_gamma"] else "")
+        lines.append(f"| {gan.name} | {m['arch']} {m['channel_base']}/{m['channel_max']} | "
+                     f"{disc} | {loss} | {cfg['resolution']} | {cfg['batch_size']} | "
+                     f"{last['kimg']:.1f} | {last['step']} | {last['minutes']:.1f} | "
+                     f"{60 * last['minutes'] / last['step']:.2f} |")
+    lines += ["", "Each run's resolved config is its `config.yaml`; quality by `skinedge gan quality "
+                  "RUN --manifest MANIFEST --per-class N --out QUALITY` into "
+                  + ", ".join(f"`{q}`" for _, q in pairs) + "."]
+    lines += ["", f"Per-class quality on **{features.pop()}** "
+                  f"({runs[0][3]['per_class']} generated images per class against every real train "
+                  f"image of the class, both at the GAN's resolution). FID with few real images "
+                  "(df, vasc) is biased upwards; KID is not. Precision = fidelity, recall = "
+                  "diversity (k-NN manifolds, Kynkäänniemi et al. 2019).", ""]
+    names = [gan.name for gan, *_ in runs]
+    lines += ["| class | real | " + " | ".join(f"FID {n}" for n in names) + " | "
+              + " | ".join(f"KID x1e3 {n}" for n in names) + " | "
+              + " | ".join(f"precision / recall {n}" for n in names) + " |",
+              "|---|---:|" + "---:|" * (3 * len(names))]
+    tables = [{r["label"]: r for r in doc["rows"]} for *_, doc in runs]
+    for label in tables[0]:
+        rows = [t[label] for t in tables]
+        lines.append(f"| {label} | {rows[0]['real']} | "
+                     + " | ".join(_num(r["fid"], 1) for r in rows) + " | "
+                     + " | ".join(_num(None if r["kid_mean"] is None else r["kid_mean"] * 1e3, 1)
+                                  for r in rows)
+                     + " | " + " | ".join(f"{_num(r['precision'], 3)} / {_num(r['recall'], 3)}"
+                                          for r in rows) + " |")
+    lines += ["", f"Issue 17's targets (FID at most {FID_TARGET:.1f}, half of the 64 px StyleGAN2's "
+                  f"overall 99.6; recall above {RECALL_TARGET}), computed from the table:", ""]
+    for (gan, *_), table in zip(runs, tables):
+        classes = [r for label, r in table.items() if label != "all"]
+        fid_ok = [r["label"] for r in classes if r["fid"] is not None and r["fid"] <= FID_TARGET]
+        recall_ok = [r["label"] for r in classes
+                     if r["recall"] is not None and r["recall"] > RECALL_TARGET]
+        lines.append(f"- {gan.name}: overall FID {_num(table['all']['fid'], 1)}, recall "
+                     f"{_num(table['all']['recall'], 3)}; FID target met by {len(fid_ok)} of "
+                     f"{len(classes)} classes {fid_ok or ''}, recall target by {len(recall_ok)} "
+                     f"{recall_ok or ''}")
+    for gan, _, history, _ in runs:
+        grids = sorted((gan / "grids").glob("*.png"))
+        if grids:
+            target = docs / f"gan-grid-{gan.name}.png"
+            shutil.copyfile(grids[-1], target)
+            lines += ["", f"{gan.name} at {history[-1]['kimg']:.1f} kimg, one row per class, "
+                          f"fixed seeds (`{grids[-1]}`):", "", f"![{gan.name}]({target.name})"]
+    return lines + [""]
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
