@@ -42,6 +42,7 @@ import yaml
 from results_gan import (  # scripts/ is on sys.path when run as a script
     render_gan,
     render_gan_comparison,
+    render_selections,
 )
 from results_pipeline import render_pipeline
 
@@ -593,12 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=Path, help="its `skinedge gan quality --out` folder")
     parser.add_argument("--ablation", type=Path,
                         help="a `skinedge experiment ablation --out` folder")
-    parser.add_argument("--section", default="gan",
-                        help="name of the section --gan renders into (another name for a second "
-                             "GAN, e.g. the DCGAN baseline, keeps the first)")
+    parser.add_argument("--section",
+                        help="name of the section --gan (default: gan), --gan-compare (default: "
+                             "gan-compare) or --selection (default: gan-selection) renders into; "
+                             "another name keeps the earlier one (e.g. the DCGAN baseline's)")
     parser.add_argument("--gan-compare", nargs="+", type=Path, metavar="RUN QUALITY",
                         help="GAN runs side by side: pairs of a `skinedge gan train --out` folder "
-                             "and its `skinedge gan quality --out` folder (into --section)")
+                             "and its `skinedge gan quality --out` folder")
+    parser.add_argument("--selection", nargs="+", type=Path, metavar="SET",
+                        help="`skinedge gan select --out` folders, one table each")
     parser.add_argument("--pipeline", type=Path,
                         help="a `skinedge pipeline --out` folder (its section: pipeline)")
     parser.add_argument("--robustness", action="append", type=Path, default=[],
@@ -628,14 +632,24 @@ def main(argv: list[str] | None = None) -> int:
     me = shlex.join(["python", "scripts/results.py", *(sys.argv[1:] if argv is None else argv)])
     if args.update:
         sections = []
+        gan_kinds = [o for o, v in (("--gan", args.gan), ("--gan-compare", args.gan_compare),
+                                    ("--selection", args.selection)) if v]
+        if args.section and len(gan_kinds) > 1:
+            parser.error(f"--section names one section; {' and '.join(gan_kinds)} would both "
+                         "render into it: run them in separate calls")
         if args.gan is not None:
-            sections.append((args.section, render_gan(args.gan, args.quality, args.ablation,
-                                               args.out.parent)))
+            sections.append((args.section or "gan", render_gan(
+                args.gan, args.quality, args.ablation, args.out.parent)))
         if args.gan_compare:
             if len(args.gan_compare) % 2:
                 parser.error("--gan-compare takes pairs: RUN QUALITY [RUN QUALITY ...]")
             pairs = list(zip(args.gan_compare[::2], args.gan_compare[1::2]))
-            sections.append((args.section, render_gan_comparison(pairs, args.out.parent)))
+            sections.append((args.section or "gan-compare",
+                             render_gan_comparison(pairs, args.out.parent)))
+        if args.selection:
+            sections.append((args.section or "gan-selection", [
+                f"## Selection of synthetic images: {', '.join(f.name for f in args.selection)}",
+                *render_selections([f / "selection.json" for f in args.selection]), ""]))
         if args.pipeline is not None:
             sections.append(("pipeline", render_pipeline(args.pipeline)))
         for folder in args.bench:  # each bench in a section of its own, named after it

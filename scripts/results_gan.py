@@ -63,26 +63,36 @@ def render_gan(gan: Path, quality: Path | None, ablation: Path | None, docs: Pat
 
 
 def _render_selection(ablation: Path) -> list[str]:
-    lines = ["### Selection of synthetic images"]
-    for folder in sorted((ablation / "synthetic").glob("*/selection.json")):
+    return ["### Selection of synthetic images",
+            *render_selections(sorted((ablation / "synthetic").glob("*/selection.json")))]
+
+
+def render_selections(paths: list[Path]) -> list[str]:
+    """A table per ``skinedge gan select`` output (its ``selection.json``): candidates, kept
+    and rejections per class, the confidence bars and why a class fell short of its quota."""
+    lines = []
+    for folder in paths:
         doc = json.loads(folder.read_text())
         t = doc["thresholds"]
         lines += ["", f"`{folder.parent}` (mode {doc['mode']}; features: {doc['features']}; "
                       f"near-copy below distance {t['privacy_distance']:.3f}, duplicate below "
                       f"{t['diversity_distance']:.3f}; ledger `{folder.parent / 'ledger.csv'}`):",
-                  "", "| class | candidates | kept | near-copy | discriminator | classifier | "
-                      "duplicate | quota |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "", "| class | quota | candidates | kept | near-copy | discriminator | "
+                      "classifier | duplicate | over quota |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for code, row in doc["summary"].items():
-            lines.append(f"| {code} | {row['candidates']} | {row['kept']} | {row['near-copy']} | "
-                         f"{row['discriminator']} | {row['classifier']} | {row['duplicate']} | "
-                         f"{row['quota']} |")
+            lines.append(f"| {code} | {t['quotas'].get(code, 0)} | {row['candidates']} | "
+                         f"{row['kept']} | {row['near-copy']} | {row['discriminator']} | "
+                         f"{row['classifier']} | {row['duplicate']} | {row['quota']} |")
         conf = t.get("classifier_confidence") or {}
         if conf:
             lines += ["", "Classifier-confidence bar per class: " + ", ".join(
                 f"{code} {value:.3g} ({t['confidence_source'][code]})"
-                for code, value in conf.items())]
-        for code, why in (doc.get("shortfalls") or {}).items():
-            lines.append(f"- {code} short of its quota: {why}")
+                for code, value in conf.items()) + "."]
+        shortfalls = doc.get("shortfalls") or {}
+        if shortfalls:
+            lines += ["", *(f"- {code} short of its quota: {why}"
+                            for code, why in shortfalls.items())]
     return lines
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -25,16 +26,24 @@ def test_pooled_delta_sees_a_real_gain_and_states_what_it_can_detect() -> None:
     gain = pooled_paired_delta(targets, groups, reference, better, classes=[3], n_boot=300)
     assert gain["delta"] == pytest.approx(0.08, abs=0.03)
     assert gain["low"] > 0 and gain["p_better"] > 0.99
+    assert gain["se"] == pytest.approx(math.hypot(gain["se_sampling"], gain["se_training"]))
     assert gain["detectable"] == pytest.approx(2.8 * gain["se"], rel=1e-3)
     assert gain["detectable"] < 0.08  # this design can see an 8-point gain
-    recall, low, high = gain["recall"][3]
-    assert low <= recall <= high
+    recall, low, high, missing = gain["recall"][3]
+    assert low <= recall <= high and missing == 0
     same = pooled_paired_delta(targets, groups, reference, reference, n_boot=300)
     assert same["delta"] == 0 and same["low"] == 0 == same["high"]
     # fewer images: a wider interval, a larger detectable difference
     half = pooled_paired_delta(targets[::4], groups[::4], [p[::4] for p in reference],
                                [p[::4] for p in better], n_boot=300)
-    assert half["detectable"] > 1.5 * gain["detectable"]
+    assert half["se_sampling"] > 1.5 * gain["se_sampling"]
+    # seeds that disagree: the training part of the error grows, and counts
+    noisy = [right(0.70), right(0.86)]
+    spread = pooled_paired_delta(targets, groups, reference, noisy, n_boot=300)
+    assert spread["se_training"] > 2 * gain["se_training"]
+    assert spread["se"] > spread["se_sampling"]
+    one = pooled_paired_delta(targets, groups, reference[:1], better[:1], n_boot=300)
+    assert one["se_training"] is None and one["se"] == one["se_sampling"]
 
 
 @pytest.mark.slow
@@ -71,7 +80,12 @@ def test_every_image_is_tested_once_per_arm_and_a_rerun_trains_nothing(tiny_mani
     assert "| gan-tiny |" in table and "detectable" in table
     card = out / "fold-1" / "runs" / "gan-tiny-seed-1" / "best" / "card.json"
     mtime = card.stat().st_mtime
-    assert run_kfold_ablation(cfg, out) == report | {"versions": report["versions"]}
+    assert run_kfold_ablation(cfg, out) == report
     assert card.stat().st_mtime == mtime
+    saved = (out / "kfold.yaml").read_text()
     with pytest.raises(ValueError, match="another split than fold 0"):
         run_kfold_ablation(cfg.model_copy(update={"fold_seed": 5}), out)
+    assert (out / "kfold.yaml").read_text() == saved  # a refused call changes nothing
+    with pytest.raises(ValueError, match="made with another config"):
+        run_kfold_ablation(cfg.model_copy(update={"selection": SelectionConfig(
+            target=8, min_classifier_confidence=0.5)}), out)

@@ -95,7 +95,7 @@ def test_validation_bars_come_from_the_classifiers_real_validation_images(
     planted_candidates(tmp_path / "cand", manifest, {"split_hash": manifest.split_hash})
     cfg = SelectionConfig(target=20, min_discriminator_quantile=0, privacy_quantile=0.9,
                           diversity_quantile=0.0, min_classifier_confidence="validation",
-                          validation_quantile=0.5)
+                          validation_quantile=0.5, validation_min_images=2)  # 2 val images each
     select_synthetic(tmp_path / "cand", manifest, tmp_path / "set", classifier=tiny_checkpoint,
                      cfg=cfg)
     doc = json.loads((tmp_path / "set" / "selection.json").read_text())

@@ -13,12 +13,17 @@ folds``), and for each fold, with only that fold's train images:
 
 Every arm's test predictions are pooled over the folds (each image predicted once per seed by a
 model that never saw it). The difference from ``classic-aug`` is the mean over seeds of the
-pooled balanced-accuracy difference; its interval comes from a paired bootstrap that resamples
-whole lesions, the same resample for every seed and arm. The report also states the design's
-detectable difference: the true difference it would call significant (two-sided 5%) with 80%
-probability, ``(1.96 + 0.84) x`` the bootstrap standard error.
+pooled balanced-accuracy difference. Its standard error has two parts: the test images' sampling
+(a paired bootstrap that resamples whole lesions, the same resample for every seed and arm) and
+the classifiers' training noise (the spread of the per-seed differences, over the number of
+seeds; not estimated from one seed). A GAN is trained once per fold, so the GAN's own training
+noise is in neither part. The interval is the difference +/- 1.96 standard errors, and the
+report states the design's detectable difference: the true difference it finds at two-sided 5%
+with 80% power, ``(1.96 + 0.84) x`` the standard error.
 
-Every step is skipped when its output exists and training resumes, so a killed run continues.
+Training, sampling and selection are skipped when their outputs exist (and refused when those
+were made with other settings), and training resumes, so a killed run continues; the test
+predictions are recomputed on every call.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from skinedge.train.callbacks import TrainCallbacks
 from skinedge.utils.io import atomic_write_text, package_versions
 
 REFERENCE = "classic-aug"
-_Z_TWO_SIDED_5, _Z_POWER_80 = 1.959964, 0.841621
 
 
 class KFoldAblationConfig(BaseModel):
@@ -89,20 +93,19 @@ def run_kfold_ablation(
         raise ConfigError(f"gans: {REFERENCE!r} is the reference arm's name; name the GAN arm "
                           "otherwise (e.g. gan-stylegan2)")
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "kfold.yaml", dump_config(cfg))
     source = load_manifest(cfg.manifest)
     folds = fold_manifests(source, cfg.folds, seed=cfg.fold_seed, val_fraction=cfg.val_fraction)
+    paths = [out_dir / f"fold-{i}" / "manifest.json" for i in range(len(folds))]
+    for i, (fold, path) in enumerate(zip(folds, paths)):
+        if path.is_file() and load_manifest(path, verify=False).split_hash != fold.split_hash:
+            raise ConfigError(f"{path} is another split than fold {i} of these settings "
+                              "(manifest, folds, fold_seed, val_fraction changed?); use a new "
+                              "--out")
+    atomic_write_text(out_dir / "kfold.yaml", dump_config(cfg))
     predictions: dict[str, dict[int, list[Any]]] = {}  # arm -> seed -> per-fold results
-    for i, fold in enumerate(folds):
-        folder = out_dir / f"fold-{i}"
-        path = folder / "manifest.json"
-        if path.is_file():
-            saved = load_manifest(path, verify=False)
-            if saved.split_hash != fold.split_hash:
-                raise ConfigError(f"{path} is another split than fold {i} of these settings "
-                                  "(manifest, folds, fold_seed, val_fraction changed?); use a "
-                                  "new --out")
-        else:
+    for i, (fold, path) in enumerate(zip(folds, paths)):
+        folder = path.parent
+        if not path.is_file():
             fold.save(path)
         for arm, seed, result in _run_fold(cfg, folder, path, callbacks, progress):
             predictions.setdefault(arm, {}).setdefault(seed, []).append(result)
@@ -157,13 +160,21 @@ def _run_fold(cfg: KFoldAblationConfig, folder: Path, manifest_path: Path, callb
         gan_cfg = load_config(gan_config, [*cfg.gan_overrides,
                                            f"data.manifest={manifest_path}"], GANConfig,
                               kind="GAN config")
-        train_gan(gan_cfg, gan_dir, resume=(gan_dir / CHECKPOINT).is_file(), manifest=manifest)
+        started = any(gan_dir.rglob(CHECKPOINT))  # last.pt, or classes/<c>/last.pt per class
+        train_gan(gan_cfg, gan_dir, resume=started, manifest=manifest)
         for seed in cfg.seeds:
             candidates = folder / "candidates" / f"{arm}-seed-{seed}"
-            if not (candidates / "candidates.csv").is_file():
+            if (candidates / "candidates.csv").is_file():
+                _check_made_with(candidates / "sample.json", "counts", counts)
+            else:
                 sample_candidates(gan_dir, counts, candidates, seed=seed, progress=progress)
             kept = folder / "synthetic" / f"{arm}-seed-{seed}"
-            if not (kept / "synthetic.json").is_file():
+            if (kept / "synthetic.json").is_file():
+                _check_made_with(kept / "selection.json", "config",
+                                 cfg.selection.model_dump(mode="json"))
+                _check_made_with(kept / "selection.json", "classifier",
+                                 str(Path(classifier).resolve()))
+            else:
                 select_synthetic(candidates, manifest, kept, classifier=classifier,
                                  cfg=cfg.selection, progress=progress,
                                  reference_cache=reference_cache)
@@ -171,11 +182,32 @@ def _run_fold(cfg: KFoldAblationConfig, folder: Path, manifest_path: Path, callb
             yield arm, seed, evaluated(arm, seed, checkpoint)
 
 
+def _check_made_with(path: Path, key: str, expected: Any) -> None:
+    """Refuse an output made with other settings than this run's (``path``'s ``key``).
+
+    Raises:
+        ConfigError: it differs (oversample, selection or seeds changed since it was made).
+    """
+    from skinedge.errors import ConfigError
+
+    found = json.loads(path.read_text()).get(key)
+    if found != expected:
+        raise ConfigError(f"{path.parent} was made with another {key} ({found!r}, now "
+                          f"{expected!r}): the k-fold settings changed since; use a new --out "
+                          f"(or delete {path.parent} to make it again)")
+
+
 def _pool(cfg: KFoldAblationConfig, source, predictions) -> dict[str, Any]:
     """Concatenate each arm's per-fold test predictions and compare them with the reference."""
+    from skinedge.data.manifest import merge_groups_sharing_files
+    from skinedge.data.records import Record
     from skinedge.synth.candidates import needed_counts
 
-    group_of = {r.image: r.group for r in source.rows}
+    # the bootstrap resamples what the folds dealt: lesions, byte-identical files kept together
+    merged = merge_groups_sharing_files([Record(r.image, r.group, r.label, r.source)
+                                         for r in source.rows],
+                                        {r.image: r.sha256 for r in source.rows})
+    group_of = {r.image: merged[r.group] for r in source.rows}
     codes = list(source.vocabulary.codes)
 
     def stacked(results) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -191,7 +223,7 @@ def _pool(cfg: KFoldAblationConfig, source, predictions) -> dict[str, Any]:
             arm_images, arm_targets, probs = stacked(by_seed[seed])
             if arm_images != images or not np.array_equal(arm_targets, targets):
                 raise ValueError(f"{arm} seed {seed} was tested on other images than "
-                                 f"{REFERENCE}; its folds differ")
+                                 f"{REFERENCE}; its folds differ: rerun into a new --out")
             preds[arm].append(probs.argmax(axis=1))
     groups = [group_of.get(image, image) for image in images]
     # rare: the classes that selection gives synthetic images to (as in the one-split ablation)
@@ -216,22 +248,27 @@ def _pool(cfg: KFoldAblationConfig, source, predictions) -> dict[str, Any]:
 
 def pooled_paired_delta(targets: np.ndarray, groups: list[str], reference: list[np.ndarray],
                         arm: list[np.ndarray], *, classes: list[int] = (), n_boot: int = 2000,
-                        level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+                        seed: int = 0) -> dict[str, Any]:
     """Balanced accuracy of an arm and its difference from the reference, averaged over seeds,
-    with paired lesion-bootstrap intervals and the detectable difference.
+    with a standard error for the test images' sampling and for the training seeds.
 
     Args:
         targets: (N,) class indices of the pooled test images.
         groups: (N,) their lesion ids; whole lesions are resampled.
-        reference, arm: Per seed, (N,) predicted classes, same images and seed order.
+        reference, arm: Per training seed, (N,) predicted classes; same images, same seeds in
+            the same order (seed k of the arm is paired with seed k of the reference).
         classes: Classes whose recall gets an interval too (the rare ones).
 
     Returns:
-        ``balanced_accuracy`` and its ``ci``; ``delta`` (arm minus reference), ``low``,
-        ``high``, ``se``, ``p_better`` (share of resamples in which the arm is better) and
-        ``detectable`` (the difference found with 80% power at two-sided 5%: 2.8 x se);
-        ``recall``: class -> [recall, low, high] for ``classes``.
+        ``balanced_accuracy`` and its bootstrap 95% ``ci``; ``delta`` (arm minus reference);
+        ``se_sampling`` (lesion bootstrap), ``se_training`` (standard deviation of the per-seed
+        deltas over sqrt(seeds); None with one seed), ``se`` (both combined); ``low``/``high``
+        = delta -/+ 1.96 se; ``p_better`` = P(delta > 0) under the normal approximation;
+        ``detectable`` = 2.8 se, the true difference found at two-sided 5% with 80% power;
+        ``recall``: class -> [recall, low, high, resamples without the class].
     """
+    from statistics import NormalDist
+
     present = np.unique(targets[targets >= 0])
     names, members = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
     rows_of = [np.flatnonzero(members == g) for g in range(len(names))]
@@ -251,21 +288,32 @@ def pooled_paired_delta(targets: np.ndarray, groups: list[str], reference: list[
     rng = np.random.default_rng(seed)
     boot = [scores(np.concatenate([rows_of[g] for g in rng.integers(0, len(names), len(names))]))
             for _ in range(n_boot)]
-    ba, delta, recalls = scores(np.arange(len(targets)))
-    tail = (1 - level) / 2
+    everything = np.arange(len(targets))
+    ba, delta, recalls = scores(everything)
     ba_boot = np.array([b[0] for b in boot])
-    deltas = np.array([b[1] for b in boot])
-    se = float(np.std(deltas, ddof=1))
+    se_sampling = float(np.std([b[1] for b in boot], ddof=1))
+    per_seed = [balanced(a, targets) - balanced(r, targets) for a, r in zip(arm, reference)]
+    se_training = float(np.std(per_seed, ddof=1) / math.sqrt(len(per_seed))) \
+        if len(per_seed) > 1 else None
+    se = math.hypot(se_sampling, se_training or 0.0)
+    z = NormalDist().inv_cdf(0.975)
     recall_boot = np.array([b[2] for b in boot]).reshape(n_boot, len(classes))
+
+    def interval(column: np.ndarray) -> list[float | None]:
+        seen = column[~np.isnan(column)]
+        if not len(seen):
+            return [None, None]
+        return [float(np.quantile(seen, 0.025)), float(np.quantile(seen, 0.975))]
+
     return {
         "balanced_accuracy": float(ba),
-        "ci": [float(np.quantile(ba_boot, tail)), float(np.quantile(ba_boot, 1 - tail))],
-        "delta": float(delta), "low": float(np.quantile(deltas, tail)),
-        "high": float(np.quantile(deltas, 1 - tail)), "se": se,
-        "p_better": float(np.mean(deltas > 0)),
-        "detectable": (_Z_TWO_SIDED_5 + _Z_POWER_80) * se,
-        "recall": {c: [float(r), float(np.nanquantile(recall_boot[:, j], tail)),
-                       float(np.nanquantile(recall_boot[:, j], 1 - tail))]
+        "ci": [float(np.quantile(ba_boot, 0.025)), float(np.quantile(ba_boot, 0.975))],
+        "delta": float(delta), "se_sampling": se_sampling, "se_training": se_training,
+        "se": se, "low": delta - z * se, "high": delta + z * se,
+        "p_better": NormalDist().cdf(delta / se) if se > 0 else float(delta > 0),
+        "detectable": (z + NormalDist().inv_cdf(0.8)) * se,
+        "recall": {c: [None if math.isnan(r) else float(r), *interval(recall_boot[:, j]),
+                       int(np.isnan(recall_boot[:, j]).sum())]
                    for j, (c, r) in enumerate(zip(classes, recalls))},
     }
 
@@ -279,21 +327,29 @@ def render_kfold_markdown(report: dict[str, Any]) -> str:
         f"every classifier trained with `{report['train_config']}`"
         + (f" and `{' '.join(report['train_overrides'])}`" if report["train_overrides"] else "")
         + ".", "",
-        f"| arm | bal. acc. [95% CI] | Δ vs {report['reference']} [95% CI] | P(better) | "
-        "detectable Δ | " + " | ".join(f"recall {c} [95% CI]" for c in rare) + " |",
-        "|---|---|---|---:|---:|" + "---|" * len(rare),
+        f"| arm | bal. acc. [95% CI] | Δ vs {report['reference']} [95% CI] | SE sampling / "
+        "training | P(Δ > 0) | detectable Δ | "
+        + " | ".join(f"recall {c} [95% CI]" for c in rare) + " |",
+        "|---|---|---|---|---:|---:|" + "---|" * len(rare),
     ]
     for a in report["arms"]:
         ref = a["arm"] == report["reference"]
         delta = "—" if ref else f"{a['delta']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}]"
-        recalls = " | ".join(f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]"
+        recalls = " | ".join("n/a" if r[0] is None or r[1] is None else
+                             f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]"
                              for r in (a["rare_recall"][c] for c in rare))
         better = "—" if ref else f"{a['p_better']:.2f}"
         detectable = "—" if ref else f"{a['detectable']:.3f}"
+        training = "n/a" if a["se_training"] is None else f"{a['se_training']:.3f}"
+        errors = "—" if ref else f"{a['se_sampling']:.3f} / {training}"
         lines.append(f"| {a['arm']} | {a['balanced_accuracy']:.3f} [{a['ci'][0]:.3f}, "
-                     f"{a['ci'][1]:.3f}] | {delta} | {better} | {detectable} | {recalls} |")
+                     f"{a['ci'][1]:.3f}] | {delta} | {errors} | {better} | {detectable} | "
+                     f"{recalls} |")
     lines += ["", "Δ: the arm's pooled balanced accuracy minus the reference's, averaged over "
-                  "seeds, with a paired bootstrap over whole lesions (the same resample for "
-                  "every seed). Detectable Δ: the true difference this design finds at two-sided "
-                  "5% with 80% power, 2.8 x the bootstrap standard error of Δ."]
+                  "seeds; its standard error combines the test images' sampling (a paired "
+                  "bootstrap over whole lesions) and the classifiers' training noise (spread of "
+                  "the per-seed Δ; n/a with one seed); the interval is Δ ± 1.96 SE and P(Δ > 0) "
+                  "its normal approximation. A GAN is trained once per fold: its own training "
+                  "noise is in neither part. Detectable Δ: the true difference this design finds "
+                  "at two-sided 5% with 80% power, 2.8 SE. Recall intervals: lesion bootstrap."]
     return "\n".join(lines) + "\n"

@@ -52,6 +52,7 @@ class SelectionConfig(BaseModel):
     # most real df images miss too; a class it knows well gets a higher bar.
     min_classifier_confidence: float | Literal["validation"] = 0.3
     validation_quantile: float = Field(0.2, ge=0, le=1)
+    validation_min_images: int = Field(5, ge=1)  # a class's bar rests on at least this many
     # Near-copy: closer to a real training image than this quantile of the real images' own
     # distances to their nearest real image of another lesion.
     privacy_quantile: float = Field(0.05, ge=0, le=1)
@@ -148,11 +149,13 @@ def confidence_thresholds(cfg: SelectionConfig, classes: Sequence[str],
     if cfg.min_classifier_confidence != "validation":
         value = float(cfg.min_classifier_confidence)
         return dict.fromkeys(classes, value), dict.fromkeys(classes, "min_classifier_confidence")
-    missing = [c for c in classes if not len((validation_confidence or {}).get(c, ()))]
-    if missing:
-        raise DataError(f"min_classifier_confidence=validation needs real validation images of "
-                        f"every class with candidates; none of {missing}: give a number instead "
-                        "(e.g. --set min_classifier_confidence=0.3)")
+    least = cfg.validation_min_images
+    few = [c for c in classes if len((validation_confidence or {}).get(c, ())) < least]
+    if few:
+        raise DataError(f"min_classifier_confidence=validation needs at least {least} real "
+                        f"validation images (validation_min_images) of every class with "
+                        f"candidates; fewer of {few}: give a number instead (e.g. --set "
+                        "min_classifier_confidence=0.3)")
     q = cfg.validation_quantile
     values = {c: float(np.quantile(validation_confidence[c], q)) for c in classes}
     sources = {c: f"{q:g}-quantile of {len(validation_confidence[c])} real validation images"

@@ -12,8 +12,8 @@ those features harder for the discriminator to fixate on a few of them:
 
 A small discriminator per scale, trained, turns each mixed map into a map of patch logits:
 strided 4x4 convolutions with spectral normalisation, BatchNorm and LeakyReLU down to 8x8 or
-less, then a 4x4 convolution to ``cmap_dim`` channels projected onto the class embedding
-(conditioning as in Miyato & Koyama 2018). The forward pass returns every scale's patch logits
+less, then a 4x4 convolution (the map's size, below 4 px) to ``cmap_dim`` channels,
+projected onto the class embedding (conditioning as in Miyato & Koyama 2018). The forward pass returns every scale's patch logits
 side by side, ``(B, N)``; the paper trains them with the hinge loss (``loss.objective: hinge``).
 
 Images enter in [-1, 1], which is EfficientNet-Lite's own normalisation (mean = std = 0.5), at
@@ -61,8 +61,8 @@ class RandomProjector(nn.Module):
         widths = [backbone.feature_info[i]["num_chs"] for i in (1, 2, 3, 4)]
         if [info["module"] for info in backbone.feature_info[1:]] != \
                 [f"blocks.{b}" for b in _FEATURE_BLOCKS]:
-            raise ValueError(f"{network}: its feature stages are not EfficientNet-Lite's; choose "
-                             "tf_efficientnet_lite0, tf_efficientnet_lite1 or tf_efficientnet_lite2")
+            raise ValueError(f"{network}: its feature stages are not EfficientNet-Lite's; "
+                             "choose tf_efficientnet_lite0, _lite1 or _lite2")
         self.out_channels = [channels * 2 ** k for k in range(4)]
         self.ccm = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths, self.out_channels))
         self.csm = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1)

@@ -1,4 +1,4 @@
-"""GAN training: non-saturating logistic loss, lazy R1, generator EMA, DiffAugment.
+"""GAN training: non-saturating logistic (or hinge) loss, lazy R1, generator EMA, DiffAugment.
 
 Every random draw of step ``k`` is seeded from ``(seed, k)``, so a run resumed from its
 checkpoint continues exactly as if it had not stopped. Only the train split of the manifest is
@@ -277,7 +277,7 @@ def _train_step(cfg: GANConfig, step: int, generator: nn.Module, discriminator: 
     mixing = cfg.loss.style_mixing if cfg.model.arch == "stylegan2" else 0.0
     z_shape = (real.shape[0], generator.z_dim)
 
-    # Discriminator: real -> 1, fake -> 0 (non-saturating logistic loss).
+    # Discriminator: real -> 1, fake -> 0.
     generator.requires_grad_(False)
     discriminator.requires_grad_(True)
     with torch.no_grad():
