@@ -142,16 +142,19 @@ def render_gan_comparison(pairs: list[tuple[Path, Path]], docs: Path) -> list[st
     for gan, quality in pairs:
         cfg = yaml.safe_load((gan / "config.yaml").read_text())
         history = [json.loads(line) for line in (gan / "metrics.jsonl").read_text().splitlines()]
+        if not history:
+            raise SystemExit(f"{gan}/metrics.jsonl is empty: the run has no snapshot yet")
         runs.append((gan, cfg, history, json.loads((quality / "quality.json").read_text())))
     features = {doc["features"] for *_, doc in runs}
     if len(features) > 1:
         raise SystemExit(f"the quality folders used different feature networks {features}; "
                          "compare runs on one")
     lines = [f"## GAN side by side: {', '.join(gan.name for gan, *_ in runs)}", "",
-             "Each run trained for the minutes shown on one thread; the runs shared this "
-             "machine side by side (same CPU, same wall time, one core each).", "",
-             "| run | generator | discriminator | loss | px | batch | kimg | steps | minutes | "
-             "s/step |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "Each run trained for the wall-clock minutes shown with the threads its config "
+             "names (`scripts/gan-128-cpu.sh` runs the two runs of a pair side by side, one "
+             "thread each, so they share one machine for the same minutes).", "",
+             "| run | generator | discriminator | loss | px | batch | threads | kimg | steps | "
+             "minutes | s/step |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for gan, cfg, history, _ in runs:
         m, last = cfg["model"], history[-1]
         disc = m.get("discriminator", "own")
@@ -161,10 +164,11 @@ def render_gan_comparison(pairs: list[tuple[Path, Path]], docs: Path) -> list[st
             f", R1 {cfg['loss']['r1_gamma']}" if cfg["loss"]["r1_gamma"] else "")
         lines.append(f"| {gan.name} | {m['arch']} {m['channel_base']}/{m['channel_max']} | "
                      f"{disc} | {loss} | {cfg['resolution']} | {cfg['batch_size']} | "
+                     f"{cfg.get('threads') or 'all'} | "
                      f"{last['kimg']:.1f} | {last['step']} | {last['minutes']:.1f} | "
                      f"{60 * last['minutes'] / last['step']:.2f} |")
-    lines += ["", "Each run's resolved config is its `config.yaml`; quality by `skinedge gan quality "
-                  "RUN --manifest MANIFEST --per-class N --out QUALITY` into "
+    lines += ["", "Each run's resolved config is its `config.yaml`; quality by `skinedge gan "
+                  "quality RUN --manifest MANIFEST --per-class N --out QUALITY` into "
                   + ", ".join(f"`{q}`" for _, q in pairs) + "."]
     lines += ["", f"Per-class quality on **{features.pop()}** "
                   f"({runs[0][3]['per_class']} generated images per class against every real train "
@@ -185,17 +189,17 @@ def render_gan_comparison(pairs: list[tuple[Path, Path]], docs: Path) -> list[st
                                   for r in rows)
                      + " | " + " | ".join(f"{_num(r['precision'], 3)} / {_num(r['recall'], 3)}"
                                           for r in rows) + " |")
-    lines += ["", f"Issue 17's targets (FID at most {FID_TARGET:.1f}, half of the 64 px StyleGAN2's "
-                  f"overall 99.6; recall above {RECALL_TARGET}), computed from the table:", ""]
+    lines += ["", f"Issue 17's targets (FID at most {FID_TARGET:.1f}, half of the 64 px "
+                  f"StyleGAN2's overall 99.6; recall above {RECALL_TARGET}), computed from the "
+                  "table:", ""]
     for (gan, *_), table in zip(runs, tables):
         classes = [r for label, r in table.items() if label != "all"]
         fid_ok = [r["label"] for r in classes if r["fid"] is not None and r["fid"] <= FID_TARGET]
         recall_ok = [r["label"] for r in classes
                      if r["recall"] is not None and r["recall"] > RECALL_TARGET]
         lines.append(f"- {gan.name}: overall FID {_num(table['all']['fid'], 1)}, recall "
-                     f"{_num(table['all']['recall'], 3)}; FID target met by {len(fid_ok)} of "
-                     f"{len(classes)} classes {fid_ok or ''}, recall target by {len(recall_ok)} "
-                     f"{recall_ok or ''}")
+                     f"{_num(table['all']['recall'], 3)}; FID target met by "
+                     f"{_share(fid_ok, classes)}, recall target by {_share(recall_ok, classes)}")
     for gan, _, history, _ in runs:
         grids = sorted((gan / "grids").glob("*.png"))
         if grids:
@@ -204,6 +208,10 @@ def render_gan_comparison(pairs: list[tuple[Path, Path]], docs: Path) -> list[st
             lines += ["", f"{gan.name} at {history[-1]['kimg']:.1f} kimg, one row per class, "
                           f"fixed seeds (`{grids[-1]}`):", "", f"![{gan.name}]({target.name})"]
     return lines + [""]
+
+
+def _share(met: list[str], rows: list[dict]) -> str:
+    return f"{len(met)} of {len(rows)} classes" + (f" ({', '.join(met)})" if met else "")
 
 
 def _num(value: float | None, digits: int) -> str:
