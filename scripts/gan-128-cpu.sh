@@ -51,7 +51,7 @@ python3 scripts/results.py --update --section gan-128 --gan-compare "${PAIRS[@]}
 
 # Selection, fixed bar against per-class bars from validation, scored by a Lite0 classifier
 # trained on this split's real images (the ablation's recipe).
-SELECT_GAN=${SELECT_GAN:-projected-dcgan-128}
+SELECT_GAN=${SELECT_GAN:-projected-128}  # the lowest FID of the four in RESULTS gan-128
 CLASSIFIER=$OUT/classifier-128
 if [ -e $CLASSIFIER/last ] || [ -e $CLASSIFIER/.last.old ]; then  # a finished run returns
     skinedge train --out $CLASSIFIER --resume
