@@ -43,12 +43,11 @@ def render_gan(gan: Path, quality: Path | None, ablation: Path | None, docs: Pat
         lines.append(f"| {row['kimg']:.1f} | {row['minutes']:.1f} | {row['d_loss']:.3f} | "
                      f"{row['g_loss']:.3f} | {row['d_real']:.3f} | {row['d_fake']:.3f} | "
                      + (f"{row['r1']:.3f} |" if "r1" in row else "— |"))
-    grids = sorted((gan / "grids").glob("*.png"))
-    if grids:
-        target = docs / f"gan-grid-{gan.name}.png"
-        shutil.copyfile(grids[-1], target)
+    grid = _copy_last_grid(gan, docs)
+    if grid:
+        source, target = grid
         lines += ["", f"Samples of the EMA generator at {last['kimg']:.1f} kimg, one row per "
-                      f"class, fixed seeds (`{grids[-1]}`):", "",
+                      f"class, fixed seeds (`{source}`):", "",
                   f"![GAN samples]({target.name})"]
     if quality is not None:
         doc = json.loads((quality / "quality.json").read_text())
@@ -201,13 +200,22 @@ def render_gan_comparison(pairs: list[tuple[Path, Path]], docs: Path) -> list[st
                      f"{_num(table['all']['recall'], 3)}; FID target met by "
                      f"{_share(fid_ok, classes)}, recall target by {_share(recall_ok, classes)}")
     for gan, _, history, _ in runs:
-        grids = sorted((gan / "grids").glob("*.png"))
-        if grids:
-            target = docs / f"gan-grid-{gan.name}.png"
-            shutil.copyfile(grids[-1], target)
+        grid = _copy_last_grid(gan, docs)
+        if grid:
+            source, target = grid
             lines += ["", f"{gan.name} at {history[-1]['kimg']:.1f} kimg, one row per class, "
-                          f"fixed seeds (`{grids[-1]}`):", "", f"![{gan.name}]({target.name})"]
+                          f"fixed seeds (`{source}`):", "", f"![{gan.name}]({target.name})"]
     return lines + [""]
+
+
+def _copy_last_grid(gan: Path, docs: Path) -> tuple[Path, Path] | None:
+    """Copy a run's last sample grid beside RESULTS.md: (its grid, the copy), None if none."""
+    grids = sorted((gan / "grids").glob("*.png"))
+    if not grids:
+        return None
+    target = docs / f"gan-grid-{gan.name}.png"
+    shutil.copyfile(grids[-1], target)
+    return grids[-1], target
 
 
 def _share(met: list[str], rows: list[dict]) -> str:
