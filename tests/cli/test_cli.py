@@ -161,10 +161,25 @@ def test_quickstart_end_to_end(tiny_dataset, tmp_path) -> None:
     summary = text(result)
     assert "test split: n=14 accuracy" in summary
     assert "explanations: 7 PNGs" in summary
+    assert "bench: onnx-fp32 p50" in summary
+    # Quickstart's short names link into the pipeline's stages.
     assert len(list((out / "explanations").glob("*.png"))) == 7
     assert (out / "eval" / "metrics.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["rows"]
     card = json.loads((out / "train" / "best" / "card.json").read_text())
     assert card["pretrained"].startswith("imagenet:")
+    assert list((out / "export-onnx-fp32").glob("*.onnx"))
+    assert "<html" in (out / "report.html").read_text()[:200].lower()
+    first = json.loads((out / "command.json").read_text())
+
+    again = invoke("quickstart", "--data", tiny_dataset, "--out", out,
+                   "--set", "epochs=1", "--set", "preprocess.input_size=32",
+                   "--set", "num_workers=0", "--set", "batch_size=8",
+                   "--set", "max_batches_per_epoch=2")
+    assert again.exit_code == 0, again.output
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert {s["status"] for s in stages} == {"cached"}  # a rerun continues, it redoes nothing
+    assert json.loads((out / "command.json").read_text())["started"] == first["started"]
 
 
 def test_quickstart_without_data_says_what_to_do(tmp_path, monkeypatch) -> None:

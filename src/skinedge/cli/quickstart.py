@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from skinedge.cli.common import ConfigOpt, SetOpt
+from skinedge.cli.common import ConfigOpt, SetOpt, print_error
 
 app = typer.Typer()
 
@@ -16,17 +16,24 @@ app = typer.Typer()
 def quickstart(
     data: Annotated[Path | None, typer.Option(
         help="Labelled dataset folder; default $SKINEDGE_DATA/ham10000-sample.")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/quickstart"),
+    out: Annotated[Path, typer.Option(
+        help="Output folder; run again to continue an interrupted quickstart.")
+                   ] = Path("runs/quickstart"),
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted quickstart.")] = False,
 ) -> None:
-    """The main job end to end: split by lesion, train, evaluate on the test split, explain."""
+    """The main job end to end: split by lesion, train, evaluate on the test split, explain,
+    export to ONNX and bench (the packaged pipeline-quickstart.yaml: each stage is cached, a
+    rerun continues where it stopped). --config and --set change the training recipe. Exit 1
+    when the export or the bench failed."""
     from skinedge.cli.progress import RichReporter, console
     from skinedge.pipelines.quickstart import run_quickstart
     from skinedge.utils.provenance import command_line
 
-    summary = run_quickstart(data, out, config, list(overrides or []), resume=resume,
-                             command=command_line(),
-                             reporter=RichReporter())
+    summary, result = run_quickstart(data, out, config, list(overrides or []),
+                                     command=command_line(), reporter=RichReporter())
     console.print(summary)
+    for name, reason in result.failures.items():
+        print_error(f"{name} failed: {reason}")
+    if not result.passed:
+        raise typer.Exit(1)

@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from skinedge.pipelines.pipeline_report import write_html_report
 from skinedge.pipelines.reporting import Reporter
 from skinedge.pipelines.stage import STAGE_DONE, run_stage
 from skinedge.utils.config import dump_config
-from skinedge.utils.io import atomic_write_text, package_versions, sha256_file
+from skinedge.utils.io import atomic_write_text, package_versions, replace_symlink, sha256_file
 from skinedge.utils.provenance import now
 
 StageFn = Callable[[PipelineConfig, Path, "stages.Inputs", Reporter], dict[str, Any]]
@@ -86,6 +85,8 @@ class PipelineResult:
     # Stage name -> why: an export that failed its verification or was refused, a bench row
     # that could not be measured. The job said no, as `skinedge export` and `bench` do.
     failures: dict[str, str] = field(default_factory=dict)
+    # Stage name -> its stage.json document (what it made, where), for this run's plan.
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -93,10 +94,12 @@ class PipelineResult:
         return (self.gate is None or bool(self.gate["passed"])) and not self.failures
 
 
-def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False) -> list[Stage]:
+def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False,
+                  hints: stages.DataHints = stages.PIPELINE_HINTS) -> list[Stage]:
     """The stages ``cfg`` asks for, in order, each with its key, folder and status (whether
     its folder in ``out``'s cache holds a finished run). Reads configs and hashes the data
-    folder; trains nothing, and with ``dry_run`` writes nothing either.
+    folder; trains nothing, and with ``dry_run`` writes nothing either. ``hints`` word the
+    fixes of a bad data folder for the command that runs the pipeline.
 
     Raises:
         ConfigError: no data folder, a stage config that does not validate.
@@ -106,8 +109,11 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
                           "or pass --data FOLDER")
     out = Path(out)
     data = data_digest(Path(cfg.data), out, save=not dry_run)
-    plan = [Stage("split", stages.split, (), {"split": cfg.split.model_dump(mode="json"),
-                                               "data": data})]
+    # Off, allow_outside_root changes no manifest (such rows stop the split): keys made before
+    # the setting existed stay valid.
+    split = cfg.split.model_dump(mode="json", exclude=None if cfg.split.allow_outside_root
+                                 else {"allow_outside_root"})
+    plan = [Stage("split", stages.split(hints), (), {"split": split, "data": data})]
     if cfg.gan.enabled:
         plan.append(Stage("gan", stages.gan, ("split",),
                           {"config": stages.dump(stages.gan_config(cfg))}, resumes=True))
@@ -169,7 +175,8 @@ def stage_key(name: str, settings: dict[str, Any], inputs: dict[str, str]) -> st
 
 
 def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | None = None,
-                 command: str | None = None) -> PipelineResult:
+                 command: str | None = None,
+                 hints: stages.DataHints = stages.PIPELINE_HINTS) -> PipelineResult:
     """Run every stage of ``cfg`` whose result is not in ``out``'s cache.
 
     Args:
@@ -177,6 +184,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
         out: Run folder; its ``cache/`` keeps every stage result ever made there.
         reporter: Progress hooks.
         command: What ``pipeline.json`` records as the command.
+        hints: How a bad data folder's error words its fixes (``skinedge quickstart`` has
+            its own).
 
     Raises:
         ConfigError: another pipeline is running in ``out``; what :func:`plan_pipeline` raises.
@@ -187,7 +196,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
-        plan = plan_pipeline(cfg, out)
+        plan = plan_pipeline(cfg, out, hints=hints)
         atomic_write_text(out / "pipeline.yaml", dump_config(cfg))
         started = now()
         done: dict[str, dict[str, Any]] = {}
@@ -201,7 +210,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
                                                                               reporter),
                             keep=stage.resumes, reporter=reporter)
             done[stage.name] = doc
-            _link(out / stage.name, stage.folder)
+            replace_symlink(out / stage.name, stage.folder)
             rows.append({**stage.to_json(),
                          "status": "cached" if stage.status == "cached" else "ran",
                          "seconds": doc.get("seconds"),
@@ -217,7 +226,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
         atomic_write_text(out / "pipeline.json", json.dumps(report, indent=1, default=str))
         atomic_write_text(out / "pipeline.md", render_markdown(report))
         html = write_html_report(out, report, done, cfg)
-    return PipelineResult(out, rows, gate, out / "pipeline.json", html, failures)
+    return PipelineResult(out, rows, gate, out / "pipeline.json", html, failures, done)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -264,15 +273,6 @@ def _timed(stage: Stage, folder: Path, inputs: dict[str, dict[str, Any]], cfg: P
     doc = stage.run(cfg, folder, inputs, reporter)
     return {**doc, "stage": stage.name, "key": stage.key, "inputs": list(stage.inputs),
             "seconds": round(time.perf_counter() - began, 2), "finished": now()}
-
-
-def _link(link: Path, target: Path) -> None:
-    """``link`` -> ``target`` (relative), replaced atomically."""
-    tmp = link.with_name(f".{link.name}.link")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
-    os.replace(tmp, link)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ class SplitSection(_Section):
     seed: int = 0
     layout: str | None = None  # detected when None
     skip_bad: bool = False  # list unreadable rows in a report instead of stopping
+    allow_outside_root: bool = False  # read rows whose images lie outside the data folder
 
 
 class GanSection(_Section):

@@ -9,6 +9,7 @@ covers besides its inputs: its resolved config, never a path that names the run 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,23 @@ from skinedge.pipelines.pipeline_config import PipelineConfig
 from skinedge.pipelines.reporting import GANProgress, Reporter
 
 Inputs = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DataHints:
+    """The last lines of a bad data folder's error: its fixes, worded for the command that
+    runs the pipeline (options of another command would send the user nowhere)."""
+
+    bad_rows: str
+    outside_root: str
+
+
+#: ``skinedge pipeline``'s wording: the fixes are settings of its config.
+PIPELINE_HINTS = DataHints(
+    bad_rows="Fix these rows or files, or set split.skip_bad: true in the pipeline config to "
+             "list them in a report and go on without them.",
+    outside_root="For a folder you trust, set split.allow_outside_root: true in the pipeline "
+                 "config to read images outside it.")
 
 
 # --------------------------------------------------------------------------- settings
@@ -67,22 +85,26 @@ def dump(config) -> dict[str, Any]:
 # --------------------------------------------------------------------------- stages
 
 
-def split(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
-    """Split the data folder by lesion (patient) into train, val and test."""
-    from skinedge.data.splitting import split_folder
+def split(hints: DataHints = PIPELINE_HINTS):
+    """The stage that splits the data folder by lesion (patient) into train, val and test."""
 
-    manifest_path = folder / "manifest.json"
-    with reporter.counter("checking images") as progress:
-        manifest, skipped = split_folder(
-            cfg.data, manifest_path, layout=cfg.split.layout, ratios=cfg.split.ratios,
-            seed=cfg.split.seed, skip_bad=cfg.split.skip_bad, progress=progress,
-            hint="Fix these rows or files, or set split.skip_bad: true in the pipeline config "
-                 "to list them in a report and go on without them.")
-    counts = {s: dict(c) for s, c in manifest.counts().items()}
-    reporter.note(str({s: sum(c.values()) for s, c in counts.items()}))
-    return {"manifest": str(manifest_path), "split_hash": manifest.split_hash,
-            "counts": counts, "skipped": str(skipped) if skipped else None,
-            "warnings": manifest.class_warnings()}
+    def stage(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+        from skinedge.data.splitting import split_folder
+
+        manifest_path = folder / "manifest.json"
+        with reporter.counter("checking images") as progress:
+            manifest, skipped = split_folder(
+                cfg.data, manifest_path, layout=cfg.split.layout, ratios=cfg.split.ratios,
+                seed=cfg.split.seed, skip_bad=cfg.split.skip_bad,
+                allow_outside_root=cfg.split.allow_outside_root, progress=progress,
+                hint=hints.bad_rows, outside_root_hint=hints.outside_root)
+        counts = {s: dict(c) for s, c in manifest.counts().items()}
+        reporter.note(str({s: sum(c.values()) for s, c in counts.items()}))
+        return {"manifest": str(manifest_path), "split_hash": manifest.split_hash,
+                "counts": counts, "skipped": str(skipped) if skipped else None,
+                "warnings": manifest.class_warnings()}
+
+    return stage
 
 
 def gan(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:

@@ -1,4 +1,16 @@
-"""The quickstart pipeline: split, train, evaluate and explain in one resumable run."""
+"""``skinedge quickstart``: the packaged ``pipeline-quickstart.yaml`` on one data folder.
+
+Split by lesion, one EfficientNet-Lite0 trained for phone pictures, evaluated on the test split,
+Grad-CAM of one test image per class, exported to ONNX and benched, ``report.html``: the stages
+of :mod:`skinedge.pipelines.pipeline`, so a rerun reuses what is finished and a kill resumes.
+The run folder keeps quickstart's short names as links into the pipeline's stages::
+
+    OUT/manifest.json     the lesion-grouped split
+    OUT/train/best        the trained checkpoint (OUT/train is the training run)
+    OUT/eval/             metrics.json, metrics.md and the confusion matrix on the test split
+    OUT/explanations/     Grad-CAM overlays
+    OUT/command.json      the command, its first start and last finish, package versions
+"""
 
 from __future__ import annotations
 
@@ -6,19 +18,28 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from skinedge.errors import ConfigError, DataError, NotFoundError
+from skinedge.pipelines.pipeline_stages import DataHints
 from skinedge.pipelines.reporting import Reporter
+from skinedge.utils.io import replace_symlink
 from skinedge.utils.provenance import now, record_command
 
-DEFAULT_DATASET = "ham10000-sample"
+if TYPE_CHECKING:
+    from skinedge.pipelines.pipeline import PipelineResult
 
-#: The last line of a data error: quickstart has no --skip-bad or --allow-outside-root.
-DATA_HINT = ("Fix these rows or files, or split the folder yourself with `skinedge data split "
-             "--skip-bad` and train on its manifest with `skinedge train`.")
-#: How images outside the folder are let in, worded for quickstart.
-OUTSIDE_ROOT_HINT = ("For a folder you trust, split it yourself with `skinedge data split "
-                     "--allow-outside-root` and train with `skinedge train`.")
+DEFAULT_DATASET = "ham10000-sample"
+#: The pipeline config quickstart runs; ``--config`` and ``--set`` change its members' recipe.
+PIPELINE_CONFIG = "pipeline-quickstart.yaml"
+
+#: A bad folder's fixes, worded for quickstart: it has no --skip-bad or --allow-outside-root,
+#: and its pipeline config is packaged, so the fixes are the folder or the commands that do.
+QUICKSTART_HINTS = DataHints(
+    bad_rows="Fix these rows or files, or split the folder yourself with `skinedge data split "
+             "--skip-bad` and train on its manifest with `skinedge train`.",
+    outside_root="For a folder you trust, split it yourself with `skinedge data split "
+                 "--allow-outside-root` and train with `skinedge train`.")
 
 
 #: The default recipe: Lite0 at 224 px trained for phone pictures (docs/RESULTS.md,
@@ -49,79 +70,85 @@ def find_data(data: Path | None) -> Path:
 
 
 def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides: list[str], *,
-                   resume: bool = False, reporter: Reporter | None = None,
-                   command: str | None = None) -> str:
-    """Split ``data`` by lesion, train, evaluate on the test split and explain one test image
-    per class, all under ``out``; with ``resume``, finished stages are reused.
+                   reporter: Reporter | None = None, command: str | None = None
+                   ) -> tuple[str, PipelineResult]:
+    """Run :data:`PIPELINE_CONFIG` on ``data`` in ``out``, with ``config`` (a training recipe;
+    default :data:`DEFAULT_RECIPE`) and ``overrides`` of it for the model. What a previous run
+    in ``out`` finished is reused.
 
     Args:
-        command: What ``command.json`` records as the command (the CLI passes its command line;
-            by default the Python call).
+        command: What ``command.json`` and ``pipeline.json`` record as the command (the CLI
+            passes its command line; by default the Python call).
 
     Returns:
-        A short summary of the test-split figures and where the outputs are.
+        ``(summary, result)``: a short text of the test-split figures and where the outputs
+        are, and the :class:`~skinedge.pipelines.pipeline.PipelineResult`.
+
+    Raises:
+        ConfigError: a bad recipe or override (before anything is written), ``out`` holding a
+            quickstart of the layout before the pipeline.
+        NotFoundError: no data folder.
+        DataError: bad rows or images (every one named, with quickstart's fixes).
     """
-    from skinedge.data import load_manifest
-    from skinedge.data.splitting import split_folder
-    from skinedge.evaluate import evaluate_checkpoint
-    from skinedge.explain.api import explain_images
-    from skinedge.train.config import load_train_config
-    from skinedge.train.trainer import train_classifier
+    from skinedge.pipelines import pipeline_stages as stages
+    from skinedge.pipelines.pipeline import run_pipeline
+    from skinedge.pipelines.pipeline_config import find_config_file, load_pipeline_config
 
     reporter = reporter or Reporter()
     command = command or f"skinedge.pipelines.quickstart.run_quickstart({str(data)!r}, {str(out)!r})"
-    folder = find_data(data)
+    folder = find_data(data).resolve()
+    cfg = load_pipeline_config(PIPELINE_CONFIG, data=folder)
+    cfg.members.config = find_config_file(config) if config else default_config()
+    cfg.members.overrides = list(overrides)
+    stages.member_config(cfg, 0)  # a bad recipe or --set is refused before anything is written
+    _refuse_old_layout(out)
     previous = out / "command.json"
-    if previous.is_file() and not resume:
-        raise ConfigError(f"{out} already holds a quickstart run; continue it with --resume, or "
-                         "choose another --out")
-    # A resumed run keeps its first start time, so the wall clock covers the whole job.
+    # A rerun keeps the first start time, so the wall clock covers the whole job.
     started = _first_start(previous) if previous.is_file() else now()
     out.mkdir(parents=True, exist_ok=True)
-    record_command(out, command=command, started=started, data=str(folder.resolve()))
+    record_command(out, command=command, started=started, data=str(folder))
 
-    manifest_path = out / "manifest.json"
-    reporter.stage(f"1/4 split {folder}")
-    if resume and manifest_path.is_file():
-        manifest = load_manifest(manifest_path)
-        reporter.note(f"reusing {manifest_path}")
-    else:
-        with reporter.counter("checking images") as progress:
-            manifest, skipped = split_folder(folder, manifest_path, progress=progress,
-                                             hint=DATA_HINT, outside_root_hint=OUTSIDE_ROOT_HINT)
-        if skipped:
-            reporter.note(f"skipped rows listed in {skipped}")
-    reporter.note(str({s: sum(c.values()) for s, c in manifest.counts().items()}))
+    result = run_pipeline(cfg, out, reporter=reporter, command=command, hints=QUICKSTART_HINTS)
+    done = result.outputs
+    evaluation = done["evaluate"]
+    links = {"manifest.json": Path(done["split"]["manifest"]),
+             "train": Path(done["member-0"]["checkpoint"]).parent,
+             "eval": Path(evaluation["models"]["member-0"]["confusion"]).parent}
+    if evaluation["gradcam"]:
+        links["explanations"] = Path(evaluation["gradcam"][0]).parent
+    for name, target in links.items():
+        replace_symlink(out / name, target)
+    record_command(out, command=command, started=started, finished=now(), data=str(folder))
+    return _summary(out, evaluation, done, result), result
 
-    reporter.stage("2/4 train")
-    cfg = load_train_config(config or default_config(),
-                            [*overrides, f"data.manifest={manifest_path}"])
-    run = out / "train"
-    resume_training = resume and (run / "last").is_dir()
-    with reporter.training() as callbacks:
-        result = train_classifier(cfg, run, resume=resume_training, callbacks=callbacks)
 
-    reporter.stage("3/4 evaluate on the test split")
-    with reporter.counter("predicting") as progress:
-        evaluation = evaluate_checkpoint(result.best_dir, manifest=manifest_path, split="test",
-                                         out_dir=out / "eval", progress=progress)
-
-    reporter.stage("4/4 explain")
-    rows = evaluation.images
-    picks = _pick_examples(evaluation, per_class=1)
-    written = explain_images(result.best_dir, [manifest.root / rows[i] for i in picks],
-                             out / "explanations")
-    record_command(out, command=command, started=started, finished=now(),
-                   data=str(folder.resolve()))
-    m = evaluation.metrics
+def _summary(out: Path, evaluation: dict, done: dict, result: PipelineResult) -> str:
+    m = evaluation["models"]["member-0"]["metrics"]
     auc = "n/a" if m["melanoma_auc"] is None else f"{m['melanoma_auc']:.3f}"
-    return (
-        f"test split: n={m['n']} accuracy {m['accuracy']:.3f} balanced accuracy "
-        f"{m['balanced_accuracy']:.3f} melanoma AUC {auc}\n"
-        f"checkpoint:   {result.best_dir}\n"
-        f"reports:      {evaluation.files['markdown']}\n"
-        f"explanations: {len(written)} PNGs in {out / 'explanations'}"
-    )
+    lines = [f"test split: n={m['n']} accuracy {m['accuracy']:.3f} balanced accuracy "
+             f"{m['balanced_accuracy']:.3f} melanoma AUC {auc}",
+             f"checkpoint:   {out / 'train' / 'best'}",
+             f"reports:      {out / 'eval' / 'metrics.md'}, {result.html}",
+             f"explanations: {len(evaluation['gradcam'])} PNGs in {out / 'explanations'}"]
+    for name, doc in done.items():
+        if name.startswith("export-") and doc.get("artifact"):
+            lines.append(f"exported:     {doc['artifact']}")
+    rows = {row["label"]: row for row in done["bench"]["rows"]}
+    lines += [f"bench:        {label} p50 {row['p50_ms']:.2f} ms, top-1 flips against the "
+              f"checkpoint {row['flip_rate']:.3f}" for label, row in rows.items()
+              if row["status"] == "ok" and row.get("p50_ms") is not None
+              and row.get("flip_rate") is not None]
+    return "\n".join(lines)
+
+
+def _refuse_old_layout(out: Path) -> None:
+    """A quickstart folder from before quickstart ran on the pipeline holds real folders where
+    the pipeline's run puts links; mixing the two would lose track of which model is which."""
+    if any((out / name).exists() and not (out / name).is_symlink()
+           for name in ("train", "eval", "explanations", "manifest.json")):
+        raise ConfigError(f"{out} holds a quickstart run made by an earlier skinedge (real "
+                          "folders where quickstart now links into its pipeline's stages); "
+                          "choose another --out, or delete the folder to start again")
 
 
 def _first_start(record: Path) -> str:
@@ -132,13 +159,3 @@ def _first_start(record: Path) -> str:
         raise DataError(f"{record}: not a readable quickstart record ({exc}); it is written "
                         "by `skinedge quickstart`: choose another --out, or delete the folder "
                         "to start again") from exc
-
-
-def _pick_examples(evaluation, per_class: int) -> list[int]:
-    """The first test image of each class, so every class gets an explanation."""
-    picks, seen = [], {}
-    for i, target in enumerate(evaluation.targets):
-        if seen.get(int(target), 0) < per_class:
-            picks.append(i)
-            seen[int(target)] = seen.get(int(target), 0) + 1
-    return picks

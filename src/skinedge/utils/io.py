@@ -272,6 +272,17 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def replace_symlink(link: Path | str, target: Path | str) -> Path:
+    """``link`` -> ``target`` (a relative link), replacing whatever link was there atomically."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target, link.parent), target_is_directory=Path(target).is_dir())
+    os.replace(tmp, link)
+    return link
+
+
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
