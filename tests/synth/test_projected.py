@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from skinedge.synth.gan import create_gan, load_gans, train_gan
-from skinedge.synth.gan.projected import ProjectedDiscriminator
+from skinedge.synth.gan.projected import ProjectedDiscriminator, RandomProjector
 from skinedge.synth.gan.sample import discriminator_scores
 from skinedge.synth.gan.trainer import _optimizers, _train_step
 from tests.synth.test_gan import tiny_config
@@ -35,8 +35,16 @@ def test_discriminator_outputs_patch_logits_of_every_scale() -> None:
     logits = discriminator(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 0]))
     # 8 px -> 5x5 patches; 4, 2 and 1 px -> one logit each
     assert logits.shape == (4, 25 + 1 + 1 + 1)
-    with pytest.raises(ValueError, match="feature_network"):
+    # One score per image, the mean of its patches: what selection and sampling read.
+    scores = discriminator.score(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 0]))
+    assert scores.shape == (4,)
+
+
+def test_a_feature_network_of_another_family_is_refused() -> None:
+    with pytest.raises(ValueError, match="feature_network"):  # the config's choices
         projected_config(model={"feature_network": "resnet50"})
+    with pytest.raises(ValueError, match="not EfficientNet-Lite's"):  # the projector's own
+        RandomProjector("resnet18", 8, pretrained="none")
 
 
 def test_a_training_step_trains_the_heads_and_leaves_the_features_frozen() -> None:
@@ -45,6 +53,7 @@ def test_a_training_step_trains_the_heads_and_leaves_the_features_frozen() -> No
     generator, discriminator = create_gan(cfg, 2)
     frozen = copy.deepcopy(discriminator.projector.state_dict())  # weights and BN statistics
     heads = copy.deepcopy(discriminator.heads.state_dict())
+    discriminator.requires_grad_(False)  # as after a generator step: the heads still train
     g_opt, d_opt = _optimizers(cfg, generator, discriminator)
     trained = {id(p) for group in d_opt.param_groups for p in group["params"]}
     assert trained == {id(p) for p in discriminator.heads.parameters()}

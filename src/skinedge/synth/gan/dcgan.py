@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from skinedge.synth.gan.layers import Discriminator
 from skinedge.synth.gan.stylegan import _resolutions, channels_at
 
 
@@ -39,7 +40,7 @@ class DCGANGenerator(nn.Module):
         return self.net(x.view(-1, self.ch0, 4, 4))
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(Discriminator):
     """``D(images, labels) -> realness logits (B,)``."""
 
     def __init__(self, resolution: int, num_classes: int, *, channel_base: int = 2048,

@@ -10,6 +10,7 @@ non-commercial licence and are not used).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,20 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 def lrelu(x: torch.Tensor) -> torch.Tensor:
     """Leaky ReLU with the gain that keeps unit variance."""
     return F.leaky_relu(x, 0.2) * SQRT2
+
+
+class Discriminator(nn.Module):
+    """What every discriminator answers besides ``forward(images, labels)``, whose logits are
+    (B,) for a whole-image discriminator or (B, N) patches for the projected one: callers
+    that score images or optimise the network ask it, instead of knowing its shape."""
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One realness logit per image, (B,)."""
+        return self(images, labels)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters its optimiser updates (all of them, unless a part is frozen)."""
+        return self.parameters()
 
 
 class EqualLinear(nn.Module):

@@ -12,11 +12,12 @@ from torch import nn
 from skinedge.errors import ModelError, NotFoundError
 from skinedge.synth.gan.config import GANConfig
 from skinedge.synth.gan.dcgan import DCGANDiscriminator, DCGANGenerator
+from skinedge.synth.gan.layers import Discriminator
 from skinedge.synth.gan.projected import ProjectedDiscriminator
 from skinedge.synth.gan.stylegan import ResidualDiscriminator, StyleGAN2Generator
 
 #: arch name -> (generator class, its own discriminator class)
-ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+ARCHITECTURES: dict[str, tuple[type[nn.Module], type[Discriminator]]] = {
     "stylegan2": (StyleGAN2Generator, ResidualDiscriminator),
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
 }
@@ -24,7 +25,7 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 CHECKPOINT = "last.pt"
 
 
-def create_gan(cfg: GANConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
+def create_gan(cfg: GANConfig, num_classes: int) -> tuple[nn.Module, Discriminator]:
     """A fresh (generator, discriminator) pair for ``cfg.model.arch`` and
     ``cfg.model.discriminator``."""
     m = cfg.model
@@ -49,7 +50,7 @@ class TrainedGAN:
 
     Attributes:
         generator: ``G(z, labels)``; labels index ``classes``.
-        discriminator: ``D(images, labels)`` realness logits.
+        discriminator: ``D(images, labels)`` realness logits; ``score`` gives one per image.
         classes: Class codes the model's labels stand for.
         config: The run's configuration.
         kimg: Thousands of real images the discriminator had seen.
@@ -59,7 +60,7 @@ class TrainedGAN:
     """
 
     generator: nn.Module
-    discriminator: nn.Module
+    discriminator: Discriminator
     classes: list[str]
     config: GANConfig
     kimg: float

@@ -27,12 +27,14 @@ Written from the paper's description; not a copy of the authors' code.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from skinedge.synth.gan.layers import Discriminator
 from skinedge.synth.gan.stylegan import channels_at
 
 #: Blocks of timm's EfficientNet-Lite whose outputs are the four scales (1/4 ... 1/32).
@@ -56,13 +58,13 @@ class RandomProjector(nn.Module):
         from skinedge.models.factory import create_classifier
 
         backbone, self.provenance = create_classifier(network, 1000, pretrained=pretrained)
-        self.stem = nn.Sequential(backbone.conv_stem, backbone.bn1)
-        self.blocks = nn.Sequential(*backbone.blocks[:_FEATURE_BLOCKS[-1] + 1])
-        widths = [backbone.feature_info[i]["num_chs"] for i in (1, 2, 3, 4)]
-        if [info["module"] for info in backbone.feature_info[1:]] != \
+        if [info["module"] for info in backbone.feature_info[1:5]] != \
                 [f"blocks.{b}" for b in _FEATURE_BLOCKS]:
             raise ValueError(f"{network}: its feature stages are not EfficientNet-Lite's; "
                              "choose tf_efficientnet_lite0, _lite1 or _lite2")
+        self.stem = nn.Sequential(backbone.conv_stem, backbone.bn1)
+        self.blocks = nn.Sequential(*backbone.blocks[:_FEATURE_BLOCKS[-1] + 1])
+        widths = [backbone.feature_info[i]["num_chs"] for i in (1, 2, 3, 4)]
         self.out_channels = [channels * 2 ** k for k in range(4)]
         self.ccm = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths, self.out_channels))
         self.csm = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1)
@@ -117,7 +119,7 @@ class ScaleDiscriminator(nn.Module):
         return ((out * cmap).sum(dim=1) * self.cmap_scale).flatten(1)
 
 
-class ProjectedDiscriminator(nn.Module):
+class ProjectedDiscriminator(Discriminator):
     """``D(images, labels) -> (B, N)`` patch realness logits of all four scales.
 
     Args:
@@ -145,6 +147,14 @@ class ProjectedDiscriminator(nn.Module):
         """Switch the trained heads only; the projector stays frozen."""
         self.heads.requires_grad_(requires_grad)
         return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The per-scale discriminators' parameters; the projector is never trained."""
+        return self.heads.parameters()
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean of an image's patch logits over every scale, (B,)."""
+        return self(images, labels).mean(dim=1)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # The frozen network needs autograd only when a gradient must reach the images (the

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from skinedge.errors import ConfigError
+from skinedge.synth.gan.layers import Discriminator
 
 CANDIDATES = "candidates.csv"
 _SEED_STRIDE = 1_000_000  # class c's i-th image has seed base * 10**7 + c * 10**6 + i
@@ -55,7 +56,7 @@ def generate(generator: nn.Module, label: int, seeds: Sequence[int], *,
 
 
 @torch.no_grad()
-def discriminator_scores(discriminator: nn.Module, label: int, images: np.ndarray,
+def discriminator_scores(discriminator: Discriminator, label: int, images: np.ndarray,
                          batch_size: int = 64) -> np.ndarray:
     """Realness logits (N,) of uint8 images (N, R, R, 3) for class ``label``, scored as saved
     (after rounding to 8 bits). Scored in the given order: the minibatch-stddev feature makes a
@@ -66,8 +67,7 @@ def discriminator_scores(discriminator: nn.Module, label: int, images: np.ndarra
         x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
         x = (x.float() / 127.5 - 1).to(device)
         labels = torch.full((len(x),), label, dtype=torch.long, device=device)
-        logits = discriminator(x, labels).reshape(len(x), -1)  # patch logits: their mean
-        scores.append(logits.mean(dim=1).float().cpu().numpy())
+        scores.append(discriminator.score(x, labels).float().cpu().numpy())
     return np.concatenate(scores) if scores else np.empty(0, np.float32)
 
 

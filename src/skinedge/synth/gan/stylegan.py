@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinedge.synth.gan.layers import (
+    Discriminator,
     EqualConv2d,
     EqualLinear,
     SynthesisLayer,
@@ -166,7 +167,7 @@ class ResidualBlock(nn.Module):
         return (self.conv1(self.conv0(x)) + skip) * math.sqrt(0.5)
 
 
-class ResidualDiscriminator(nn.Module):
+class ResidualDiscriminator(Discriminator):
     """``D(images, labels) -> realness logits (B,)`` with class projection.
 
     Args:

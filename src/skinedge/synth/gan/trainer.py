@@ -30,6 +30,7 @@ from skinedge.data.manifest import Manifest
 from skinedge.errors import ConfigError, DataError
 from skinedge.synth.gan.augment import diff_augment
 from skinedge.synth.gan.config import GANConfig
+from skinedge.synth.gan.layers import Discriminator
 from skinedge.synth.gan.networks import CHECKPOINT, create_gan
 from skinedge.synth.gan.sample import save_grid
 from skinedge.utils.config import dump_config
@@ -318,14 +319,13 @@ def _train_step(cfg: GANConfig, step: int, generator: nn.Module, discriminator: 
     return out
 
 
-def _optimizers(cfg: GANConfig, generator: nn.Module, discriminator: nn.Module):
+def _optimizers(cfg: GANConfig, generator: nn.Module, discriminator: Discriminator):
     o = cfg.optim
     g_opt = torch.optim.Adam(generator.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
     # Lazy R1 (Karras et al. 2020, appendix B): rescale D's Adam so that the occasional
     # regularisation step does not change its effective hyper-parameters.
     ratio = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
-    trained = [p for p in discriminator.parameters() if p.requires_grad]  # not frozen features
-    d_opt = torch.optim.Adam(trained, lr=o.d_lr * ratio,
+    d_opt = torch.optim.Adam(discriminator.trainable_parameters(), lr=o.d_lr * ratio,
                              betas=(o.beta1 ** ratio, o.beta2 ** ratio))
     return g_opt, d_opt
 
