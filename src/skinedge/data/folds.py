@@ -59,6 +59,15 @@ def fold_of_groups(rows, k: int, seed: int = 0) -> dict[str, int]:
     return fold_of
 
 
+def dealt_groups(manifest: Manifest) -> dict[str, str]:
+    """Image -> the group the folds deal it with: its lesion (patient), byte-identical files
+    under different lesion ids joined, as make_manifest keeps them together. What a bootstrap
+    over the folds' test images must resample too."""
+    records = [Record(r.image, r.group, r.label, r.source) for r in manifest.rows]
+    merged = merge_groups_sharing_files(records, {r.image: r.sha256 for r in manifest.rows})
+    return {r.image: merged[r.group] for r in manifest.rows}
+
+
 def fold_manifests(manifest: Manifest, k: int = 5, *, seed: int = 0,
                    val_fraction: float = 0.15) -> list[Manifest]:
     """The ``k`` fold manifests of ``manifest``'s rows (all of its splits pooled).
@@ -78,10 +87,8 @@ def fold_manifests(manifest: Manifest, k: int = 5, *, seed: int = 0,
     if manifest.sources:
         raise ConfigError("k-fold splits of a multi-source manifest are not supported; make "
                           "the folds from one source's manifest")
-    # Byte-identical files under different lesion ids stay together, as make_manifest keeps them.
-    records = [Record(r.image, r.group, r.label, r.source) for r in manifest.rows]
-    merged = merge_groups_sharing_files(records, {r.image: r.sha256 for r in manifest.rows})
-    records = [Record(r.image, merged[r.group], r.label, r.source) for r in records]
+    group_of = dealt_groups(manifest)
+    records = [Record(r.image, group_of[r.image], r.label, r.source) for r in manifest.rows]
     fold_of = fold_of_groups(records, k, seed)
     folds = []
     for i in range(k):

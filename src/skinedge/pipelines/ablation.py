@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,25 +220,37 @@ def paired_bootstrap_delta(targets: np.ndarray, probs_a: np.ndarray, probs_b: np
     Returns:
         ``{"delta", "low", "high", "p_b_better"}`` (share of resamples where B beats A).
     """
-    rng = np.random.default_rng(seed)
     pred_a, pred_b = probs_a.argmax(axis=1), probs_b.argmax(axis=1)
     classes = np.unique(targets[targets >= 0])  # -1: a partial "not melanoma" row, no class
 
-    def balanced(pred: np.ndarray, y: np.ndarray) -> float:
-        return float(np.mean([np.mean(pred[y == c] == c) for c in classes if np.any(y == c)]))
+    def delta(idx: np.ndarray) -> float:
+        y = targets[idx]
+        return balanced_accuracy_of(pred_b[idx], y, classes) - \
+            balanced_accuracy_of(pred_a[idx], y, classes)
 
-    names, members = np.unique(np.asarray(groups if groups is not None
-                                          else np.arange(len(targets)), dtype=str),
-                               return_inverse=True)
-    rows_of = [np.flatnonzero(members == g) for g in range(len(names))]
-    deltas = np.empty(n_boot)
-    for i in range(n_boot):
-        idx = np.concatenate([rows_of[g] for g in rng.integers(0, len(names), len(names))])
-        deltas[i] = balanced(pred_b[idx], targets[idx]) - balanced(pred_a[idx], targets[idx])
+    everything = np.arange(len(targets))
+    deltas = np.array([delta(idx) for idx in lesion_resamples(
+        groups if groups is not None else everything, n_boot, seed)])
     tail = (1 - level) / 2
-    return {"delta": balanced(pred_b, targets) - balanced(pred_a, targets),
+    return {"delta": delta(everything),
             "low": float(np.quantile(deltas, tail)), "high": float(np.quantile(deltas, 1 - tail)),
             "p_b_better": float(np.mean(deltas > 0))}
+
+
+def balanced_accuracy_of(pred: np.ndarray, targets: np.ndarray, classes) -> float:
+    """Mean recall over those of ``classes`` that ``targets`` holds (predicted class indices)."""
+    return float(np.mean([np.mean(pred[targets == c] == c) for c in classes
+                          if np.any(targets == c)]))
+
+
+def lesion_resamples(groups, n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_boot`` bootstrap resamples of row indices that draw whole groups (lesions) with
+    replacement: images of one lesion are not independent evidence."""
+    names, members = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    rows_of = [np.flatnonzero(members == g) for g in range(len(names))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([rows_of[g] for g in rng.integers(0, len(names), len(names))])
 
 
 def render_ablation_markdown(report: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from skinedge.pipelines.ablation import balanced_accuracy_of, lesion_resamples
 from skinedge.synth.selection import SelectionConfig
 from skinedge.train.callbacks import TrainCallbacks
 from skinedge.utils.io import atomic_write_text, package_versions
@@ -199,15 +200,10 @@ def _check_made_with(path: Path, key: str, expected: Any) -> None:
 
 def _pool(cfg: KFoldAblationConfig, source, predictions) -> dict[str, Any]:
     """Concatenate each arm's per-fold test predictions and compare them with the reference."""
-    from skinedge.data.manifest import merge_groups_sharing_files
-    from skinedge.data.records import Record
+    from skinedge.data.folds import dealt_groups
     from skinedge.synth.candidates import needed_counts
 
-    # the bootstrap resamples what the folds dealt: lesions, byte-identical files kept together
-    merged = merge_groups_sharing_files([Record(r.image, r.group, r.label, r.source)
-                                         for r in source.rows],
-                                        {r.image: r.sha256 for r in source.rows})
-    group_of = {r.image: merged[r.group] for r in source.rows}
+    group_of = dealt_groups(source)  # the bootstrap resamples what the folds dealt
     codes = list(source.vocabulary.codes)
 
     def stacked(results) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -270,11 +266,9 @@ def pooled_paired_delta(targets: np.ndarray, groups: list[str], reference: list[
     from statistics import NormalDist
 
     present = np.unique(targets[targets >= 0])
-    names, members = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    rows_of = [np.flatnonzero(members == g) for g in range(len(names))]
 
     def balanced(pred: np.ndarray, y: np.ndarray) -> float:
-        return float(np.mean([np.mean(pred[y == c] == c) for c in present if np.any(y == c)]))
+        return balanced_accuracy_of(pred, y, present)
 
     def recall(pred: np.ndarray, y: np.ndarray, c: int) -> float:
         return float(np.mean(pred[y == c] == c)) if np.any(y == c) else math.nan
@@ -285,9 +279,7 @@ def pooled_paired_delta(targets: np.ndarray, groups: list[str], reference: list[
         theirs = np.mean([balanced(p[idx], y) for p in reference])
         return ours, ours - theirs, [np.mean([recall(p[idx], y, c) for p in arm]) for c in classes]
 
-    rng = np.random.default_rng(seed)
-    boot = [scores(np.concatenate([rows_of[g] for g in rng.integers(0, len(names), len(names))]))
-            for _ in range(n_boot)]
+    boot = [scores(idx) for idx in lesion_resamples(groups, n_boot, seed)]
     everything = np.arange(len(targets))
     ba, delta, recalls = scores(everything)
     ba_boot = np.array([b[0] for b in boot])
