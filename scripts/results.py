@@ -596,15 +596,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="a `skinedge experiment ablation --out` folder")
     parser.add_argument("--section",
                         help="name of the section --gan (default: gan), --gan-compare (default: "
-                             "gan-compare) or --selection (default: gan-selection) renders into; "
-                             "another name keeps the earlier one (e.g. the DCGAN baseline's)")
+                             "gan-compare), --selection (default: gan-selection) or --pipeline "
+                             "(default: pipeline) renders into; another name keeps the earlier "
+                             "one (e.g. the DCGAN baseline's)")
     parser.add_argument("--gan-compare", nargs="+", type=Path, metavar="RUN QUALITY",
                         help="GAN runs side by side: pairs of a `skinedge gan train --out` folder "
                              "and its `skinedge gan quality --out` folder")
     parser.add_argument("--selection", nargs="+", type=Path, metavar="SET",
                         help="`skinedge gan select --out` folders, one table each")
     parser.add_argument("--pipeline", type=Path,
-                        help="a `skinedge pipeline --out` folder (its section: pipeline)")
+                        help="a `skinedge pipeline --out` or `skinedge quickstart --out` folder "
+                             "(its section: pipeline, or --section)")
     parser.add_argument("--robustness", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --robustness --out` folder (repeatable; its "
                              "section: robustness-RUN-FOLDER, RUN the folder above it)")
@@ -633,9 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.update:
         sections = []
         gan_kinds = [o for o, v in (("--gan", args.gan), ("--gan-compare", args.gan_compare),
-                                    ("--selection", args.selection)) if v]
+                                    ("--selection", args.selection),
+                                    ("--pipeline", args.pipeline)) if v]
         if args.section and len(gan_kinds) > 1:
-            parser.error(f"--section names one section; {' and '.join(gan_kinds)} would both "
+            parser.error(f"--section names one section; {' and '.join(gan_kinds)} would all "
                          "render into it: run them in separate calls")
         if args.gan is not None:
             sections.append((args.section or "gan", render_gan(
@@ -651,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"## Selection of synthetic images: {', '.join(f.name for f in args.selection)}",
                 *render_selections([f / "selection.json" for f in args.selection]), ""]))
         if args.pipeline is not None:
-            sections.append(("pipeline", render_pipeline(args.pipeline)))
+            sections.append((args.section or "pipeline", render_pipeline(args.pipeline)))
         for folder in args.bench:  # each bench in a section of its own, named after it
             sections.append((f"bench-{folder.name}", render_bench(folder, args.out.parent)))
         if len(args.robustness) > 1:

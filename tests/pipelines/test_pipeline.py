@@ -274,8 +274,57 @@ def test_the_packaged_cpu_config_plans_every_stage(tiny_dataset, tmp_path) -> No
     assert "export-tflite-int8" in names and not (tmp_path / "cache").exists()
 
 
+def test_the_packaged_gpu_config_plans_b4_members_and_asks_for_their_weights_first(
+        tiny_dataset, tmp_path) -> None:
+    from skinedge.errors import NotFoundError
+
+    cfg = load_pipeline_config("pipeline-ham10000-gpu.yaml", data=tiny_dataset)
+    with pytest.raises(NotFoundError, match=r"members\.config .*ham10000-b4-gpu\.yaml: "
+                                            r"pretrained weights file .*tf_efficientnet_b4"):
+        plan_pipeline(cfg, tmp_path, dry_run=True)  # before any stage, not after the GAN
+    cfg = load_pipeline_config("pipeline-ham10000-gpu.yaml",
+                               ["members.overrides=[model.pretrained=none]"], data=tiny_dataset)
+    names = [s.name for s in plan_pipeline(cfg, tmp_path, dry_run=True)]
+    assert names.count("ensemble") == 1 and sum(n.startswith("member-") for n in names) == 5
+    assert {"gan", "distill", "export-tensorrt-int8"} <= set(names)
+    from skinedge.pipelines import pipeline_stages as stages
+    member, gan = stages.member_config(cfg, 0), stages.gan_config(cfg)
+    assert member.model.arch == "tf_efficientnet_b4"
+    assert member.preprocess.input_size == gan.resolution == 256  # no upscaled synthetic images
+
+
 def test_the_packaged_quickstart_config_is_one_model_exported_and_reported(tiny_dataset,
                                                                           tmp_path) -> None:
     cfg = load_pipeline_config("pipeline-quickstart.yaml", data=tiny_dataset)
     names = [s.name for s in plan_pipeline(cfg, tmp_path, dry_run=True)]
     assert names == ["split", "member-0", "export-onnx-fp32", "bench", "evaluate"]
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_training_stages_train_on_every_process(tiny_dataset, tmp_path,
+                                                                   monkeypatch) -> None:
+    from tests.train.test_ddp import free_port
+
+    config = write_config(tmp_path, tiny_dataset, gan__enabled=False, bench__gate=None,
+                          export__targets=["onnx:fp32"])
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), "-m", "skinedge.cli.main", "pipeline", str(config),
+         "--out", str(out)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert log.count("cpu x2") == 3  # members 0 and 1 and the student, each with both processes
+    assert log.count("stages ran") == 1  # rank 0 alone reports
+    assert set(statuses(out).values()) == {"ran"}
+    assert (out / "report.html").is_file() and list((out / "export-onnx-fp32").glob("*.onnx"))
+
+    cfg = load_pipeline_config(config)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert {s.status for s in plan_pipeline(cfg, out, dry_run=True)} == {"cached"}
+    monkeypatch.delenv("WORLD_SIZE")  # one process: another global batch, so other models
+    alone = {s.name: s.status for s in plan_pipeline(cfg, out, dry_run=True)}
+    assert alone["split"] == "cached"
+    assert {alone["member-0"], alone["member-1"], alone["distill"], alone["bench"]} == {"runs"}

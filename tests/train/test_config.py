@@ -100,3 +100,17 @@ def test_dumped_config_reloads_identically(tmp_path) -> None:
     path.write_text(dump_config(cfg))
     assert load_train_config(path) == cfg
     assert isinstance(cfg, TrainConfig)
+
+
+def test_imagenet_weights_that_do_not_ship_are_refused_when_the_config_is_read(tmp_path):
+    from skinedge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no offline ImageNet weights for 'tf_efficientnet_b4'"
+                                          r".*model\.pretrained=PATH"):
+        load_train_config(default_config(), ["model.arch=tf_efficientnet_b4"])
+    weights = tmp_path / "b4.safetensors"
+    weights.write_bytes(b"")  # only its existence is checked here; loading it comes later
+    for pretrained in ("none", str(weights)):
+        cfg = load_train_config(default_config(), ["model.arch=tf_efficientnet_b4",
+                                                   f"model.pretrained={pretrained}"])
+        assert cfg.model.arch == "tf_efficientnet_b4"

@@ -30,7 +30,8 @@ def pipeline(
     """Split, GAN, ensemble members, ensemble, distillation, export to every target and the
     bench with its gate, in one command. Each stage is cached under a key of its settings and
     inputs: a changed setting reruns that stage and what depends on it, a kill resumes where
-    it stopped. Exit 1 when the gate fails."""
+    it stopped. Exit 1 when the gate fails. Under `torchrun --nproc_per_node N` the training
+    stages train with DDP on every process; rank 0 runs the others and reports."""
     from rich.table import Table
 
     from skinedge.cli.progress import RichReporter, console
@@ -53,6 +54,8 @@ def pipeline(
         console.print(table)
         return
     result = run_pipeline(cfg, out, reporter=RichReporter(), command=command_line())
+    if not result.main:  # a torchrun rank other than 0: rank 0 reports
+        return
     ran = [s["name"] for s in result.stages if s["status"] == "ran"]
     console.print(f"{len(ran)} of {len(result.stages)} stages ran"
                   + (f" ({', '.join(ran)})" if ran else "; every result came from the cache"))

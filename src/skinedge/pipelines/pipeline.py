@@ -25,6 +25,13 @@ else, and the cache is never reused for other inputs. A stage cut off by a kill 
 (training stages continue from their ``last/`` checkpoint). ``OUT/STAGE`` links to the
 stage's current folder; ``OUT/pipeline.json`` (and ``pipeline.md``) say, for the last run,
 which stage ran or came from the cache, and its wall time.
+
+Under ``torchrun --nproc_per_node N skinedge pipeline ...`` (one machine, or nodes that share
+``OUT``) the training stages (members, distillation) train on every process with DDP, as
+``skinedge train`` does; every other stage runs on rank 0 while the others wait for its
+``stage.json``, and rank 0 alone writes the run's files. A training stage's key names the
+number of processes when it is more than one (``batch_size`` is per process, so the model
+differs); the other stages' keys do not.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +53,7 @@ from skinedge.pipelines import pipeline_stages as stages
 from skinedge.pipelines.pipeline_config import PipelineConfig
 from skinedge.pipelines.pipeline_report import write_html_report
 from skinedge.pipelines.reporting import Reporter
-from skinedge.pipelines.stage import STAGE_DONE, run_stage
+from skinedge.pipelines.stage import STAGE_DONE, read_stage, run_stage
 from skinedge.utils.config import dump_config
 from skinedge.utils.io import atomic_write_text, package_versions, replace_symlink, sha256_file
 from skinedge.utils.provenance import now
@@ -64,6 +72,7 @@ class Stage:
     inputs: tuple[str, ...]
     settings: dict[str, Any]
     resumes: bool = False  # a cut-off run continues in its folder (training)
+    distributed: bool = False  # under torchrun every process runs it (DDP); else rank 0 alone
     key: str = ""
     folder: Path = Path()
     status: str = ""  # cached | partial (cut off, continues) | runs
@@ -87,6 +96,7 @@ class PipelineResult:
     failures: dict[str, str] = field(default_factory=dict)
     # Stage name -> its stage.json document (what it made, where), for this run's plan.
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    main: bool = True  # False on torchrun ranks other than 0: they write and report nothing
 
     @property
     def passed(self) -> bool:
@@ -126,7 +136,8 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
                               ("split", "gan", "member-0"), {"seed": k, **gan}))
             inputs = ("split", f"synthetic-{k}")
         plan.append(Stage(f"member-{k}", stages.member(k), inputs,
-                          {"config": stages.dump(stages.member_config(cfg, k))}, resumes=True))
+                          {"config": stages.dump(stages.member_config(cfg, k))}, resumes=True,
+                          distributed=True))
     members = tuple(f"member-{k}" for k in range(cfg.members.count))
     if cfg.members.count > 1:
         plan.append(Stage("ensemble", stages.ensemble, members, {}))
@@ -134,7 +145,8 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     final = teacher
     if cfg.distill.enabled:
         plan.append(Stage("distill", stages.distill, ("split", teacher),
-                          {"config": stages.dump(stages.distill_config(cfg))}, resumes=True))
+                          {"config": stages.dump(stages.distill_config(cfg))}, resumes=True,
+                          distributed=True))
         final = "distill"
     exports = []
     for spec in cfg.export.targets:
@@ -157,14 +169,36 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     plan.append(Stage("evaluate", stages.evaluate, ("split", *models, *synthetic),
                       {"report": cfg.report.model_dump(mode="json",
                                                        exclude={"gan_quality_images"})}))
+    _check_weights(cfg)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
     keys: dict[str, str] = {}
     for stage in plan:
+        if stage.distributed and processes > 1:
+            stage.settings = {**stage.settings, "processes": processes}
         stage.key = stage_key(stage.name, stage.settings, {i: keys[i] for i in stage.inputs})
         keys[stage.name] = stage.key
         stage.folder = out / "cache" / stage.name / stage.key[:KEY_CHARS]
         stage.status = ("cached" if (stage.folder / STAGE_DONE).is_file() else
                         "partial" if stage.resumes and stage.folder.is_dir() else "runs")
     return plan
+
+
+def _check_weights(cfg: PipelineConfig) -> None:
+    """A weights file that a training stage names must exist now, not when the stage starts
+    after hours of GAN training (``model.pretrained=imagenet`` is checked with the config)."""
+    from skinedge.errors import NotFoundError
+    from skinedge.models.pretrained import check_pretrained
+
+    trained = {"members": (cfg.members.config, stages.member_config(cfg, 0))}
+    if cfg.distill.enabled:
+        trained["distill"] = (cfg.distill.config, stages.distill_config(cfg))
+    for section, (path, config) in trained.items():
+        try:
+            check_pretrained(config.model.pretrained)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{section}.config {path}: {exc} (its comments say where such "
+                                f"weights come from; or pass --set {section}.overrides="
+                                "[model.pretrained=PATH])") from exc
 
 
 def stage_key(name: str, settings: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -194,6 +228,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
     """
     reporter = reporter or Reporter()
     out = Path(out)
+    if torchrun_rank() != 0:
+        return _follow(cfg, out, hints)
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
         plan = plan_pipeline(cfg, out, hints=hints)
@@ -227,6 +263,28 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
         atomic_write_text(out / "pipeline.md", render_markdown(report))
         html = write_html_report(out, report, done, cfg)
     return PipelineResult(out, rows, gate, out / "pipeline.json", html, failures, done)
+
+
+def torchrun_rank() -> int:
+    """This process's rank under ``torchrun`` (``RANK``); 0 outside it."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _follow(cfg: PipelineConfig, out: Path, hints: stages.DataHints,
+            poll_seconds: float = 1.0) -> PipelineResult:
+    """A torchrun process other than rank 0: train the distributed stages with rank 0 (DDP)
+    and read every stage's result from the ``stage.json`` rank 0 writes. A rank that fails
+    makes torchrun stop the others, so the wait has no time limit of its own."""
+    quiet = Reporter()
+    done: dict[str, dict[str, Any]] = {}
+    for stage in plan_pipeline(cfg, out, dry_run=True, hints=hints):
+        marker = stage.folder / STAGE_DONE
+        if stage.distributed and not marker.is_file():
+            stage.run(cfg, stage.folder, {name: done[name] for name in stage.inputs}, quiet)
+        while (doc := read_stage(stage.folder)) is None:
+            time.sleep(poll_seconds)
+        done[stage.name] = doc
+    return PipelineResult(out, outputs=done, main=False)
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from skinedge.data.transforms import AugmentConfig, PreprocessConfig
 from skinedge.errors import ConfigError
+from skinedge.models.offline import OFFLINE_WEIGHTS, no_offline_weights
 from skinedge.utils.config import load_config
 from skinedge.utils.device import check_device_word
 
@@ -40,6 +41,13 @@ class ModelSection(_Section):
     # change in fine-tuning, and whose backward pass at full resolution is the costliest part
     # on a CPU (2 stages: 1.8x faster steps for Lite0 at 224 px here). 0 trains everything.
     freeze_stages: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _weights_exist_offline(self) -> ModelSection:
+        # Refused when the config is read, not hours later when a pipeline reaches the stage.
+        if self.pretrained == "imagenet" and self.arch not in OFFLINE_WEIGHTS:
+            raise ValueError(no_offline_weights(self.arch))
+        return self
 
 
 class OptimSection(_Section):
