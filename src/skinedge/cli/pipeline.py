@@ -16,7 +16,8 @@ app = typer.Typer()
 def pipeline(
     config: Annotated[str, typer.Argument(
         help="Pipeline YAML, or a packaged one: pipeline-ham10000-cpu.yaml, "
-             "pipeline-quickstart.yaml (what `skinedge quickstart` runs).")],
+             "pipeline-ham10000-gpu.yaml (under torchrun), pipeline-quickstart.yaml (what "
+             "`skinedge quickstart` runs).")],
     data: Annotated[Path | None, typer.Option(
         help="Labelled dataset folder (instead of the config's data:; default "
              "$SKINEDGE_DATA/ham10000-sample).")] = None,
