@@ -310,10 +310,16 @@ def test_under_torchrun_the_training_stages_train_on_every_process(tiny_dataset,
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), "-m", "skinedge.cli.main", "pipeline", str(config),
-         "--out", str(out)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+             "--master_port", str(free_port()), "-m", "skinedge.cli.main", "pipeline",
+             str(config), "--out", str(out)],
+            capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:  # a hang: say where
+        finished = sorted(p.parent.parent.name for p in out.glob("cache/*/*/stage.json"))
+        pytest.fail(f"no end after 600 s; stages finished: {finished}\n"
+                    f"{(exc.stderr or b'')[-3000:]!r}")
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert log.count("cpu x2") == 3  # members 0 and 1 and the student, each with both processes

@@ -228,8 +228,15 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
     """
     reporter = reporter or Reporter()
     out = Path(out)
-    if torchrun_rank() != 0:
-        return _follow(cfg, out, hints)
+    with _process_group(cfg):
+        if torchrun_rank() != 0:
+            return _follow(cfg, out, hints)
+        return _run(cfg, out, reporter, command, hints)
+
+
+def _run(cfg: PipelineConfig, out: Path, reporter: Reporter, command: str | None,
+         hints: stages.DataHints) -> PipelineResult:
+    """:func:`run_pipeline` in its one process, or on torchrun's rank 0."""
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
         plan = plan_pipeline(cfg, out, hints=hints)
@@ -263,6 +270,24 @@ def run_pipeline(cfg: PipelineConfig, out: Path | str, *, reporter: Reporter | N
         atomic_write_text(out / "pipeline.md", render_markdown(report))
         html = write_html_report(out, report, done, cfg)
     return PipelineResult(out, rows, gate, out / "pipeline.json", html, failures, done)
+
+
+@contextlib.contextmanager
+def _process_group(cfg: PipelineConfig) -> Iterator[None]:
+    """Under torchrun, one process group for the whole run, joined before the first stage:
+    every training stage trains in it. (Each joining and leaving its own group, a fast rank
+    could meet the keys its slower peer left in torchrun's store and wait for ever.) The
+    group stays idle, without a time limit, while rank 0 runs the stages that are its alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    from skinedge.train.distributed import cleanup_distributed, init_distributed
+
+    dist = init_distributed(stages.member_config(cfg, 0).device)
+    try:
+        yield
+    finally:
+        cleanup_distributed(dist)
 
 
 def torchrun_rank() -> int:

@@ -24,6 +24,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this call joined the group, so its cleanup leaves it
 
     @property
     def is_main(self) -> bool:
@@ -47,15 +48,17 @@ def init_distributed(device: str) -> DistContext:
     import torch.distributed as tdist
 
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if not tdist.is_initialized():
+    joined = not tdist.is_initialized()  # a caller above (skinedge pipeline) may hold one
+    if joined:
         tdist.init_process_group("nccl" if on_gpu else "gloo")
     return DistContext(tdist.get_rank(), tdist.get_world_size(),
-                       int(os.environ.get("LOCAL_RANK", "0")))
+                       int(os.environ.get("LOCAL_RANK", "0")), owns_group=joined)
 
 
 def cleanup_distributed(dist: DistContext) -> None:
-    """Leave the process group joined by :func:`init_distributed`."""
-    if dist.world_size > 1:
+    """Leave the process group joined by :func:`init_distributed`; one that was already
+    joined by the caller's caller stays for its next use."""
+    if dist.world_size > 1 and dist.owns_group:
         import torch.distributed as tdist
 
         tdist.destroy_process_group()
