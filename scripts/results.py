@@ -76,8 +76,8 @@ def render_run(run: Path) -> str:
         "",
         f"- command: `{command['command']}` (data: `{command['data']}`)",
         f"- run: {command['started']} to {finished.isoformat(timespec='seconds')}, "
-        f"{(finished - started).total_seconds() / 60:.1f} min wall clock for split + train + "
-        f"evaluate + explain; training {train_minutes:.1f} min for {len(history)} epochs "
+        f"{(finished - started).total_seconds() / 60:.1f} min wall clock for the whole command; "
+        f"training {train_minutes:.1f} min for {len(history)} epochs "
         f"({train_minutes / max(len(history), 1):.1f} min/epoch), best epoch {best} by val "
         f"{cfg['monitor']}",
         f"- split: `{manifest['layout']}` layout, {manifest['classes']} classes, grouped by "
