@@ -127,7 +127,9 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     if cfg.gan.enabled:
         plan.append(Stage("gan", stages.gan, ("split",),
                           {"config": stages.dump(stages.gan_config(cfg))}, resumes=True))
-    for k in range(cfg.members.count):
+    trained = {"members": (cfg.members.config, [stages.member_config(cfg, k)
+                                                for k in range(cfg.members.count)])}
+    for k, member_cfg in enumerate(trained["members"][1]):
         inputs: tuple[str, ...] = ("split",)
         if cfg.gan.enabled and k > 0:
             gan = cfg.gan.model_dump(mode="json", include={"oversample", "truncation_psi",
@@ -136,7 +138,7 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
                               ("split", "gan", "member-0"), {"seed": k, **gan}))
             inputs = ("split", f"synthetic-{k}")
         plan.append(Stage(f"member-{k}", stages.member(k), inputs,
-                          {"config": stages.dump(stages.member_config(cfg, k))}, resumes=True,
+                          {"config": stages.dump(member_cfg)}, resumes=True,
                           distributed=True))
     members = tuple(f"member-{k}" for k in range(cfg.members.count))
     if cfg.members.count > 1:
@@ -144,8 +146,9 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     teacher = "ensemble" if cfg.members.count > 1 else "member-0"
     final = teacher
     if cfg.distill.enabled:
+        trained["distill"] = (cfg.distill.config, [stages.distill_config(cfg)])
         plan.append(Stage("distill", stages.distill, ("split", teacher),
-                          {"config": stages.dump(stages.distill_config(cfg))}, resumes=True,
+                          {"config": stages.dump(trained["distill"][1][0])}, resumes=True,
                           distributed=True))
         final = "distill"
     exports = []
@@ -169,8 +172,8 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     plan.append(Stage("evaluate", stages.evaluate, ("split", *models, *synthetic),
                       {"report": cfg.report.model_dump(mode="json",
                                                        exclude={"gan_quality_images"})}))
-    _check_weights(cfg)
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    _check_weights(trained)
+    processes = _world_size()
     keys: dict[str, str] = {}
     for stage in plan:
         if stage.distributed and processes > 1:
@@ -183,18 +186,20 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     return plan
 
 
-def _check_weights(cfg: PipelineConfig) -> None:
+def _check_weights(trained: dict[str, tuple[Path, list[Any]]]) -> None:
     """A weights file that a training stage names must exist now, not when the stage starts
-    after hours of GAN training (``model.pretrained=imagenet`` is checked with the config)."""
+    after hours of GAN training (``model.pretrained=imagenet`` is checked with the config).
+
+    Args:
+        trained: Pipeline section -> (its config file, the training configs made from it).
+    """
     from skinedge.errors import NotFoundError
     from skinedge.models.pretrained import check_pretrained
 
-    trained = {"members": (cfg.members.config, stages.member_config(cfg, 0))}
-    if cfg.distill.enabled:
-        trained["distill"] = (cfg.distill.config, stages.distill_config(cfg))
-    for section, (path, config) in trained.items():
+    for section, (path, configs) in trained.items():
         try:
-            check_pretrained(config.model.pretrained)
+            for config in configs:
+                check_pretrained(config.model.pretrained)
         except NotFoundError as exc:
             raise NotFoundError(f"{section}.config {path}: {exc} (its comments say where such "
                                 f"weights come from; or pass --set {section}.overrides="
@@ -278,7 +283,7 @@ def _process_group(cfg: PipelineConfig) -> Iterator[None]:
     every training stage trains in it. (Each joining and leaving its own group, a fast rank
     could meet the keys its slower peer left in torchrun's store and wait for ever.) The
     group stays idle, without a time limit, while rank 0 runs the stages that are its alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if _world_size() <= 1:
         yield
         return
     from skinedge.train.distributed import cleanup_distributed, init_distributed
@@ -290,9 +295,14 @@ def _process_group(cfg: PipelineConfig) -> Iterator[None]:
         cleanup_distributed(dist)
 
 
+def _world_size() -> int:
+    """Processes that ``torchrun`` started (``WORLD_SIZE``); 1 outside it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def torchrun_rank() -> int:
     """This process's rank under ``torchrun`` (``RANK``); 0 outside it."""
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    return int(os.environ.get("RANK", "0")) if _world_size() > 1 else 0
 
 
 def _follow(cfg: PipelineConfig, out: Path, hints: stages.DataHints,
@@ -303,8 +313,7 @@ def _follow(cfg: PipelineConfig, out: Path, hints: stages.DataHints,
     quiet = Reporter()
     done: dict[str, dict[str, Any]] = {}
     for stage in plan_pipeline(cfg, out, dry_run=True, hints=hints):
-        marker = stage.folder / STAGE_DONE
-        if stage.distributed and not marker.is_file():
+        if stage.distributed and stage.status != "cached":
             stage.run(cfg, stage.folder, {name: done[name] for name in stage.inputs}, quiet)
         while (doc := read_stage(stage.folder)) is None:
             time.sleep(poll_seconds)

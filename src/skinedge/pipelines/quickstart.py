@@ -119,10 +119,12 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     for name, target in links.items():
         replace_symlink(out / name, target)
     record_command(out, command=command, started=started, finished=now(), data=str(folder))
-    return _summary(out, evaluation, done, result), result
+    return _summary(out, result), result
 
 
-def _summary(out: Path, evaluation: dict, done: dict, result: PipelineResult) -> str:
+def _summary(out: Path, result: PipelineResult) -> str:
+    done = result.outputs
+    evaluation = done["evaluate"]
     m = evaluation["models"]["member-0"]["metrics"]
     auc = "n/a" if m["melanoma_auc"] is None else f"{m['melanoma_auc']:.3f}"
     lines = [f"test split: n={m['n']} accuracy {m['accuracy']:.3f} balanced accuracy "
