@@ -13,7 +13,9 @@ image" instead of a diagnosis. The threshold is chosen on the validation split, 
 most ``max_false_rejection`` of its real lesions; the method is the one that then catches
 more of a set of non-lesion images (:func:`non_lesion_images`: photographs shipped in Python
 packages, cropped, and drawn patterns), half of which, by source, is kept out of the choice
-to report the detection rate on images it never saw.
+to report the detection rate on images it never saw. Training with outlier exposure
+(:mod:`skinedge.train.outliers`, on :func:`outlier_sources`: the other half) makes the
+classifier unsure of such pictures, which is what these scores read.
 
 Example:
     >>> fit = fit_ood(val_logits, temperature, non_lesion_logits, halves)
@@ -26,7 +28,7 @@ import functools
 import importlib.util
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,9 @@ from PIL import Image, ImageDraw
 
 from skinedge.models.ood_score import METHODS, NOT_A_LESION, ood_scores
 
-__all__ = ["METHODS", "NOT_A_LESION", "NonLesion", "OODFit", "fit_lesion_check", "fit_ood",
-           "held_out", "non_lesion_images", "non_lesion_logits", "ood_scores"]
+__all__ = ["METHODS", "NOT_A_LESION", "NonLesion", "OODFit", "OutlierSource", "fit_lesion_check",
+           "fit_ood", "held_out", "non_lesion_images", "non_lesion_logits", "ood_scores",
+           "outlier_sources"]
 
 #: The share of real lesions (validation) the threshold may reject.
 MAX_FALSE_REJECTION = 0.05
@@ -95,6 +98,38 @@ def make_non_lesion_images(*, seed: int = 0, crops_per_photo: int = 3,
 def held_out(group: str) -> bool:
     """Whether a group belongs to the held-out half (by a stable hash of its name)."""
     return zlib.crc32(group.encode()) % 2 == 1
+
+
+@dataclass(frozen=True)
+class OutlierSource:
+    """Draws non-lesion images of one group for training: ``draw(rng)`` gives a new image
+    each call (a photograph whole or cropped at random, or a newly drawn pattern)."""
+
+    group: str
+    draw: Callable[[np.random.Generator], Image.Image]
+
+
+def outlier_sources(*, size: int = 256) -> list[OutlierSource]:
+    """What outlier exposure trains on (:mod:`skinedge.train.outliers`): every photograph and
+    pattern kind of :func:`non_lesion_images` *outside* the held-out half.
+
+    The held-out photographs and pattern kinds stay unseen, so their detection rate still
+    measures pictures unlike anything the model trained on. The other half also chooses the
+    check's method, so for a model trained on it that half's ``detection`` is optimistic.
+    A photograph of the same scene as a held-out one (``motorcycle_left`` beside
+    ``motorcycle_right``, ``chessboard_GRAY`` beside ``chessboard_RGB``) is left out too."""
+    photos = [(f"photo:{package}/{path.name}", path) for package, path in _package_photos()]
+    unseen = {_scene(path) for group, path in photos if held_out(group)}
+    sources = []
+    for group, path in photos:
+        if held_out(group) or _scene(path) in unseen:
+            continue
+        with Image.open(path) as opened:
+            photo = _fit_short_side(opened.convert("RGB"), size)
+        sources.append(OutlierSource(group, functools.partial(_photo_view, photo, size=size)))
+    sources += [OutlierSource(f"pattern:{kind}", functools.partial(draw, size=size))
+                for kind, draw in _PATTERNS.items() if not held_out(f"pattern:{kind}")]
+    return sources
 
 
 @dataclass(frozen=True)
@@ -242,6 +277,16 @@ def _fit_short_side(image: Image.Image, size: int) -> Image.Image:
     scale = size / min(image.size)
     return image.resize((max(size, round(image.width * scale)),
                          max(size, round(image.height * scale))), Image.BILINEAR)
+
+
+def _scene(path: Path) -> str:
+    """``motorcycle_left.png`` -> ``motorcycle``: photographs that share a scene."""
+    return path.stem.split("_")[0].lower()
+
+
+def _photo_view(photo: Image.Image, rng: np.random.Generator, *, size: int) -> Image.Image:
+    """The photograph whole (one time in four) or a random square crop of it."""
+    return photo if rng.uniform() < 0.25 else _random_crop(photo, rng, size)
 
 
 def _random_crop(image: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:

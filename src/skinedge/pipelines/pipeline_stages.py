@@ -79,6 +79,9 @@ def dump(config) -> dict[str, Any]:
         for field in ("manifest", "synthetic", "root"):
             data.pop(field, None)
     doc.get("distill", {}).pop("teacher", None)
+    # Off, outlier exposure changes no training: keys made before the setting existed stay valid.
+    if not doc.get("outliers", {}).get("weight", 1):
+        doc.pop("outliers")
     return doc
 
 

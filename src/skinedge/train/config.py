@@ -68,6 +68,14 @@ class LossSection(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
+class OutlierSection(_Section):
+    """Outlier exposure (:mod:`skinedge.train.outliers`): non-lesion pictures join training,
+    taught to be none of the classes, so the card's lesion check refuses more of them."""
+
+    weight: float = Field(0.0, ge=0)  # of the outlier loss term; 0 = off (Hendrycks et al.: 0.5)
+    share: float = Field(0.1, gt=0, lt=1)  # of each epoch's training items that are outliers
+
+
 class TrainConfig(_Section):
     """Everything a training run depends on; written as ``config.yaml`` next to its outputs."""
 
@@ -77,6 +85,7 @@ class TrainConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimSection = Field(default_factory=OptimSection)
     loss: LossSection = Field(default_factory=LossSection)
+    outliers: OutlierSection = Field(default_factory=OutlierSection)
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(32, ge=1)

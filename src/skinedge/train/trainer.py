@@ -53,6 +53,7 @@ from skinedge.train.optim import (
     step_scheduler,
     warmup_lr,
 )
+from skinedge.train.outliers import OutlierExposureLoss, sampling_weights, with_outliers
 from skinedge.train.outputs import ScalarLog, base_card, epoch_card, write_metrics, write_run_files
 from skinedge.train.resume import refuse_existing_run, resumable_state
 from skinedge.train.sampler import ShardedSampler, balanced_weights
@@ -212,6 +213,14 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
         "cuda", enabled=cfg.amp and device.type == "cuda"))
     state.scheduler = build_scheduler(state.optimizer, cfg)
     fit_set = objective.train_dataset(train_set) if objective is not None else train_set
+    outliers = None
+    if cfg.outliers.weight:
+        if objective is not None:
+            raise ConfigError(
+                "outliers.weight is for training from labels; a distilled or quantization-aware "
+                "student learns its teacher's answers instead (train the teacher's members with "
+                "outliers). Set outliers.weight=0")
+        fit_set, outliers = with_outliers(train_set, cfg.outliers.share, train_set.transform)
     partial = train_set.targets.count(NOT_POSITIVE)
     criterion = _build_criterion(cfg, counts, objective,
                                  positive=vocab.codes.index(vocab.positive) if partial else None
@@ -221,22 +230,32 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
     if resume:
         loop.load_state(out_dir / "last", state, trainer_state=resumable_state(out_dir, cfg))
 
-    sampler = ShardedSampler(
-        len(train_set),
-        balanced_weights(train_set.targets, vocab.num_classes) if cfg.sampler == "balanced" else None,
-        seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    weights = None
+    if cfg.sampler == "balanced":
+        weights = balanced_weights(train_set.targets, vocab.num_classes)
+        if outliers is not None:
+            weights = sampling_weights(
+                fit_set.targets, cfg.outliers.share,
+                lambda targets: balanced_weights(targets, vocab.num_classes))
+    sampler = ShardedSampler(len(train_set) + (len(outliers) if outliers is not None else 0),
+                             weights, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
     card = base_card(cfg, manifest, provenance)
     if objective is not None and hasattr(objective, "precision"):
         card = card.model_copy(update={"precision": objective.precision})
     card_training = objective.card_info() if objective is not None else {}
     if synthetic is not None:
         card_training = {**card_training, "synthetic": synthetic.card_info()}
+    if outliers is not None:
+        card_training = {**card_training, "outlier_exposure": outliers.card_info(
+            cfg.outliers.weight, cfg.outliers.share)}
     run = _Run(cfg, out_dir, dist, device, state, wrap_for_training(model, device, dist), fit_set,
                val_set, sampler, criterion, card, card_training, objective, callbacks)
     start_info = {
         "train": len(train_set), "val": len(val_set), "classes": list(vocab.codes),
         "class_counts": {**dict(zip(vocab.codes, counts)),
-                         **({NOT_POSITIVE_LABEL: partial} if partial else {})},
+                         **({NOT_POSITIVE_LABEL: partial} if partial else {}),
+                         **({"not a lesion (outlier exposure)": len(outliers)}
+                            if outliers is not None else {})},
         "device": str(device),
         "world_size": dist.world_size, "start_epoch": state.next_epoch, "epochs": cfg.epochs,
         "pretrained": provenance,
@@ -352,7 +371,8 @@ def _build_criterion(cfg: TrainConfig, counts: list[int], objective: Objective |
                      positive: int | None = None) -> nn.Module:
     """``cfg.loss`` with class weights from the train split's ``counts``, wrapped by the
     objective's criterion. With ``positive`` (the melanoma output, when some train rows are
-    labelled only "not melanoma") the loss is :class:`PartialLabelLoss`.
+    labelled only "not melanoma") the loss is :class:`PartialLabelLoss`; with
+    ``outliers.weight`` it is wrapped in :class:`OutlierExposureLoss`.
 
     Raises:
         ConfigError: partial rows with a focal loss or label smoothing (not defined for them).
@@ -368,4 +388,6 @@ def _build_criterion(cfg: TrainConfig, counts: list[int], objective: Objective |
     else:
         criterion = build_loss(cfg.loss.kind, weights, gamma=cfg.loss.focal_gamma,
                                label_smoothing=cfg.loss.label_smoothing)
+    if cfg.outliers.weight:
+        criterion = OutlierExposureLoss(criterion, cfg.outliers.weight)
     return objective.criterion(criterion) if objective is not None else criterion
