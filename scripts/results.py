@@ -17,6 +17,9 @@ Usage:
     python scripts/results.py --update --calibration runs/RUN/eval-test --out docs/RESULTS.md
         # ECE with and without the card's temperature, reliability diagrams
         # (calibration-RUN-FOLDER)
+    python scripts/results.py --update --lesion-check runs/RUN/eval-test [...] --out docs/RESULTS.md
+        # the lesion checks of several models side by side, with and without outlier exposure
+        # (lesion-check)
     python scripts/results.py --update --pt2e-seeds bench/pt2e-qat-seeds --out docs/RESULTS.md
         # TFLite INT8 per calibration seed, pt2e against pt2e-qat (pt2e-seeds)
     python scripts/results.py --update --compression compression/NAME --out docs/RESULTS.md
@@ -401,6 +404,61 @@ def render_evaluations(folders: list[Path]) -> list[str]:
             "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
 
 
+def render_lesion_checks(folders: list[Path]) -> list[str]:
+    """`skinedge evaluate --out DIR` folders of calibrated checkpoints side by side: what each
+    model's lesion check refuses of the lesions scored and of the held-out non-lesion images
+    (per photograph and pattern kind), beside its accuracy there, and whether it was trained
+    with outlier exposure (``outliers.weight``)."""
+    lines = ["## Refusing what is not a lesion: the models side by side", "",
+             "| evaluation | model | outlier exposure | scored on | images | balanced accuracy | "
+             "melanoma AUC | ECE | lesions refused (melanomas) | check | held-out non-lesion "
+             "images caught |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    commands, by_model = [], {}
+    for folder in folders:
+        command = json.loads((folder / "command.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        check = metrics.get("lesion_check")
+        if not check:
+            raise SystemExit(f"{folder}/metrics.json has no lesion check: evaluate a checkpoint "
+                             "whose card has one (`skinedge calibrate`)")
+        card = _card_of(metrics)
+        exposure = (card.get("training") or {}).get("outlier_exposure")
+        ci = metrics.get("confidence_intervals") or {}
+        mel = check["false_rejection_by_class"].get("mel")
+        lines.append(
+            f"| `{folder.parent.name}/{folder.name}` | `{metrics['checkpoint']}` | "
+            + (f"weight {exposure['weight']:g}, {exposure['share']:.0%} of items, "
+               f"{len(exposure['groups'])} sources" if exposure else "none")
+            + f" | `{metrics['source']}` | {metrics['n']} | {metrics['balanced_accuracy']:.3f} "
+            f"({_span(ci.get('balanced_accuracy'))}) | {_fmt(metrics['melanoma_auc'])} | "
+            f"{metrics['ece']:.3f} | {check['false_rejection']:.1%} "
+            f"({'n/a' if mel is None else f'{mel:.1%}'}) | {check['method']} above "
+            f"{check['threshold']:.4g} | {check['detection_held_out']:.1%} of "
+            f"{check['non_lesion_held_out']} |")
+        by_model.setdefault(metrics["checkpoint"], check.get("detection_held_out_by_group") or {})
+        commands.append(f"- `{folder.parent.name}/{folder.name}`: `{command['command']}`, "
+                        f"finished {command.get('finished')}; the model "
+                        f"{_trained_by(Path(metrics['checkpoint']))}")
+    groups = sorted({g for rates in by_model.values() for g in rates})
+    models = list(by_model)
+    lines += ["", "Bootstrap 95% intervals (1000 resamples) in brackets. A check's threshold "
+              "refuses at most 5% of the model's validation lesions; the non-lesion images held "
+              "out (`skinedge.evaluate.ood.held_out`) were neither in the check's choice nor in "
+              "outlier exposure's training pictures, which also leave out photographs of a "
+              "held-out photograph's scene.", "", *commands,
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in json.loads(
+                  (folders[0] / "command.json").read_text())["versions"].items()), ""]
+    if groups:
+        lines += ["Held-out non-lesion images caught, per photograph or pattern kind (each "
+                  "photograph whole and 3 crops, each pattern kind 6 drawings):", "",
+                  "| held-out source | " + " | ".join(f"`{m}`" for m in models) + " |",
+                  "|---|" + "---:|" * len(models)]
+        lines += [f"| {g} | " + " | ".join(_percent(by_model[m].get(g)) for m in models) + " |"
+                  for g in groups]
+        lines.append("")
+    return lines
+
+
 def _span(bounds: list[float] | None) -> str:
     return "n/a" if not bounds else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
 
@@ -582,6 +640,10 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path)
@@ -622,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
                              "section: evaluations-NAME, NAME from --evaluations-name)")
     parser.add_argument("--evaluations-name", default="external",
                         help="name of the section --evaluation renders into")
+    parser.add_argument("--lesion-check", action="append", type=Path, default=[],
+                        help="a `skinedge evaluate --out` folder of a checkpoint with a lesion "
+                             "check (repeatable: side by side; section: lesion-check)")
     parser.add_argument("--pt2e-seeds", type=Path,
                         help="a `python scripts/pt2e_qat_seeds.py --out` folder (its section: "
                              "pt2e-seeds)")
@@ -668,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
                              render_evaluations(args.evaluation)))
         if args.sources:
             sections.append(("sources", render_sources(args.sources)))
+        if args.lesion_check:
+            sections.append(("lesion-check", render_lesion_checks(args.lesion_check)))
         if args.pt2e_seeds is not None:
             sections.append(("pt2e-seeds", render_pt2e_seeds(args.pt2e_seeds)))
         for folder in args.compression:

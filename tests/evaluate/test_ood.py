@@ -4,6 +4,7 @@ non-lesion images from installed packages and drawings, carried by the card into
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -153,6 +154,11 @@ def test_evaluate_reports_refused_lesions_and_caught_non_lesions(checked, tmp_pa
     check = result.metrics["lesion_check"]
     assert 0.0 <= check["false_rejection"] <= 1.0 and check["non_lesion_held_out"] > 10
     assert set(check["false_rejection_by_class"]) <= set(result.label_classes)
+    by_group = check["detection_held_out_by_group"]
+    assert by_group and all(held_out(group) for group in by_group)
+    sizes = Counter(i.group for i in non_lesion_images() if held_out(i.group))
+    assert sum(rate * sizes[g] for g, rate in by_group.items()) == pytest.approx(
+        check["detection_held_out"] * check["non_lesion_held_out"])
     markdown = (tmp_path / "eval" / "metrics.md").read_text()
     assert "Lesions refused as not a lesion image" in markdown
     assert "Non-lesion images refused" in markdown
@@ -182,3 +188,28 @@ def test_an_energy_check_on_probability_outputs_is_refused_by_name(checked) -> N
         runtime.check_lesion_check()
     with pytest.raises(ModelError, match="needs the logits"):
         runtime.assess_array(np.zeros((1, 3, 32, 32), dtype=np.float32))
+
+
+def test_results_renders_lesion_checks_side_by_side(checked, tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from skinedge.cli.main import app
+
+    out = tmp_path / "eval-test"
+    result = CliRunner().invoke(app, ["evaluate", str(checked), "--manifest",
+                                      str(_run_manifest(checked)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Measured results\n\nkept\n")
+    subprocess.run([sys.executable, "scripts/results.py", "--update", "--lesion-check", str(out),
+                    "--out", str(results)], check=True, cwd=Path(__file__).parents[2])
+    text = results.read_text()
+    assert "kept" in text and "<!-- section: lesion-check -->" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| `{tmp_path.name}/"))
+    graded = [i.group for i in non_lesion_images() if held_out(i.group)]
+    assert "| none |" in row and f"of {len(graded)} |" in row  # no outlier exposure
+    assert all(f"| {group} |" in text for group in set(graded))

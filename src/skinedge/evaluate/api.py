@@ -312,10 +312,12 @@ def lesion_check_summary(model, card, logits: np.ndarray, targets: np.ndarray,
                         card.temperature, check.method) > check.threshold
     by_class = {label: float(refused[targets == k].mean())
                 for k, label in enumerate(label_classes) if (targets == k).any()}
+    groups = np.array([i.group for i in others])
+    by_group = {g: float(caught[groups == g].mean()) for g in sorted(set(groups))}
     return {"method": check.method, "threshold": check.threshold,
             "false_rejection": float(refused.mean()), "false_rejection_by_class": by_class,
             "detection_held_out": float(caught.mean()), "non_lesion_held_out": len(others),
-            "chosen_on": check.fit.get("source")}
+            "detection_held_out_by_group": by_group, "chosen_on": check.fit.get("source")}
 
 
 def _read_folder(
