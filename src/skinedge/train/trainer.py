@@ -232,13 +232,14 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
 
     weights = None
     if cfg.sampler == "balanced":
-        weights = balanced_weights(train_set.targets, vocab.num_classes)
-        if outliers is not None:
-            weights = sampling_weights(
-                fit_set.targets, cfg.outliers.share,
-                lambda targets: balanced_weights(targets, vocab.num_classes))
-    sampler = ShardedSampler(len(train_set) + (len(outliers) if outliers is not None else 0),
-                             weights, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+        def balanced(targets: list[int]) -> list[float]:
+            return balanced_weights(targets, vocab.num_classes)
+
+        weights = (balanced(train_set.targets) if outliers is None
+                   else sampling_weights(fit_set.targets, cfg.outliers.share, balanced))
+    items = len(train_set) + (len(outliers) if outliers is not None else 0)
+    sampler = ShardedSampler(items, weights, seed=cfg.seed, rank=dist.rank,
+                             world_size=dist.world_size)
     card = base_card(cfg, manifest, provenance)
     if objective is not None and hasattr(objective, "precision"):
         card = card.model_copy(update={"precision": objective.precision})
