@@ -11,7 +11,7 @@ _EXPORTS = {
     "load_card": "card", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "Ensemble": "ensemble", "create_ensemble": "ensemble",
     "create_classifier": "factory",
-    "OFFLINE_WEIGHTS": "pretrained", "map_lite_state_dict": "pretrained",
+    "OFFLINE_WEIGHTS": "offline", "map_lite_state_dict": "pretrained",
     "offline_weights_path": "pretrained",
 }
 
