@@ -85,13 +85,14 @@ def make_non_lesion_images(*, seed: int = 0, crops_per_photo: int = 3,
     for package, path in _package_photos():
         with Image.open(path) as opened:
             photo = _fit_short_side(opened.convert("RGB"), size)
-        group = f"photo:{package}/{path.name}"
+        group = _photo_group(package, path)
         items.append(NonLesion(group, group, photo))
         for k in range(crops_per_photo):
             items.append(NonLesion(f"{group}#crop{k}", group, _random_crop(photo, rng, size)))
     for kind, draw in _PATTERNS.items():
         for k in range(patterns_per_kind):
-            items.append(NonLesion(f"pattern:{kind}#{k}", f"pattern:{kind}", draw(rng, size)))
+            items.append(NonLesion(f"{_pattern_group(kind)}#{k}", _pattern_group(kind),
+                                   draw(rng, size)))
     return items
 
 
@@ -118,7 +119,7 @@ def outlier_sources(*, size: int = 256) -> list[OutlierSource]:
     check's method, so for a model trained on it that half's ``detection`` is optimistic.
     A photograph of the same scene as a held-out one (``motorcycle_left`` beside
     ``motorcycle_right``, ``chessboard_GRAY`` beside ``chessboard_RGB``) is left out too."""
-    photos = [(f"photo:{package}/{path.name}", path) for package, path in _package_photos()]
+    photos = [(_photo_group(package, path), path) for package, path in _package_photos()]
     unseen = {_scene(path) for group, path in photos if held_out(group)}
     sources = []
     for group, path in photos:
@@ -127,8 +128,8 @@ def outlier_sources(*, size: int = 256) -> list[OutlierSource]:
         with Image.open(path) as opened:
             photo = _fit_short_side(opened.convert("RGB"), size)
         sources.append(OutlierSource(group, functools.partial(_photo_view, photo, size=size)))
-    sources += [OutlierSource(f"pattern:{kind}", functools.partial(draw, size=size))
-                for kind, draw in _PATTERNS.items() if not held_out(f"pattern:{kind}")]
+    sources += [OutlierSource(_pattern_group(kind), functools.partial(draw, size=size))
+                for kind, draw in _PATTERNS.items() if not held_out(_pattern_group(kind))]
     return sources
 
 
@@ -277,6 +278,16 @@ def _fit_short_side(image: Image.Image, size: int) -> Image.Image:
     scale = size / min(image.size)
     return image.resize((max(size, round(image.width * scale)),
                          max(size, round(image.height * scale))), Image.BILINEAR)
+
+
+def _photo_group(package: str, path: Path) -> str:
+    """A photograph's group, the name :func:`held_out` splits by (the check's images and
+    outlier exposure's sources must name it alike)."""
+    return f"photo:{package}/{path.name}"
+
+
+def _pattern_group(kind: str) -> str:
+    return f"pattern:{kind}"
 
 
 def _scene(path: Path) -> str:

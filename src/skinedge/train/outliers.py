@@ -70,12 +70,11 @@ def outlier_count(lesions: int, share: float) -> int:
     return max(1, round(lesions * share / (1.0 - share)))
 
 
-def with_outliers(train_set: Dataset, share: float, transform: Callable,
-                  *, sources: Sequence[OutlierSource] | None = None) -> tuple[Dataset, OutlierSet]:
+def with_outliers(train_set: Dataset, share: float,
+                  transform: Callable) -> tuple[Dataset, OutlierSet]:
     """The train split followed by its :class:`OutlierSet` (``share`` of the items), and that
     set. The joined dataset has ``targets`` (the split's, then :data:`OUTLIER` for each)."""
-    outliers = OutlierSet(sources if sources is not None else outlier_sources(),
-                          outlier_count(len(train_set), share), transform)
+    outliers = OutlierSet(outlier_sources(), outlier_count(len(train_set), share), transform)
     joined = ConcatDataset([train_set, outliers])
     joined.targets = [*train_set.targets, *outliers.targets]
     return joined, outliers
