@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from skinedge.errors import ConfigError
 from skinedge.evaluate.ood import held_out, non_lesion_images, outlier_sources
 from skinedge.models import load_card
 from skinedge.train.losses import PartialLabelLoss
@@ -157,14 +156,34 @@ def test_a_run_with_outliers_records_them_in_the_card(tiny_manifest, tmp_path) -
     assert info["groups"] == [s.group for s in outlier_sources()]
 
 
-def test_a_distilled_student_with_outliers_is_refused(tiny_manifest, tmp_path) -> None:
-    class Objective:  # the least a trainer objective is; the refusal comes before it is used
-        def train_dataset(self, dataset):
-            return dataset
+def test_a_distilled_student_learns_outliers_beside_its_teacher(teacher, tiny_checkpoint,
+                                                                tmp_path) -> None:
+    # The teacher's answers cover lesions only, so the student is taught the outliers itself;
+    # the outliers carry zero teacher logits that the distillation term never sees.
+    from skinedge.compress.distill import distill_classifier
+    from tests.compress.test_distill import distill_config
+    from tests.conftest import manifest_of
 
-    with pytest.raises(ConfigError, match="outliers.weight=0"):
-        train_classifier(make_config(tiny_manifest, "outliers.weight=0.5"), tmp_path / "run",
-                         objective=Objective())
+    cfg = distill_config(teacher, manifest_of(tiny_checkpoint), tmp_path / "cache", "epochs=1",
+                         "outliers.weight=0.5", "outliers.share=0.2")
+    card = load_card(distill_classifier(cfg, tmp_path / "student").best_dir)
+    assert card.training["outlier_exposure"]["images_per_epoch"] > 0
+    assert card.training["distillation"]["teacher_members"] == 2
+
+
+def test_the_outlier_loss_passes_only_the_lesion_rows_of_extras_on() -> None:
+    from skinedge.compress.distill import DistillationLoss
+
+    g = torch.Generator().manual_seed(3)
+    logits, teacher = torch.randn(6, 4, generator=g), torch.randn(6, 2, 4, generator=g)
+    target = torch.tensor([0, OUTLIER, 2, 3, OUTLIER, 1])
+    lesion = target != OUTLIER
+    teacher[~lesion] = 0.0  # the outliers' stand-ins
+    inner = DistillationLoss(2.0, 0.7, torch.nn.CrossEntropyLoss())
+    loss = OutlierExposureLoss(inner, 0.5)(logits, target, teacher)
+    uniform = -F.log_softmax(logits[~lesion], dim=1).mean(dim=1).mean()
+    torch.testing.assert_close(
+        loss, inner(logits[lesion], target[lesion], teacher[lesion]) + 0.5 * uniform)
 
 
 def test_pipeline_keys_leave_outliers_out_while_they_are_off(tiny_manifest) -> None:

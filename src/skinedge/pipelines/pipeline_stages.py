@@ -79,10 +79,16 @@ def dump(config) -> dict[str, Any]:
         for field in ("manifest", "synthetic", "root"):
             data.pop(field, None)
     doc.get("distill", {}).pop("teacher", None)
-    # Off, outlier exposure changes no training: keys made before the setting existed stay valid.
-    if not doc.get("outliers", {}).get("weight", 1):
-        doc.pop("outliers")
+    # A section added later is left out while it is off (it changes no training then), so the
+    # keys of stages cached before it existed stay valid.
+    for section, switch in _ADDED_LATER.items():
+        if isinstance(doc.get(section), dict) and not doc[section].get(switch):
+            doc.pop(section)
     return doc
+
+
+#: Config sections added after pipelines cached stages, and the field that turns each on.
+_ADDED_LATER = {"outliers": "weight", "ema": "decay"}
 
 
 # --------------------------------------------------------------------------- stages

@@ -76,6 +76,13 @@ class OutlierSection(_Section):
     share: float = Field(0.1, gt=0, lt=1)  # of each epoch's training items that are outliers
 
 
+class EmaSection(_Section):
+    """An exponential moving average of the weights (:mod:`skinedge.train.ema`): the average
+    is what each epoch validates and what ``best/`` keeps; ``last/`` keeps both."""
+
+    decay: float = Field(0.0, ge=0, lt=1)  # per optimizer step, once warmed up; 0 = off
+
+
 class TrainConfig(_Section):
     """Everything a training run depends on; written as ``config.yaml`` next to its outputs."""
 
@@ -86,6 +93,7 @@ class TrainConfig(_Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     loss: LossSection = Field(default_factory=LossSection)
     outliers: OutlierSection = Field(default_factory=OutlierSection)
+    ema: EmaSection = Field(default_factory=EmaSection)
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(32, ge=1)

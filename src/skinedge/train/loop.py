@@ -38,6 +38,7 @@ from skinedge.models import ModelCard, save_checkpoint
 from skinedge.models.checkpoint import load_checkpoint_weights, load_trainer_state
 from skinedge.train.callbacks import TrainCallbacks
 from skinedge.train.distributed import gather_from_ranks, rank_and_world_size, sum_over_ranks
+from skinedge.train.ema import WeightAverage
 from skinedge.train.sampler import ShardedSampler
 
 
@@ -58,10 +59,16 @@ class TrainState:
     best_epoch: int = 0
     stale: int = 0  # epochs since the monitored metric last improved
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    ema: WeightAverage | None = None  # an average of the weights, validated and kept instead
 
     @property
     def next_epoch(self) -> int:
         return self.epoch + 1
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model to validate and keep as ``best/``: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def update_best(self, epoch: int, metric: float) -> bool:
         """Mark ``epoch`` finished with validation ``metric``; True when it is the best yet."""
@@ -77,11 +84,13 @@ class TrainState:
         return bool(patience) and self.stale >= patience
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer, scheduler, scaler and progress (epoch, best, history); no weights."""
+        """Optimizer, scheduler, scaler, weight average and progress (epoch, best, history);
+        not the model's own weights."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "history": self.history, "epoch": self.epoch, "best_metric": self.best_metric,
             "best_epoch": self.best_epoch, "stale": self.stale,
         }
@@ -93,6 +102,11 @@ class TrainState:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if not state.get("ema"):
+                raise NotFoundError("the checkpoint holds no weight average to resume (it was "
+                                    "trained without ema.decay); resume with the run's config")
+            self.ema.load_state_dict(state["ema"])
         self.history = state["history"]
         self.epoch, self.best_metric = state["epoch"], state["best_metric"]
         self.best_epoch, self.stale = state["best_epoch"], state["stale"]
@@ -176,6 +190,7 @@ def fit_epoch(
     epoch: int = 1,
     train_mode: Callable[[nn.Module], None] | None = None,
     callbacks: TrainCallbacks | None = None,
+    ema: WeightAverage | None = None,
 ) -> EpochStats:
     """Train ``model`` for one pass over ``loader`` (at most ``max_batches`` batches).
 
@@ -192,6 +207,7 @@ def fit_epoch(
         train_mode: Puts the model in training mode instead of ``model.train()`` (e.g. with
             frozen BatchNorm for QAT).
         callbacks: ``on_epoch_start(epoch, num_batches)`` and ``on_batch_end`` per batch.
+        ema: Updated after every optimizer step with the (unwrapped) model's weights.
     """
     device = torch.device(device)
     callbacks = callbacks or TrainCallbacks()
@@ -200,6 +216,7 @@ def fit_epoch(
     if max_batches:
         num_batches = min(num_batches, max_batches)
     callbacks.on_epoch_start(epoch, num_batches)
+    unwrapped = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if train_mode is not None:
         train_mode(model)
     else:
@@ -215,6 +232,8 @@ def fit_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update(unwrapped)
         batch_loss = loss.item()  # one device sync per batch
         total += batch_loss * len(targets)
         seen += len(targets)

@@ -44,21 +44,26 @@ class OutlierSet(Dataset):
     with a generator seeded from torch's (so a seeded epoch draws the same pictures again, in
     the main process as in loader workers) and passed through ``transform``.
 
-    Items are ``(image, OUTLIER)``; ``targets`` lists them as a train set's do."""
+    Items are ``(image, OUTLIER, *extras)``; ``targets`` lists them as a train set's do.
+    ``extras`` stand in for what the items of the set they join carry besides image and target
+    (a distilled student's teacher logits), so both collate into one batch."""
 
-    def __init__(self, sources: Sequence[OutlierSource], length: int, transform: Callable):
+    def __init__(self, sources: Sequence[OutlierSource], length: int, transform: Callable,
+                 extras: tuple[torch.Tensor, ...] = ()):
         if not sources:
             raise ValueError("OutlierSet needs at least one source")
         self.sources = list(sources)
         self.targets = [OUTLIER] * length
         self.transform = transform
+        self.extras = extras
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple:
         rng = np.random.default_rng(int(torch.randint(2**62, ()).item()))
-        return self.transform(self.sources[index % len(self.sources)].draw(rng)), OUTLIER
+        return self.transform(self.sources[index % len(self.sources)].draw(rng)), OUTLIER, \
+            *self.extras
 
     def card_info(self, weight: float, share: float) -> dict:
         return {"weight": weight, "share": share, "images_per_epoch": len(self),
@@ -70,11 +75,13 @@ def outlier_count(lesions: int, share: float) -> int:
     return max(1, round(lesions * share / (1.0 - share)))
 
 
-def with_outliers(train_set: Dataset, share: float,
-                  transform: Callable) -> tuple[Dataset, OutlierSet]:
-    """The train split followed by its :class:`OutlierSet` (``share`` of the items), and that
-    set. The joined dataset has ``targets`` (the split's, then :data:`OUTLIER` for each)."""
-    outliers = OutlierSet(outlier_sources(), outlier_count(len(train_set), share), transform)
+def with_outliers(train_set: Dataset, share: float, transform: Callable,
+                  extras: tuple[torch.Tensor, ...] = ()) -> tuple[Dataset, OutlierSet]:
+    """The train split followed by its :class:`OutlierSet` (``share`` of the items, carrying
+    ``extras``), and that set. The joined dataset has ``targets`` (the split's, then
+    :data:`OUTLIER` for each)."""
+    outliers = OutlierSet(outlier_sources(), outlier_count(len(train_set), share), transform,
+                          extras)
     joined = ConcatDataset([train_set, outliers])
     joined.targets = [*train_set.targets, *outliers.targets]
     return joined, outliers
@@ -97,7 +104,9 @@ class OutlierExposureLoss(nn.Module):
     uniform distribution on the rows whose target is :data:`OUTLIER`.
 
     Args:
-        label_loss: The loss of the lesion rows, called as ``label_loss(logits, targets)``.
+        label_loss: The loss of the lesion rows, called as ``label_loss(logits, targets,
+            *extras)`` with the lesion rows of any extras (a distillation loss's teacher
+            logits): the outlier rows' stand-ins never reach it.
         weight: The outlier term's weight (Hendrycks et al.: 0.5).
     """
 
@@ -106,12 +115,13 @@ class OutlierExposureLoss(nn.Module):
         self.label_loss = label_loss
         self.weight = weight
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """logits (N, C), target (N,) -> scalar."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                *extras: torch.Tensor) -> torch.Tensor:
+        """logits (N, C), target (N,), extras (N, ...) -> scalar."""
         outlier = target == OUTLIER
         lesion = ~outlier
-        loss = (self.label_loss(logits[lesion], target[lesion]) if bool(lesion.any())
-                else logits.sum() * 0.0)
+        loss = (self.label_loss(logits[lesion], target[lesion], *(e[lesion] for e in extras))
+                if bool(lesion.any()) else logits.sum() * 0.0)
         if bool(outlier.any()):
             uniform_ce = -F.log_softmax(logits[outlier].float(), dim=1).mean(dim=1)
             loss = loss + self.weight * uniform_ce.mean()

@@ -45,6 +45,7 @@ from skinedge.train.distributed import (
     init_distributed,
     wrap_for_training,
 )
+from skinedge.train.ema import WeightAverage
 from skinedge.train.losses import PartialLabelLoss, build_loss, class_weights
 from skinedge.train.optim import (
     build_optimizer,
@@ -212,15 +213,20 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
     state = loop.TrainState(model, build_optimizer(model, cfg), scaler=torch.amp.GradScaler(
         "cuda", enabled=cfg.amp and device.type == "cuda"))
     state.scheduler = build_scheduler(state.optimizer, cfg)
+    if cfg.ema.decay:
+        if objective is not None and hasattr(objective, "prepare_model"):
+            raise ConfigError(
+                "ema.decay averages plain weights; a quantization-aware model's quantizer "
+                "ranges cannot be averaged with them. Set ema.decay=0 for QAT")
+        state.ema = WeightAverage(model, cfg.ema.decay)
     fit_set = objective.train_dataset(train_set) if objective is not None else train_set
     outliers = None
     if cfg.outliers.weight:
-        if objective is not None:
-            raise ConfigError(
-                "outliers.weight is for training from labels; a distilled or quantization-aware "
-                "student learns its teacher's answers instead (train the teacher's members with "
-                "outliers). Set outliers.weight=0")
-        fit_set, outliers = with_outliers(train_set, cfg.outliers.share, train_set.transform)
+        # An objective's items carry extras (a student's teacher logits): the outliers carry
+        # zeros of their shape, which the outlier loss never passes on.
+        extras = tuple(torch.zeros_like(e) for e in fit_set[0][2:]) if objective else ()
+        fit_set, outliers = with_outliers(fit_set, cfg.outliers.share, train_set.transform,
+                                          extras)
     partial = train_set.targets.count(NOT_POSITIVE)
     criterion = _build_criterion(cfg, counts, objective,
                                  positive=vocab.codes.index(vocab.positive) if partial else None
@@ -280,8 +286,8 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any], b
                            device=run.device, scaler=state.scaler,
                            max_batches=cfg.max_batches_per_epoch, epoch=epoch,
                            train_mode=getattr(run.objective, "train_mode", None),
-                           callbacks=run.callbacks)
-    val = loop.validate(state.model, run.val_set, device=run.device,
+                           callbacks=run.callbacks, ema=state.ema)
+    val = loop.validate(state.eval_model, run.val_set, device=run.device,
                         batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
                         progress=run.callbacks.on_validate)
     metrics = compute_partial_metrics(val.targets, val.probs, run.card.classes,
@@ -306,7 +312,7 @@ def _save_epoch(run: _Run, epoch: int, record: dict[str, Any], metrics: dict[str
     state, ``metrics.jsonl`` and the scalars."""
     card = epoch_card(run.card, run.cfg, epoch, metrics, run.card_training)
     if improved:
-        save_checkpoint(run.out_dir / "best", run.state.model, card)
+        save_checkpoint(run.out_dir / "best", run.state.eval_model, card)
     loop.save_state(run.out_dir / "last", run.state, card,
                     extra={"config": run.cfg.model_dump(mode="json")})
     write_metrics(run.out_dir, run.state.history)
@@ -373,7 +379,8 @@ def _build_criterion(cfg: TrainConfig, counts: list[int], objective: Objective |
     """``cfg.loss`` with class weights from the train split's ``counts``, wrapped by the
     objective's criterion. With ``positive`` (the melanoma output, when some train rows are
     labelled only "not melanoma") the loss is :class:`PartialLabelLoss`; with
-    ``outliers.weight`` it is wrapped in :class:`OutlierExposureLoss`.
+    ``outliers.weight`` the whole (objective included) is wrapped in
+    :class:`OutlierExposureLoss`.
 
     Raises:
         ConfigError: partial rows with a focal loss or label smoothing (not defined for them).
@@ -389,6 +396,8 @@ def _build_criterion(cfg: TrainConfig, counts: list[int], objective: Objective |
     else:
         criterion = build_loss(cfg.loss.kind, weights, gamma=cfg.loss.focal_gamma,
                                label_smoothing=cfg.loss.label_smoothing)
-    if cfg.outliers.weight:
+    if objective is not None:
+        criterion = objective.criterion(criterion)
+    if cfg.outliers.weight:  # outermost: the objective's loss sees the lesion rows alone
         criterion = OutlierExposureLoss(criterion, cfg.outliers.weight)
-    return objective.criterion(criterion) if objective is not None else criterion
+    return criterion
