@@ -413,9 +413,10 @@ def render_lesion_checks(folders: list[Path]) -> list[str]:
              "| evaluation | model | outlier exposure | scored on | images | balanced accuracy | "
              "melanoma AUC | ECE | lesions refused (melanomas) | check | held-out non-lesion "
              "images caught |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
-    commands, by_model = [], {}
+    commands, by_model, versions = [], {}, None
     for folder in folders:
         command = json.loads((folder / "command.json").read_text())
+        versions = versions or command["versions"]
         metrics = json.loads((folder / "metrics.json").read_text())
         check = metrics.get("lesion_check")
         if not check:
@@ -446,8 +447,7 @@ def render_lesion_checks(folders: list[Path]) -> list[str]:
               "out (`skinedge.evaluate.ood.held_out`) were neither in the check's choice nor in "
               "outlier exposure's training pictures, which also leave out photographs of a "
               "held-out photograph's scene.", "", *commands,
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in json.loads(
-                  (folders[0] / "command.json").read_text())["versions"].items()), ""]
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     if groups:
         lines += ["Held-out non-lesion images caught, per photograph or pattern kind (each "
                   "photograph whole and 3 crops, each pattern kind 6 drawings):", "",
