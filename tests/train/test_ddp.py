@@ -45,3 +45,30 @@ def test_train_with_two_cpu_processes(tiny_manifest, tmp_path) -> None:
     assert len(lines) == 1
     record = json.loads(lines[0])
     assert record["epoch"] == 1 and record["best"] is True
+
+
+@pytest.mark.slow
+def test_two_processes_validate_and_keep_one_weight_average(tiny_manifest, tmp_path) -> None:
+    # Each rank updates BatchNorm statistics from its own batches, in the model and in the
+    # average; rank 0's are handed to every rank before validation, so the sharded validation
+    # is the validation of the best/ that rank 0 saves.
+    from tests.train.test_ema import revalidated_loss
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()),
+        "-m", "skinedge.cli.main", "train", "--out", str(out), "--manifest", str(tiny_manifest),
+        "--set", "epochs=1", "--set", "preprocess.input_size=32", "--set", "num_workers=0",
+        "--set", "model.pretrained=none", "--set", "model.arch=test_efficientnet",
+        "--set", "batch_size=8", "--set", "max_batches_per_epoch=3", "--set", "device=cpu",
+        "--set", "ema.decay=0.9", "--set", "calibrate=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["val_loss"] == pytest.approx(revalidated_loss(out / "best", tiny_manifest),
+                                               abs=1e-5)

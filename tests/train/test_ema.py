@@ -7,9 +7,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from skinedge.data import LesionDataset, build_eval_transform, load_manifest
 from skinedge.errors import ConfigError
+from skinedge.models import load_card, load_checkpoint
 from skinedge.models.checkpoint import load_trainer_state
 from skinedge.train.ema import WARMUP_POWER, WeightAverage
+from skinedge.train.loop import validate
 from skinedge.train.trainer import train_classifier
 from tests.train.test_trainer import (
     KillAfter,
@@ -54,17 +57,27 @@ def test_a_decay_outside_zero_to_one_is_refused() -> None:
         WeightAverage(nn.Linear(1, 1), decay=1.0)
 
 
-def test_best_keeps_the_average_and_last_keeps_both(tiny_manifest, tmp_path) -> None:
-    result = train_classifier(make_config(tiny_manifest, "epochs=1", "ema.decay=0.9"),
-                              tmp_path / "run")
+def revalidated_loss(checkpoint, manifest) -> float:
+    model, card = load_checkpoint(checkpoint)
+    val = LesionDataset.from_manifest(load_manifest(manifest), "val",
+                                      build_eval_transform(card.preprocess))
+    return validate(model, val, device="cpu").loss
+
+
+def test_best_keeps_the_average_it_validated_and_last_keeps_both(tiny_manifest, tmp_path) -> None:
+    result = train_classifier(make_config(tiny_manifest, "epochs=1", "ema.decay=0.9",
+                                          "calibrate=false"), tmp_path / "run")
     state = load_trainer_state(tmp_path / "run" / "last")
-    averaged = {k: v for k, v in state["ema"]["weights"].items()}
     best = load_file(str(result.best_dir / "model.safetensors"))
-    assert_same_weights(best, {k: v.contiguous() for k, v in averaged.items()})
+    assert_same_weights(best, {k: v.contiguous() for k, v in state["ema"]["weights"].items()})
     trained = last_weights(tmp_path / "run")
     assert any(not torch.equal(trained[k], best[k]) for k in best), \
         "best/ should hold the average, not the last step's weights"
     assert state["ema"]["steps"] == 3  # max_batches_per_epoch=3: one update per step
+    # The epoch's record is the average's validation, not the last step's.
+    assert result.history[0]["val_loss"] == pytest.approx(
+        revalidated_loss(result.best_dir, tiny_manifest), abs=1e-6)
+    assert load_card(result.best_dir).training["weight_average"]["decay"] == 0.9
 
 
 def test_resume_after_a_kill_continues_the_same_average(tiny_manifest, tmp_path) -> None:
@@ -77,9 +90,21 @@ def test_resume_after_a_kill_continues_the_same_average(tiny_manifest, tmp_path)
     assert_same_weights(last_weights(tmp_path / "a"), last_weights(tmp_path / "b"))
     assert_same_weights(load_file(str(straight.best_dir / "model.safetensors")),
                         load_file(str(resumed.best_dir / "model.safetensors")))
+    averages = [load_trainer_state(run / "last")["ema"] for run in (tmp_path / "a", tmp_path / "b")]
+    assert averages[0]["steps"] == averages[1]["steps"] == 9
+    assert_same_weights(averages[0]["weights"], averages[1]["weights"])
 
 
-def test_a_quantization_aware_run_refuses_it(tiny_manifest, tmp_path) -> None:
+def test_a_qat_config_refuses_it(tiny_manifest) -> None:
+    from skinedge.compress.qat import QATConfig
+    from skinedge.train.config import load_train_config
+
+    with pytest.raises(ValueError, match="ema.decay=0"):
+        load_train_config(None, [f"data.manifest={tiny_manifest}", "ema.decay=0.9"],
+                          config_class=QATConfig)
+
+
+def test_a_quantization_aware_objective_refuses_it(tiny_manifest, tmp_path) -> None:
     class Quantizing:  # the part of QATObjective that the refusal looks at
         def prepare_model(self, model):
             return model
@@ -87,7 +112,7 @@ def test_a_quantization_aware_run_refuses_it(tiny_manifest, tmp_path) -> None:
         def train_dataset(self, dataset):
             return dataset
 
-    with pytest.raises(ConfigError, match="ema.decay=0 for QAT"):
+    with pytest.raises(ConfigError, match="set ema.decay=0"):
         train_classifier(make_config(tiny_manifest, "ema.decay=0.9"), tmp_path / "run",
                          objective=Quantizing())
 

@@ -171,6 +171,22 @@ def test_a_distilled_student_learns_outliers_beside_its_teacher(teacher, tiny_ch
     assert card.training["distillation"]["teacher_members"] == 2
 
 
+def test_the_outlier_loss_wraps_the_objectives_loss_which_wraps_the_partial_label_loss(
+        tiny_manifest) -> None:
+    from skinedge.compress.distill import DistillationLoss
+    from skinedge.train.trainer import _build_criterion
+
+    class Distilling:
+        def criterion(self, label_loss):
+            return DistillationLoss(2.0, 0.7, label_loss)
+
+    criterion = _build_criterion(make_config(tiny_manifest, "outliers.weight=0.5"), [3] * 7,
+                                 Distilling(), positive=0)
+    assert isinstance(criterion, OutlierExposureLoss)
+    assert isinstance(criterion.label_loss, DistillationLoss)
+    assert isinstance(criterion.label_loss.label_loss, PartialLabelLoss)
+
+
 def test_the_outlier_loss_passes_only_the_lesion_rows_of_extras_on() -> None:
     from skinedge.compress.distill import DistillationLoss
 

@@ -114,6 +114,12 @@ class DistillationObjective:
     def criterion(self, label_loss: nn.Module) -> nn.Module:
         return DistillationLoss(self.cfg.temperature, self.cfg.alpha, label_loss)
 
+    def outlier_extras(self) -> tuple[torch.Tensor, ...]:
+        """Teacher logits for outlier exposure's pictures: zeros that the outlier loss keeps
+        from the distillation term (the teacher never saw them; the student is taught them as
+        outliers, to be none of the classes)."""
+        return (torch.zeros(self.train.logits.shape[1:]),)
+
     def val_metrics(self, probs: np.ndarray) -> dict[str, float]:
         """Top-1 agreement of the student with the teacher on the validation split."""
         return {"teacher_agreement": float((probs.argmax(axis=1) == self.val_top1).mean())}

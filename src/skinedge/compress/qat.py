@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from skinedge.compress.distill import DistillationObjective, DistillSection, prepare_distillation
@@ -26,6 +26,7 @@ from skinedge.compress.quantize import OVERFLOW_FIXES, resolve_overflow_fix
 from skinedge.errors import ConfigError
 from skinedge.models.quantized import import_nncf
 from skinedge.train.config import TrainConfig
+from skinedge.train.trainer import NO_AVERAGE_FOR_QAT
 
 
 class QuantizeSection(BaseModel):
@@ -42,6 +43,12 @@ class QATConfig(TrainConfig):
 
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     distill: DistillSection | None = None
+
+    @model_validator(mode="after")
+    def _no_weight_average(self) -> QATConfig:
+        if self.ema.decay:
+            raise ValueError(NO_AVERAGE_FOR_QAT)
+        return self
 
 
 def insert_quantizers(model: nn.Module, calibration: np.ndarray, overflow_fix: str) -> nn.Module:
@@ -94,6 +101,9 @@ class QATObjective:
 
     def criterion(self, label_loss: nn.Module) -> nn.Module:
         return self.inner.criterion(label_loss) if self.inner else label_loss
+
+    def outlier_extras(self) -> tuple:
+        return self.inner.outlier_extras() if self.inner else ()
 
     def val_metrics(self, probs: np.ndarray) -> dict[str, float]:
         return self.inner.val_metrics(probs) if self.inner else {}

@@ -100,8 +100,13 @@ class _Chain:
         return self.callbacks_factory(_step_name(self, folder))
 
     def overrides_for(self, config_class) -> list[str]:
-        """The overrides whose top-level key ``config_class`` takes."""
-        return [o for o in self.overrides if _top_key(o) in config_class.model_fields]
+        """The overrides whose top-level key ``config_class`` takes (QAT takes no ``ema``: it
+        fine-tunes without a weight average)."""
+        from skinedge.compress.qat import QATConfig
+
+        skip = {"ema"} if issubclass(config_class, QATConfig) else set()
+        return [o for o in self.overrides
+                if _top_key(o) in config_class.model_fields and _top_key(o) not in skip]
 
     def settings(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "lr_scale": self.lr_scale,

@@ -103,6 +103,19 @@ def sum_over_ranks(values: list[float]) -> list[float]:
     return sums.tolist()
 
 
+def broadcast_buffers(module: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) into every rank's ``module``; nothing in
+    one process. DDP does it before each training forward pass of the model it wraps, not before
+    validation, nor for a copy it does not wrap (the weight average): each rank updates those
+    statistics from its own batches, and would validate with its own."""
+    if rank_and_world_size()[1] == 1:
+        return
+    import torch.distributed as tdist
+
+    for buffer in module.buffers():
+        tdist.broadcast(buffer, src=0)
+
+
 def gather_from_ranks(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
     world = rank_and_world_size()[1]

@@ -46,8 +46,9 @@ from skinedge.train.sampler import ShardedSampler
 class TrainState:
     """A model under training, what optimises it, and how far the run has come.
 
-    ``state_dict()`` holds everything but the weights (a checkpoint keeps those in
-    ``model.safetensors``); :func:`save_state` and :func:`load_state` write and read both.
+    ``state_dict()`` holds everything but the model's own weights (a checkpoint keeps those
+    in ``model.safetensors``), the weight average's included; :func:`save_state` and
+    :func:`load_state` write and read both.
     """
 
     model: nn.Module  # the unwrapped model (not its DDP wrapper)

@@ -41,6 +41,7 @@ from skinedge.train.config import TrainConfig, load_data_manifest
 from skinedge.train.distributed import (
     DistContext,
     barrier,
+    broadcast_buffers,
     cleanup_distributed,
     init_distributed,
     wrap_for_training,
@@ -59,6 +60,10 @@ from skinedge.train.outputs import ScalarLog, base_card, epoch_card, write_metri
 from skinedge.train.resume import refuse_existing_run, resumable_state
 from skinedge.train.sampler import ShardedSampler, balanced_weights
 from skinedge.utils.device import resolve_device
+
+NO_AVERAGE_FOR_QAT = (
+    "ema.decay: quantization-aware training fine-tunes without a weight average (its BatchNorm "
+    "statistics are frozen and NNCF's quantizers live in the model it copies); set ema.decay=0")
 
 _LOGGED_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc", "macro_auc", "ece")
 
@@ -83,8 +88,10 @@ class Objective(Protocol):
     Training items become ``(image, target, *extras)`` and the criterion is called as
     ``criterion(logits, targets, *extras)``. Optional members, used when present:
     ``prepare_model(model) -> model`` (after weights are loaded, before the optimizer is
-    built: e.g. inserting quantizers), ``train_mode(model)`` (instead of ``model.train()``)
-    and ``precision`` (for the card).
+    built: e.g. inserting quantizers), ``train_mode(model)`` (instead of ``model.train()``),
+    ``precision`` (for the card) and ``outlier_extras()`` (stand-ins for the extras, carried
+    by outlier exposure's pictures; required when the items have extras and
+    ``outliers.weight`` is set). ``train_dataset``'s result has the split's ``targets``.
     """
 
     def train_dataset(self, dataset: LesionDataset) -> Dataset: ...
@@ -199,6 +206,8 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
                  manifest: Manifest) -> tuple[_Run, dict[str, Any]]:
     """Data, model, optimizer and loss of a run (restored from ``last/`` on resume), and the
     ``on_start`` summary."""
+    if cfg.ema.decay and objective is not None and hasattr(objective, "prepare_model"):
+        raise ConfigError(NO_AVERAGE_FOR_QAT)
     device = resolve_device(cfg.device, dist.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -214,17 +223,13 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
         "cuda", enabled=cfg.amp and device.type == "cuda"))
     state.scheduler = build_scheduler(state.optimizer, cfg)
     if cfg.ema.decay:
-        if objective is not None and hasattr(objective, "prepare_model"):
-            raise ConfigError(
-                "ema.decay averages plain weights; a quantization-aware model's quantizer "
-                "ranges cannot be averaged with them. Set ema.decay=0 for QAT")
         state.ema = WeightAverage(model, cfg.ema.decay)
     fit_set = objective.train_dataset(train_set) if objective is not None else train_set
     outliers = None
     if cfg.outliers.weight:
         # An objective's items carry extras (a student's teacher logits): the outliers carry
         # zeros of their shape, which the outlier loss never passes on.
-        extras = tuple(torch.zeros_like(e) for e in fit_set[0][2:]) if objective else ()
+        extras = objective.outlier_extras() if hasattr(objective, "outlier_extras") else ()
         fit_set, outliers = with_outliers(fit_set, cfg.outliers.share, train_set.transform,
                                           extras)
     partial = train_set.targets.count(NOT_POSITIVE)
@@ -255,6 +260,8 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
     if outliers is not None:
         card_training = {**card_training, "outlier_exposure": outliers.card_info(
             cfg.outliers.weight, cfg.outliers.share)}
+    if state.ema is not None:
+        card_training = {**card_training, "weight_average": state.ema.card_info()}
     run = _Run(cfg, out_dir, dist, device, state, wrap_for_training(model, device, dist), fit_set,
                val_set, sampler, criterion, card, card_training, objective, callbacks)
     start_info = {
@@ -287,6 +294,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any], b
                            max_batches=cfg.max_batches_per_epoch, epoch=epoch,
                            train_mode=getattr(run.objective, "train_mode", None),
                            callbacks=run.callbacks, ema=state.ema)
+    broadcast_buffers(state.eval_model)  # every rank validates, and resumes, with rank 0's
     val = loop.validate(state.eval_model, run.val_set, device=run.device,
                         batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
                         progress=run.callbacks.on_validate)
