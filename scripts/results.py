@@ -274,8 +274,8 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
     """One row per `evaluate --robustness` folder: its split, as stored, best, worst, spread."""
     lines = ["## Robustness: the models side by side", "",
              "Balanced accuracy; the tables per presentation follow in sections of their own.",
-             "", "| model | images scored | colour constancy | phone augmentation | as stored | best | "
-             "worst | spread |", "|---|---|---|---|---:|---:|---:|---:|"]
+             "", "| model | images scored | colour constancy | phone augmentation | also trained "
+             "with | as stored | best | worst | spread |", "|---|---|---|---|---|---:|---:|---:|---:|"]
     for folder in folders:
         doc = json.loads((folder / "robustness.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -286,10 +286,21 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
         scored = f"`{doc['source']}` ({doc['images']} images)"
         lines.append(f"| `{metrics['checkpoint']}` | {scored} | "
                      f"{pre.get('color_constancy', 'none')} | {_phone_augmentation(card)} | "
-                     f"{rows['as-stored']:.3f} | "
+                     f"{_trained_with(card)} | {rows['as-stored']:.3f} | "
                      f"{rows[best]:.3f} ({best}) | {rows[worst]:.3f} ({worst}) | "
                      f"{doc['spread']:.3f} |")
     return [*lines, ""]
+
+
+def _trained_with(card: dict) -> str:
+    """Outlier exposure and the weight average, when a checkpoint was trained with them."""
+    config = (card.get("training") or {}).get("config") or {}
+    parts = []
+    if (config.get("outliers") or {}).get("weight"):
+        parts.append(f"outlier exposure {config['outliers']['weight']:g}")
+    if (config.get("ema") or {}).get("decay"):
+        parts.append(f"weight average {config['ema']['decay']:g}")
+    return ", ".join(parts) or "-"
 
 
 def _phone_augmentation(card: dict) -> str:
@@ -671,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(its section: pipeline, or --section)")
     parser.add_argument("--robustness", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --robustness --out` folder (repeatable; its "
-                             "section: robustness-RUN-FOLDER, RUN the folder above it)")
+                             "section: robustness-RUN-FOLDER, RUN the folder above it; several "
+                             "also render side by side in robustness-comparison)")
     parser.add_argument("--calibration", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --out` folder of a calibrated checkpoint "
                              "(repeatable; its section: calibration-RUN-FOLDER)")
@@ -686,7 +698,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="name of the section --evaluation renders into")
     parser.add_argument("--lesion-check", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --out` folder of a checkpoint with a lesion "
-                             "check (repeatable: side by side; section: lesion-check)")
+                             "check (repeatable: side by side; section: lesion-check, or "
+                             "lesion-check-NAME with --comparison-name)")
+    parser.add_argument("--comparison-name",
+                        help="suffix of the side-by-side sections of several --robustness "
+                             "(robustness-comparison-NAME) and of --lesion-check "
+                             "(lesion-check-NAME), so that another comparison keeps the "
+                             "earlier one")
     parser.add_argument("--pt2e-seeds", type=Path,
                         help="a `python scripts/pt2e_qat_seeds.py --out` folder (its section: "
                              "pt2e-seeds)")
@@ -722,8 +740,9 @@ def main(argv: list[str] | None = None) -> int:
             sections.append((args.section or "pipeline", render_pipeline(args.pipeline)))
         for folder in args.bench:  # each bench in a section of its own, named after it
             sections.append((f"bench-{folder.name}", render_bench(folder, args.out.parent)))
+        suffix = f"-{args.comparison_name}" if args.comparison_name else ""
         if len(args.robustness) > 1:
-            sections.append(("robustness-comparison",
+            sections.append((f"robustness-comparison{suffix}",
                              render_robustness_comparison(args.robustness)))
         for folder in args.robustness:
             sections.append((f"robustness-{folder.parent.name}-{folder.name}",
@@ -734,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sources:
             sections.append(("sources", render_sources(args.sources)))
         if args.lesion_check:
-            sections.append(("lesion-check", render_lesion_checks(args.lesion_check)))
+            sections.append((f"lesion-check{suffix}", render_lesion_checks(args.lesion_check)))
         if args.pt2e_seeds is not None:
             sections.append(("pt2e-seeds", render_pt2e_seeds(args.pt2e_seeds)))
         for folder in args.compression:

@@ -78,6 +78,15 @@ def test_evaluate_scores_every_presentation(tiny_checkpoint, tmp_path) -> None:
     text = results.read_text()
     assert "kept" in text and f"<!-- section: robustness-{tmp_path.name}-out -->" in text
     assert "- command: `" in text and "| cool |" in text
+    # Two side by side render a named comparison; the earlier comparison is kept.
+    for name in ("first", "second"):
+        subprocess.run([sys.executable, "scripts/results.py", "--update", "--robustness", str(out),
+                        "--robustness", str(out), "--comparison-name", name, "--out",
+                        str(results)], check=True, cwd=Path(__file__).parents[2])
+    text = results.read_text()
+    assert all(f"<!-- section: robustness-comparison-{n} -->" in text for n in ("first", "second"))
+    row = next(line for line in text.splitlines() if line.startswith("| `") and "| - |" in line)
+    assert f"{report['spread']:.3f} |" in row  # trained without outliers or a weight average
 
 
 def test_robustness_is_refused_for_melanoma_detection(tiny_checkpoint, tmp_path) -> None:
