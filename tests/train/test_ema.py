@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from skinedge.data import LesionDataset, build_eval_transform, load_manifest
-from skinedge.errors import ConfigError
 from skinedge.models import load_card, load_checkpoint
 from skinedge.models.checkpoint import load_trainer_state
 from skinedge.train.ema import WARMUP_POWER, WeightAverage
@@ -102,19 +101,6 @@ def test_a_qat_config_refuses_it(tiny_manifest) -> None:
     with pytest.raises(ValueError, match="ema.decay=0"):
         load_train_config(None, [f"data.manifest={tiny_manifest}", "ema.decay=0.9"],
                           config_class=QATConfig)
-
-
-def test_a_quantization_aware_objective_refuses_it(tiny_manifest, tmp_path) -> None:
-    class Quantizing:  # the part of QATObjective that the refusal looks at
-        def prepare_model(self, model):
-            return model
-
-        def train_dataset(self, dataset):
-            return dataset
-
-    with pytest.raises(ConfigError, match="set ema.decay=0"):
-        train_classifier(make_config(tiny_manifest, "ema.decay=0.9"), tmp_path / "run",
-                         objective=Quantizing())
 
 
 def test_pipeline_keys_leave_the_average_out_while_it_is_off(tiny_manifest) -> None:

@@ -26,7 +26,6 @@ from skinedge.compress.quantize import OVERFLOW_FIXES, resolve_overflow_fix
 from skinedge.errors import ConfigError
 from skinedge.models.quantized import import_nncf
 from skinedge.train.config import TrainConfig
-from skinedge.train.trainer import NO_AVERAGE_FOR_QAT
 
 
 class QuantizeSection(BaseModel):
@@ -47,7 +46,10 @@ class QATConfig(TrainConfig):
     @model_validator(mode="after")
     def _no_weight_average(self) -> QATConfig:
         if self.ema.decay:
-            raise ValueError(NO_AVERAGE_FOR_QAT)
+            raise ValueError(
+                "ema.decay: quantization-aware training fine-tunes without a weight average (its "
+                "BatchNorm statistics are frozen and NNCF's quantizers live in the model it "
+                "copies); set ema.decay=0")
         return self
 
 

@@ -70,7 +70,7 @@ class WeightAverage:
                 "best": "average", "last": "last step (the average is in trainer_state.pt)"}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.module.state_dict(), "steps": self.steps, "decay": self.decay}
+        return {"weights": self.module.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["weights"])

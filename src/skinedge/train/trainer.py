@@ -61,10 +61,6 @@ from skinedge.train.resume import refuse_existing_run, resumable_state
 from skinedge.train.sampler import ShardedSampler, balanced_weights
 from skinedge.utils.device import resolve_device
 
-NO_AVERAGE_FOR_QAT = (
-    "ema.decay: quantization-aware training fine-tunes without a weight average (its BatchNorm "
-    "statistics are frozen and NNCF's quantizers live in the model it copies); set ema.decay=0")
-
 _LOGGED_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc", "macro_auc", "ece")
 
 
@@ -206,8 +202,6 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
                  manifest: Manifest) -> tuple[_Run, dict[str, Any]]:
     """Data, model, optimizer and loss of a run (restored from ``last/`` on resume), and the
     ``on_start`` summary."""
-    if cfg.ema.decay and objective is not None and hasattr(objective, "prepare_model"):
-        raise ConfigError(NO_AVERAGE_FOR_QAT)
     device = resolve_device(cfg.device, dist.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -248,8 +242,7 @@ def _prepare_run(cfg: TrainConfig, out_dir: Path, resume: bool, callbacks: Train
 
         weights = (balanced(train_set.targets) if outliers is None
                    else sampling_weights(fit_set.targets, cfg.outliers.share, balanced))
-    items = len(train_set) + (len(outliers) if outliers is not None else 0)
-    sampler = ShardedSampler(items, weights, seed=cfg.seed, rank=dist.rank,
+    sampler = ShardedSampler(len(fit_set), weights, seed=cfg.seed, rank=dist.rank,
                              world_size=dist.world_size)
     card = base_card(cfg, manifest, provenance)
     if objective is not None and hasattr(objective, "precision"):
