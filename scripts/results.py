@@ -314,6 +314,9 @@ def _phone_augmentation(card: dict) -> str:
         parts.append(f"white balance +-{augment['white_balance']:g}")
     if augment.get("phone_copy"):
         parts.append(f"phone copies {augment['phone_copy']:.0%}")
+    if augment.get("zoom_out"):
+        low, high = augment.get("zoom_out_size") or (0.5, 1.0)
+        parts.append(f"zoomed out {augment['zoom_out']:.0%} (side {low:g}-{high:g})")
     return ", ".join(parts) or "none"
 
 

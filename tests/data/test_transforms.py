@@ -224,3 +224,50 @@ def test_train_transform_takes_the_phone_augmentations_and_checks_the_ratio():
     assert transform(image).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="aspect_ratio"):
         AugmentConfig(aspect_ratio=(2.0, 1.0))
+
+
+def test_zoom_out_shrinks_the_picture_onto_its_own_border_colours_with_its_probability():
+    from skinedge.data.transforms import _RandomZoomOut
+
+    # A dark square lesion in the middle of beige skin that is redder on the left.
+    pixels = np.zeros((80, 100, 3), np.uint8)
+    pixels[:] = (200, 170, 150)
+    pixels[:, :50, 0] = 230
+    pixels[30:50, 40:60] = (60, 30, 20)
+    image = Image.fromarray(pixels)
+    torch.manual_seed(0)
+    views = [_RandomZoomOut(0.5, (0.5, 0.5))(image) for _ in range(100)]
+    zoomed = [v for v in views if v is not image]
+    assert 30 < len(zoomed) < 70
+    for view in zoomed:
+        out = np.asarray(view, dtype=np.float32)
+        assert out.shape == pixels.shape
+        lesion = (out.sum(axis=2) < 300).sum()
+        assert 0.15 * 400 < lesion < 0.4 * 400  # a quarter of its area, give or take the feather
+        # No second lesion: every dark pixel lies in one 12x12 box (the lesion shrunk to 10x10).
+        rows, cols = np.nonzero(out.sum(axis=2) < 300)
+        assert np.ptp(rows) <= 12 and np.ptp(cols) <= 12
+        # The surround keeps the skin's colours: redder on the left than on the right.
+        assert out[:, :5, 0].mean() > out[:, -5:, 0].mean() + 10
+        assert np.abs(out[:3, :, 1].mean() - 170) < 10
+    assert all(_RandomZoomOut(0.0, (0.5, 1.0))(image) is image for _ in range(10))
+
+
+def test_train_transform_takes_zoom_out_and_checks_its_range():
+    aug = AugmentConfig(zoom_out=1.0, zoom_out_size=(0.5, 0.8))
+    transform = build_train_transform(PreprocessConfig(input_size=32), aug)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), np.uint8))
+    assert transform(image).shape == (3, 32, 32)
+    for bad in [(0.1, 0.5), (0.8, 0.5), (0.5, 1.2)]:
+        with pytest.raises(ValueError, match="zoom_out_size"):
+            AugmentConfig(zoom_out_size=bad)
+
+
+def test_pipeline_keys_leave_zoom_out_out_while_it_is_off() -> None:
+    from skinedge.pipelines.pipeline_stages import dump
+    from skinedge.train.config import TrainConfig
+
+    off = dump(TrainConfig(data={"manifest": "m.json"}))["augment"]
+    on = dump(TrainConfig(data={"manifest": "m.json"}, augment={"zoom_out": 0.5}))["augment"]
+    assert "zoom_out" not in off and "zoom_out_size" not in off and "phone_copy" in off
+    assert on["zoom_out"] == 0.5 and on["zoom_out_size"] == [0.5, 1.0]

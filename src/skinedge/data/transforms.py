@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skinedge.data.images import exif_orientation
@@ -69,6 +69,12 @@ class AugmentConfig(BaseModel):
     white_balance: float = Field(0.0, ge=0, lt=1)
     # Probability of a phone-grade copy: downscaled by 0.35-1, then JPEG at quality 35-90.
     phone_copy: float = Field(0.0, ge=0, le=1)
+    # Probability of a zoomed-out view: the picture shrunk to a side fraction drawn from
+    # zoom_out_size and surrounded by its own mirrored skin, so a lesion fills less of the frame
+    # (a photo from farther away; clinics whose dermoscope frames more skin, as MSK's in ISIC
+    # 2017 do).
+    zoom_out: float = Field(0.0, ge=0, le=1)
+    zoom_out_size: tuple[float, float] = (0.5, 1.0)
 
     @field_validator("aspect_ratio")
     @classmethod
@@ -76,6 +82,14 @@ class AugmentConfig(BaseModel):
         if not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"aspect_ratio must be (low, high) with 0 < low <= high, got {ratio}")
         return ratio
+
+    @field_validator("zoom_out_size")
+    @classmethod
+    def _size_range(cls, size: tuple[float, float]) -> tuple[float, float]:
+        if not 0.2 <= size[0] <= size[1] <= 1:
+            raise ValueError(f"zoom_out_size must be (low, high) with 0.2 <= low <= high <= 1, "
+                             f"got {size}")
+        return size
 
 
 def shades_of_gray(image: Image.Image, p: float = 6.0) -> Image.Image:
@@ -153,6 +167,46 @@ class _RandomPhoneCopy:
         small.save(buffer, format="JPEG", quality=35 + round(55 * draws[2]))
         buffer.seek(0)
         return Image.open(buffer).convert("RGB")
+
+
+class _RandomZoomOut:
+    """With probability ``p``, the picture shrunk to a side fraction in ``size`` and laid on
+    skin of its own border's colour, its edges feathered in: the lesion smaller, amid more skin
+    (torch RNG). Mirroring the border instead would copy a lesion that reaches it."""
+
+    def __init__(self, p: float, size: tuple[float, float]):
+        self.p = p
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
+
+        draws = torch.rand(4).tolist()
+        if draws[0] >= self.p:
+            return image
+        fraction = self.size[0] + (self.size[1] - self.size[0]) * draws[1]
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        height, width = pixels.shape[:2]
+        small_w, small_h = max(1, round(width * fraction)), max(1, round(height * fraction))
+        if (small_w, small_h) == (width, height):
+            return image
+        small = image.convert("RGB").resize((small_w, small_h), Image.Resampling.BILINEAR)
+        left = round((width - small_w) * draws[2])
+        top = round((height - small_h) * draws[3])
+        # The surround continues the border's own colours outward, smoothed, with a little grain.
+        pad = ((top, height - small_h - top), (left, width - small_w - left), (0, 0))
+        surround = Image.fromarray(np.pad(np.asarray(small), pad, mode="edge"))
+        surround = surround.filter(ImageFilter.GaussianBlur(0.08 * min(width, height)))
+        canvas = np.asarray(surround, dtype=np.float32) + torch.randn(height, width, 1).numpy() * 2.0
+        small = np.asarray(small, dtype=np.float32)
+        # Alpha rises from 0 at the small picture's edge to 1 a tenth of its side inside.
+        feather = max(1.0, 0.1 * min(small_w, small_h))
+        ramp_x = np.minimum(np.arange(small_w) + 0.5, small_w - np.arange(small_w) - 0.5) / feather
+        ramp_y = np.minimum(np.arange(small_h) + 0.5, small_h - np.arange(small_h) - 0.5) / feather
+        alpha = np.clip(np.minimum(ramp_y[:, None], ramp_x[None, :]), 0, 1)[..., None]
+        window = canvas[top:top + small_h, left:left + small_w]
+        canvas[top:top + small_h, left:left + small_w] = alpha * small + (1 - alpha) * window
+        return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
 
 
 class _RandomRot90:
@@ -258,6 +312,8 @@ def build_train_transform(cfg: PreprocessConfig, aug: AugmentConfig):
     steps = [_Normalize(cfg)]
     if cfg.resize_mode == "squash":
         steps.append(T.Resize((size, size), interpolation=_interpolation(cfg)))
+    if aug.zoom_out:
+        steps.append(_RandomZoomOut(aug.zoom_out, aug.zoom_out_size))
     if aug.phone_copy:
         steps.append(_RandomPhoneCopy(aug.phone_copy))
     steps.append(T.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.aspect_ratio,

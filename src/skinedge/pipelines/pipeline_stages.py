@@ -84,11 +84,17 @@ def dump(config) -> dict[str, Any]:
     for section, switch in _ADDED_LATER.items():
         if isinstance(doc.get(section), dict) and not doc[section].get(switch):
             doc.pop(section)
+    for (section, switch), fields in _FIELDS_ADDED_LATER.items():
+        if isinstance(doc.get(section), dict) and not doc[section].get(switch):
+            for field in fields:
+                doc[section].pop(field, None)
     return doc
 
 
 #: Config sections added after pipelines cached stages, and the field that turns each on.
 _ADDED_LATER = {"outliers": "weight", "ema": "decay"}
+#: The same for fields added to a section: (section, switch) -> the fields left out while off.
+_FIELDS_ADDED_LATER = {("augment", "zoom_out"): ("zoom_out", "zoom_out_size")}
 
 
 # --------------------------------------------------------------------------- stages
