@@ -152,3 +152,24 @@ def test_auto_falls_back_to_qat_only_when_ptq_misses_its_bound(tiny_checkpoint, 
     assert 0 <= outcome.against_fp32["agreement"] <= 1
     card = load_card(outcome.qat_checkpoint)
     assert card.training["quantization"]["against_fp32"] == outcome.against_fp32
+
+
+def test_qat_keeps_the_outlier_exposure_the_checkpoint_was_trained_with(tiny_checkpoint,
+                                                                        tmp_path):
+    """A model taught to refuse non-lesion pictures is fine-tuned with them too (its QAT config
+    copies the section), and such a QAT run trains; one trained without them stays without."""
+    import json
+    import shutil
+
+    manifest = manifest_of(tiny_checkpoint)
+    assert qat_config(tiny_checkpoint, overrides=FAST).outliers.weight == 0
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "best")
+    card_path = checkpoint / "card.json"
+    card = json.loads(card_path.read_text())
+    card["training"]["config"]["outliers"] = {"weight": 0.5, "share": 0.2}
+    card_path.write_text(json.dumps(card))
+
+    cfg = qat_config(checkpoint, manifest=manifest, overrides=FAST)
+    assert (cfg.outliers.weight, cfg.outliers.share) == (0.5, 0.2)
+    result = train_classifier(cfg, tmp_path / "qat", objective=prepare_qat(cfg, load_manifest(manifest)))
+    assert load_card(result.best_dir).training["config"]["outliers"]["weight"] == 0.5

@@ -38,7 +38,8 @@ class QuantizeOutcome:
 def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path | None = None,
                overrides: Sequence[str] = ()):
     """A QAT config derived from the FP32 checkpoint's card and its training config: same
-    architecture, preprocessing, loss and data; a short, low learning-rate fine-tune."""
+    architecture, preprocessing, loss, outlier exposure and data; a short, low learning-rate
+    fine-tune."""
     from skinedge.compress.qat import QATConfig
     from skinedge.models import load_card
     from skinedge.models.card import resolve_manifest
@@ -68,6 +69,10 @@ def qat_config(checkpoint: Path, *, manifest: Path | None = None, teacher: Path 
         "batch_size": trained.get("batch_size", 32), "num_workers": trained.get("num_workers", 2),
         "monitor": trained.get("monitor", "balanced_accuracy"), "seed": trained.get("seed", 0),
     }
+    # A model taught to refuse non-lesion pictures keeps that lesson through the fine-tune.
+    outliers = trained.get("outliers") or {}
+    if outliers.get("weight"):
+        doc["outliers"] = outliers
     distill = trained.get("distill")
     if teacher is not None or distill:
         doc["distill"] = {**(distill or {}), **({"teacher": str(teacher)} if teacher else {})}
