@@ -18,9 +18,10 @@ def pipeline(
         help="Pipeline YAML, or a packaged one: pipeline-ham10000-cpu.yaml, "
              "pipeline-ham10000-gpu.yaml (under torchrun), pipeline-quickstart.yaml (what "
              "`skinedge quickstart` runs).")],
-    data: Annotated[Path | None, typer.Option(
+    data: Annotated[list[Path] | None, typer.Option(
         help="Labelled dataset folder (instead of the config's data:; default "
-             "$SKINEDGE_DATA/ham10000-sample).")] = None,
+             "$SKINEDGE_DATA/ham10000-sample). Repeat it for several sources in one split, "
+             "as `skinedge data split A B C` makes.")] = None,
     out: Annotated[Path, typer.Option(help="Run folder; its cache/ keeps every stage's result.")
                    ] = Path("runs/pipeline"),
     overrides: SetOpt = None,
@@ -41,7 +42,7 @@ def pipeline(
     from skinedge.pipelines.quickstart import find_data
     from skinedge.utils.provenance import command_line
 
-    cfg = load_pipeline_config(config, list(overrides or []), data=data)
+    cfg = load_pipeline_config(config, list(overrides or []), data=list(data) if data else None)
     if cfg.data is None:
         cfg.data = find_data(None).resolve()
     if dry_run:

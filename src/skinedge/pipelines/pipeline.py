@@ -50,7 +50,7 @@ from typing import Any
 import skinedge
 from skinedge.errors import ConfigError
 from skinedge.pipelines import pipeline_stages as stages
-from skinedge.pipelines.pipeline_config import PipelineConfig
+from skinedge.pipelines.pipeline_config import PipelineConfig, data_folders
 from skinedge.pipelines.pipeline_report import write_html_report
 from skinedge.pipelines.reporting import Reporter
 from skinedge.pipelines.stage import STAGE_DONE, read_stage, run_stage
@@ -114,15 +114,19 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     Raises:
         ConfigError: no data folder, a stage config that does not validate.
     """
-    if cfg.data is None or not Path(cfg.data).is_dir():
-        raise ConfigError(f"data: {cfg.data} is not a folder; set data: in the pipeline config "
-                          "or pass --data FOLDER")
+    folders = data_folders(cfg)
+    missing = [str(f) for f in folders if not Path(f).is_dir()] if folders else ["none"]
+    if missing:
+        raise ConfigError(f"data: {', '.join(missing)} is not a folder; set data: in the "
+                          "pipeline config or pass --data FOLDER (repeat it for several)")
     out = Path(out)
-    data = data_digest(Path(cfg.data), out, save=not dry_run)
-    # Off, allow_outside_root changes no manifest (such rows stop the split): keys made before
-    # the setting existed stay valid.
-    split = cfg.split.model_dump(mode="json", exclude=None if cfg.split.allow_outside_root
-                                 else {"allow_outside_root"})
+    data = data_digest([Path(f) for f in folders], out, save=not dry_run)
+    # Off, allow_outside_root changes no manifest (such rows stop the split), and classes only
+    # names the vocabulary of several folders: keys made before the settings existed stay valid.
+    unset = {"allow_outside_root"} if not cfg.split.allow_outside_root else set()
+    if cfg.split.classes is None:
+        unset.add("classes")
+    split = cfg.split.model_dump(mode="json", exclude=unset or None)
     plan = [Stage("split", stages.split(hints), (), {"split": split, "data": data})]
     if cfg.gan.enabled:
         plan.append(Stage("gan", stages.gan, ("split",),
@@ -336,15 +340,31 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def data_digest(folder: Path, out: Path, *, save: bool = True) -> str:
-    """sha256 over every file in ``folder`` (path and content). Content hashes are kept in
+def data_digest(folders: Path | list[Path], out: Path, *, save: bool = True) -> str:
+    """sha256 over every file in a folder (path and content); for several folders, sha256
+    over their names and digests in order. Content hashes are kept in
     ``out/cache/data-hashes.json`` by path, size and mtime, so a second run reads no image."""
     store = out / "cache" / "data-hashes.json"
     try:
         known = json.loads(store.read_text()) if store.is_file() else {}
     except (OSError, ValueError):
         known = {}
-    digest, fresh = hashlib.sha256(), {}
+    fresh: dict[str, list] = {}
+    several = isinstance(folders, list) and len(folders) > 1
+    digests = [_folder_digest(f, known, fresh)
+               for f in (folders if isinstance(folders, list) else [folders])]
+    if save:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(store, json.dumps(fresh))
+    if not several:
+        return digests[0]
+    names = folders if isinstance(folders, list) else [folders]
+    return hashlib.sha256("".join(f"{Path(f).name}\0{d}\n" for f, d in zip(names, digests))
+                          .encode()).hexdigest()
+
+
+def _folder_digest(folder: Path, known: dict[str, list], fresh: dict[str, list]) -> str:
+    digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         stat = path.stat()
         key = str(path.resolve())
@@ -353,9 +373,6 @@ def data_digest(folder: Path, out: Path, *, save: bool = True) -> str:
             entry = [stat.st_size, stat.st_mtime_ns, sha256_file(path)]
         fresh[key] = entry
         digest.update(f"{path.relative_to(folder).as_posix()}\0{entry[2]}\n".encode())
-    if save:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(store, json.dumps(fresh))
     return digest.hexdigest()
 
 

@@ -5,7 +5,9 @@ config is a YAML of its own (a packaged name such as ``ham10000-lite0-cpu.yaml``
 relative to the pipeline config, or an absolute path) changed by the section's ``overrides``::
 
     data: ../shared/data/ham10000-sample     # default: --data, else $SKINEDGE_DATA/ham10000-sample
-    split: {ratios: [0.7, 0.15, 0.15], seed: 0}
+    # or several folders side by side, split as `skinedge data split A B C` splits them:
+    # data: [../shared/data/ham10000-sample, ../shared/data/isic2019-sample]
+    split: {ratios: [0.7, 0.15, 0.15], seed: 0}   # classes: the vocabulary of several folders
     gan: {enabled: true, config: ham10000-gan64-cpu.yaml, oversample: 3}
     members: {count: 3, config: ham10000-lite0-cpu.yaml}
     distill: {enabled: true, config: ham10000-distill-lite0-cpu.yaml}
@@ -40,6 +42,9 @@ class SplitSection(_Section):
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
     seed: int = 0
     layout: str | None = None  # detected when None
+    # Several data folders: the vocabulary their labels are mapped into (isic2018, isic2019,
+    # melanoma); by default the first folder's (`skinedge data split --classes`).
+    classes: str | None = None
     skip_bad: bool = False  # list unreadable rows in a report instead of stopping
     allow_outside_root: bool = False  # read rows whose images lie outside the data folder
 
@@ -121,7 +126,8 @@ class ReportSection(_Section):
 class PipelineConfig(_Section):
     """Everything ``skinedge pipeline`` depends on; written as ``pipeline.yaml`` in its run."""
 
-    data: Path | None = None
+    # One labelled folder, or several side by side (one multi-source split, metrics per source).
+    data: Path | list[Path] | None = None
     split: SplitSection = Field(default_factory=SplitSection)
     gan: GanSection = Field(default_factory=GanSection)
     members: MembersSection = Field(default_factory=MembersSection)
@@ -129,6 +135,20 @@ class PipelineConfig(_Section):
     export: ExportSection = Field(default_factory=ExportSection)
     bench: BenchSection = Field(default_factory=BenchSection)
     report: ReportSection = Field(default_factory=ReportSection)
+
+    @field_validator("data")
+    @classmethod
+    def _some_folder(cls, data: Path | list[Path] | None) -> Path | list[Path] | None:
+        if isinstance(data, list) and not data:
+            raise ValueError("data: give a folder, or a list of one or more folders")
+        return data
+
+
+def data_folders(cfg: PipelineConfig) -> list[Path]:
+    """The data folders of ``cfg`` as a list (one, or several side by side); [] when unset."""
+    if cfg.data is None:
+        return []
+    return list(cfg.data) if isinstance(cfg.data, list) else [cfg.data]
 
 
 def packaged_pipeline_configs() -> list[str]:
@@ -158,9 +178,10 @@ def find_config_file(name: Path | str, base: Path | None = None) -> Path:
 
 
 def load_pipeline_config(path: Path | str, overrides: list[str] | None = None, *,
-                         data: Path | None = None) -> PipelineConfig:
+                         data: Path | list[Path] | None = None) -> PipelineConfig:
     """Read a pipeline YAML (a path or a packaged name), apply ``--set`` overrides and
-    ``data``, validate, and resolve every path in it (see the module docstring).
+    ``data`` (one folder or several), validate, and resolve every path in it (see the module
+    docstring).
 
     Raises:
         ConfigError: an unreadable file, invalid values (file and field named), a stage
@@ -169,13 +190,14 @@ def load_pipeline_config(path: Path | str, overrides: list[str] | None = None, *
     path = find_config_file(path)
     cfg = load_config(path, overrides, PipelineConfig, kind="pipeline config")
     base = path.parent
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
     if data is not None:
         cfg.data = data
     if cfg.data is not None:
-        folder = cfg.data if cfg.data.is_absolute() or data is not None else base / cfg.data
-        if not folder.is_dir() and not cfg.data.is_absolute():
-            folder = cfg.data  # relative to the working folder
-        cfg.data = folder.resolve()
+        given = data is not None
+        folders = [_resolve_folder(f, base, given) for f in data_folders(cfg)]
+        cfg.data = folders if isinstance(cfg.data, list) else folders[0]
     cfg.members.config = find_config_file(cfg.members.config, base)
     if cfg.distill.enabled:
         cfg.distill.config = find_config_file(cfg.distill.config, base)
@@ -184,6 +206,15 @@ def load_pipeline_config(path: Path | str, overrides: list[str] | None = None, *
     if cfg.bench.gate is not None:
         cfg.bench.gate = find_gate_file(cfg.bench.gate, base)
     return cfg
+
+
+def _resolve_folder(folder: Path, base: Path, given: bool) -> Path:
+    """A data folder of the config, relative to the config's folder (else the working folder);
+    one given on the command line (``given``), relative to the working folder."""
+    resolved = folder if folder.is_absolute() or given else base / folder
+    if not resolved.is_dir() and not folder.is_absolute():
+        resolved = folder  # relative to the working folder
+    return resolved.resolve()
 
 
 def find_gate_file(gate: Path, base: Path) -> Path:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence, Set
 from pathlib import Path
 from typing import Any
 
-from skinedge.pipelines.pipeline_config import PipelineConfig
+from skinedge.pipelines.pipeline_config import PipelineConfig, data_folders
 from skinedge.utils.io import atomic_write_text
 
 #: Section ids and titles, in page order (the report test checks each one rendered).
@@ -112,7 +112,7 @@ class _Page:
         rows = [["verdict", verdict], ["command", _code(self.report["command"])],
                 ["started", _e(self.report["started"])],
                 ["finished", _e(self.report["finished"])],
-                ["data", _e(self.cfg.data)],
+                ["data", _e(", ".join(map(str, data_folders(self.cfg))))],
                 ["final model", _e(self._final_name())],
                 ["machine", _e(self.bench.get("cpu_summary", "not benched"))],
                 ["versions", _e(", ".join(f"{k} {v}" for k, v in versions.items()
@@ -136,8 +136,10 @@ class _Page:
         m = self.manifest
         splits = ["train", "val", "test"]
         counts = {s: Counter(r["label"] for r in m["rows"] if r["split"] == s) for s in splits}
+        # Partial labels of a multi-source split (ISIC 2020's benign: 'not-mel') get rows too.
+        labels = [*self.classes, *sorted({r["label"] for r in m["rows"]} - set(self.classes))]
         rows = [[c, *(counts[s][c] for s in splits), sum(counts[s][c] for s in splits)]
-                for c in self.classes]
+                for c in labels]
         rows.append(["all", *(sum(counts[s].values()) for s in splits), len(m["rows"])])
         split_of: dict[str, set[str]] = defaultdict(set)
         for r in m["rows"]:
@@ -159,7 +161,20 @@ class _Page:
                 f"{m['seed']}, ratios {_e(m['ratios'])}; split hash "
                 f"<code>{_e(m['split_hash'][:16])}</code>.</p>" + check
                 + _table(["class", *splits, "all"], rows, numeric={1, 2, 3, 4})
+                + self._sources(m, splits)
                 + "".join(f'<p class="note">{_e(n)}</p>' for n in notes))
+
+    @staticmethod
+    def _sources(m: dict, splits: list[str]) -> str:
+        """Images per source and split, for a split of several folders."""
+        per_source = m.get("source_counts") or {}
+        if not per_source:
+            return ""
+        rows = [[name, *(n.get(s, 0) for s in splits), sum(n.values())]
+                for name, n in per_source.items()]
+        return ("<p>Several sources, each split on its own; every evaluation below also "
+                "scores each source alone (<code>skinedge evaluate</code>'s per-source "
+                "table).</p>" + _table(["source", *splits, "all"], rows, numeric={1, 2, 3, 4}))
 
     def _curves(self) -> str:
         runs = {name: doc["history"] for name, doc in self.docs.items()
@@ -282,9 +297,27 @@ class _Page:
                           "mel AUC", "macro AUC", "ECE"], rows, numeric={1, 2, 4, 5, 6, 7})
                 + "<h3>Recall per class</h3>"
                 + _table(["model", *classes], recall, numeric=set(range(1, len(classes) + 1)))
+                + self._per_source(models)
                 + f'<div class="figs">{figures}</div>'
                 + '<p class="note">An own test split flatters: report external sets too '
                   "(`skinedge evaluate --data`).</p>")
+
+    @staticmethod
+    def _per_source(models: dict[str, dict]) -> str:
+        """Each model on each source of a multi-source split (a melanoma-vs-benign source has
+        melanoma figures only)."""
+        rows = [[name, source, s.get("n"), _num(s.get("balanced_accuracy"), ".3f"),
+                 _num(s.get("melanoma_auc"), ".3f"),
+                 ", ".join(s.get("classes_absent") or []) or "-"]
+                for name, m in models.items()
+                for source, s in (m["metrics"].get("per_source") or {}).items()]
+        if not rows:
+            return ""
+        return ("<h3>Per source</h3>" + _table(
+            ["model", "source", "images", "bal. acc. (classes present)", "mel AUC",
+             "classes absent"], rows, numeric={2, 3, 4})
+            + '<p class="note">A source labelled only melanoma vs benign has no balanced '
+              "accuracy; its melanoma AUC counts its benign lesions as non-melanomas.</p>")
 
     def _gradcam(self) -> str:
         images = self.evaluation.get("gradcam", [])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skinedge.pipelines.pipeline_config import PipelineConfig
+from skinedge.pipelines.pipeline_config import PipelineConfig, data_folders
 from skinedge.pipelines.reporting import GANProgress, Reporter
 
 Inputs = dict[str, dict[str, Any]]
@@ -101,23 +101,38 @@ _FIELDS_ADDED_LATER = {("augment", "zoom_out"): ("zoom_out", "zoom_out_size")}
 
 
 def split(hints: DataHints = PIPELINE_HINTS):
-    """The stage that splits the data folder by lesion (patient) into train, val and test."""
+    """The stage that splits the data folder by lesion (patient) into train, val and test;
+    several folders as ``skinedge data split A B C`` does (each split on its own, labels
+    mapped into one vocabulary, sources kept for per-source metrics)."""
 
     def stage(cfg: PipelineConfig, folder: Path, inputs: Inputs, reporter: Reporter) -> dict:
+        from skinedge.data.sources import split_folders
         from skinedge.data.splitting import split_folder
 
         manifest_path = folder / "manifest.json"
+        folders = data_folders(cfg)
+        common = dict(layout=cfg.split.layout, ratios=cfg.split.ratios, seed=cfg.split.seed,
+                      skip_bad=cfg.split.skip_bad, allow_outside_root=cfg.split.allow_outside_root,
+                      hint=hints.bad_rows, outside_root_hint=hints.outside_root)
+        notes: list[str] = []
         with reporter.counter("checking images") as progress:
-            manifest, skipped = split_folder(
-                cfg.data, manifest_path, layout=cfg.split.layout, ratios=cfg.split.ratios,
-                seed=cfg.split.seed, skip_bad=cfg.split.skip_bad,
-                allow_outside_root=cfg.split.allow_outside_root, progress=progress,
-                hint=hints.bad_rows, outside_root_hint=hints.outside_root)
+            if len(folders) == 1:
+                manifest, skipped = split_folder(folders[0], manifest_path, progress=progress,
+                                                 **common)
+            else:
+                made = split_folders(folders, manifest_path, classes=cfg.split.classes,
+                                     progress=lambda name: progress, **common)
+                manifest, skipped, notes = made.manifest, made.skipped_report, made.notes
         counts = {s: dict(c) for s, c in manifest.counts().items()}
         reporter.note(str({s: sum(c.values()) for s, c in counts.items()}))
-        return {"manifest": str(manifest_path), "split_hash": manifest.split_hash,
-                "counts": counts, "skipped": str(skipped) if skipped else None,
-                "warnings": manifest.class_warnings()}
+        for note in notes:
+            reporter.note(note)
+        doc = {"manifest": str(manifest_path), "split_hash": manifest.split_hash,
+               "counts": counts, "skipped": str(skipped) if skipped else None,
+               "warnings": manifest.class_warnings()}
+        if manifest.sources:
+            doc["sources"] = manifest.source_counts()
+        return doc
 
     return stage
 
