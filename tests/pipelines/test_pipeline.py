@@ -334,3 +334,13 @@ def test_under_torchrun_the_training_stages_train_on_every_process(tiny_dataset,
     alone = {s.name: s.status for s in plan_pipeline(cfg, out, dry_run=True)}
     assert alone["split"] == "cached"
     assert {alone["member-0"], alone["member-1"], alone["distill"], alone["bench"]} == {"runs"}
+
+
+def test_pipeline_keys_leave_zoom_out_out_while_it_is_off() -> None:
+    from skinedge.pipelines.pipeline_stages import dump
+    from skinedge.train.config import TrainConfig
+
+    off = dump(TrainConfig(data={"manifest": "m.json"}))["augment"]
+    on = dump(TrainConfig(data={"manifest": "m.json"}, augment={"zoom_out": 0.5}))["augment"]
+    assert "zoom_out" not in off and "zoom_out_size" not in off and "phone_copy" in off
+    assert on["zoom_out"] == 0.5 and on["zoom_out_size"] == [0.5, 1.0]

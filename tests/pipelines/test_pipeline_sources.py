@@ -5,6 +5,7 @@ keys of a one-folder pipeline unchanged."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def finished(two_sources, tmp_path_factory) -> tuple[Path, Path]:
 
 def test_several_folders_make_one_split_and_every_model_is_scored_per_source(finished):
     _, out = finished
-    split = json.loads((out / "cache" / "split").glob("*/stage.json").__next__().read_text())
+    split = json.loads(next((out / "cache" / "split").glob("*/stage.json")).read_text())
     manifest = load_manifest(split["manifest"])
     assert [s.name for s in manifest.sources] == ["ham", "isic2020"]
     assert manifest.classes == "isic2018" and manifest.partial > 0  # benign -> not-mel
@@ -67,7 +68,10 @@ def test_several_folders_make_one_split_and_every_model_is_scored_per_source(fin
     assert per_source["ham"]["balanced_accuracy"] is not None
     assert "melanoma_auc" in per_source["isic2020"]  # melanoma vs benign: detection figures
     html = (out / "report.html").read_text()
-    assert "Per source" in html and "isic2020" in html and "not-mel" in html
+    assert "Per source" in html and "not-mel" in html
+    # Melanoma vs benign has no class balance to report; each source's licence is its own.
+    assert re.search(r"<td>isic2020</td><td class=n>\d+</td><td class=n>n/a</td>", html)
+    assert html.count("Licence of") == 2 and "unknown (set data.licence)" in html
 
 
 def test_the_folders_come_from_the_config_or_from_repeated_data_options(finished, two_sources,
@@ -91,18 +95,25 @@ def test_the_folders_come_from_the_config_or_from_repeated_data_options(finished
     assert result.exit_code != 0 and "nowhere is not a folder" in result.output
     with pytest.raises(ConfigError, match="data"):
         load_pipeline_config(config, ["data=[]"])
+    with pytest.raises(ConfigError, match="unknown class vocabulary 'isic2017'"):
+        load_pipeline_config(config, ["split.classes=isic2017"])
+    twice = load_pipeline_config(config, data=[two_sources / "ham", two_sources / "ham"])
+    with pytest.raises(ConfigError, match="ham is listed twice"):
+        plan_pipeline(twice, tmp_path / "plan", dry_run=True)
 
 
 def test_one_folder_keeps_the_cache_keys_it_had(two_sources, tmp_path):
-    """A one-folder pipeline hashes its data as before (keys of cached runs stay valid); the
-    order of several folders is part of the key."""
-    ham, isic = two_sources / "ham", two_sources / "isic2020"
-    assert data_digest([ham], tmp_path) == data_digest(ham, tmp_path)
-    assert data_digest([ham, isic], tmp_path) != data_digest([isic, ham], tmp_path)
+    """A one-folder pipeline without split.classes keys its split as before this setting and
+    several folders existed (keys of cached runs stay valid); the order of several folders is
+    part of the key."""
+    from skinedge.pipelines.pipeline import stage_key
 
-    single = load_pipeline_config(write_config(tmp_path / "a", ham))
-    single.split.classes = None
-    key = plan_pipeline(single, tmp_path / "run", dry_run=True)[0].key
-    again = load_pipeline_config(write_config(tmp_path / "b", [ham]))
-    again.split.classes = None
-    assert plan_pipeline(again, tmp_path / "run", dry_run=True)[0].key == key
+    ham, isic = two_sources / "ham", two_sources / "isic2020"
+    assert data_digest([ham, isic], tmp_path) != data_digest([isic, ham], tmp_path)
+    for data in (ham, [ham]):
+        cfg = load_pipeline_config(write_config(tmp_path / "cfg", data), ["split.classes=null"])
+        before = {"split": {"ratios": [0.7, 0.15, 0.15], "seed": 0, "layout": None,
+                            "skip_bad": False},
+                  "data": data_digest(ham, tmp_path)}
+        split = plan_pipeline(cfg, tmp_path / "run", dry_run=True)[0]
+        assert split.key == stage_key("split", before, {})

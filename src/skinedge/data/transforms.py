@@ -70,9 +70,9 @@ class AugmentConfig(BaseModel):
     # Probability of a phone-grade copy: downscaled by 0.35-1, then JPEG at quality 35-90.
     phone_copy: float = Field(0.0, ge=0, le=1)
     # Probability of a zoomed-out view: the picture shrunk to a side fraction drawn from
-    # zoom_out_size and surrounded by its own mirrored skin, so a lesion fills less of the frame
-    # (a photo from farther away; clinics whose dermoscope frames more skin, as MSK's in ISIC
-    # 2017 do).
+    # zoom_out_size amid a smoothed continuation of its border, so a lesion fills less of the
+    # frame (a photo from farther away; clinics whose dermoscope frames more skin, as MSK's in
+    # ISIC 2017 do).
     zoom_out: float = Field(0.0, ge=0, le=1)
     zoom_out_size: tuple[float, float] = (0.5, 1.0)
 
@@ -172,7 +172,12 @@ class _RandomPhoneCopy:
 class _RandomZoomOut:
     """With probability ``p``, the picture shrunk to a side fraction in ``size`` and laid on
     skin of its own border's colour, its edges feathered in: the lesion smaller, amid more skin
-    (torch RNG). Mirroring the border instead would copy a lesion that reaches it."""
+    (torch RNG). Mirroring the border instead would copy a lesion that reaches it; extending
+    the border smears what touches it (a lesion's edge, a dermoscope's dark vignette) across
+    the surround instead, smoothed. Pictures whose short side exceeds :attr:`MAX_SIDE` are
+    first shrunk to it, which bounds the work per image."""
+
+    MAX_SIDE = 1024
 
     def __init__(self, p: float, size: tuple[float, float]):
         self.p = p
@@ -185,12 +190,16 @@ class _RandomZoomOut:
         if draws[0] >= self.p:
             return image
         fraction = self.size[0] + (self.size[1] - self.size[0]) * draws[1]
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        height, width = pixels.shape[:2]
+        image = image.convert("RGB")
+        scale = self.MAX_SIDE / min(image.size)
+        if scale < 1:  # a camera original: the random crop shrinks it anyway
+            image = image.resize((round(image.width * scale), round(image.height * scale)),
+                                 Image.Resampling.BILINEAR)
+        width, height = image.size
         small_w, small_h = max(1, round(width * fraction)), max(1, round(height * fraction))
         if (small_w, small_h) == (width, height):
             return image
-        small = image.convert("RGB").resize((small_w, small_h), Image.Resampling.BILINEAR)
+        small = image.resize((small_w, small_h), Image.Resampling.BILINEAR)
         left = round((width - small_w) * draws[2])
         top = round((height - small_h) * draws[3])
         # The surround continues the border's own colours outward, smoothed, with a little grain.

@@ -119,6 +119,9 @@ def plan_pipeline(cfg: PipelineConfig, out: Path | str, *, dry_run: bool = False
     if missing:
         raise ConfigError(f"data: {', '.join(missing)} is not a folder; set data: in the "
                           "pipeline config or pass --data FOLDER (repeat it for several)")
+    twice = sorted({str(f) for f in folders if folders.count(f) > 1})
+    if twice:
+        raise ConfigError(f"data: {', '.join(twice)} is listed twice; list each folder once")
     out = Path(out)
     data = data_digest([Path(f) for f in folders], out, save=not dry_run)
     # Off, allow_outside_root changes no manifest (such rows stop the split), and classes only

@@ -42,9 +42,19 @@ class SplitSection(_Section):
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
     seed: int = 0
     layout: str | None = None  # detected when None
-    # Several data folders: the vocabulary their labels are mapped into (isic2018, isic2019,
-    # melanoma); by default the first folder's (`skinedge data split --classes`).
+    # The class vocabulary labels are read in (isic2018, isic2019, melanoma), that of several
+    # folders mapped into; by default inferred, the first folder's (`data split --classes`).
     classes: str | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _known_vocabulary(cls, classes: str | None) -> str | None:
+        from skinedge.data.classes import VOCABULARIES
+
+        if classes is not None and classes not in VOCABULARIES:
+            raise ValueError(f"unknown class vocabulary {classes!r}; choose one of: "
+                             f"{', '.join(sorted(VOCABULARIES))}")
+        return classes
     skip_bad: bool = False  # list unreadable rows in a report instead of stopping
     allow_outside_root: bool = False  # read rows whose images lie outside the data folder
 

@@ -306,7 +306,9 @@ class _Page:
     def _per_source(models: dict[str, dict]) -> str:
         """Each model on each source of a multi-source split (a melanoma-vs-benign source has
         melanoma figures only)."""
-        rows = [[name, source, s.get("n"), _num(s.get("balanced_accuracy"), ".3f"),
+        rows = [[name, source, s.get("n"),
+                 "n/a" if s.get("task") == "melanoma-detection" else
+                 _num(s.get("balanced_accuracy"), ".3f"),
                  _num(s.get("melanoma_auc"), ".3f"),
                  ", ".join(s.get("classes_absent") or []) or "-"]
                 for name, m in models.items()
@@ -402,16 +404,20 @@ class _Page:
         from skinedge.train.outputs import detect_licence
 
         root = Path(self.manifest["root"])
-        text = ""
-        readme = next((root / n for n in ("README.md", "README.txt", "README")
-                       if (root / n).is_file()), None)
-        if readme is not None:
-            text = _licence_section(readme.read_text(errors="replace"))
-        return (f"<p>Licence of {_e(root)}: <strong>{_e(detect_licence(root))}</strong>. "
-                "Models trained on it inherit its terms of use; the report and the model "
-                "card say so.</p>"
-                + (f"<pre>{_e(text)}</pre>" if text else
-                   '<p class="note">No README with a licence section in the data folder.</p>'))
+        # A multi-source split's root is the folders' parent: each source has its own terms.
+        folders = [root / s["name"] for s in self.manifest.get("sources") or []] or [root]
+        parts = []
+        for folder in folders:
+            readme = next((folder / n for n in ("README.md", "README.txt", "README")
+                           if (folder / n).is_file()), None)
+            text = _licence_section(readme.read_text(errors="replace")) if readme else ""
+            parts.append(f"<p>Licence of {_e(folder)}: <strong>{_e(detect_licence(folder))}"
+                         "</strong>.</p>"
+                         + (f"<pre>{_e(text)}</pre>" if text else
+                            '<p class="note">No README with a licence section in this data '
+                            "folder.</p>"))
+        return ("".join(parts) + "<p>Models trained on the data inherit its terms of use; the "
+                "report and the model card say so.</p>")
 
     # ----------------------------------------------------------------------- helpers
 

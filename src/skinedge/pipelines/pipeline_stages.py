@@ -26,6 +26,7 @@ class DataHints:
 
     bad_rows: str
     outside_root: str
+    labels: str = "fix the row"  # the fix of a label outside the class vocabulary
 
 
 #: ``skinedge pipeline``'s wording: the fixes are settings of its config.
@@ -33,7 +34,9 @@ PIPELINE_HINTS = DataHints(
     bad_rows="Fix these rows or files, or set split.skip_bad: true in the pipeline config to "
              "list them in a report and go on without them.",
     outside_root="For a folder you trust, set split.allow_outside_root: true in the pipeline "
-                 "config to read images outside it.")
+                 "config to read images outside it.",
+    labels="fix the row, or set split.classes in the pipeline config (isic2018, isic2019, "
+           "melanoma)")
 
 
 # --------------------------------------------------------------------------- settings
@@ -111,8 +114,9 @@ def split(hints: DataHints = PIPELINE_HINTS):
 
         manifest_path = folder / "manifest.json"
         folders = data_folders(cfg)
-        common = dict(layout=cfg.split.layout, ratios=cfg.split.ratios, seed=cfg.split.seed,
-                      skip_bad=cfg.split.skip_bad, allow_outside_root=cfg.split.allow_outside_root,
+        common = dict(layout=cfg.split.layout, classes=cfg.split.classes,
+                      ratios=cfg.split.ratios, seed=cfg.split.seed, skip_bad=cfg.split.skip_bad,
+                      allow_outside_root=cfg.split.allow_outside_root, label_hint=hints.labels,
                       hint=hints.bad_rows, outside_root_hint=hints.outside_root)
         notes: list[str] = []
         with reporter.counter("checking images") as progress:
@@ -120,8 +124,8 @@ def split(hints: DataHints = PIPELINE_HINTS):
                 manifest, skipped = split_folder(folders[0], manifest_path, progress=progress,
                                                  **common)
             else:
-                made = split_folders(folders, manifest_path, classes=cfg.split.classes,
-                                     progress=lambda name: progress, **common)
+                made = split_folders(folders, manifest_path, progress=lambda name: progress,
+                                     **common)
                 manifest, skipped, notes = made.manifest, made.skipped_report, made.notes
         counts = {s: dict(c) for s, c in manifest.counts().items()}
         reporter.note(str({s: sum(c.values()) for s, c in counts.items()}))

@@ -39,7 +39,9 @@ QUICKSTART_HINTS = DataHints(
     bad_rows="Fix these rows or files, or split the folder yourself with `skinedge data split "
              "--skip-bad` and train on its manifest with `skinedge train`.",
     outside_root="For a folder you trust, split it yourself with `skinedge data split "
-                 "--allow-outside-root` and train with `skinedge train`.")
+                 "--allow-outside-root` and train with `skinedge train`.",
+    labels="fix the row, or split the folder yourself with `skinedge data split --classes` "
+           "and train with `skinedge train`")
 
 
 #: The default recipe: Lite0 at 224 px trained for phone pictures (docs/RESULTS.md,
