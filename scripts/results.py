@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --manifest MULTI --out` folder on a multi-"
                              "source split (repeatable: the models side by side; section: "
-                             "sources)")
+                             "sources, or sources-NAME with --comparison-name)")
     parser.add_argument("--evaluation", action="append", type=Path, default=[],
                         help="a `skinedge evaluate --out` folder (repeatable: side by side; "
                              "section: evaluations-NAME, NAME from --evaluations-name)")
@@ -705,9 +705,9 @@ def main(argv: list[str] | None = None) -> int:
                              "lesion-check-NAME with --comparison-name)")
     parser.add_argument("--comparison-name",
                         help="suffix of the side-by-side sections of several --robustness "
-                             "(robustness-comparison-NAME) and of --lesion-check "
-                             "(lesion-check-NAME), so that another comparison keeps the "
-                             "earlier one")
+                             "(robustness-comparison-NAME), of --lesion-check "
+                             "(lesion-check-NAME) and of --sources (sources-NAME), so that "
+                             "another comparison keeps the earlier one")
     parser.add_argument("--pt2e-seeds", type=Path,
                         help="a `python scripts/pt2e_qat_seeds.py --out` folder (its section: "
                              "pt2e-seeds)")
@@ -754,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append((f"evaluations-{args.evaluations_name}",
                              render_evaluations(args.evaluation)))
         if args.sources:
-            sections.append(("sources", render_sources(args.sources)))
+            sections.append((f"sources{suffix}", render_sources(args.sources)))
         if args.lesion_check:
             sections.append((f"lesion-check{suffix}", render_lesion_checks(args.lesion_check)))
         if args.pt2e_seeds is not None:
