@@ -293,9 +293,14 @@ def render_robustness_comparison(folders: list[Path]) -> list[str]:
 
 
 def _trained_with(card: dict) -> str:
-    """Outlier exposure and the weight average, when a checkpoint was trained with them."""
+    """Several sources, outlier exposure and the weight average, when a checkpoint was trained
+    with them."""
     config = (card.get("training") or {}).get("config") or {}
+    data = card.get("data") or {}
     parts = []
+    if data.get("layout") == "multi-source":
+        parts.append(f"several sources (`{data.get('manifest')}`, split "
+                     f"{str(data.get('split_hash', ''))[:12]})")
     if (config.get("outliers") or {}).get("weight"):
         parts.append(f"outlier exposure {config['outliers']['weight']:g}")
     if (config.get("ema") or {}).get("decay"):
