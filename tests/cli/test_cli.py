@@ -182,6 +182,27 @@ def test_quickstart_end_to_end(tiny_dataset, tmp_path) -> None:
     assert json.loads((out / "command.json").read_text())["started"] == first["started"]
 
 
+def test_quickstart_on_several_folders_splits_them_as_one_and_reports_each(tmp_path) -> None:
+    from tests.conftest import make_tiny_dataset
+
+    make_tiny_dataset(tmp_path / "data" / "ham", per_class=10)
+    make_tiny_dataset(tmp_path / "data" / "isic2020", per_class=14, size=(56, 64),
+                      codes=("mel", "benign"))
+    out = tmp_path / "qs"
+    result = invoke("quickstart", "--data", tmp_path / "data" / "ham",
+                    "--data", tmp_path / "data" / "isic2020", "--out", out,
+                    "--set", "epochs=1", "--set", "preprocess.input_size=32",
+                    "--set", "num_workers=0", "--set", "batch_size=8",
+                    "--set", "max_batches_per_epoch=2")
+    assert result.exit_code == 0, result.output
+    summary = text(result)
+    assert "ham: n=14 balanced accuracy" in summary
+    assert "isic2020: n=" in summary and "n/a (melanoma vs benign)" in summary
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["sources"]] == ["ham", "isic2020"]
+    assert "isic2020" in json.loads((out / "command.json").read_text())["data"]
+
+
 def test_quickstart_without_data_says_what_to_do(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("SKINEDGE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)

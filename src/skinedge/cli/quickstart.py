@@ -14,8 +14,10 @@ app = typer.Typer()
 
 @app.command()
 def quickstart(
-    data: Annotated[Path | None, typer.Option(
-        help="Labelled dataset folder; default $SKINEDGE_DATA/ham10000-sample.")] = None,
+    data: Annotated[list[Path] | None, typer.Option(
+        help="Labelled dataset folder; default $SKINEDGE_DATA/ham10000-sample. Repeat it for "
+             "several sources in one split (each split on its own, labels mapped into the "
+             "first folder's classes, figures per source).")] = None,
     out: Annotated[Path, typer.Option(
         help="Output folder; run again to continue an interrupted quickstart.")
                    ] = Path("runs/quickstart"),
@@ -30,7 +32,8 @@ def quickstart(
     from skinedge.pipelines.quickstart import run_quickstart
     from skinedge.utils.provenance import command_line
 
-    summary, result = run_quickstart(data, out, config, list(overrides or []),
+    summary, result = run_quickstart(list(data) if data else None, out, config,
+                                     list(overrides or []),
                                      command=command_line(), reporter=RichReporter())
     console.print(summary)
     for name, reason in result.failures.items():

@@ -1,4 +1,5 @@
-"""``skinedge quickstart``: the packaged ``pipeline-quickstart.yaml`` on one data folder.
+"""``skinedge quickstart``: the packaged ``pipeline-quickstart.yaml`` on one data folder (or
+several side by side).
 
 Split by lesion, one EfficientNet-Lite0 trained for phone pictures, evaluated on the test split,
 Grad-CAM of one test image per class, exported to ONNX and benched, ``report.html``: the stages
@@ -71,12 +72,13 @@ def find_data(data: Path | None) -> Path:
     )
 
 
-def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides: list[str], *,
-                   reporter: Reporter | None = None, command: str | None = None
-                   ) -> tuple[str, PipelineResult]:
+def run_quickstart(data: Path | list[Path] | None, out: Path, config: Path | None,
+                   overrides: list[str], *, reporter: Reporter | None = None,
+                   command: str | None = None) -> tuple[str, PipelineResult]:
     """Run :data:`PIPELINE_CONFIG` on ``data`` in ``out``, with ``config`` (a training recipe;
     default :data:`DEFAULT_RECIPE`) and ``overrides`` of it for the model. What a previous run
-    in ``out`` finished is reused.
+    in ``out`` finished is reused. Several folders side by side make one multi-source split
+    (as ``skinedge data split A B C``), whose figures the summary gives per source.
 
     Args:
         command: What ``command.json`` and ``pipeline.json`` record as the command (the CLI
@@ -98,8 +100,9 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
 
     reporter = reporter or Reporter()
     command = command or f"skinedge.pipelines.quickstart.run_quickstart({str(data)!r}, {str(out)!r})"
-    folder = find_data(data).resolve()
-    cfg = load_pipeline_config(PIPELINE_CONFIG, data=folder)
+    given = data if isinstance(data, list) else [data] if data is not None else []
+    folders = [find_data(d).resolve() for d in given] or [find_data(None).resolve()]
+    cfg = load_pipeline_config(PIPELINE_CONFIG, data=folders)
     cfg.members.config = find_config_file(config) if config else default_config()
     cfg.members.overrides = list(overrides)
     stages.member_config(cfg, 0)  # a bad recipe or --set is refused before anything is written
@@ -108,7 +111,8 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
     # A rerun keeps the first start time, so the wall clock covers the whole job.
     started = _first_start(previous) if previous.is_file() else now()
     out.mkdir(parents=True, exist_ok=True)
-    record_command(out, command=command, started=started, data=str(folder))
+    record_command(out, command=command, started=started,
+                   data=", ".join(str(f) for f in folders))
 
     result = run_pipeline(cfg, out, reporter=reporter, command=command, hints=QUICKSTART_HINTS)
     done = result.outputs
@@ -120,7 +124,8 @@ def run_quickstart(data: Path | None, out: Path, config: Path | None, overrides:
         links["explanations"] = Path(evaluation["gradcam"][0]).parent
     for name, target in links.items():
         replace_symlink(out / name, target)
-    record_command(out, command=command, started=started, finished=now(), data=str(folder))
+    record_command(out, command=command, started=started, finished=now(),
+                   data=", ".join(str(f) for f in folders))
     return _summary(out, result), result
 
 
@@ -130,7 +135,14 @@ def _summary(out: Path, result: PipelineResult) -> str:
     m = evaluation["models"]["member-0"]["metrics"]
     auc = "n/a" if m["melanoma_auc"] is None else f"{m['melanoma_auc']:.3f}"
     lines = [f"test split: n={m['n']} accuracy {m['accuracy']:.3f} balanced accuracy "
-             f"{m['balanced_accuracy']:.3f} melanoma AUC {auc}",
+             f"{m['balanced_accuracy']:.3f} melanoma AUC {auc}"]
+    for source, s in (m.get("per_source") or {}).items():
+        balanced = ("n/a (melanoma vs benign)" if s.get("task") == "melanoma-detection"
+                    else f"{s['balanced_accuracy']:.3f}")
+        source_auc = "n/a" if s.get("melanoma_auc") is None else f"{s['melanoma_auc']:.3f}"
+        lines.append(f"  {source}: n={s['n']} balanced accuracy {balanced} melanoma AUC "
+                     f"{source_auc}")
+    lines += [
              f"checkpoint:   {out / 'train' / 'best'}",
              f"reports:      {out / 'eval' / 'metrics.md'}, {result.html}",
              f"explanations: {len(evaluation['gradcam'])} PNGs in {out / 'explanations'}"]
