@@ -150,13 +150,15 @@ def test_train_with_a_bad_override_names_the_field(trained, tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+#: quickstart's packaged recipe (Lite0 with the packaged ImageNet weights), shrunk to one quick
+#: epoch.
+QUICK = ["--set", "epochs=1", "--set", "preprocess.input_size=32", "--set", "num_workers=0",
+         "--set", "batch_size=8", "--set", "max_batches_per_epoch=2"]
+
+
 def test_quickstart_end_to_end(tiny_dataset, tmp_path) -> None:
-    # The packaged config (Lite0 with the packaged ImageNet weights), shrunk to one quick epoch.
     out = tmp_path / "qs"
-    result = invoke("quickstart", "--data", tiny_dataset, "--out", out,
-                    "--set", "epochs=1", "--set", "preprocess.input_size=32",
-                    "--set", "num_workers=0", "--set", "batch_size=8",
-                    "--set", "max_batches_per_epoch=2")
+    result = invoke("quickstart", "--data", tiny_dataset, "--out", out, *QUICK)
     assert result.exit_code == 0, result.output
     summary = text(result)
     assert "test split: n=14 accuracy" in summary
@@ -172,10 +174,7 @@ def test_quickstart_end_to_end(tiny_dataset, tmp_path) -> None:
     assert "<html" in (out / "report.html").read_text()[:200].lower()
     first = json.loads((out / "command.json").read_text())
 
-    again = invoke("quickstart", "--data", tiny_dataset, "--out", out,
-                   "--set", "epochs=1", "--set", "preprocess.input_size=32",
-                   "--set", "num_workers=0", "--set", "batch_size=8",
-                   "--set", "max_batches_per_epoch=2")
+    again = invoke("quickstart", "--data", tiny_dataset, "--out", out, *QUICK)
     assert again.exit_code == 0, again.output
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
     assert {s["status"] for s in stages} == {"cached"}  # a rerun continues, it redoes nothing
@@ -190,10 +189,7 @@ def test_quickstart_on_several_folders_splits_them_as_one_and_reports_each(tmp_p
                       codes=("mel", "benign"))
     out = tmp_path / "qs"
     result = invoke("quickstart", "--data", tmp_path / "data" / "ham",
-                    "--data", tmp_path / "data" / "isic2020", "--out", out,
-                    "--set", "epochs=1", "--set", "preprocess.input_size=32",
-                    "--set", "num_workers=0", "--set", "batch_size=8",
-                    "--set", "max_batches_per_epoch=2")
+                    "--data", tmp_path / "data" / "isic2020", "--out", out, *QUICK)
     assert result.exit_code == 0, result.output
     summary = text(result)
     assert "ham: n=14 balanced accuracy" in summary
