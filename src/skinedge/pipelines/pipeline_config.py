@@ -7,7 +7,7 @@ relative to the pipeline config, or an absolute path) changed by the section's `
     data: ../shared/data/ham10000-sample     # default: --data, else $SKINEDGE_DATA/ham10000-sample
     # or several folders side by side, split as `skinedge data split A B C` splits them:
     # data: [../shared/data/ham10000-sample, ../shared/data/isic2019-sample]
-    split: {ratios: [0.7, 0.15, 0.15], seed: 0}   # classes: the vocabulary of several folders
+    split: {ratios: [0.7, 0.15, 0.15], seed: 0}   # classes: isic2018 names the vocabulary
     gan: {enabled: true, config: ham10000-gan64-cpu.yaml, oversample: 3}
     members: {count: 3, config: ham10000-lite0-cpu.yaml}
     distill: {enabled: true, config: ham10000-distill-lite0-cpu.yaml}
