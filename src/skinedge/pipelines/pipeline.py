@@ -352,17 +352,15 @@ def data_digest(folders: Path | list[Path], out: Path, *, save: bool = True) -> 
         known = json.loads(store.read_text()) if store.is_file() else {}
     except (OSError, ValueError):
         known = {}
+    folders = folders if isinstance(folders, list) else [folders]
     fresh: dict[str, list] = {}
-    several = isinstance(folders, list) and len(folders) > 1
-    digests = [_folder_digest(f, known, fresh)
-               for f in (folders if isinstance(folders, list) else [folders])]
+    digests = [_folder_digest(f, known, fresh) for f in folders]
     if save:
         store.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(store, json.dumps(fresh))
-    if not several:
+    if len(digests) == 1:
         return digests[0]
-    names = folders if isinstance(folders, list) else [folders]
-    return hashlib.sha256("".join(f"{Path(f).name}\0{d}\n" for f, d in zip(names, digests))
+    return hashlib.sha256("".join(f"{Path(f).name}\0{d}\n" for f, d in zip(folders, digests))
                           .encode()).hexdigest()
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skinedge.data.classes import VOCABULARIES
 from skinedge.pipelines.pipeline_config import PipelineConfig, data_folders
 from skinedge.pipelines.reporting import GANProgress, Reporter
 
@@ -35,8 +36,8 @@ PIPELINE_HINTS = DataHints(
              "list them in a report and go on without them.",
     outside_root="For a folder you trust, set split.allow_outside_root: true in the pipeline "
                  "config to read images outside it.",
-    labels="fix the row, or set split.classes in the pipeline config (isic2018, isic2019, "
-           "melanoma)")
+    labels="fix the row, or set split.classes in the pipeline config (one of "
+           f"{', '.join(sorted(VOCABULARIES))})")
 
 
 # --------------------------------------------------------------------------- settings
